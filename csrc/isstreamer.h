@@ -1,0 +1,170 @@
+/*
+ * isstreamer: shared-memory ring and JSON batch encoder.
+ *
+ * The shared region is one file mapped MAP_SHARED by every process that uses a Streamer:
+ *
+ *   [iss_ring_hdr (4096)] [iss_bucket x nbuckets] [ (iss_seg_hdr (256) + data) x nsegs ]
+ *
+ * Each producer process owns one segment: a single-producer / single-consumer byte ring.
+ * Threads of that process serialise on the segment's spinlock; the sender process is the only
+ * consumer. A producer publishes a record by a release store of `head` after writing it, so a
+ * producer killed mid-write never publishes a torn record and never wedges the consumer.
+ *
+ * Every cross-process field is fixed-width and naturally aligned; 64-bit fields are accessed
+ * with __atomic builtins only (lock-free on x86-64, aarch64 and ARMv7 with LDREXD/STREXD).
+ * The Python side (isstreamer/layout.py) mirrors these offsets; a test checks they agree.
+ */
+#ifndef ISSTREAMER_H
+#define ISSTREAMER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define ISS_MAGIC UINT64_C(0x315347524e525349) /* "ISRNRGS1" little-endian */
+#define ISS_LAYOUT_VERSION 1u
+
+#define ISS_HDR_SIZE 4096u
+#define ISS_BUCKET_SIZE 2048u
+#define ISS_BUCKET_KEY_MAX 1000u
+#define ISS_BUCKET_NAME_MAX 1000u
+#define ISS_SEG_HDR_SIZE 320u
+#define ISS_REC_HDR_SIZE 24u
+#define ISS_KEY_MAX 1024u   /* bytes of UTF-8 */
+#define ISS_STR_MAX 8192u   /* bytes of UTF-8 */
+#define ISS_REC_MAX (ISS_REC_HDR_SIZE + 8u + ISS_KEY_MAX + ISS_STR_MAX)
+#define ISS_SEG_DATA_MIN (4u * ISS_REC_MAX)
+#define ISS_NCOUNTERS 32u
+#define ISS_NDROPS 16u
+
+/* record types */
+#define ISS_T_PAD 1u
+#define ISS_T_F64 2u
+#define ISS_T_I64 3u
+#define ISS_T_STR 4u
+#define ISS_T_TRUE 5u
+#define ISS_T_FALSE 6u
+
+/* segment states */
+#define ISS_SEG_FREE 0u
+#define ISS_SEG_OWNED 1u
+#define ISS_SEG_RELEASED 2u
+
+/* put() return codes */
+#define ISS_OK 0
+#define ISS_FULL 1
+#define ISS_ETOOBIG (-1)
+#define ISS_EINVAL (-2)
+
+typedef struct {
+    uint64_t magic;
+    uint32_t version;
+    uint32_t hdr_size;
+    uint32_t nsegs;
+    uint32_t seg_data_size;
+    uint32_t nbuckets;
+    uint32_t bucket_size;
+    uint64_t total_size;
+    /* sender control (offset 40) */
+    uint64_t sender_pid;
+    uint64_t sender_heartbeat_ns; /* CLOCK_MONOTONIC, written by the sender */
+    uint64_t sender_lock;         /* pid of a process (re)starting the sender, 0 = none */
+    uint64_t flush_seq;           /* bumped by flush(): send partial batches now */
+    uint64_t closing;             /* 1: exit once drained and no owner is left */
+    uint64_t nbuckets_used;
+    uint64_t creator_pid;
+    uint8_t _pad0[128 - 96];
+    /* counters written by the sender, or atomically by anyone (offset 128) */
+    uint64_t counters[ISS_NCOUNTERS];
+    uint64_t drops[ISS_NDROPS]; /* drops folded in from reclaimed segments and global drops */
+} iss_ring_hdr;
+
+typedef struct {
+    uint32_t state; /* 0 empty, 1 being written, 2 ready */
+    uint16_t keylen;
+    uint16_t namelen;
+    uint64_t _pad;
+    char key[ISS_BUCKET_KEY_MAX];
+    char name[ISS_BUCKET_NAME_MAX];
+    uint8_t _pad2[ISS_BUCKET_SIZE - 16u - ISS_BUCKET_KEY_MAX - ISS_BUCKET_NAME_MAX];
+} iss_bucket;
+
+typedef struct {
+    /* ownership, cache line 0 */
+    uint64_t state;
+    uint64_t owner_pid;
+    uint64_t owner_token; /* random per attach, tells a reused pid apart */
+    uint64_t lock;        /* spinlock of the owner's threads */
+    uint8_t _pad0[64 - 32];
+    /* producer, offset 64 */
+    uint64_t head;    /* bytes published (monotonic) */
+    uint64_t logged;  /* records published */
+    uint64_t drops[ISS_NDROPS]; /* events refused by the producer, by reason */
+    uint8_t _pad1[256 - 64 - 16 - 8 * ISS_NDROPS];
+    /* consumer, offset 256 */
+    uint64_t tail;     /* bytes released back by the sender */
+    uint64_t consumed; /* records released back */
+    uint8_t _pad2[ISS_SEG_HDR_SIZE - 256 - 16];
+} iss_seg_hdr;
+
+typedef struct {
+    uint32_t size;  /* whole record incl. header, multiple of 8 */
+    uint8_t type;
+    uint8_t flags;
+    uint16_t bucket;
+    uint16_t keylen;
+    uint16_t _reserved;
+    uint32_t vallen; /* bytes of the string value, 0 otherwise */
+    double epoch;
+    /* then: 8-byte number (F64/I64) | key bytes | string bytes | zero padding to 8 */
+} iss_rec;
+
+/* Process-local producer handle (not shared). */
+typedef struct {
+    uint8_t *base;       /* start of the mapping */
+    uint64_t map_size;   /* bytes mapped */
+    iss_seg_hdr *seg;
+    uint8_t *data;
+    uint64_t data_size;
+    uint64_t cached_tail;
+    uint32_t bucket;
+    uint32_t seg_index;
+} iss_producer;
+
+/* Result of one encoded batch. */
+typedef struct {
+    uint64_t end;       /* segment position just after the last record taken */
+    uint32_t nevents;   /* events encoded */
+    uint32_t bucket;    /* bucket of every event in the batch */
+    uint32_t corrupt;   /* 1 if a corrupt record made the encoder skip to head */
+    uint32_t skipped;   /* records skipped as corrupt */
+} iss_batch;
+
+/* --- layout --- */
+uint64_t iss_layout_size(uint32_t nsegs, uint32_t seg_data_size, uint32_t nbuckets);
+int iss_ring_init(uint8_t *base, uint64_t map_size, uint32_t nsegs, uint32_t seg_data_size,
+                  uint32_t nbuckets);
+int iss_ring_check(const uint8_t *base, uint64_t map_size);
+
+/* --- producer --- */
+int iss_producer_attach(iss_producer *p, uint8_t *base, uint64_t map_size, uint32_t seg_index);
+int iss_put_f64(iss_producer *p, const char *key, size_t keylen, double v, double epoch);
+int iss_put_i64(iss_producer *p, const char *key, size_t keylen, int64_t v, double epoch);
+int iss_put_bool(iss_producer *p, const char *key, size_t keylen, int v, double epoch);
+int iss_put_str(iss_producer *p, const char *key, size_t keylen, const char *s, size_t slen,
+                double epoch);
+void iss_count_drop(iss_producer *p, uint32_t reason);
+
+/* --- atomics on the mapping, for the Python side --- */
+uint64_t iss_load64(const uint8_t *base, uint64_t map_size, uint64_t off);
+void iss_store64(uint8_t *base, uint64_t map_size, uint64_t off, uint64_t v);
+uint64_t iss_add64(uint8_t *base, uint64_t map_size, uint64_t off, uint64_t v);
+int iss_cas64(uint8_t *base, uint64_t map_size, uint64_t off, uint64_t expected, uint64_t desired);
+uint64_t iss_now_monotonic_ns(void);
+
+/* --- consumer --- */
+int64_t iss_encode_batch(const uint8_t *base, uint64_t map_size, uint32_t seg_index,
+                         uint64_t from, uint32_t max_events, char *out, size_t out_cap,
+                         iss_batch *info);
+size_t iss_format_double(double v, char *out, size_t cap);
+
+#endif

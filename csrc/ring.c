@@ -1,0 +1,266 @@
+/*
+ * isstreamer ring: layout, producer side, and atomics for the Python side.
+ * See isstreamer.h for the layout. C11, no dynamic allocation, every access bounds-checked.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include "isstreamer.h"
+
+#include <math.h>
+#include <sched.h>
+#include <string.h>
+#include <time.h>
+
+_Static_assert(sizeof(iss_ring_hdr) <= ISS_HDR_SIZE, "ring header too large");
+_Static_assert(sizeof(iss_ring_hdr) == 512, "ring header layout changed");
+_Static_assert(sizeof(iss_bucket) == ISS_BUCKET_SIZE, "bucket slot layout changed");
+_Static_assert(sizeof(iss_seg_hdr) == ISS_SEG_HDR_SIZE, "segment header layout changed");
+_Static_assert(sizeof(iss_rec) == ISS_REC_HDR_SIZE, "record header layout changed");
+_Static_assert(offsetof(iss_ring_hdr, sender_pid) == 40, "sender_pid offset");
+_Static_assert(offsetof(iss_ring_hdr, counters) == 128, "counters offset");
+_Static_assert(offsetof(iss_ring_hdr, drops) == 384, "drops offset");
+_Static_assert(offsetof(iss_seg_hdr, head) == 64, "head offset");
+_Static_assert(offsetof(iss_seg_hdr, drops) == 80, "seg drops offset");
+_Static_assert(offsetof(iss_seg_hdr, tail) == 256, "tail offset");
+_Static_assert(offsetof(iss_rec, epoch) == 16, "epoch offset");
+
+#define LOAD_ACQ(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define LOAD_RLX(p) __atomic_load_n((p), __ATOMIC_RELAXED)
+#define STORE_REL(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+
+uint64_t iss_layout_size(uint32_t nsegs, uint32_t seg_data_size, uint32_t nbuckets)
+{
+    return (uint64_t)ISS_HDR_SIZE + (uint64_t)nbuckets * ISS_BUCKET_SIZE +
+           (uint64_t)nsegs * ((uint64_t)ISS_SEG_HDR_SIZE + seg_data_size);
+}
+
+static uint64_t seg_offset(const iss_ring_hdr *h, uint32_t i)
+{
+    return (uint64_t)ISS_HDR_SIZE + (uint64_t)h->nbuckets * ISS_BUCKET_SIZE +
+           (uint64_t)i * ((uint64_t)ISS_SEG_HDR_SIZE + h->seg_data_size);
+}
+
+int iss_ring_init(uint8_t *base, uint64_t map_size, uint32_t nsegs, uint32_t seg_data_size,
+                  uint32_t nbuckets)
+{
+    if (base == NULL || nsegs == 0 || nbuckets == 0 || nbuckets > 65535u ||
+        seg_data_size < ISS_SEG_DATA_MIN || seg_data_size % 8u != 0)
+        return ISS_EINVAL;
+    uint64_t need = iss_layout_size(nsegs, seg_data_size, nbuckets);
+    if (need > map_size)
+        return ISS_EINVAL;
+    iss_ring_hdr *h = (iss_ring_hdr *)base;
+    h->version = ISS_LAYOUT_VERSION;
+    h->hdr_size = ISS_HDR_SIZE;
+    h->nsegs = nsegs;
+    h->seg_data_size = seg_data_size;
+    h->nbuckets = nbuckets;
+    h->bucket_size = ISS_BUCKET_SIZE;
+    h->total_size = need;
+    STORE_REL(&h->magic, ISS_MAGIC);
+    return ISS_OK;
+}
+
+int iss_ring_check(const uint8_t *base, uint64_t map_size)
+{
+    if (base == NULL || map_size < ISS_HDR_SIZE)
+        return ISS_EINVAL;
+    const iss_ring_hdr *h = (const iss_ring_hdr *)base;
+    if (LOAD_ACQ(&h->magic) != ISS_MAGIC || h->version != ISS_LAYOUT_VERSION ||
+        h->hdr_size != ISS_HDR_SIZE || h->bucket_size != ISS_BUCKET_SIZE || h->nsegs == 0 ||
+        h->nbuckets == 0 || h->nbuckets > 65535u || h->seg_data_size < ISS_SEG_DATA_MIN ||
+        h->seg_data_size % 8u != 0)
+        return ISS_EINVAL;
+    if (iss_layout_size(h->nsegs, h->seg_data_size, h->nbuckets) > map_size)
+        return ISS_EINVAL;
+    return ISS_OK;
+}
+
+int iss_producer_attach(iss_producer *p, uint8_t *base, uint64_t map_size, uint32_t seg_index)
+{
+    if (p == NULL || iss_ring_check(base, map_size) != ISS_OK)
+        return ISS_EINVAL;
+    const iss_ring_hdr *h = (const iss_ring_hdr *)base;
+    if (seg_index >= h->nsegs)
+        return ISS_EINVAL;
+    uint64_t off = seg_offset(h, seg_index);
+    p->base = base;
+    p->map_size = map_size;
+    p->seg = (iss_seg_hdr *)(base + off);
+    p->data = base + off + ISS_SEG_HDR_SIZE;
+    p->data_size = h->seg_data_size;
+    p->cached_tail = LOAD_ACQ(&p->seg->tail);
+    p->seg_index = seg_index;
+    if (p->bucket >= h->nbuckets)
+        p->bucket = 0;
+    return ISS_OK;
+}
+
+static void seg_lock(iss_seg_hdr *s)
+{
+    unsigned spins = 0;
+    while (__atomic_exchange_n(&s->lock, (uint64_t)1, __ATOMIC_ACQUIRE) != 0) {
+        while (LOAD_RLX(&s->lock) != 0) {
+            if (++spins >= 64u) {
+                sched_yield();
+                spins = 0;
+            }
+        }
+    }
+}
+
+static void seg_unlock(iss_seg_hdr *s) { STORE_REL(&s->lock, (uint64_t)0); }
+
+static double now_realtime(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_REALTIME, &ts) != 0)
+        return 0.0;
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+uint64_t iss_now_monotonic_ns(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0)
+        return 0;
+    return (uint64_t)ts.tv_sec * UINT64_C(1000000000) + (uint64_t)ts.tv_nsec;
+}
+
+/* Append one record. num: the 8 value bytes of F64/I64, or NULL. */
+static int put(iss_producer *p, uint8_t type, const char *key, size_t keylen, const void *num,
+               const char *s, size_t slen, double epoch)
+{
+    if (p == NULL || p->seg == NULL || key == NULL)
+        return ISS_EINVAL;
+    if (keylen == 0 || keylen > ISS_KEY_MAX || slen > ISS_STR_MAX || (slen > 0 && s == NULL))
+        return ISS_ETOOBIG;
+    size_t body = ISS_REC_HDR_SIZE + (num != NULL ? 8u : 0u) + keylen + slen;
+    uint64_t size = ((uint64_t)body + 7u) & ~(uint64_t)7u;
+    if (isnan(epoch))
+        epoch = now_realtime();
+
+    iss_seg_hdr *seg = p->seg;
+    const uint64_t ds = p->data_size;
+    seg_lock(seg);
+    uint64_t head = LOAD_RLX(&seg->head);
+    uint64_t off = head % ds;
+    uint64_t contig = ds - off;
+    uint64_t need = size <= contig ? size : contig + size;
+    if (head + need - p->cached_tail > ds) {
+        p->cached_tail = LOAD_ACQ(&seg->tail);
+        if (head + need - p->cached_tail > ds) {
+            seg_unlock(seg);
+            return ISS_FULL;
+        }
+    }
+    uint8_t *d = p->data;
+    if (size > contig) {
+        /* pad to the end of the data area; contig >= 8 since everything is 8-aligned */
+        uint32_t padsize = (uint32_t)contig;
+        uint8_t padtype = ISS_T_PAD;
+        memcpy(d + off, &padsize, 4);
+        memcpy(d + off + 4, &padtype, 1);
+        memset(d + off + 5, 0, 3);
+        head += contig;
+        off = 0;
+    }
+    iss_rec r;
+    memset(&r, 0, sizeof r);
+    r.size = (uint32_t)size;
+    r.type = type;
+    r.bucket = (uint16_t)p->bucket;
+    r.keylen = (uint16_t)keylen;
+    r.vallen = (uint32_t)slen;
+    r.epoch = epoch;
+    uint8_t *w = d + off;
+    memcpy(w, &r, sizeof r);
+    w += sizeof r;
+    if (num != NULL) {
+        memcpy(w, num, 8);
+        w += 8;
+    }
+    memcpy(w, key, keylen);
+    w += keylen;
+    if (slen > 0) {
+        memcpy(w, s, slen);
+        w += slen;
+    }
+    size_t padbytes = (size_t)(size - body);
+    if (padbytes > 0)
+        memset(w, 0, padbytes);
+    STORE_REL(&seg->head, head + size);
+    STORE_REL(&seg->logged, LOAD_RLX(&seg->logged) + 1u);
+    seg_unlock(seg);
+    return ISS_OK;
+}
+
+int iss_put_f64(iss_producer *p, const char *key, size_t keylen, double v, double epoch)
+{
+    if (!isfinite(v))
+        return ISS_EINVAL;
+    return put(p, ISS_T_F64, key, keylen, &v, NULL, 0, epoch);
+}
+
+int iss_put_i64(iss_producer *p, const char *key, size_t keylen, int64_t v, double epoch)
+{
+    return put(p, ISS_T_I64, key, keylen, &v, NULL, 0, epoch);
+}
+
+int iss_put_bool(iss_producer *p, const char *key, size_t keylen, int v, double epoch)
+{
+    return put(p, v ? ISS_T_TRUE : ISS_T_FALSE, key, keylen, NULL, NULL, 0, epoch);
+}
+
+int iss_put_str(iss_producer *p, const char *key, size_t keylen, const char *s, size_t slen,
+                double epoch)
+{
+    return put(p, ISS_T_STR, key, keylen, NULL, s, slen, epoch);
+}
+
+void iss_count_drop(iss_producer *p, uint32_t reason)
+{
+    if (p == NULL || p->seg == NULL || reason >= ISS_NDROPS)
+        return;
+    __atomic_fetch_add(&p->seg->drops[reason], (uint64_t)1, __ATOMIC_RELAXED);
+}
+
+/* ---- 64-bit atomics at a byte offset of the mapping (bounds and alignment checked) ---- */
+
+static uint64_t *field(const uint8_t *base, uint64_t map_size, uint64_t off)
+{
+    if (base == NULL || off % 8u != 0 || map_size < 8u || off > map_size - 8u)
+        return NULL;
+    return (uint64_t *)(uintptr_t)(base + off);
+}
+
+uint64_t iss_load64(const uint8_t *base, uint64_t map_size, uint64_t off)
+{
+    uint64_t *f = field(base, map_size, off);
+    return f ? LOAD_ACQ(f) : 0;
+}
+
+void iss_store64(uint8_t *base, uint64_t map_size, uint64_t off, uint64_t v)
+{
+    uint64_t *f = field(base, map_size, off);
+    if (f)
+        STORE_REL(f, v);
+}
+
+uint64_t iss_add64(uint8_t *base, uint64_t map_size, uint64_t off, uint64_t v)
+{
+    uint64_t *f = field(base, map_size, off);
+    return f ? __atomic_add_fetch(f, v, __ATOMIC_ACQ_REL) : 0;
+}
+
+int iss_cas64(uint8_t *base, uint64_t map_size, uint64_t off, uint64_t expected, uint64_t desired)
+{
+    uint64_t *f = field(base, map_size, off);
+    if (f == NULL)
+        return 0;
+    return __atomic_compare_exchange_n(f, &expected, desired, 0, __ATOMIC_ACQ_REL,
+                                       __ATOMIC_ACQUIRE)
+               ? 1
+               : 0;
+}

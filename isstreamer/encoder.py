@@ -1,0 +1,146 @@
+"""Turns the records of a ring segment into JSON batches for the events API.
+
+The C encoder (``iss_encode_batch``) is used when the extension is available; otherwise the
+records are decoded with ``struct`` and serialised with orjson (or the stdlib ``json`` when
+orjson is missing). Both produce strict JSON: ``[{"key":..,"value":..,"epoch":..}, ...]``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List
+
+from . import layout as L
+from .ring import Ring, _ffi, _lib
+
+try:
+    import orjson
+
+    def _dumps(obj: Any) -> bytes:
+        return orjson.dumps(obj)
+except ImportError:  # pragma: no cover - orjson is a dependency; this is the pure-Python path
+
+    def _dumps(obj: Any) -> bytes:
+        return json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+# Bytes one event can take at most once escaped: the C encoder's bound.
+WORST_EVENT = 96 + 6 * L.KEY_MAX + 6 * L.STR_MAX
+MIN_BATCH_BYTES = WORST_EVENT + 2
+
+_REC = struct.Struct("=IBBHHHId")
+_PADHDR = struct.Struct("=IB")
+_Q = struct.Struct("=Q")
+_F64 = struct.Struct("=d")
+_I64 = struct.Struct("=q")
+
+
+@dataclass
+class Batch:
+    """One encoded batch taken from a segment, not yet released back to the ring."""
+
+    body: bytes
+    seg: int
+    start: int
+    end: int
+    nevents: int
+    bucket: int
+    corrupt: bool
+    skipped: int
+
+
+class Encoder:
+    """Encodes batches from a ring, with the C encoder or the fallback."""
+
+    def __init__(self, ring: Ring, max_batch_bytes: int, native: bool) -> None:
+        self.ring = ring
+        self.cap = max(int(max_batch_bytes), MIN_BATCH_BYTES)
+        self.native = bool(native and _lib is not None and ring.ptr is not None)
+        if self.native:
+            assert _ffi is not None
+            self._out = _ffi.new("char[]", self.cap)
+            self._info = _ffi.new("iss_batch *")
+        self.next_batch: Callable[[int, int, int], Batch] = (
+            self._next_native if self.native else self._next_python
+        )
+
+    def _next_native(self, seg: int, start: int, max_events: int) -> Batch:
+        n = _lib.iss_encode_batch(self.ring.ptr, self.ring.size, seg, start, max_events,
+                                  self._out, self.cap, self._info)
+        if n < 0:
+            raise ValueError("isstreamer: encoder refused segment %d (code %d)" % (seg, n))
+        i = self._info
+        return Batch(_ffi.buffer(self._out, n)[:], seg, start, i.end, i.nevents, i.bucket,
+                     bool(i.corrupt), i.skipped)
+
+    def _next_python(self, seg: int, start: int, max_events: int) -> Batch:
+        ring = self.ring
+        mm = ring.mm
+        base = ring.seg_offset(seg)
+        data = base + L.SEG_HDR_SIZE
+        ds = ring.seg_data_size
+        head = ring.load(base + L.S_HEAD)
+        if start > head or head - start > ds or start % 8:
+            return Batch(b"[]", seg, start, head, 0, 0, True, 0)
+        events: List[Dict[str, Any]] = []
+        pos, used, skipped = start, 2, 0
+        bucket = -1
+        bad = False
+        while pos < head and len(events) < max_events:
+            off = pos % ds
+            contig = ds - off
+            size, rtype = _PADHDR.unpack_from(mm, data + off)
+            if rtype == L.T_PAD:
+                if size != contig or pos + contig > head:
+                    bad = True
+                    break
+                pos += contig
+                continue
+            if size < L.REC_HDR_SIZE or size % 8 or size > contig or size > L.REC_MAX or pos + size > head:
+                bad = True
+                break
+            _, rtype, _, rbucket, klen, _, vlen, epoch = _REC.unpack_from(mm, data + off)
+            numeric = rtype in (L.T_F64, L.T_I64)
+            body = L.REC_HDR_SIZE + (8 if numeric else 0) + klen + vlen
+            if (rtype < L.T_F64 or rtype > L.T_FALSE or klen == 0 or klen > L.KEY_MAX
+                    or vlen > L.STR_MAX or body > size or (rtype != L.T_STR and vlen)):
+                bad = True
+                break
+            if bucket >= 0 and rbucket != bucket:
+                break
+            if used + WORST_EVENT + 1 > self.cap:
+                break
+            p = data + off + L.REC_HDR_SIZE
+            value: Any
+            if rtype == L.T_F64:
+                value = _F64.unpack_from(mm, p)[0]
+                p += 8
+                if not math.isfinite(value):
+                    skipped += 1
+                    pos += size
+                    continue
+            elif rtype == L.T_I64:
+                value = _I64.unpack_from(mm, p)[0]
+                p += 8
+            key = bytes(mm[p: p + klen]).decode("utf-8", "replace")
+            p += klen
+            if rtype == L.T_STR:
+                value = bytes(mm[p: p + vlen]).decode("utf-8", "replace")
+            elif rtype == L.T_TRUE:
+                value = True
+            elif rtype == L.T_FALSE:
+                value = False
+            if bucket < 0:
+                bucket = rbucket
+            ev: Dict[str, Any] = {"key": key, "value": value}
+            if math.isfinite(epoch) and epoch > 0:
+                ev["epoch"] = round(epoch, 6) if epoch < 1e11 else epoch
+            events.append(ev)
+            used += klen + vlen + 64
+            pos += size
+        if bad and not events:
+            # unreadable record: skip what is left of the segment (counted by the sender)
+            return Batch(b"[]", seg, start, head, 0, 0, True, skipped)
+        return Batch(_dumps(events), seg, start, pos, len(events), max(bucket, 0), False, skipped)

@@ -1,0 +1,429 @@
+"""The sender process: drains the ring, batches, POSTs, spools and replays.
+
+Started by a Streamer as ``python -m isstreamer.sender`` (a fresh interpreter: it never
+re-imports the user's ``__main__`` and is safe to start from a threaded parent), with its
+settings as JSON on stdin (so the access key never shows in ``ps``). It runs in its own
+session, so a Ctrl-C in the terminal does not kill it before it has drained. It exits when no
+live process owns a segment of the ring any more, after delivering or spooling everything.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Dict, Optional, Set, Tuple
+
+from . import layout as L
+from .delivery import AUTH, DELIVERED, REJECTED, Delivery, Policy, Result, retry_after_seconds
+from .encoder import Batch, Encoder
+from .procutil import pid_alive
+from .ring import Ring, RingClosed
+from .spool import (DEFAULT_MAX_BYTES, ReplayFile, SpoolFull, SpoolWriter, key_fingerprint,
+                    pending_files, streams)
+from .transport import Transport
+
+log = logging.getLogger("isstreamer")
+
+
+@dataclass
+class SenderSettings:
+    """Everything the sender process needs; sent as JSON on its stdin."""
+
+    ring_path: str
+    api_base: str
+    access_key: str
+    spool_dir: str
+    buffer_size: int = 10
+    flush_interval: float = 1.0
+    max_batch_events: int = 1000
+    max_batch_bytes: int = 900_000
+    request_timeout: float = 10.0
+    close_timeout: float = 5.0
+    spool_max_bytes: int = DEFAULT_MAX_BYTES
+    debug_level: int = 0
+    native: bool = True
+    use_gzip: bool = False
+    policy: Dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        """Serialise for the child's stdin."""
+        return json.dumps(asdict(self)).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> "SenderSettings":
+        """Parse what ``to_json`` wrote."""
+        return cls(**json.loads(data))
+
+
+class Sender:
+    """The drain / deliver / spool / replay loop over one ring."""
+
+    LIVENESS_EVERY = 0.2
+    SPOOL_SCAN_EVERY = 5.0
+    REPLAY_BUDGET = 0.05  # seconds of replay per loop turn while live events wait
+
+    def __init__(self, s: SenderSettings) -> None:
+        self.s = s
+        self.ring = Ring.open(s.ring_path, native=s.native)
+        self.enc = Encoder(self.ring, s.max_batch_bytes, s.native)
+        self.t = Transport(s.api_base, s.access_key, s.request_timeout, s.use_gzip)
+        self.fp = key_fingerprint(s.access_key)
+        self.spool = SpoolWriter(s.spool_dir, s.spool_max_bytes)
+        self.delivery = Delivery(self.t, Policy(**s.policy), os.path.join(s.spool_dir, "rejected.jsonl"), self.report)
+        self.created: Set[int] = set()
+        self.first_seen: Dict[int, float] = {}
+        self.attempts: Dict[Tuple[int, int], int] = {}
+        self.seen_flush = self.ring.load(L.H_FLUSH_SEQ)
+        self.exit_deadline: Optional[float] = None
+        self.stop_requested = False
+        self.live_owners = True
+        self._last_liveness = 0.0
+        self._last_scan = -1e9
+        self._replay_streams = []  # type: list
+        self._replay_buckets: Set[str] = set()
+        self._was_blocked = False
+        self._reported_spool_full = False
+
+    # ---- reporting --------------------------------------------------------------------------
+    def report(self, msg: str) -> None:
+        """A loud message: stderr and the ``isstreamer`` logger (never contains the access key)."""
+        log.warning(msg)
+
+    # ---- main loop ----------------------------------------------------------------------------
+    def run(self) -> int:
+        """Loop until every owner is gone and everything is delivered or spooled."""
+        ring = self.ring
+        ring.store(L.H_SENDER_PID, os.getpid())
+        idle = 0.001
+        while True:
+            now = time.monotonic()
+            ring.store(L.H_HEARTBEAT, time.monotonic_ns())
+            if now - self._last_liveness >= self.LIVENESS_EVERY:
+                self._last_liveness = now
+                self.live_owners = self._any_live_owner()
+            if self.exit_deadline is None and (self.stop_requested or not self.live_owners):
+                self.exit_deadline = now + self.s.close_timeout
+            flush_seq = ring.load(L.H_FLUSH_SEQ)
+            force = flush_seq != self.seen_flush or self.exit_deadline is not None
+            self._sync_buckets()
+            worked, drained = self._pump(force)
+            if flush_seq != self.seen_flush and drained:
+                self.seen_flush = flush_seq
+            blocked = self.delivery.outage or self.delivery.auth_blocked
+            if self._was_blocked and not blocked:
+                self.spool.close_all()  # our own spool files become replayable
+                self.spool.forget_size()
+                self._last_scan = -1e9
+            self._was_blocked = blocked
+            worked |= self._replay()
+            self._reclaim()
+            if self.exit_deadline is not None and drained:
+                break
+            if worked:
+                idle = 0.001
+            else:
+                time.sleep(idle)
+                idle = min(idle * 2, 0.02)
+        self._shutdown()
+        return 0
+
+    def _shutdown(self) -> None:
+        self.spool.close_all()
+        self.t.close()
+        ring = self.ring
+        if ring.load(L.H_SENDER_PID) == os.getpid():
+            ring.store(L.H_SENDER_PID, 0)
+        if not any(st == L.SEG_OWNED and pid_alive(pid) for _, st, pid in ring.owners()):
+            try:
+                os.unlink(ring.path)
+            except OSError:
+                pass
+
+    def _any_live_owner(self) -> bool:
+        alive = False
+        for i, st, pid in self.ring.owners():
+            if st == L.SEG_OWNED and pid_alive(pid):
+                alive = True
+        return alive
+
+    def _reclaim(self) -> None:
+        for i, st, pid in self.ring.owners():
+            if st == L.SEG_RELEASED or (st == L.SEG_OWNED and not pid_alive(pid)):
+                if self.ring.seg_field(i, L.S_HEAD) == self.ring.seg_field(i, L.S_TAIL):
+                    if self.ring.reclaim_segment(i):
+                        self.first_seen.pop(i, None)
+
+    # ---- buckets ------------------------------------------------------------------------------
+    def _sync_buckets(self) -> None:
+        used = self.ring.buckets_used()
+        if len(self.created) >= used or not self.delivery.ready():
+            return
+        if self.delivery.outage or self.delivery.auth_blocked:
+            return
+        for i in range(used):
+            if i not in self.created:
+                self._ensure_bucket(i)
+
+    def _ensure_bucket(self, index: int) -> bool:
+        if index in self.created:
+            return True
+        b = self.ring.bucket(index)
+        if b is None:
+            return False
+        if self._create_bucket(*b):
+            self.created.add(index)
+            return True
+        return False
+
+    def _create_bucket(self, key: str, name: str) -> bool:
+        d = self.delivery
+        if not d.ready():
+            return False
+        a = self.t.create_bucket(key, name, self._timeout())
+        if a.ok:
+            self.ring.count("buckets_created")
+            d.mark_healthy()
+            return True
+        if a.status in (401, 402, 403):
+            if not d.auth_blocked:
+                d.report("isstreamer: creating bucket %r was refused (HTTP %d); events are kept in the spool "
+                         "and sending retries every %gs" % (key, a.status, d.policy.auth_retry_interval))
+            d.auth_blocked = True
+            d.not_before = time.monotonic() + d.policy.auth_retry_interval
+            return False
+        if a.status == 429:
+            d.not_before = time.monotonic() + retry_after_seconds(a)
+            return False
+        if a.status == 0 or a.status >= 500:
+            d.retries += 1
+            d.backoff()
+            return False
+        self.report("isstreamer: the events API refused bucket %r (HTTP %d: %s)" % (key, a.status, a.text[:200]))
+        return True  # nothing more to do; its events will meet the server's verdict
+
+    def _timeout(self) -> Optional[float]:
+        if self.exit_deadline is None:
+            return None
+        return max(0.2, self.exit_deadline - time.monotonic())
+
+    # ---- ring -> API ----------------------------------------------------------------------------
+    def _pump(self, force: bool) -> Tuple[bool, bool]:
+        """Send what is due. Returns (did work, every segment empty)."""
+        ring, s = self.ring, self.s
+        now = time.monotonic()
+        worked, drained = False, True
+        for i, st, pid in ring.owners():
+            base = ring.seg_offset(i)
+            pending = ring.load(base + L.S_LOGGED) - ring.load(base + L.S_CONSUMED)
+            if ring.load(base + L.S_HEAD) == ring.load(base + L.S_TAIL):
+                self.first_seen.pop(i, None)
+                continue
+            fs = self.first_seen.setdefault(i, now)
+            due = (force or pending >= s.buffer_size or now - fs >= s.flush_interval
+                   or st == L.SEG_RELEASED)
+            if not due:
+                drained = False
+                continue
+            while True:
+                tail = ring.load(base + L.S_TAIL)
+                if tail == ring.load(base + L.S_HEAD):
+                    self.first_seen.pop(i, None)
+                    break
+                b = self.enc.next_batch(i, tail, s.max_batch_events)
+                if b.corrupt:
+                    ring.count("corrupt_records")
+                    self.report("isstreamer: unreadable record in ring segment %d; skipped to its end" % i)
+                    self._commit(b, corrupt=True)
+                    continue
+                if b.nevents and not self._handle(b, force):
+                    drained = False
+                    break
+                self._commit(b)
+                worked = True
+        return worked, drained
+
+    def _commit(self, b: Batch, corrupt: bool = False) -> None:
+        ring = self.ring
+        base = ring.seg_offset(b.seg)
+        if b.skipped:
+            ring.count("skipped_records", b.skipped)
+        if corrupt:
+            consumed = ring.load(base + L.S_LOGGED)
+        else:
+            consumed = ring.load(base + L.S_CONSUMED) + b.nevents + b.skipped
+        ring.store(base + L.S_CONSUMED, consumed)
+        ring.store(base + L.S_TAIL, b.end)
+        self.attempts.pop((b.seg, b.start), None)
+
+    def _occupancy(self, seg: int) -> float:
+        base = self.ring.seg_offset(seg)
+        return (self.ring.load(base + L.S_HEAD) - self.ring.load(base + L.S_TAIL)) / self.ring.seg_data_size
+
+    def _handle(self, b: Batch, force: bool) -> bool:
+        """Deliver, reject or spool one batch: True when the ring may release it."""
+        bucket = self.ring.bucket(b.bucket)
+        if bucket is None:
+            self.ring.count("corrupt_records", b.nevents)
+            return True
+        key, name = bucket
+        d = self.delivery
+        exiting = self.exit_deadline is not None
+        if d.outage or d.auth_blocked:
+            return self._to_spool([b.body], b.nevents, key, name)
+        if not d.ready() or not self._ensure_bucket(b.bucket):
+            # cannot send now: keep it in the ring unless the ring fills up or someone waits
+            urgent = exiting or self._occupancy(b.seg) > 0.5 or (force and d.wait_time() > 1.0)
+            if urgent or d.outage or d.auth_blocked:
+                return self._to_spool([b.body], b.nevents, key, name)
+            return False
+        r = d.send(key, b.body, b.nevents, self._timeout())
+        self._account(r)
+        if r.kind in (DELIVERED, REJECTED):
+            return True
+        leftover = r.leftover or [b.body]
+        partial = r.delivered + r.rejected > 0
+        if r.kind == AUTH or partial:
+            return self._to_spool(leftover, None, key, name)
+        n = self.attempts.get((b.seg, b.start), 0) + 1
+        self.attempts[(b.seg, b.start)] = n
+        rate_limited = r.answer is not None and r.answer.status == 429
+        if not rate_limited and (exiting or n >= d.policy.max_attempts):
+            d.enter_outage()
+            return self._to_spool(leftover, None, key, name)
+        if exiting or self._occupancy(b.seg) > 0.5:
+            return self._to_spool(leftover, None, key, name)
+        return False
+
+    def _account(self, r: Result) -> None:
+        ring = self.ring
+        if r.delivered:
+            ring.count("sent", r.delivered)
+        if r.kind in (DELIVERED, REJECTED):
+            ring.count("batches")
+        if r.rejected:
+            ring.count("rejected", r.rejected)
+        d = self.delivery
+        ring.count("requests", d.requests)
+        ring.count("retries", d.retries)
+        d.requests = d.retries = 0
+
+    def _to_spool(self, bodies, nevents: Optional[int], key: str, name: str) -> bool:
+        total = 0
+        for body in bodies:
+            n = nevents if nevents is not None and len(bodies) == 1 else _count_events(body)
+            try:
+                self.spool.write(self.s.api_base, key, name, self.fp, body)
+            except SpoolFull as exc:
+                if not self._reported_spool_full:
+                    self.report("%s; further events are dropped and counted as dropped['spool_full']" % exc)
+                    self._reported_spool_full = True
+                self.ring.add(L.H_DROPS + 8 * L.D["spool_full"], n)
+                continue
+            except OSError as exc:
+                self.report("isstreamer: cannot write the spool (%s); %d event(s) lost" % (exc, n))
+                self.ring.count("failed", n)
+                continue
+            total += n
+        if total:
+            self.ring.count("spooled", total)
+        return True
+
+    # ---- spool -> API -------------------------------------------------------------------------------
+    def _replay(self) -> bool:
+        d = self.delivery
+        now = time.monotonic()
+        if now - self._last_scan >= self.SPOOL_SCAN_EVERY:
+            self._last_scan = now
+            self._replay_streams = [m for m in streams(self.s.spool_dir)
+                                    if m.api_base == self.s.api_base and m.fingerprint == self.fp
+                                    and pending_files(m.path)]
+        if not d.ready():
+            return False
+        if (d.outage or d.auth_blocked) and self.spool._files:
+            # probe with the oldest spooled batch: our own files must be unlocked for that
+            self.spool.close_all()
+            self._last_scan = -1e9
+            return self._replay()
+        if not self._replay_streams:
+            return False
+        start = time.monotonic()
+        worked = False
+        for m in list(self._replay_streams):
+            files = pending_files(m.path)
+            if not files:
+                self._replay_streams.remove(m)
+                continue
+            if m.bucket_key not in self._replay_buckets:
+                if not self._create_bucket(m.bucket_key, m.bucket_name):
+                    return worked
+                self._replay_buckets.add(m.bucket_key)
+            for path in files:
+                rf = ReplayFile(path)
+                if not rf.acquire():
+                    continue
+                done = True
+                for end, body in rf.lines():
+                    n = _count_events(body)
+                    r = d.send(m.bucket_key, body, n, self._timeout())
+                    self._account(r)
+                    if r.kind in (DELIVERED, REJECTED):
+                        self.ring.count("replayed", r.delivered)
+                        rf.mark(end)
+                        worked = True
+                    elif r.delivered or r.rejected:
+                        self.ring.count("replayed", r.delivered)
+                        self._to_spool(r.leftover or [], None, m.bucket_key, m.bucket_name)
+                        rf.mark(end)
+                        done = False
+                        break
+                    else:
+                        done = False
+                        break
+                    if time.monotonic() - start > self.REPLAY_BUDGET and self.exit_deadline is None:
+                        done = False
+                        break
+                if rf.torn:
+                    self.report("isstreamer: skipped %d torn line(s) in spool file %s" % (rf.torn, path))
+                if done:
+                    rf.finish()
+                    self.spool.forget_size()
+                else:
+                    rf.release()
+                    return worked
+        return worked
+
+
+def _count_events(body: bytes) -> int:
+    import orjson
+
+    try:
+        v = orjson.loads(body)
+        return len(v) if isinstance(v, list) else 1
+    except ValueError:
+        return 0
+
+
+def main() -> int:
+    """Entry point of ``python -m isstreamer.sender``: settings as JSON on stdin."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    settings = SenderSettings.from_json(sys.stdin.buffer.read())
+    logging.basicConfig(level=logging.DEBUG if settings.debug_level >= 3 else logging.WARNING,
+                        format="%(message)s", stream=sys.stderr)
+    try:
+        sender = Sender(settings)
+    except RingClosed:
+        return 0
+
+    def _term(signum, frame):  # noqa: ARG001
+        sender.stop_requested = True
+
+    signal.signal(signal.SIGTERM, _term)
+    return sender.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,617 @@
+"""The Streamer: ISStreamer 2.0.0's API on a shared-memory ring with a sender process."""
+from __future__ import annotations
+
+import atexit
+import csv
+import logging
+import os
+import secrets
+import subprocess
+import sys
+import threading
+import time
+import uuid
+import weakref
+from typing import Any, Dict, Optional, Tuple
+
+from . import layout as L
+from .config import load_config
+from .flatten import flatten_object
+from .procutil import pid_alive
+from .ring import Attachment, Ring, RingClosed, puts_for, use_native
+from .sender import SenderSettings
+from .spool import DEFAULT_MAX_BYTES, default_spool_dir
+from .values import Skip, coerce_epoch, coerce_key, coerce_value, console_line
+
+log = logging.getLogger("isstreamer")
+
+_NAN = float("nan")
+_I64_MIN = -(2**63)
+_I64_MAX = 2**63 - 1
+_KEY_CACHE_MAX = 65536
+
+# Per process: the ring mappings and this process's segment on each ring.
+_RINGS: Dict[str, Ring] = {}
+_ATTACH: Dict[Tuple[str, bool], Attachment] = {}
+_LIVE: "weakref.WeakSet[Streamer]" = weakref.WeakSet()
+_REG_LOCK = threading.Lock()
+
+
+class StreamerClosedError(RuntimeError):
+    """log() was called after close() (raised at debug_level >= 2; counted otherwise)."""
+
+
+class _Detached:
+    """Stands in for a producer until this process has a segment (first use, after fork)."""
+
+    bucket = 0
+
+    def put(self, *args: Any) -> int:
+        return L.EINVAL
+
+
+def _detached_native():
+    from .ring import _ffi
+
+    return _ffi.new("iss_producer *") if _ffi is not None else _Detached()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child must not write into its parent's segment: detach every Streamer."""
+    global _REG_LOCK
+    _REG_LOCK = threading.Lock()
+    _ATTACH.clear()
+    for ring in _RINGS.values():
+        ring._tlock = threading.Lock()
+    for s in list(_LIVE):
+        s._on_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _validate_bucket_key(key: str) -> str:
+    if not isinstance(key, str):
+        raise TypeError("isstreamer: bucket_key must be a str, not %s" % type(key).__name__)
+    if len(key) > 250 or any(c in key for c in ':"\''):
+        raise ValueError("isstreamer: bucket_key %r is invalid: at most 250 characters, without : \" or '"
+                         % key[:60])
+    return key
+
+
+class Streamer:
+    """Streams events to the Initial State events API (drop-in for ISStreamer 2.0.0).
+
+    ``log()`` writes one record into a shared-memory ring and returns; a sender process batches
+    the records and POSTs them over one keep-alive connection, retrying, pacing and spooling to
+    disk what it cannot deliver. Works across threads, forks and multiprocessing pools.
+    """
+
+    def __init__(
+        self,
+        bucket_name: str = "",
+        bucket_key: str = "",
+        access_key: str = "",
+        ini_file_location: Optional[str] = None,
+        debug_level: int = 0,
+        buffer_size: int = 10,
+        offline: Optional[bool] = None,
+        use_async: bool = True,
+        *,
+        api_base: Optional[str] = None,
+        offline_file: Optional[str] = None,
+        ring_size: int = 16 * 1024 * 1024,
+        max_producers: int = 64,
+        flush_interval: float = 1.0,
+        close_timeout: float = 5.0,
+        on_full: str = "block",
+        full_timeout: float = 2.0,
+        spool_dir: Optional[str] = None,
+        spool_max_bytes: int = DEFAULT_MAX_BYTES,
+        max_batch_events: int = 1000,
+        max_batch_bytes: int = 900_000,
+        request_timeout: float = 10.0,
+        max_rps: float = 0.0,
+        max_attempts: int = 4,
+        backoff_max: float = 30.0,
+        auth_retry_interval: float = 30.0,
+        use_gzip: bool = False,
+    ) -> None:
+        if on_full not in ("block", "drop"):
+            raise ValueError("isstreamer: on_full must be 'block' or 'drop'")
+        if buffer_size < 1:
+            raise ValueError("isstreamer: buffer_size must be at least 1")
+        cfg = load_config(bucket_name=bucket_name, access_key=access_key, ini_file_location=ini_file_location,
+                          offline=offline, api_base=api_base)
+        self.DebugLevel = int(debug_level)
+        self.BufferSize = int(buffer_size)
+        self.AccessKey = cfg.access_key
+        self.Offline = cfg.offline
+        self.Async = bool(use_async)
+        self.StreamApiBase = cfg.api_base
+        self.BucketName = cfg.bucket_name
+        self.BucketKey = _validate_bucket_key(bucket_key or str(uuid.uuid4()))
+        self.IsClosed = False
+        self._opts = dict(
+            offline_file=offline_file or cfg.offline_file, ring_size=ring_size, max_producers=max_producers,
+            flush_interval=flush_interval, close_timeout=close_timeout, on_full=on_full,
+            full_timeout=full_timeout, spool_dir=spool_dir or default_spool_dir(), spool_max_bytes=spool_max_bytes,
+            max_batch_events=max_batch_events, max_batch_bytes=max_batch_bytes, request_timeout=request_timeout,
+            max_rps=max_rps, max_attempts=max_attempts, backoff_max=backoff_max,
+            auth_retry_interval=auth_retry_interval, use_gzip=use_gzip,
+        )
+        self._init_local()
+        if self.Offline:
+            self._open_offline("w")
+        else:
+            if not self.AccessKey:
+                log.warning("isstreamer: no access key (argument, ISSTREAMER_ACCESS_KEY or isstreamer.ini); "
+                            "the events API will refuse the events, which are kept in the spool")
+            self._native = use_native()
+            ring = Ring.create(ring_size, max_producers, native=self._native)
+            with _REG_LOCK:
+                _RINGS[ring.path] = ring
+            self._ring = ring
+            self._bucket = ring.add_bucket(self.BucketKey, self.BucketName)
+            self._attach()  # the creator owns a segment before the sender starts
+            self._start_sender()
+        self._select_log()
+        _LIVE.add(self)
+
+    # ---- construction helpers ------------------------------------------------------------
+    def _init_local(self) -> None:
+        self._keys: Dict[Any, bytes] = {}
+        self._converted: Dict[str, int] = {}
+        self._dropped_local: Dict[str, int] = {}
+        self._warned: set = set()
+        self._att: Optional[Attachment] = None
+        self._proc: Optional[subprocess.Popen] = None
+        self._final_stats: Optional[Dict[str, Any]] = None
+        self._sync_count = 0
+        self._csv_file = None
+        self._csv = None
+        self._native = use_native()
+        self._put_f64, self._put_i64, self._put_bool, self._put_str = puts_for(self._native)
+        self._p: Any = _detached_native() if self._native else _Detached()
+        self._bucket = 0
+
+    def _open_offline(self, mode: str) -> None:
+        path = self._opts["offline_file"]
+        self._csv_file = open(path, mode, newline="", encoding="utf-8")
+        self._csv = csv.writer(self._csv_file)
+        self._csv_lock = threading.Lock()
+
+    def _select_log(self) -> None:
+        """Bind the log implementation once, so the hot path tests no flags."""
+        if self.IsClosed:
+            self.log = self._log_closed  # type: ignore[method-assign]
+        elif self.Offline:
+            self.log = self._log_offline  # type: ignore[method-assign]
+        elif self.DebugLevel >= 1 or not self.Async:
+            self.log = self._log_wrapped  # type: ignore[method-assign]
+        else:
+            self.__dict__.pop("log", None)
+
+    def _sender_settings(self) -> SenderSettings:
+        o = self._opts
+        return SenderSettings(
+            ring_path=self._ring.path, api_base=self.StreamApiBase, access_key=self.AccessKey,
+            spool_dir=o["spool_dir"], buffer_size=self.BufferSize, flush_interval=o["flush_interval"],
+            max_batch_events=o["max_batch_events"], max_batch_bytes=o["max_batch_bytes"],
+            request_timeout=o["request_timeout"], close_timeout=o["close_timeout"],
+            spool_max_bytes=o["spool_max_bytes"], debug_level=self.DebugLevel, native=self._native,
+            use_gzip=o["use_gzip"],
+            policy={"max_attempts": o["max_attempts"], "backoff_max": o["backoff_max"],
+                    "auth_retry_interval": o["auth_retry_interval"], "max_rps": o["max_rps"]},
+        )
+
+    def _start_sender(self) -> None:
+        env = dict(os.environ)
+        pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        if not self._native:
+            env["ISSTREAMER_NO_EXTENSION"] = "1"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "isstreamer.sender"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            stderr=None, start_new_session=True, close_fds=True, env=env,
+        )
+        assert proc.stdin is not None
+        proc.stdin.write(self._sender_settings().to_json())
+        proc.stdin.close()
+        self._ring.store(L.H_SENDER_PID, proc.pid)
+        self._proc = proc
+        threading.Thread(target=proc.wait, name="isstreamer-reaper", daemon=True).start()
+
+    def _ensure_sender(self) -> None:
+        """Start a new sender if the one of this ring died (it resumes from the ring's tails)."""
+        ring = self._ring
+        pid = ring.load(L.H_SENDER_PID)
+        if pid and pid_alive(pid):
+            return
+        with ring.locked():
+            pid = ring.load(L.H_SENDER_PID)
+            if pid and pid_alive(pid):
+                return
+            if pid:
+                log.warning("isstreamer: the sender process died; starting a new one on the same ring")
+            self._start_sender()
+
+    def _attach(self) -> bool:
+        """Get this process's segment of the ring (claimed once per process and backend)."""
+        ring = self._ring
+        key = (ring.path, ring.native)
+        with _REG_LOCK:
+            att = _ATTACH.get(key)
+            if att is None or att.pid != os.getpid():
+                deadline = time.monotonic() + self._opts["full_timeout"]
+                token = secrets.randbits(63)
+                while True:
+                    idx = ring.claim_segment(os.getpid(), token)
+                    if idx is not None:
+                        break
+                    if time.monotonic() > deadline:
+                        return False
+                    time.sleep(0.01)
+                att = Attachment(ring, idx, token)
+                _ATTACH[key] = att
+                new = True
+            else:
+                new = False
+            att.refs += 1
+        self._att = att
+        self._p = att.new_producer(self._bucket)
+        if new and self._proc is None and self._ring.load(L.H_SENDER_PID):
+            self._ensure_sender()  # a process new to the ring: make sure its sender lives
+        return True
+
+    def _on_fork(self) -> None:
+        self._att = None
+        self._proc = None
+        self._p = _detached_native() if self._native else _Detached()
+
+    # ---- pickling: a handle on the same ring and sender --------------------------------------
+    def __reduce__(self):
+        state = {k: getattr(self, k) for k in ("DebugLevel", "BufferSize", "AccessKey", "Offline", "Async",
+                                               "StreamApiBase", "BucketName", "BucketKey")}
+        state["_opts"] = self._opts
+        state["IsClosed"] = self.IsClosed
+        if not self.Offline and not self.IsClosed:
+            state["ring_path"] = self._ring.path
+            state["bucket"] = self._bucket
+        return (_restore, (state,))
+
+    # ---- the hot path ------------------------------------------------------------------------------
+    def log(self, key: str, value: Any, epoch: Optional[float] = None) -> None:
+        """Log one event: ``key`` (str), ``value`` (str, bool or number), optional ``epoch`` seconds."""
+        try:
+            kb = self._keys.get(key)
+            if kb is None:
+                return self._log_slow(key, value, epoch)
+            if epoch is None:
+                ep = _NAN
+            elif type(epoch) is float and 0.0 < epoch < 1e11:
+                ep = epoch
+            else:
+                return self._log_slow(key, value, epoch)
+            t = type(value)
+            if t is float:
+                rc = self._put_f64(self._p, kb, len(kb), value, ep)
+            elif t is int:
+                if not _I64_MIN <= value <= _I64_MAX:
+                    return self._log_slow(key, value, epoch)
+                rc = self._put_i64(self._p, kb, len(kb), value, ep)
+            elif t is str:
+                if len(value) > 2000:
+                    return self._log_slow(key, value, epoch)
+                sb = value.encode()
+                rc = self._put_str(self._p, kb, len(kb), sb, len(sb), ep)
+            elif t is bool:
+                rc = self._put_bool(self._p, kb, len(kb), value, ep)
+            else:
+                return self._log_slow(key, value, epoch)
+        except (TypeError, UnicodeEncodeError):
+            return self._log_slow(key, value, epoch)
+        if rc:
+            self._log_slow(key, value, epoch)
+
+    def _log_slow(self, key: Any, value: Any, epoch: Any) -> None:
+        """Value rules, key cache, attach / full-ring handling."""
+        strict = self.DebugLevel >= 2
+        try:
+            k, kr = coerce_key(key, strict)
+            v, vr = coerce_value(value, strict, key=k)
+            e, er = coerce_epoch(epoch, strict, key=k)
+        except Skip as skip:
+            self._drop(skip.reason, str(skip))
+            return
+        for r in (kr, vr, er):
+            if r:
+                self._converted[r] = self._converted.get(r, 0) + 1
+                self._warn_once(r, "isstreamer: input converted (%s); see stats()['converted']" % r)
+        kb = k.encode("utf-8")
+        if kr is None and type(key) is str and len(self._keys) < _KEY_CACHE_MAX:
+            self._keys[key] = kb
+        self._put(kb, v, _NAN if e is None else e)
+
+    def _put(self, kb: bytes, v: Any, ep: float) -> None:
+        """Write a normalized event, handling detach, a full ring and refusals."""
+        deadline = 0.0
+        pause = 0.00005
+        while True:
+            t = type(v)
+            p = self._p
+            if t is bool:
+                rc = self._put_bool(p, kb, len(kb), v, ep)
+            elif t is int:
+                rc = self._put_i64(p, kb, len(kb), v, ep)
+            elif t is float:
+                rc = self._put_f64(p, kb, len(kb), v, ep)
+            else:
+                sb = v.encode("utf-8")
+                rc = self._put_str(p, kb, len(kb), sb, len(sb), ep)
+            if rc == L.OK:
+                return
+            if rc == L.EINVAL and self._att is None:
+                try:
+                    if self._attach():
+                        continue
+                except RingClosed:
+                    self._mark_closed_remotely()
+                    return self._log_closed(kb.decode(), v)
+                self._drop("no_segment", "isstreamer: no free ring segment for this process "
+                                         "(raise max_producers); event dropped")
+                return
+            if rc == L.FULL:
+                now = time.monotonic()
+                if deadline == 0.0:
+                    deadline = now + self._opts["full_timeout"]
+                    self._ring.add(L.H_FLUSH_SEQ, 1)  # ask the sender to drain now
+                    self._ensure_sender()
+                if self._opts["on_full"] == "drop" or now >= deadline:
+                    self._drop("ring_full", "isstreamer: the ring is full (the API drains slower than you "
+                                            "log); event dropped, see stats()['dropped']['ring_full']")
+                    return
+                time.sleep(pause)
+                pause = min(pause * 2, 0.005)
+                continue
+            self._drop("too_large" if rc == L.ETOOBIG else "invalid_input",
+                       "isstreamer: the ring refused an event (code %d)" % rc)
+            return
+
+    def _drop(self, reason: str, message: str) -> None:
+        if self.DebugLevel >= 2 and reason not in ("ring_full", "no_segment", "closed"):
+            raise ValueError(message)
+        idx = L.D.get(reason, L.D["invalid_input"])
+        if self._att is not None:
+            self._att.count_drop(idx)
+        else:
+            name = L.DROP_REASONS[idx]
+            self._dropped_local[name] = self._dropped_local.get(name, 0) + 1
+        self._warn_once("drop:" + reason, message)
+
+    def _warn_once(self, tag: str, message: str) -> None:
+        if tag not in self._warned:
+            self._warned.add(tag)
+            log.warning(message)
+
+    def _log_wrapped(self, key: str, value: Any, epoch: Optional[float] = None) -> None:
+        """log() with the 2.0.0 console echo (debug_level >= 1) and/or use_async=False flushing."""
+        Streamer.log(self, key, value, epoch)
+        if self.DebugLevel >= 1:
+            print(console_line(str(key), value, epoch if isinstance(epoch, (int, float)) and not isinstance(epoch, bool) else time.time()))
+        if not self.Async:
+            self._sync_count += 1
+            if self._sync_count >= self.BufferSize:
+                self._sync_count = 0
+                self.flush()
+
+    def _log_offline(self, key: str, value: Any, epoch: Optional[float] = None) -> None:
+        """Offline mode: one CSV row ``epoch,key,value`` per event."""
+        strict = self.DebugLevel >= 2
+        try:
+            k, _ = coerce_key(key, strict)
+            v, _ = coerce_value(value, strict)
+            e, _ = coerce_epoch(epoch, strict)
+        except Skip as skip:
+            self._drop(skip.reason, str(skip))
+            return
+        e = time.time() if e is None else e
+        if self.DebugLevel >= 1:
+            print(console_line(k, v, e))
+        with self._csv_lock:
+            self._csv.writerow([repr(e), k, v])  # type: ignore[union-attr]
+
+    def _log_closed(self, key: Any, value: Any = None, epoch: Any = None) -> None:
+        """log() after close(): an error at debug_level >= 2, counted otherwise."""
+        if self.DebugLevel >= 2:
+            raise StreamerClosedError("isstreamer: log(%r) after close()" % (key,))
+        self._dropped_local["closed"] = self._dropped_local.get("closed", 0) + 1
+        self._warn_once("drop:closed", "isstreamer: log() after close(); event dropped")
+
+    def _mark_closed_remotely(self) -> None:
+        self.IsClosed = True
+        self._select_log()
+
+    # ---- the rest of the API --------------------------------------------------------------------
+    def log_object(self, obj: Any, key_prefix: Optional[str] = None, epoch: Optional[float] = None) -> None:
+        """Log every value of a list, tuple, mapping, namedtuple, dataclass or object, with one epoch.
+
+        Keys are ``prefix_index`` / ``prefix_key`` / ``prefix_attr``; the prefix defaults to the
+        type name (``list``, ``dict``...), ``""`` means none; nested containers are joined with ``_``.
+        """
+        if epoch is None:
+            epoch = time.time()
+        for k, v in flatten_object(obj, key_prefix):
+            self.log(k, v, epoch)
+
+    def flush(self, timeout: Optional[float] = None) -> bool:
+        """Wait until every event this process logged so far is delivered or handed to the spool.
+
+        Returns False if ``timeout`` seconds passed first (the events stay queued).
+        """
+        if self.Offline:
+            if self._csv_file is not None and not self._csv_file.closed:
+                self._csv_file.flush()
+            return True
+        att = self._att
+        if att is None or self.IsClosed:
+            return True
+        try:
+            target = att.head()
+            if att.tail() >= target:
+                return True
+            ring = self._ring
+            ring.add(L.H_FLUSH_SEQ, 1)
+            deadline = None if timeout is None else time.monotonic() + timeout
+            pause = 0.0005
+            next_check = time.monotonic() + 0.5
+            while att.tail() < target:
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    return False
+                if now >= next_check:
+                    self._ensure_sender()
+                    ring.add(L.H_FLUSH_SEQ, 1)
+                    next_check = now + 0.5
+                time.sleep(pause)
+                pause = min(pause * 1.5, 0.02)
+            return True
+        except (ValueError, RingClosed):  # the mapping went away under us
+            return False
+
+    def close(self, timeout: Optional[float] = None) -> None:
+        """Flush (up to ``timeout``, default ``close_timeout``), then release this process's segment.
+
+        The sender finishes delivering (or spools) and exits once no process uses the ring.
+        Idempotent; also called at interpreter exit and by ``with``.
+        """
+        if self.IsClosed:
+            return
+        if self.Offline:
+            self.IsClosed = True
+            self._select_log()
+            if self._csv_file is not None:
+                self._csv_file.close()
+            return
+        self.flush(self._opts["close_timeout"] if timeout is None else timeout)
+        self._final_stats = self.stats()
+        self.IsClosed = True
+        self._select_log()
+        att, self._att = self._att, None
+        self._p = _Detached()
+        if att is not None:
+            with _REG_LOCK:
+                att.refs -= 1
+                last = att.refs <= 0
+                if last and _ATTACH.get((att.ring.path, att.ring.native)) is att:
+                    del _ATTACH[(att.ring.path, att.ring.native)]
+            if last:
+                try:
+                    att.ring.release_segment(att.seg_index, att.token)
+                except RingClosed:
+                    pass
+        _LIVE.discard(self)
+
+    def set_bucket(self, bucket_name: str = "", bucket_key: str = "", retries: int = 3) -> None:  # noqa: ARG002
+        """Switch buckets: events logged before go to the old bucket, events after to the new one.
+
+        A new uuid4 key is used when ``bucket_key`` is empty; the bucket is created before its events.
+        """
+        key = _validate_bucket_key(bucket_key or str(uuid.uuid4()))
+        if not self.Offline and not self.IsClosed:
+            self._bucket = self._ring.add_bucket(key, bucket_name)
+            self._p.bucket = self._bucket
+        self.BucketKey, self.BucketName = key, bucket_name
+
+    def stats(self) -> Dict[str, Any]:
+        """Counters across every process of this Streamer: logged, sent, pending, dropped..."""
+        if self._final_stats is not None and self.IsClosed:
+            return dict(self._final_stats)
+        out: Dict[str, Any] = {"backend": "native" if self._native else "python"}
+        dropped: Dict[str, int] = dict(self._dropped_local)
+        if self.Offline:
+            out.update(logged=0, sent=0, pending=0, dropped=dropped, converted=dict(self._converted))
+            return out
+        ring = self._ring
+        try:
+            logged = ring.counter("logged_reclaimed")
+            consumed = ring.counter("consumed_reclaimed")
+            drops = [ring.load(L.H_DROPS + 8 * i) for i in range(len(L.DROP_REASONS))]
+            for i, _, _ in ring.owners():
+                base = ring.seg_offset(i)
+                logged += ring.load(base + L.S_LOGGED)
+                consumed += ring.load(base + L.S_CONSUMED)
+                for r in range(len(L.DROP_REASONS)):
+                    drops[r] += ring.load(base + L.S_DROPS + 8 * r)
+            for name, n in zip(L.DROP_REASONS, drops):
+                if n:
+                    dropped[name] = dropped.get(name, 0) + n
+            out.update(logged=logged, pending=max(0, logged - consumed))
+            for name in L.COUNTERS[2:]:
+                out[name] = ring.counter(name)
+        except ValueError:  # unmapped
+            pass
+        out["dropped"] = dropped
+        out["converted"] = dict(self._converted)
+        return out
+
+    # ---- context manager and finalisation ----------------------------------------------------------
+    def __enter__(self) -> "Streamer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            if not self.IsClosed and getattr(self, "_att", None) is not None:
+                self.close()
+        except Exception:  # noqa: BLE001 - never raise from a finaliser
+            pass
+
+    def __repr__(self) -> str:
+        return "<Streamer bucket=%r key=%r %s>" % (self.BucketName, self.BucketKey,
+                                                   "closed" if self.IsClosed else "open")
+
+
+def _restore(state: Dict[str, Any]) -> Streamer:
+    """Unpickle: a Streamer bound to the same ring and sender (or a closed/offline twin)."""
+    s = Streamer.__new__(Streamer)
+    for k in ("DebugLevel", "BufferSize", "AccessKey", "Offline", "Async", "StreamApiBase", "BucketName",
+              "BucketKey", "IsClosed"):
+        setattr(s, k, state[k])
+    s._opts = state["_opts"]
+    s._init_local()
+    if s.Offline and not s.IsClosed:
+        s._open_offline("a")
+    elif not s.IsClosed:
+        path = state["ring_path"]
+        try:
+            with _REG_LOCK:
+                ring = _RINGS.get(path)
+                if ring is None:
+                    ring = Ring.open(path, native=s._native)
+                    _RINGS[path] = ring
+            s._ring = ring
+            s._native = ring.native
+            s._put_f64, s._put_i64, s._put_bool, s._put_str = puts_for(s._native)
+            s._bucket = state["bucket"]
+            s._p = _detached_native() if s._native else _Detached()
+            s._p.bucket = s._bucket
+        except (RingClosed, ValueError):
+            s.IsClosed = True
+    s._select_log()
+    _LIVE.add(s)
+    return s
+
+
+def _close_all_at_exit() -> None:
+    for s in list(_LIVE):
+        try:
+            s.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+atexit.register(_close_all_at_exit)
