@@ -527,7 +527,11 @@ class Streamer:
     def stats(self) -> Dict[str, Any]:
         """Counters across every process of this Streamer: logged, sent, pending, dropped..."""
         if self._final_stats is not None and self.IsClosed:
-            return dict(self._final_stats)
+            out = dict(self._final_stats)
+            out["dropped"] = dict(out["dropped"])
+            for name, n in self._dropped_local.items():
+                out["dropped"][name] = self._final_stats["dropped"].get(name, 0) + n
+            return out
         out: Dict[str, Any] = {"backend": "native" if self._native else "python"}
         dropped: Dict[str, int] = dict(self._dropped_local)
         if self.Offline:
