@@ -1,0 +1,275 @@
+"""Running the collector: :class:`CollectorServer` (a background thread, for tests and demos)
+and :func:`run_collector` (blocking, for ``isstreamer serve``).
+
+Example::
+
+    with CollectorServer() as server:
+        requests.post(server.url + "/api/events", json={"key": "t", "value": 21.5},
+                      headers={"X-IS-AccessKey": "k", "X-IS-BucketKey": "b"})
+        assert server.events("b")[0]["value"] == 21.5
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import tempfile
+import threading
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+from aiohttp import web
+
+from . import store as st
+from .app import CollectorConfig, create_app, make_config
+from .store import Store
+
+__all__ = ["CollectorServer", "run_collector"]
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port`` (port 0 picks a free one)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    family = infos[0][0] if infos else socket.AF_INET
+    sock = socket.create_server((host, port), family=family, backlog=512)
+    sock.setblocking(False)
+    return sock
+
+
+def _url(host: str, port: int) -> str:
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = "[%s]" % host
+    return "http://%s:%d" % (host, port)
+
+
+async def _start(
+    config: CollectorConfig, store: Store, sock: socket.socket, shutdown_timeout: float
+) -> web.AppRunner:
+    app = create_app(config, store)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    site = web.SockSite(runner, sock)
+    await site.start()
+    return runner
+
+
+class CollectorServer:
+    """A collector running on its own event loop in a background thread.
+
+    ``db_path=None`` uses a temporary file that lives as long as this object. ``port=0`` picks a
+    free port (see :attr:`url` after :meth:`start`). The other arguments are those of
+    :class:`~isstreamer.collector.app.CollectorConfig`. The ``events``/``buckets``/... helpers read
+    the database on a fresh sqlite3 connection and work before and after :meth:`stop`.
+    """
+
+    def __init__(
+        self,
+        db_path: Optional[str] = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        access_keys: Iterable[str] = (),
+        rate_limit: Optional[Tuple[int, float]] = None,
+        monthly_quota: Optional[int] = None,
+        max_body: int = 1_000_000,
+        max_key_chars: int = 250,
+        *,
+        ignore_old_timestamps: bool = True,
+        shutdown_timeout: float = 10.0,
+    ) -> None:
+        self._tmpdir: Optional[tempfile.TemporaryDirectory] = None
+        if db_path is None:
+            self._tmpdir = tempfile.TemporaryDirectory(prefix="isstreamer-collector-")
+            db_path = os.path.join(self._tmpdir.name, "collector.db")
+        self.db_path: str = str(db_path)
+        self.host = host
+        self.port = port
+        self.config: CollectorConfig = make_config(
+            access_keys, rate_limit, monthly_quota, max_body, max_key_chars, ignore_old_timestamps
+        )
+        self.shutdown_timeout = shutdown_timeout
+        self._store: Optional[Store] = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._runner: Optional[web.AppRunner] = None
+        self._thread: Optional[threading.Thread] = None
+
+    # ----------------------------------------------------------------- lifecycle
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. ``http://127.0.0.1:41234`` (available once started)."""
+        if self._runner is None:
+            raise RuntimeError("CollectorServer is not running")
+        return _url(self.host, self.port)
+
+    @property
+    def running(self) -> bool:
+        """Whether the server is listening."""
+        return self._runner is not None
+
+    def start(self) -> "CollectorServer":
+        """Open the database, start listening in a background thread; return once ready."""
+        if self._thread is not None:
+            raise RuntimeError("CollectorServer already started")
+        sock = _bind(self.host, self.port)
+        self.port = sock.getsockname()[1]
+        store = self._store = Store(self.db_path)
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        failure: List[BaseException] = []
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            try:
+                self._runner = loop.run_until_complete(_start(self.config, store, sock, self.shutdown_timeout))
+            except BaseException as exc:  # noqa: BLE001 - reported to start()
+                failure.append(exc)
+                ready.set()
+                loop.close()
+                return
+            ready.set()
+            try:
+                loop.run_forever()
+            finally:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.close()
+
+        self._loop = loop
+        self._thread = threading.Thread(target=run, name="isstreamer-collector", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if failure:
+            self._thread.join()
+            self._thread = None
+            store.close()
+            self._store = None
+            sock.close()
+            raise failure[0]
+        return self
+
+    def stop(self) -> None:
+        """Finish in-flight requests, stop listening, close the database (idempotent)."""
+        if self._thread is None:
+            return
+        loop, runner = self._loop, self._runner
+        assert loop is not None
+        if runner is not None:
+            asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result()
+        self._runner = None
+        loop.call_soon_threadsafe(loop.stop)
+        self._thread.join()
+        self._thread = None
+        self._loop = None
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def __enter__(self) -> "CollectorServer":
+        if self._thread is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = self.url if self.running else "stopped"
+        return "<CollectorServer %s db=%s>" % (state, self.db_path)
+
+    # ----------------------------------------------------------------- looking at the data
+
+    def events(self, bucket_key: Optional[str] = None) -> List[Dict[str, Any]]:
+        """Stored events (of one bucket key, or all) in insertion order.
+
+        Each is ``{"bucket", "key", "value", "epoch", "received", "request_id"}``; ``value`` is
+        decoded from the stored JSON, so 21, 21.0, "21" and True stay distinct.
+        """
+        return st.read_events(self.db_path, bucket_key)
+
+    def event_count(self, bucket_key: Optional[str] = None) -> int:
+        """Number of stored events (of one bucket key, or all)."""
+        return st.read_event_count(self.db_path, bucket_key)
+
+    def buckets(self) -> List[Dict[str, Any]]:
+        """Buckets in creation order: ``key, name, auto_created, removed, event_count, ...``."""
+        return st.read_buckets(self.db_path)
+
+    def remove_bucket(self, bucket_key: str, access_key: Optional[str] = None) -> int:
+        """Mark a bucket removed (events to it then get 400 ``BUCKET_REMOVED``); return count."""
+        if self._store is not None:
+            return self._store.remove_bucket(bucket_key, access_key)
+        conn = st.connect(self.db_path)
+        try:
+            conn.executescript(st.SCHEMA)
+            owner = st.hash_access_key(access_key) if access_key is not None else None
+            return st.remove_bucket(conn, bucket_key, owner)
+        finally:
+            conn.close()
+
+    def requests_log(self) -> List[Dict[str, Any]]:
+        """Write requests served, oldest first: ``method, path, status, error_type, events,
+        bucket_key, body_bytes, content_type, content_encoding, accept_version, user_agent``."""
+        return st.read_requests(self.db_path)
+
+    def status_counts(self) -> Dict[int, int]:
+        """How many write requests were answered with each status code."""
+        return {int(k): v for k, v in st.read_stats(self.db_path)["statuses"].items()}
+
+    def stats(self) -> Dict[str, Any]:
+        """Same as ``GET /api/stats``: ``events, buckets, requests, statuses``."""
+        return st.read_stats(self.db_path)
+
+
+def run_collector(
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    db: Optional[str] = None,
+    access_keys: Iterable[str] = (),
+    rate_limit: Optional[Tuple[int, float]] = None,
+    monthly_quota: Optional[int] = None,
+    max_body: int = 1_000_000,
+    max_key_chars: int = 250,
+    *,
+    shutdown_timeout: float = 10.0,
+    announce: Optional[Callable[[str], None]] = None,
+) -> None:
+    """Serve in the foreground until SIGINT or SIGTERM, then shut down gracefully.
+
+    ``db=None`` means ``collector.db`` in the current directory. Once listening, ``announce`` (by
+    default a line on stdout) is called with ``"isstreamer collector listening on URL"``.
+    """
+    config = make_config(access_keys, rate_limit, monthly_quota, max_body, max_key_chars)
+    db_path = db or "collector.db"
+    parent = os.path.dirname(os.path.abspath(db_path))
+    os.makedirs(parent, exist_ok=True)
+
+    async def main() -> None:
+        sock = _bind(host, port)
+        real_port = sock.getsockname()[1]
+        store = Store(db_path)
+        try:
+            runner = await _start(config, store, sock, shutdown_timeout)
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                try:
+                    loop.add_signal_handler(sig, stop.set)
+                except (NotImplementedError, RuntimeError):  # pragma: no cover - Windows
+                    signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stop.set))
+            message = "isstreamer collector listening on %s (db %s)" % (_url(host, real_port), db_path)
+            if announce is not None:
+                announce(message)
+            else:
+                print(message, flush=True)
+            await stop.wait()
+            await runner.cleanup()
+        finally:
+            store.close()
+
+    asyncio.run(main())
+    if announce is None:
+        print("isstreamer collector stopped", file=sys.stderr, flush=True)

@@ -1,0 +1,603 @@
+"""SQLite (WAL) storage of the local collector.
+
+All writes go through one writer thread that owns the only writing connection, so the
+event loop never blocks on the database and writes never contend with each other. Reads use
+a small pool of reader threads with one connection each (WAL lets them run beside the writer).
+The read helpers at the bottom of this module (``read_events`` ...) open a fresh connection on
+a database path and are what tests use to look at what the collector stored.
+
+Values keep their JSON type exactly: ``events.value_json`` holds the value as JSON text (``21``,
+``21.0``, ``"21"`` and ``true`` stay distinct) and ``events.value_num`` a REAL copy for numbers.
+Access keys are stored only as their sha256 hex digest (the bucket's ``owner``).
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, TypeVar
+
+import orjson
+
+T = TypeVar("T")
+
+#: One event ready to store: (key, value_json, value_num, epoch).
+EventRow = Tuple[str, str, Optional[float], float]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS buckets (
+    id INTEGER PRIMARY KEY,
+    owner TEXT NOT NULL,
+    bucket_key TEXT NOT NULL,
+    name TEXT NOT NULL DEFAULT '',
+    tags_json TEXT NOT NULL DEFAULT '[]',
+    created REAL NOT NULL,
+    auto_created INTEGER NOT NULL DEFAULT 0,
+    removed REAL,
+    event_count INTEGER NOT NULL DEFAULT 0,
+    last_update REAL,
+    UNIQUE (owner, bucket_key)
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    bucket_id INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    value_json TEXT NOT NULL,
+    value_num REAL,
+    epoch REAL NOT NULL,
+    received REAL NOT NULL,
+    request_id INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_bucket_key_epoch ON events (bucket_id, key, epoch);
+CREATE INDEX IF NOT EXISTS events_bucket_epoch ON events (bucket_id, epoch);
+CREATE TABLE IF NOT EXISTS latest (
+    bucket_id INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    value_json TEXT NOT NULL,
+    value_num REAL,
+    epoch REAL NOT NULL,
+    received REAL NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (bucket_id, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS usage (
+    owner TEXT NOT NULL,
+    month TEXT NOT NULL,
+    events INTEGER NOT NULL,
+    PRIMARY KEY (owner, month)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS requests (
+    id INTEGER PRIMARY KEY,
+    request_uid TEXT NOT NULL,
+    time REAL NOT NULL,
+    method TEXT NOT NULL,
+    path TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    error_type TEXT,
+    owner TEXT,
+    bucket_key TEXT,
+    events INTEGER NOT NULL DEFAULT 0,
+    body_bytes INTEGER,
+    content_type TEXT,
+    content_encoding TEXT,
+    accept_version TEXT,
+    user_agent TEXT
+);
+CREATE TABLE IF NOT EXISTS status_counts (
+    status INTEGER PRIMARY KEY,
+    count INTEGER NOT NULL
+);
+"""
+
+_LATEST_UPSERT = """
+INSERT INTO latest (bucket_id, key, value_json, value_num, epoch, received, count)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (bucket_id, key) DO UPDATE SET
+    value_json = CASE WHEN excluded.epoch >= latest.epoch THEN excluded.value_json ELSE latest.value_json END,
+    value_num = CASE WHEN excluded.epoch >= latest.epoch THEN excluded.value_num ELSE latest.value_num END,
+    received = CASE WHEN excluded.epoch >= latest.epoch THEN excluded.received ELSE latest.received END,
+    epoch = MAX(latest.epoch, excluded.epoch),
+    count = latest.count + excluded.count
+"""
+
+
+def hash_access_key(access_key: str) -> str:
+    """Return the sha256 hex digest under which an access key's buckets are stored."""
+    return hashlib.sha256(access_key.encode("utf-8")).hexdigest()
+
+
+def month_of(epoch: float) -> str:
+    """Return the UTC calendar month ``YYYY-MM`` of an epoch (the monthly quota period)."""
+    return time.strftime("%Y-%m", time.gmtime(epoch))
+
+
+def connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
+    """Open an autocommit connection with the collector's pragmas (WAL unless ``readonly``).
+
+    ``readonly`` only skips switching the journal mode; it does not forbid writes.
+    """
+    conn = sqlite3.connect(path, timeout=30.0, check_same_thread=False, isolation_level=None)
+    if not readonly:
+        conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+@dataclass
+class RequestLog:
+    """One row of the ``requests`` table: what a client sent to a write endpoint."""
+
+    request_uid: str
+    time: float
+    method: str
+    path: str
+    status: int = 0
+    error_type: Optional[str] = None
+    owner: Optional[str] = None
+    bucket_key: Optional[str] = None
+    events: int = 0
+    body_bytes: Optional[int] = None
+    content_type: Optional[str] = None
+    content_encoding: Optional[str] = None
+    accept_version: Optional[str] = None
+    user_agent: Optional[str] = None
+
+    def row(self) -> tuple:
+        """Return the values in ``requests`` column order (without ``id``)."""
+        return (
+            self.request_uid, self.time, self.method, self.path, self.status, self.error_type,
+            self.owner, self.bucket_key, self.events, self.body_bytes, self.content_type,
+            self.content_encoding, self.accept_version, self.user_agent,
+        )
+
+
+_REQUEST_INSERT = (
+    "INSERT INTO requests (request_uid, time, method, path, status, error_type, owner, "
+    "bucket_key, events, body_bytes, content_type, content_encoding, accept_version, "
+    "user_agent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_STATUS_UPSERT = (
+    "INSERT INTO status_counts (status, count) VALUES (?, 1) "
+    "ON CONFLICT (status) DO UPDATE SET count = count + 1"
+)
+
+
+@dataclass
+class IngestResult:
+    """Outcome of :func:`ingest`: ``status`` 204, or 400 (``BUCKET_REMOVED``) / 402."""
+
+    status: int
+    error_type: Optional[str] = None
+    message: str = ""
+    stored: int = 0
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- write operations
+# Each takes the writer connection and runs inside the writer thread (see Store.call_write).
+
+
+def _log(conn: sqlite3.Connection, log: RequestLog) -> int:
+    cur = conn.execute(_REQUEST_INSERT, log.row())
+    conn.execute(_STATUS_UPSERT, (log.status,))
+    return int(cur.lastrowid or 0)
+
+
+def log_request(conn: sqlite3.Connection, log: RequestLog) -> None:
+    """Record one served request (and count its status)."""
+    with _txn(conn):
+        _log(conn, log)
+
+
+class _txn:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on error) on an autocommit connection."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def create_bucket(
+    conn: sqlite3.Connection,
+    owner: str,
+    bucket_key: str,
+    name: str,
+    tags: Sequence[str],
+    now: float,
+    log: RequestLog,
+) -> IngestResult:
+    """Create a bucket: 201 if new, 204 if it exists, 400 ``BUCKET_REMOVED`` if removed.
+
+    A bucket that was auto-created by events keeps ``auto_created = 1`` but takes the name given
+    here. The request is logged in the same transaction.
+    """
+    with _txn(conn):
+        row = conn.execute(
+            "SELECT id, removed, auto_created, event_count FROM buckets WHERE owner = ? AND bucket_key = ?",
+            (owner, bucket_key),
+        ).fetchone()
+        if row is None:
+            conn.execute(
+                "INSERT INTO buckets (owner, bucket_key, name, tags_json, created, auto_created) "
+                "VALUES (?, ?, ?, ?, ?, 0)",
+                (owner, bucket_key, name, orjson.dumps(list(tags)).decode(), now),
+            )
+            result = IngestResult(201)
+        elif row[1] is not None:
+            result = IngestResult(400, "BUCKET_REMOVED", "bucket %r was removed" % bucket_key)
+        else:
+            if row[2] and name:
+                conn.execute("UPDATE buckets SET name = ? WHERE id = ?", (name, row[0]))
+            result = IngestResult(204)
+        log.status, log.error_type = result.status, result.error_type
+        _log(conn, log)
+    return result
+
+
+def ingest(
+    conn: sqlite3.Connection,
+    owner: str,
+    bucket_key: str,
+    rows: Sequence[EventRow],
+    received: float,
+    monthly_quota: Optional[int],
+    log: RequestLog,
+) -> IngestResult:
+    """Store a validated batch of events in one transaction, all or nothing.
+
+    Refuses with 400 ``BUCKET_REMOVED`` for a removed bucket and 402 when the owner's events this
+    month plus the batch would pass ``monthly_quota``. Creates an unknown bucket with
+    ``auto_created = 1``. Logs the request (with its final status) in the same transaction.
+    """
+    n = len(rows)
+    month = month_of(received)
+    with _txn(conn):
+        brow = conn.execute(
+            "SELECT id, removed FROM buckets WHERE owner = ? AND bucket_key = ?", (owner, bucket_key)
+        ).fetchone()
+        result: IngestResult
+        if brow is not None and brow[1] is not None:
+            result = IngestResult(400, "BUCKET_REMOVED", "bucket %r was removed" % bucket_key)
+        else:
+            used = 0
+            if monthly_quota is not None:
+                urow = conn.execute(
+                    "SELECT events FROM usage WHERE owner = ? AND month = ?", (owner, month)
+                ).fetchone()
+                used = urow[0] if urow else 0
+            if monthly_quota is not None and used + n > monthly_quota:
+                result = IngestResult(
+                    402,
+                    "MONTHLY_LIMIT_EXCEEDED",
+                    "monthly event limit of %d exceeded (%d used, %d in this request)"
+                    % (monthly_quota, used, n),
+                )
+            else:
+                result = IngestResult(204, stored=n)
+        log.status, log.error_type = result.status, result.error_type
+        log.events = n
+        request_id = _log(conn, log)
+        if result.status != 204 or n == 0:
+            return result
+        if brow is None:
+            cur = conn.execute(
+                "INSERT INTO buckets (owner, bucket_key, name, created, auto_created) VALUES (?, ?, ?, ?, 1)",
+                (owner, bucket_key, bucket_key, received),
+            )
+            bucket_id = int(cur.lastrowid or 0)
+        else:
+            bucket_id = brow[0]
+        conn.executemany(
+            "INSERT INTO events (bucket_id, key, value_json, value_num, epoch, received, request_id) "
+            "VALUES (%d, ?, ?, ?, ?, %r, %d)" % (bucket_id, received, request_id),
+            rows,
+        )
+        latest: Dict[str, list] = {}
+        for key, vj, vn, ep in rows:
+            cur_l = latest.get(key)
+            if cur_l is None:
+                latest[key] = [bucket_id, key, vj, vn, ep, received, 1]
+            else:
+                if ep >= cur_l[4]:
+                    cur_l[2], cur_l[3], cur_l[4] = vj, vn, ep
+                cur_l[6] += 1
+        conn.executemany(_LATEST_UPSERT, latest.values())
+        conn.execute(
+            "UPDATE buckets SET event_count = event_count + ?, last_update = ? WHERE id = ?",
+            (n, received, bucket_id),
+        )
+        conn.execute(
+            "INSERT INTO usage (owner, month, events) VALUES (?, ?, ?) "
+            "ON CONFLICT (owner, month) DO UPDATE SET events = events + excluded.events",
+            (owner, month, n),
+        )
+    return result
+
+
+def remove_bucket(conn: sqlite3.Connection, bucket_key: str, owner: Optional[str] = None) -> int:
+    """Mark bucket(s) with this key removed (all owners unless ``owner``); return how many."""
+    with _txn(conn):
+        sql = "UPDATE buckets SET removed = ? WHERE bucket_key = ? AND removed IS NULL"
+        args: list = [time.time(), bucket_key]
+        if owner is not None:
+            sql += " AND owner = ?"
+            args.append(owner)
+        return conn.execute(sql, args).rowcount
+
+
+# --------------------------------------------------------------------------- read operations
+
+
+def _bucket_dict(row: sqlite3.Row) -> Dict[str, Any]:
+    return {
+        "key": row["bucket_key"],
+        "name": row["name"],
+        "owner": row["owner"][:12],
+        "tags": orjson.loads(row["tags_json"]),
+        "created": row["created"],
+        "auto_created": bool(row["auto_created"]),
+        "removed": row["removed"] is not None,
+        "event_count": row["event_count"],
+        "last_update": row["last_update"],
+    }
+
+
+def _owner_clause(owner: Optional[str]) -> Tuple[str, list]:
+    """SQL filter on an owner given as a full sha256 digest or a prefix of one."""
+    if not owner:
+        return "", []
+    if len(owner) == 64:
+        return " AND owner = ?", [owner]
+    return " AND substr(owner, 1, ?) = ?", [len(owner), owner]
+
+
+def list_buckets(conn: sqlite3.Connection, owner: Optional[str] = None) -> List[Dict[str, Any]]:
+    """All buckets in creation order, as dicts (see ``GET /api/buckets``)."""
+    clause, args = _owner_clause(owner)
+    conn.row_factory = sqlite3.Row
+    try:
+        rows = conn.execute("SELECT * FROM buckets WHERE 1" + clause + " ORDER BY id", args).fetchall()
+    finally:
+        conn.row_factory = None
+    return [_bucket_dict(r) for r in rows]
+
+
+def find_buckets(
+    conn: sqlite3.Connection, bucket_key: str, owner: Optional[str] = None
+) -> List[Dict[str, Any]]:
+    """Buckets with this key (one per owner unless ``owner`` narrows it), with their ``id``."""
+    clause, args = _owner_clause(owner)
+    conn.row_factory = sqlite3.Row
+    try:
+        rows = conn.execute(
+            "SELECT * FROM buckets WHERE bucket_key = ?" + clause + " ORDER BY id", [bucket_key] + args
+        ).fetchall()
+    finally:
+        conn.row_factory = None
+    out = []
+    for r in rows:
+        d = _bucket_dict(r)
+        d["id"] = r["id"]
+        out.append(d)
+    return out
+
+
+def _ids_sql(ids: Iterable[int]) -> str:
+    return ",".join(str(int(i)) for i in ids) or "NULL"
+
+
+def latest_values(conn: sqlite3.Connection, bucket_ids: Sequence[int]) -> List[Dict[str, Any]]:
+    """Latest value (by epoch) of each key across ``bucket_ids``, sorted by key."""
+    rows = conn.execute(
+        "SELECT key, value_json, epoch, received, count FROM latest WHERE bucket_id IN (%s) "
+        "ORDER BY key, epoch" % _ids_sql(bucket_ids)
+    ).fetchall()
+    merged: Dict[str, Dict[str, Any]] = {}
+    for key, vj, epoch, received, count in rows:
+        prev = merged.get(key)
+        if prev is None or epoch >= prev["epoch"]:
+            merged[key] = {
+                "key": key,
+                "value": orjson.loads(vj),
+                "epoch": epoch,
+                "received": received,
+                "count": count + (prev["count"] if prev else 0),
+            }
+        else:
+            prev["count"] += count
+    return list(merged.values())
+
+
+def query_events(
+    conn: sqlite3.Connection,
+    bucket_ids: Sequence[int],
+    key: Optional[str] = None,
+    since: Optional[float] = None,
+    until: Optional[float] = None,
+    limit: int = 1000,
+    descending: bool = False,
+) -> List[Dict[str, Any]]:
+    """Events of ``bucket_ids`` (one key or all) with ``since <= epoch <= until``, by epoch.
+
+    ``descending`` picks the newest ``limit`` events (still returned oldest first).
+    """
+    sql = "SELECT key, value_json, epoch, received FROM events WHERE bucket_id IN (%s)" % _ids_sql(
+        bucket_ids
+    )
+    args: list = []
+    if key is not None:
+        sql += " AND key = ?"
+        args.append(key)
+    if since is not None:
+        sql += " AND epoch >= ?"
+        args.append(since)
+    if until is not None:
+        sql += " AND epoch <= ?"
+        args.append(until)
+    order = "DESC" if descending else "ASC"
+    sql += " ORDER BY epoch %s, id %s LIMIT ?" % (order, order)
+    args.append(int(limit))
+    rows = conn.execute(sql, args).fetchall()
+    if descending:
+        rows.reverse()
+    return [{"key": k, "value": orjson.loads(vj), "epoch": ep, "received": rc} for k, vj, ep, rc in rows]
+
+
+def stats(conn: sqlite3.Connection) -> Dict[str, Any]:
+    """Totals: events stored, buckets, write requests served and their per-status counts."""
+    events, buckets = conn.execute(
+        "SELECT COALESCE(SUM(event_count), 0), COUNT(*) FROM buckets"
+    ).fetchone()
+    statuses = {str(s): c for s, c in conn.execute("SELECT status, count FROM status_counts ORDER BY status")}
+    return {
+        "events": events,
+        "buckets": buckets,
+        "requests": sum(statuses.values()),
+        "statuses": statuses,
+    }
+
+
+def read_events(path: str, bucket_key: Optional[str] = None) -> List[Dict[str, Any]]:
+    """Every stored event (of one bucket key, or all) in insertion order, on a fresh connection.
+
+    Each is ``{"bucket", "key", "value", "epoch", "received", "request_id"}`` with ``value``
+    decoded from the stored JSON (so 21, 21.0, "21" and True stay distinct).
+    """
+    conn = connect(path, readonly=True)
+    try:
+        sql = (
+            "SELECT b.bucket_key, e.key, e.value_json, e.epoch, e.received, e.request_id "
+            "FROM events e JOIN buckets b ON b.id = e.bucket_id"
+        )
+        args: list = []
+        if bucket_key is not None:
+            sql += " WHERE b.bucket_key = ?"
+            args.append(bucket_key)
+        sql += " ORDER BY e.id"
+        return [
+            {"bucket": b, "key": k, "value": orjson.loads(vj), "epoch": ep, "received": rc, "request_id": rid}
+            for b, k, vj, ep, rc, rid in conn.execute(sql, args)
+        ]
+    finally:
+        conn.close()
+
+
+def read_event_count(path: str, bucket_key: Optional[str] = None) -> int:
+    """Number of stored events (of one bucket key, or all) on a fresh connection."""
+    conn = connect(path, readonly=True)
+    try:
+        if bucket_key is None:
+            return conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+        return conn.execute(
+            "SELECT COUNT(*) FROM events e JOIN buckets b ON b.id = e.bucket_id WHERE b.bucket_key = ?",
+            (bucket_key,),
+        ).fetchone()[0]
+    finally:
+        conn.close()
+
+
+def read_buckets(path: str) -> List[Dict[str, Any]]:
+    """All buckets in creation order (see :func:`list_buckets`) on a fresh connection."""
+    conn = connect(path, readonly=True)
+    try:
+        return list_buckets(conn)
+    finally:
+        conn.close()
+
+
+def read_requests(path: str) -> List[Dict[str, Any]]:
+    """The log of write requests served (``POST /api/buckets``, ``/api/events``), oldest first."""
+    conn = connect(path, readonly=True)
+    conn.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in conn.execute("SELECT * FROM requests ORDER BY id")]
+    finally:
+        conn.close()
+
+
+def read_stats(path: str) -> Dict[str, Any]:
+    """:func:`stats` on a fresh connection."""
+    conn = connect(path, readonly=True)
+    try:
+        return stats(conn)
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------- the store
+
+
+class Store:
+    """The collector database: one writer thread, a small pool of reader threads.
+
+    ``call_write(fn)`` runs ``fn(conn)`` in the writer thread, ``call_read(fn)`` in a reader
+    thread; both return a :class:`concurrent.futures.Future` (wrap with ``asyncio.wrap_future``
+    on the event loop).
+    """
+
+    def __init__(self, path: str, readers: int = 2) -> None:
+        self.path = path
+        self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="collector-writer")
+        self._readers = concurrent.futures.ThreadPoolExecutor(readers, thread_name_prefix="collector-reader")
+        self._local = threading.local()
+        self._read_conns: List[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._wconn: Optional[sqlite3.Connection] = None
+        self._closed = False
+        self._writer.submit(self._open_writer).result()
+
+    def _open_writer(self) -> None:
+        conn = connect(self.path)
+        conn.executescript(SCHEMA)
+        self._wconn = conn
+
+    def _run_write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        assert self._wconn is not None
+        return fn(self._wconn)
+
+    def _run_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.path, readonly=True)
+            self._local.conn = conn
+            with self._lock:
+                self._read_conns.append(conn)
+        return fn(conn)
+
+    def call_write(self, fn: Callable[[sqlite3.Connection], T]) -> "concurrent.futures.Future[T]":
+        """Run ``fn(writer_connection)`` in the writer thread."""
+        return self._writer.submit(self._run_write, fn)
+
+    def call_read(self, fn: Callable[[sqlite3.Connection], T]) -> "concurrent.futures.Future[T]":
+        """Run ``fn(reader_connection)`` in a reader thread."""
+        return self._readers.submit(self._run_read, fn)
+
+    def remove_bucket(self, bucket_key: str, access_key: Optional[str] = None) -> int:
+        """Mark a bucket removed (every owner's unless ``access_key``); return how many."""
+        owner = hash_access_key(access_key) if access_key is not None else None
+        return self.call_write(lambda c: remove_bucket(c, bucket_key, owner)).result()
+
+    def close(self) -> None:
+        """Wait for queued work, then close every connection (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._readers.shutdown(wait=True)
+        self._writer.shutdown(wait=True)
+        with self._lock:
+            for conn in self._read_conns:
+                conn.close()
+            self._read_conns.clear()
+        if self._wconn is not None:
+            self._wconn.close()
+            self._wconn = None

@@ -1,0 +1,43 @@
+"""Shared pytest fixtures.
+
+Keep this file tidy: one section per area, fixtures documented, heavy imports inside fixtures.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Callable, Iterator, List
+
+import pytest
+
+# Make the work tree importable when the package is not installed (plain `pytest` from the repo).
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+
+# --------------------------------------------------------------------------- local collector
+
+
+@pytest.fixture
+def collector_factory(tmp_path: Any) -> Iterator[Callable[..., Any]]:
+    """Start ``CollectorServer(**kwargs)`` instances (db under tmp_path); all stopped at teardown."""
+    from isstreamer.collector.server import CollectorServer
+
+    started: List[CollectorServer] = []
+
+    def make(**kwargs: Any) -> CollectorServer:
+        kwargs.setdefault("db_path", str(tmp_path / ("collector-%d.db" % len(started))))
+        server = CollectorServer(**kwargs).start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def collector(collector_factory: Callable[..., Any]) -> Any:
+    """A running local collector with default settings (any access key accepted)."""
+    return collector_factory()
