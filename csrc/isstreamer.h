@@ -154,6 +154,15 @@ int iss_put_str(iss_producer *p, const char *key, size_t keylen, const char *s, 
                 double epoch);
 void iss_count_drop(iss_producer *p, uint32_t reason);
 
+/* --- hot path: interned keys (process-local table), epoch = now --- */
+#define ISS_KEYTAB_CHUNK 1024u
+#define ISS_KEYTAB_CHUNKS 64u
+int32_t iss_key_intern(const char *key, size_t keylen);
+int iss_log_f64(iss_producer *p, uint32_t key_id, double v);
+int iss_log_i64(iss_producer *p, uint32_t key_id, int64_t v);
+int iss_log_bool(iss_producer *p, uint32_t key_id, int v);
+int iss_log_str(iss_producer *p, uint32_t key_id, const char *s, size_t slen);
+
 /* --- atomics on the mapping, for the Python side --- */
 uint64_t iss_load64(const uint8_t *base, uint64_t map_size, uint64_t off);
 void iss_store64(uint8_t *base, uint64_t map_size, uint64_t off, uint64_t v);

@@ -9,6 +9,7 @@
 
 #include <math.h>
 #include <sched.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -217,6 +218,86 @@ int iss_put_str(iss_producer *p, const char *key, size_t keylen, const char *s, 
                 double epoch)
 {
     return put(p, ISS_T_STR, key, keylen, NULL, s, slen, epoch);
+}
+
+/* ---- interned keys: a process-local table, chunks never move once allocated ---- */
+
+typedef struct {
+    uint16_t len;
+    char bytes[];
+} iss_key;
+
+static iss_key **keytab[ISS_KEYTAB_CHUNKS];
+static uint32_t keytab_n;
+static uint32_t keytab_lock;
+
+int32_t iss_key_intern(const char *key, size_t keylen)
+{
+    if (key == NULL || keylen == 0 || keylen > ISS_KEY_MAX)
+        return ISS_ETOOBIG;
+    iss_key *k = malloc(sizeof(iss_key) + keylen);
+    if (k == NULL)
+        return ISS_EINVAL;
+    k->len = (uint16_t)keylen;
+    memcpy(k->bytes, key, keylen);
+    while (__atomic_exchange_n(&keytab_lock, 1u, __ATOMIC_ACQUIRE) != 0)
+        sched_yield();
+    int32_t id = ISS_EINVAL;
+    uint32_t n = keytab_n;
+    if (n < ISS_KEYTAB_CHUNK * ISS_KEYTAB_CHUNKS) {
+        uint32_t c = n / ISS_KEYTAB_CHUNK;
+        if (keytab[c] == NULL)
+            keytab[c] = calloc(ISS_KEYTAB_CHUNK, sizeof(iss_key *));
+        if (keytab[c] != NULL) {
+            __atomic_store_n(&keytab[c][n % ISS_KEYTAB_CHUNK], k, __ATOMIC_RELEASE);
+            __atomic_store_n(&keytab_n, n + 1u, __ATOMIC_RELEASE);
+            id = (int32_t)n;
+        }
+    }
+    __atomic_store_n(&keytab_lock, 0u, __ATOMIC_RELEASE);
+    if (id < 0)
+        free(k);
+    return id;
+}
+
+static const iss_key *key_get(uint32_t id)
+{
+    if (id >= __atomic_load_n(&keytab_n, __ATOMIC_ACQUIRE))
+        return NULL;
+    iss_key **chunk = keytab[id / ISS_KEYTAB_CHUNK];
+    return chunk ? __atomic_load_n(&chunk[id % ISS_KEYTAB_CHUNK], __ATOMIC_ACQUIRE) : NULL;
+}
+
+int iss_log_f64(iss_producer *p, uint32_t key_id, double v)
+{
+    const iss_key *k = key_get(key_id);
+    if (k == NULL || !isfinite(v))
+        return ISS_EINVAL;
+    return put(p, ISS_T_F64, k->bytes, k->len, &v, NULL, 0, NAN);
+}
+
+int iss_log_i64(iss_producer *p, uint32_t key_id, int64_t v)
+{
+    const iss_key *k = key_get(key_id);
+    if (k == NULL)
+        return ISS_EINVAL;
+    return put(p, ISS_T_I64, k->bytes, k->len, &v, NULL, 0, NAN);
+}
+
+int iss_log_bool(iss_producer *p, uint32_t key_id, int v)
+{
+    const iss_key *k = key_get(key_id);
+    if (k == NULL)
+        return ISS_EINVAL;
+    return put(p, v ? ISS_T_TRUE : ISS_T_FALSE, k->bytes, k->len, NULL, NULL, 0, NAN);
+}
+
+int iss_log_str(iss_producer *p, uint32_t key_id, const char *s, size_t slen)
+{
+    const iss_key *k = key_get(key_id);
+    if (k == NULL)
+        return ISS_EINVAL;
+    return put(p, ISS_T_STR, k->bytes, k->len, NULL, s, slen, NAN);
 }
 
 void iss_count_drop(iss_producer *p, uint32_t reason)

@@ -423,6 +423,48 @@ class Attachment:
         return self.ring.seg_field(self.seg_index, L.S_TAIL)
 
 
+_PY_KEYS: list = []
+_PY_KEYS_LOCK = threading.Lock()
+_NAN = float("nan")
+
+
+def py_key_intern(key: bytes, keylen: int) -> int:
+    """Pure-Python twin of ``iss_key_intern``: an id for the key bytes (process-local)."""
+    if keylen == 0 or keylen > L.KEY_MAX:
+        return L.ETOOBIG
+    with _PY_KEYS_LOCK:
+        _PY_KEYS.append(bytes(key[:keylen]))
+        return len(_PY_KEYS) - 1
+
+
+def py_log_f64(p: PyProducer, key_id: int, v: float) -> int:
+    """Pure-Python twin of ``iss_log_f64`` (epoch: now)."""
+    return py_put_f64(p, _PY_KEYS[key_id], 0, v, _NAN)
+
+
+def py_log_i64(p: PyProducer, key_id: int, v: int) -> int:
+    """Pure-Python twin of ``iss_log_i64`` (epoch: now)."""
+    return p.put(L.T_I64, _PY_KEYS[key_id], _I64.pack(v), b"", _NAN)
+
+
+def py_log_bool(p: PyProducer, key_id: int, v: int) -> int:
+    """Pure-Python twin of ``iss_log_bool`` (epoch: now)."""
+    return p.put(L.T_TRUE if v else L.T_FALSE, _PY_KEYS[key_id], None, b"", _NAN)
+
+
+def py_log_str(p: PyProducer, key_id: int, s: bytes, slen: int) -> int:
+    """Pure-Python twin of ``iss_log_str`` (epoch: now)."""
+    return p.put(L.T_STR, _PY_KEYS[key_id], None, s, _NAN)
+
+
+def logs_for(native: bool):
+    """(intern, log_f64, log_i64, log_bool, log_str): the hot-path functions of a backend."""
+    if native:
+        assert _lib is not None
+        return _lib.iss_key_intern, _lib.iss_log_f64, _lib.iss_log_i64, _lib.iss_log_bool, _lib.iss_log_str
+    return py_key_intern, py_log_f64, py_log_i64, py_log_bool, py_log_str
+
+
 def puts_for(native: bool):
     """(put_f64, put_i64, put_bool, put_str) for a backend."""
     if native:

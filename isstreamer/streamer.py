@@ -18,7 +18,7 @@ from . import layout as L
 from .config import load_config
 from .flatten import flatten_object
 from .procutil import pid_alive
-from .ring import Attachment, Ring, RingClosed, puts_for, use_native
+from .ring import Attachment, Ring, RingClosed, logs_for, puts_for, use_native
 from .sender import SenderSettings
 from .spool import DEFAULT_MAX_BYTES, default_spool_dir
 from .values import Skip, coerce_epoch, coerce_key, coerce_value, console_line
@@ -148,7 +148,6 @@ class Streamer:
             if not self.AccessKey:
                 log.warning("isstreamer: no access key (argument, ISSTREAMER_ACCESS_KEY or isstreamer.ini); "
                             "the events API will refuse the events, which are kept in the spool")
-            self._native = use_native()
             ring = Ring.create(ring_size, max_producers, native=self._native)
             with _REG_LOCK:
                 _RINGS[ring.path] = ring
@@ -161,7 +160,6 @@ class Streamer:
 
     # ---- construction helpers ------------------------------------------------------------
     def _init_local(self) -> None:
-        self._keys: Dict[Any, bytes] = {}
         self._converted: Dict[str, int] = {}
         self._dropped_local: Dict[str, int] = {}
         self._warned: set = set()
@@ -171,10 +169,15 @@ class Streamer:
         self._sync_count = 0
         self._csv_file = None
         self._csv = None
-        self._native = use_native()
-        self._put_f64, self._put_i64, self._put_bool, self._put_str = puts_for(self._native)
+        self._set_backend(use_native())
         self._p: Any = _detached_native() if self._native else _Detached()
         self._bucket = 0
+
+    def _set_backend(self, native: bool) -> None:
+        self._native = native
+        self._put_f64, self._put_i64, self._put_bool, self._put_str = puts_for(native)
+        self._intern, self._log_f64, self._log_i64, self._log_bool, self._log_str = logs_for(native)
+        self._keys: Dict[Any, int] = {}  # key -> interned id, for the hot path
 
     def _open_offline(self, mode: str) -> None:
         path = self._opts["offline_file"]
@@ -285,32 +288,26 @@ class Streamer:
     def log(self, key: str, value: Any, epoch: Optional[float] = None) -> None:
         """Log one event: ``key`` (str), ``value`` (str, bool or number), optional ``epoch`` seconds."""
         try:
-            kb = self._keys.get(key)
-            if kb is None:
+            if epoch is not None:
                 return self._log_slow(key, value, epoch)
-            if epoch is None:
-                ep = _NAN
-            elif type(epoch) is float and 0.0 < epoch < 1e11:
-                ep = epoch
-            else:
-                return self._log_slow(key, value, epoch)
+            kid = self._keys[key]
             t = type(value)
             if t is float:
-                rc = self._put_f64(self._p, kb, len(kb), value, ep)
+                rc = self._log_f64(self._p, kid, value)
             elif t is int:
                 if not _I64_MIN <= value <= _I64_MAX:
                     return self._log_slow(key, value, epoch)
-                rc = self._put_i64(self._p, kb, len(kb), value, ep)
+                rc = self._log_i64(self._p, kid, value)
             elif t is str:
                 if len(value) > 2000:
                     return self._log_slow(key, value, epoch)
                 sb = value.encode()
-                rc = self._put_str(self._p, kb, len(kb), sb, len(sb), ep)
+                rc = self._log_str(self._p, kid, sb, len(sb))
             elif t is bool:
-                rc = self._put_bool(self._p, kb, len(kb), value, ep)
+                rc = self._log_bool(self._p, kid, value)
             else:
                 return self._log_slow(key, value, epoch)
-        except (TypeError, UnicodeEncodeError):
+        except (KeyError, TypeError, UnicodeEncodeError):
             return self._log_slow(key, value, epoch)
         if rc:
             self._log_slow(key, value, epoch)
@@ -331,7 +328,9 @@ class Streamer:
                 self._warn_once(r, "isstreamer: input converted (%s); see stats()['converted']" % r)
         kb = k.encode("utf-8")
         if kr is None and type(key) is str and len(self._keys) < _KEY_CACHE_MAX:
-            self._keys[key] = kb
+            kid = self._intern(kb, len(kb))
+            if kid >= 0:
+                self._keys[key] = kid
         self._put(kb, v, _NAN if e is None else e)
 
     def _put(self, kb: bytes, v: Any, ep: float) -> None:
@@ -598,8 +597,7 @@ def _restore(state: Dict[str, Any]) -> Streamer:
                     ring = Ring.open(path, native=s._native)
                     _RINGS[path] = ring
             s._ring = ring
-            s._native = ring.native
-            s._put_f64, s._put_i64, s._put_bool, s._put_str = puts_for(s._native)
+            s._set_backend(ring.native)
             s._bucket = state["bucket"]
             s._p = _detached_native() if s._native else _Detached()
             s._p.bucket = s._bucket

@@ -1,0 +1,54 @@
+"""A server that only counts events: separates client cost from collector (SQLite) cost.
+
+Run as ``python benchmarks/countserver.py [PORT]``; prints ``http://127.0.0.1:PORT`` once
+listening. ``GET /count`` answers ``{"events": n, "requests": n}``.
+"""
+from __future__ import annotations
+
+import asyncio
+import gzip
+import sys
+
+import orjson
+from aiohttp import web
+
+
+def make_app() -> web.Application:
+    """The counting app."""
+    state = {"events": 0, "requests": 0}
+
+    async def buckets(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(status=201)
+
+    async def events(request: web.Request) -> web.Response:
+        body = await request.read()
+        if request.headers.get("Content-Encoding") == "gzip":
+            body = gzip.decompress(body)
+        data = orjson.loads(body)
+        state["events"] += len(data) if isinstance(data, list) else 1
+        state["requests"] += 1
+        return web.Response(status=204)
+
+    async def count(request: web.Request) -> web.Response:
+        return web.json_response(state)
+
+    app = web.Application(client_max_size=8 * 1024 * 1024)
+    app.router.add_post("/api/buckets", buckets)
+    app.router.add_post("/api/events", events)
+    app.router.add_get("/count", count)
+    return app
+
+
+async def _main(port: int) -> None:
+    runner = web.AppRunner(make_app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    real = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    print("http://127.0.0.1:%d" % real, flush=True)
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    asyncio.run(_main(int(sys.argv[1]) if len(sys.argv) > 1 else 0))
