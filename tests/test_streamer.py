@@ -422,3 +422,30 @@ def test_pools_deliver_every_event(make_streamer, collector, method, churn):
         assert int_values_summary(collector.db_path, bucket, "task%d" % t)[:2] == (per, per)
     # worker churn leaks no segment: the dead workers' segments come back
     assert wait_until(lambda: sum(1 for _, st, _ in s._ring.owners() if st != L.SEG_FREE) == 1, 30)
+
+
+def test_works_from_stdin_script_with_threads_and_no_main_guard(collector, backend, tmp_path):
+    """Like an interactive session or notebook: no __main__ file, threads already running."""
+    code = (
+        "import threading, time\n"
+        "stop = threading.Event()\n"
+        "t = threading.Thread(target=stop.wait, daemon=True); t.start()\n"
+        "from isstreamer import Streamer\n"
+        "s = Streamer(bucket_key='stdin', access_key='k')\n"
+        "for i in range(100): s.log('i', i)\n"
+        "print('flushed', s.flush(30))\n"
+        "print('runs once')\n"
+    )
+    env = script_env(backend, ISSTREAMER_API_BASE=collector.url, ISSTREAMER_SPOOL_DIR=str(tmp_path / "spool"))
+    r = subprocess.run([sys.executable, "-"], input=code, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("runs once") == 1 and "flushed True" in r.stdout
+    assert int_values_summary(collector.db_path, "stdin")[:2] == (100, 100)
+
+
+def test_use_async_false_flushes_every_buffer(make_streamer, collector):
+    s = make_streamer(bucket_key="sync", use_async=False, buffer_size=5, flush_interval=60)
+    for i in range(5):
+        s.log("i", i)
+    # the fifth log() flushed synchronously: all five are on the server without flush()
+    assert collector.event_count("sync") == 5
