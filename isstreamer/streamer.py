@@ -153,7 +153,7 @@ class Streamer:
                 _RINGS[ring.path] = ring
             self._ring = ring
             self._bucket = ring.add_bucket(self.BucketKey, self.BucketName)
-            self._attach()  # the creator owns a segment before the sender starts
+            self._attach(start_sender=False)  # the creator owns a segment before the sender starts
             self._start_sender()
         self._select_log()
         _LIVE.add(self)
@@ -232,6 +232,8 @@ class Streamer:
         pid = ring.load(L.H_SENDER_PID)
         if pid and pid_alive(pid):
             return
+        if not os.path.exists(ring.path):  # the sender finished and removed the ring: closed
+            raise RingClosed(2, "isstreamer: the ring is closed", ring.path)
         with ring.locked():
             pid = ring.load(L.H_SENDER_PID)
             if pid and pid_alive(pid):
@@ -240,7 +242,7 @@ class Streamer:
                 log.warning("isstreamer: the sender process died; starting a new one on the same ring")
             self._start_sender()
 
-    def _attach(self) -> bool:
+    def _attach(self, start_sender: bool = True) -> bool:
         """Get this process's segment of the ring (claimed once per process and backend)."""
         ring = self._ring
         key = (ring.path, ring.native)
@@ -264,7 +266,7 @@ class Streamer:
             att.refs += 1
         self._att = att
         self._p = att.new_producer(self._bucket)
-        if new and self._proc is None and self._ring.load(L.H_SENDER_PID):
+        if new and start_sender:
             self._ensure_sender()  # a process new to the ring: make sure its sender lives
         return True
 
@@ -366,7 +368,11 @@ class Streamer:
                 if deadline == 0.0:
                     deadline = now + self._opts["full_timeout"]
                     self._ring.add(L.H_FLUSH_SEQ, 1)  # ask the sender to drain now
-                    self._ensure_sender()
+                    try:
+                        self._ensure_sender()
+                    except RingClosed:
+                        self._mark_closed_remotely()
+                        return self._log_closed(kb.decode(), v)
                 if self._opts["on_full"] == "drop" or now >= deadline:
                     self._drop("ring_full", "isstreamer: the ring is full (the API drains slower than you "
                                             "log); event dropped, see stats()['dropped']['ring_full']")
