@@ -2,8 +2,9 @@
 
 * 2xx: delivered.
 * 5xx, connection errors, timeouts: transient; retried with capped exponential backoff and
-  jitter; after ``max_attempts`` the batch is spooled and the sender is in *outage* until a
-  probe succeeds.
+  jitter; after ``max_attempts`` failed attempts at a batch, or ``max_attempts`` failed requests
+  in a row (bucket creations included), the batch is spooled and the sender is in *outage*
+  (every batch goes straight to the spool) until a probe succeeds.
 * 429: nothing is sent before ``Retry-After`` elapses; ``X-RateLimit-Remaining: 0`` paces until
   ``X-RateLimit-Reset``; ``max_rps`` caps the request rate.
 * 413: the batch is split in halves (one event that is still too large is rejected).
@@ -92,6 +93,7 @@ class Delivery:
         self.auth_blocked = False
         self.delay = policy.backoff_initial
         self.retries = 0
+        self.failures = 0  # transient failures in a row
         self.requests = 0
         self.last_request = 0.0
         self.last_429_wait = 0.0
@@ -117,7 +119,16 @@ class Delivery:
             self.report("isstreamer: the events API answers again; replaying the spool")
         self.outage = False
         self.auth_blocked = False
+        self.failures = 0
         self.delay = self.policy.backoff_initial
+
+    def transient_failure(self) -> None:
+        """A request got no answer or a 5xx: back off; ``max_attempts`` in a row mean an outage."""
+        self.retries += 1
+        self.failures += 1
+        self.backoff()
+        if self.failures >= self.policy.max_attempts:
+            self.enter_outage()
 
     def enter_outage(self) -> None:
         """Spool new batches until a probe gets through."""
@@ -174,8 +185,7 @@ class Delivery:
         if a.status in (400, 413):
             return self._split(bucket_key, body, a, deadline)
         # 5xx, other statuses, no answer at all
-        self.retries += 1
-        self.backoff()
+        self.transient_failure()
         return Result(TRANSIENT, leftover=[body], answer=a)
 
     def _split(self, bucket_key: str, body: bytes, first: Answer, deadline: Optional[float]) -> Result:

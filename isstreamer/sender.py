@@ -5,6 +5,9 @@ re-imports the user's ``__main__`` and is safe to start from a threaded parent),
 settings as JSON on stdin (so the access key never shows in ``ps``). It runs in its own
 session, so a Ctrl-C in the terminal does not kill it before it has drained. It exits when no
 live process owns a segment of the ring any more, after delivering or spooling everything.
+What it spools (outage, 401, a long Retry-After, a full ring...) it replays itself as soon as
+the API takes requests again; what is left at exit is replayed by the next sender using the
+same spool directory, API base and access key (or by ``isstreamer replay``).
 """
 from __future__ import annotations
 
@@ -87,6 +90,7 @@ class Sender:
         self._replay_buckets: Set[str] = set()
         self._was_blocked = False
         self._reported_spool_full = False
+        self._bucket_status = 0  # status of the last bucket creation request
 
     # ---- reporting --------------------------------------------------------------------------
     def report(self, msg: str) -> None:
@@ -184,6 +188,7 @@ class Sender:
         if not d.ready():
             return False
         a = self.t.create_bucket(key, name, self._timeout())
+        self._bucket_status = a.status
         if a.ok:
             self.ring.count("buckets_created")
             d.mark_healthy()
@@ -199,8 +204,7 @@ class Sender:
             d.not_before = time.monotonic() + retry_after_seconds(a)
             return False
         if a.status == 0 or a.status >= 500:
-            d.retries += 1
-            d.backoff()
+            d.transient_failure()
             return False
         self.report("isstreamer: the events API refused bucket %r (HTTP %d: %s)" % (key, a.status, a.text[:200]))
         return True  # nothing more to do; its events will meet the server's verdict
@@ -274,12 +278,17 @@ class Sender:
         exiting = self.exit_deadline is not None
         if d.outage or d.auth_blocked:
             return self._to_spool([b.body], b.nevents, key, name)
-        if not d.ready() or not self._ensure_bucket(b.bucket):
+        if not d.ready():
             # cannot send now: keep it in the ring unless the ring fills up or someone waits
             urgent = exiting or self._occupancy(b.seg) > 0.5 or (force and d.wait_time() > 1.0)
-            if urgent or d.outage or d.auth_blocked:
+            if urgent:
                 return self._to_spool([b.body], b.nevents, key, name)
             return False
+        if not self._ensure_bucket(b.bucket):
+            # the bucket creation failed: it counts as a failed attempt at this batch
+            if d.auth_blocked:
+                return self._to_spool([b.body], b.nevents, key, name)
+            return self._failed_attempt(b, [b.body], self._bucket_status == 429, key, name)
         r = d.send(key, b.body, b.nevents, self._timeout())
         self._account(r)
         if r.kind in (DELIVERED, REJECTED):
@@ -288,10 +297,16 @@ class Sender:
         partial = r.delivered + r.rejected > 0
         if r.kind == AUTH or partial:
             return self._to_spool(leftover, None, key, name)
+        rate_limited = r.answer is not None and r.answer.status == 429
+        return self._failed_attempt(b, leftover, rate_limited, key, name)
+
+    def _failed_attempt(self, b: Batch, leftover, rate_limited: bool, key: str, name: str) -> bool:
+        """After a transient failure (nothing delivered): spool after max_attempts, else keep in the ring."""
+        d = self.delivery
+        exiting = self.exit_deadline is not None
         n = self.attempts.get((b.seg, b.start), 0) + 1
         self.attempts[(b.seg, b.start)] = n
-        rate_limited = r.answer is not None and r.answer.status == 429
-        if not rate_limited and (exiting or n >= d.policy.max_attempts):
+        if not rate_limited and (exiting or d.outage or n >= d.policy.max_attempts):
             d.enter_outage()
             return self._to_spool(leftover, None, key, name)
         if exiting or self._occupancy(b.seg) > 0.5:
@@ -343,9 +358,11 @@ class Sender:
                                     and pending_files(m.path)]
         if not d.ready():
             return False
-        if (d.outage or d.auth_blocked) and self.spool._files:
-            # probe with the oldest spooled batch: our own files must be unlocked for that
+        if self.spool.open_files:
+            # our own spool files are locked while we append to them: unlock them so that they are
+            # replayed (in an outage the oldest spooled batch is then the probe)
             self.spool.close_all()
+            self.spool.forget_size()
             self._last_scan = -1e9
             return self._replay()
         if not self._replay_streams:

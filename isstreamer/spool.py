@@ -116,6 +116,11 @@ class SpoolWriter:
         self._size += len(line)
         return path
 
+    @property
+    def open_files(self) -> int:
+        """How many spool files this writer holds open (and locked)."""
+        return len(self._files)
+
     def close_all(self) -> None:
         """Close (and unlock) every open spool file so replayers may take them."""
         for fd, _, _ in self._files.values():

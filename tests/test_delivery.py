@@ -1,0 +1,514 @@
+"""Never lose an event: the sender's delivery policy against a fault-injecting events API.
+
+Every scenario logs events with unique values and asserts that each arrives exactly once (or,
+for 400s, all but the refused one, which is in ``<spool_dir>/rejected.jsonl``), and checks the
+``stats()`` counters against what the server saw. Real server (``tests/faultserver.py``), real
+sender processes, real SIGKILLs, real spool files. The figures of each scenario are printed at
+the end of the module (``pytest -s``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from typing import Any, Callable, Dict, Iterator, List
+
+import pytest
+
+from isstreamer import layout as L
+from isstreamer.procutil import pid_alive
+from isstreamer.spool import key_fingerprint, stream_id
+from isstreamer.streamer import Streamer
+
+from faultserver import BUCKETS, EVENTS, FaultServer, free_port
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ACCESS_KEY = "test-access-key"
+FIGURES: Dict[str, Dict[str, int]] = {}
+
+# small timings so that the whole module runs in about a minute
+FAST = dict(flush_interval=0.05, close_timeout=3.0, max_attempts=3, backoff_max=0.3,
+            auth_retry_interval=0.5, request_timeout=5.0)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _print_figures() -> Iterator[None]:
+    """Print the figures each scenario recorded (visible with ``pytest -s``)."""
+    yield
+    if FIGURES:
+        cols = ("logged", "delivered", "spooled", "replayed", "rejected", "duplicates")
+        print("\n%-28s" % "scenario" + "".join("%11s" % c for c in cols))
+        for name, f in FIGURES.items():
+            extra = " ".join("%s=%s" % (k, v) for k, v in f.items() if k not in cols)
+            print("%-28s" % name + "".join("%11s" % f.get(c, "") for c in cols) + "  " + extra)
+
+
+@pytest.fixture
+def server() -> Iterator[FaultServer]:
+    """A running fault server, stopped at teardown."""
+    srv = FaultServer().start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def spool(tmp_path: Any) -> str:
+    """A fresh spool directory."""
+    return str(tmp_path / "spool")
+
+
+@pytest.fixture
+def make_streamer(spool: str) -> Iterator[Callable[..., Streamer]]:
+    """Build Streamers on the test spool with fast timings; all closed at teardown."""
+    made: List[Streamer] = []
+
+    def make(api_base: str, bucket_name: str = "faults", bucket_key: str = "", **kw: Any) -> Streamer:
+        opts: Dict[str, Any] = dict(FAST, spool_dir=spool, api_base=api_base)
+        opts.update(kw)
+        s = Streamer(bucket_name, bucket_key or "bk-%d" % len(made), ACCESS_KEY, **opts)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.close(timeout=2)
+    for s in made:  # the senders exit once their ring has no owner left
+        pid = s._proc.pid if s._proc is not None else 0
+        _wait(lambda: not pid_alive(pid), 15)
+
+
+def _wait(pred: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def assert_exactly_once(server: FaultServer, expected: List[Any], key: str = "n") -> None:
+    """Every expected value was stored exactly once, and nothing else under ``key``."""
+    got = Counter(server.values(key))
+    missing = [v for v in expected if v not in got]
+    dups = {v: c for v, c in got.items() if c > 1}
+    extra = set(got) - set(expected)
+    assert not missing, "%d event(s) lost, e.g. %r" % (len(missing), missing[:10])
+    assert not dups, "%d event(s) delivered more than once, e.g. %r" % (len(dups), list(dups.items())[:10])
+    assert not extra, "unexpected events %r" % sorted(extra, key=repr)[:10]
+
+
+def spool_events(spool: str) -> int:
+    """Events not yet replayed in the spool: complete lines past each file's ``.pos``."""
+    n = 0
+    for d, _, files in os.walk(spool):
+        if d == spool:
+            continue  # rejected.jsonl
+        for f in files:
+            if f.endswith(".jsonl"):
+                path = os.path.join(d, f)
+                start = 0
+                if os.path.exists(path + ".pos"):
+                    with open(path + ".pos") as fh:
+                        start = int(fh.read() or 0)
+                with open(path, "rb") as fh:
+                    fh.seek(start)
+                    for line in fh:
+                        if line.endswith(b"\n"):
+                            n += len(json.loads(line))
+    return n
+
+
+def rejected(spool: str) -> List[Dict[str, Any]]:
+    """The records of ``<spool>/rejected.jsonl``."""
+    path = os.path.join(spool, "rejected.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path, "rb") as f:
+        return [json.loads(line) for line in f]
+
+
+def record(name: str, st: Dict[str, Any], server: FaultServer, logged: int) -> None:
+    """Keep the figures of a scenario for the summary."""
+    FIGURES[name] = dict(logged=logged, delivered=len(server.values()), spooled=st.get("spooled", 0),
+                         replayed=st.get("replayed", 0), rejected=st.get("rejected", 0),
+                         duplicates=sum(c - 1 for c in server.duplicates().values()))
+
+
+def wait_stat(s: Streamer, name: str, value: int, timeout: float = 15) -> Dict[str, Any]:
+    """Wait until ``stats()[name] >= value``; returns the last stats."""
+    _wait(lambda: s.stats().get(name, 0) >= value, timeout)
+    return s.stats()
+
+
+def sender_pid(s: Streamer) -> int:
+    """Pid of the sender process of a Streamer's ring."""
+    return s._ring.load(L.H_SENDER_PID)
+
+
+def rss_kb(pid: int) -> int:
+    """Resident set size of a process in kB."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS for %d" % pid)
+
+
+def run_script(code: str, timeout: float = 60, **popen: Any) -> subprocess.Popen:
+    """Start ``python -c code`` with the work tree importable."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **popen)
+
+
+# --------------------------------------------------------------------------- transient failures
+
+
+def test_503_burst_is_retried(server: FaultServer, make_streamer: Callable[..., Streamer]) -> None:
+    """A burst of 503 shorter than max_attempts: retried with backoff, nothing spooled."""
+    s = make_streamer(server.url)
+    server.fail_next(2, 503)
+    for i in range(300):
+        s.log("n", i)
+    assert s.flush(20)
+    assert_exactly_once(server, list(range(300)))
+    st = s.stats()
+    assert server.statuses()[503] == 2
+    assert st["retries"] == 2
+    assert st["sent"] == 300 and st["spooled"] == 0 and st["replayed"] == 0
+    assert st["requests"] == len(server.log())
+    record("503 burst", st, server, 300)
+
+
+def test_503_outage_spools_then_replays(server: FaultServer, make_streamer: Callable[..., Streamer],
+                                        spool: str) -> None:
+    """More 503s than max_attempts: the batch goes to the spool, then a probe replays it."""
+    s = make_streamer(server.url, max_attempts=2)
+    server.fail_next(5, 503)
+    for i in range(300):
+        s.log("n", i)
+    assert s.flush(20)
+    assert server.wait_events(300)
+    st = wait_stat(s, "replayed", 1)
+    assert_exactly_once(server, list(range(300)))
+    assert server.statuses()[503] == 5 and st["retries"] == 5
+    assert st["spooled"] > 0
+    assert st["sent"] == 300  # every event the API accepted, live or replayed
+    assert st["replayed"] == st["spooled"]
+    assert _wait(lambda: spool_events(spool) == 0, 10)
+    record("503 outage", st, server, 300)
+
+
+def test_connection_resets(server: FaultServer, make_streamer: Callable[..., Streamer], spool: str) -> None:
+    """Connections aborted without an answer are retried on a new connection."""
+    s = make_streamer(server.url, max_batch_events=50, max_attempts=4)
+    server.reset_next(3)
+    for i in range(400):
+        s.log("n", i)
+    assert s.flush(20)
+    assert server.wait_events(400)
+    st = wait_stat(s, "sent", 400)
+    assert_exactly_once(server, list(range(400)))
+    assert server.statuses()[0] == 3 and st["retries"] == 3
+    assert st["sent"] == 400 and st["replayed"] == st["spooled"]
+    assert _wait(lambda: spool_events(spool) == 0, 10)
+    record("connection resets", st, server, 400)
+
+
+def test_slow_answers(server: FaultServer, make_streamer: Callable[..., Streamer]) -> None:
+    """Answers slower than usual but within request_timeout: no retry, no duplicate."""
+    s = make_streamer(server.url, request_timeout=5.0, max_batch_events=100)
+    server.slow(0.4)
+    for i in range(300):
+        s.log("n", i)
+    assert s.flush(30)
+    st = s.stats()
+    assert_exactly_once(server, list(range(300)))
+    assert st["retries"] == 0 and st["spooled"] == 0 and st["sent"] == 300
+    record("slow answers", st, server, 300)
+
+
+def test_429_waits_for_retry_after(server: FaultServer, make_streamer: Callable[..., Streamer]) -> None:
+    """After a 429 nothing at all is sent before Retry-After has elapsed."""
+    s = make_streamer(server.url)
+    server.rate_limit(retry_after=1.5, times=2)
+    for i in range(200):
+        s.log("n", i)
+    assert s.flush(20)
+    assert server.wait_events(200)
+    st = wait_stat(s, "sent", 200)
+    assert_exactly_once(server, list(range(200)))
+    reqs = sorted(server.log(None), key=lambda r: r.t_in)
+    limited = [r for r in reqs if r.status == 429]
+    assert len(limited) == 2
+    for r in limited:
+        later = [q for q in reqs if q.t_in > r.t_in]
+        assert later, "nothing was sent after a 429"
+        assert later[0].t_in >= r.t_out + 1.5, "a request came %.3fs after a 429 with Retry-After 1.5" % (
+            later[0].t_in - r.t_out)
+    assert st["sent"] == 200 and st["replayed"] == st["spooled"]
+    record("429 Retry-After", st, server, 200)
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def test_413_splits_batches(server: FaultServer, make_streamer: Callable[..., Streamer], spool: str) -> None:
+    """413: batches are halved until they fit; one event too large on its own is rejected."""
+    s = make_streamer(server.url)
+    server.max_body(1500)
+    for i in range(1000):
+        s.log("n", i)
+    s.log("big", "x" * 1900)
+    assert s.flush(30)
+    st = s.stats()
+    assert_exactly_once(server, list(range(1000)))
+    assert server.statuses()[413] > 0
+    assert all(r.nbytes <= 1500 for r in server.log() if r.status == 204)
+    rej = rejected(spool)
+    assert [r["event"]["value"] for r in rej] == ["x" * 1900]
+    assert rej[0]["status"] == 413
+    assert st["rejected"] == 1 and st["sent"] == 1000 and st["spooled"] == 0
+    record("413 split", st, server, 1001)
+
+
+def test_400_poison_event(server: FaultServer, make_streamer: Callable[..., Streamer], spool: str) -> None:
+    """400: bisection isolates the one refused event; every other event is delivered once."""
+    s = make_streamer(server.url)
+    server.poison("poison")
+    for i in range(500):
+        s.log("n", i)
+        if i == 321:
+            s.log("n", "poison")
+    assert s.flush(30)
+    st = s.stats()
+    assert_exactly_once(server, list(range(500)))
+    rej = rejected(spool)
+    assert len(rej) == 1
+    assert rej[0]["event"]["value"] == "poison" and rej[0]["status"] == 400
+    assert "INVALID_EVENT" in rej[0]["answer"] and rej[0]["bucket_key"] == s.BucketKey
+    assert st["rejected"] == 1 and st["sent"] == 500 and st["spooled"] == 0
+    record("400 poison", st, server, 501)
+
+
+def test_bucket_removed(server: FaultServer, make_streamer: Callable[..., Streamer], spool: str) -> None:
+    """400 BUCKET_REMOVED: the batch is rejected whole (no bisection), into rejected.jsonl."""
+    s = make_streamer(server.url, bucket_key="gone")
+    server.bucket_removed("gone")
+    for i in range(100):
+        s.log("n", i)
+    assert s.flush(20)
+    st = s.stats()
+    assert server.values() == []
+    rej = rejected(spool)
+    assert sorted(r["event"]["value"] for r in rej) == list(range(100))
+    assert all("BUCKET_REMOVED" in r["answer"] for r in rej)
+    assert server.statuses()[400] == len(server.log())  # one request per batch, no bisection
+    assert st["rejected"] == 100
+    record("400 BUCKET_REMOVED", st, server, 100)
+
+
+def test_401_spools_then_replays(server: FaultServer, make_streamer: Callable[..., Streamer], spool: str) -> None:
+    """401: events go to the spool, nothing is lost; once the key works again they are replayed."""
+    server.unauthorized(True)
+    s = make_streamer(server.url)
+    for i in range(300):
+        s.log("n", i)
+    assert s.flush(20)
+    st = wait_stat(s, "spooled", 300)
+    assert server.values() == []
+    assert st["spooled"] == 300 and spool_events(spool) == 300
+    server.unauthorized(False)
+    assert server.wait_events(300)
+    st = wait_stat(s, "replayed", 300)
+    assert_exactly_once(server, list(range(300)))
+    assert st["replayed"] == 300 and st["sent"] == 300
+    assert _wait(lambda: spool_events(spool) == 0, 10)
+    assert server.log(BUCKETS)[-1].status in (201, 204)
+    record("401 then key ok", st, server, 300)
+
+
+# --------------------------------------------------------------------------- crashes and outages
+
+
+def test_flush_returns_once_spooled_when_api_unreachable(make_streamer: Callable[..., Streamer],
+                                                         spool: str) -> None:
+    """Nobody listens: after max_attempts failed requests the events are spooled and flush() returns."""
+    s = make_streamer("http://127.0.0.1:%d" % free_port(), max_attempts=2)
+    for i in range(500):
+        s.log("n", i)
+    assert s.flush(15), "flush() still waiting: the events were neither delivered nor spooled"
+    st = s.stats()
+    assert st["spooled"] == 500 and st["pending"] == 0
+    assert spool_events(spool) == 500
+    record("unreachable flush", st, FaultServer(), 500)
+
+
+
+DOWN_SCRIPT = """
+import sys, time
+from isstreamer import Streamer, layout
+s = Streamer("down", "bk-down", %(key)r, api_base=%(url)r, spool_dir=%(spool)r, close_timeout=%(ct)r,
+             flush_interval=0.05, max_attempts=2, backoff_max=0.2, request_timeout=1.0)
+for i in range(%(n)d):
+    s.log("n", i)
+print(s._ring.load(layout.H_SENDER_PID), flush=True)
+# exits without close(): the atexit hook must bound the exit by close_timeout
+"""
+
+
+def test_server_down_for_whole_program(tmp_path: Any) -> None:
+    """Server down while a program runs: exit bounded by close_timeout, spooled, replayed later once."""
+    spool, port, n, close_timeout = str(tmp_path / "spool"), free_port(), 2000, 2.0
+    url = "http://127.0.0.1:%d" % port
+    t0 = time.monotonic()
+    p = run_script(DOWN_SCRIPT % dict(key=ACCESS_KEY, url=url, spool=spool, ct=close_timeout, n=n))
+    out, err = p.communicate(timeout=60)
+    wall = time.monotonic() - t0
+    assert p.returncode == 0, err
+    assert wall < close_timeout + 15, "exit took %.1fs with close_timeout=%g" % (wall, close_timeout)
+    pid = int(out.split()[0])
+    assert _wait(lambda: not pid_alive(pid), 20), "the sender did not exit"
+    assert spool_events(spool) == n
+    with FaultServer(port=port) as server:
+        s = Streamer("down", "bk-other", ACCESS_KEY, api_base=url, spool_dir=spool, **FAST)
+        try:
+            assert server.wait_events(n)
+            st = wait_stat(s, "replayed", n)
+            assert_exactly_once(server, list(range(n)))
+            assert st["replayed"] == n
+            assert _wait(lambda: spool_events(spool) == 0, 10)
+            assert {b["bucket"] for b in server.buckets} >= {"bk-down"}
+            record("down whole program", dict(st, spooled=n), server, n)
+        finally:
+            s.close(2)
+    FIGURES["down whole program"]["exit_s"] = round(wall, 1)  # type: ignore[assignment]
+
+
+def test_torn_last_spool_line_is_skipped(server: FaultServer, spool: str) -> None:
+    """A spool file written by hand in the documented format, last line cut: the rest replays once."""
+    fp = key_fingerprint(ACCESS_KEY)
+    d = os.path.join(spool, stream_id(server.url, "bk-torn", fp))
+    os.makedirs(d)
+    with open(os.path.join(d, "meta.json"), "w") as f:
+        json.dump({"api_base": server.url, "bucket_key": "bk-torn", "bucket_name": "torn",
+                   "access_key_sha256_prefix": fp}, f)
+    path = os.path.join(d, "%017.6f-%d-%d.jsonl" % (time.time() - 60, 1, 1))
+    lines = [json.dumps([{"key": "n", "value": v, "epoch": 1700000000.5} for v in range(a, a + 10)])
+             for a in (0, 10, 20)]
+    with open(path, "w") as f:
+        f.write(lines[0] + "\n" + lines[1] + "\n" + lines[2][: len(lines[2]) // 2])
+    s = Streamer("x", "bk-live", ACCESS_KEY, api_base=server.url, spool_dir=spool, **FAST)
+    try:
+        assert server.wait_events(20)
+        st = wait_stat(s, "replayed", 20)
+        assert _wait(lambda: not os.path.exists(path), 10), "the replayed file was not removed"
+        assert_exactly_once(server, list(range(20)))
+        assert {e["bucket"] for e in server.events} == {"bk-torn"}
+        reqs = server.log(None)
+        first_event = min(i for i, r in enumerate(reqs) if r.path == EVENTS)
+        assert any(r.path == BUCKETS and r.bucket == "bk-torn" for r in reqs[:first_event])
+        assert st["replayed"] == 20
+        record("torn spool line", st, server, 20)
+    finally:
+        s.close(2)
+
+
+KILL_PRODUCER_SCRIPT = """
+import sys, time
+from isstreamer import Streamer, layout
+s = Streamer("kill", "bk-kill", %(key)r, api_base=%(url)r, spool_dir=%(spool)r,
+             flush_interval=30, buffer_size=10**6, close_timeout=3)
+for i in range(%(n)d):
+    s.log("n", i)
+print(s._ring.load(layout.H_SENDER_PID), s._ring.path, s.stats()["pending"], flush=True)
+time.sleep(120)
+"""
+
+
+def test_sigkill_producer(server: FaultServer, spool: str) -> None:
+    """SIGKILL of the producer after logging: everything in the ring is delivered, the sender exits."""
+    n = 5000
+    p = run_script(KILL_PRODUCER_SCRIPT % dict(key=ACCESS_KEY, url=server.url, spool=spool, n=n))
+    assert p.stdout is not None
+    pid_s, ring_path, pending = p.stdout.readline().split()
+    os.kill(p.pid, signal.SIGKILL)
+    p.communicate(timeout=10)
+    assert p.returncode == -signal.SIGKILL
+    sender = int(pid_s)
+    assert server.wait_events(n)
+    assert_exactly_once(server, list(range(n)))
+    assert _wait(lambda: not pid_alive(sender), 15), "the sender outlived its producer"
+    assert not os.path.exists(ring_path), "the ring file was left behind"
+    assert _wait(lambda: spool_events(spool) == 0, 10)
+    FIGURES["SIGKILL producer"] = dict(logged=n, delivered=len(server.values()), spooled=0, replayed=0,
+                                       rejected=0, duplicates=0, pending_at_kill=int(pending))  # type: ignore
+
+
+def test_sigkill_sender_mid_batch(server: FaultServer, make_streamer: Callable[..., Streamer]) -> None:
+    """SIGKILL of the sender while a batch is in flight: flush() starts a new one, nothing is lost.
+
+    The in-flight batch was stored by the server before the kill and is sent again by the new
+    sender from the ring: the only possible duplicates are that one batch.
+    """
+    s = make_streamer(server.url, max_batch_events=100, flush_interval=0.05)
+    server.slow(1.0)
+    for i in range(300):
+        s.log("n", i)
+    assert server.wait_for(lambda: server.arrived >= 1, 10)
+    old = sender_pid(s)
+    os.kill(old, signal.SIGKILL)
+    assert _wait(lambda: not pid_alive(old), 10)
+    server.slow(0)
+    for i in range(300, 600):
+        s.log("n", i)
+    assert s.flush(20)
+    new = sender_pid(s)
+    assert new != old and pid_alive(new)
+    got = Counter(server.values("n"))
+    assert sorted(got) == list(range(600)), "events lost"
+    dups = sorted(v for v, c in got.items() if c > 1)
+    assert all(c == 2 for c in got.values() if c > 1)
+    if dups:  # only the batch in flight at the kill may come twice
+        batches = [set(range(a, a + 100)) for a in range(0, 300, 100)]
+        assert any(set(dups) <= b for b in batches), dups
+    st = s.stats()
+    assert st["sent"] >= 600  # counted by the sender that got the answers
+    FIGURES["SIGKILL sender"] = dict(logged=600, delivered=sum(got.values()), spooled=st["spooled"],
+                                     replayed=st["replayed"], rejected=0, duplicates=len(dups))
+
+
+def test_sender_memory_flat_during_outage(make_streamer: Callable[..., Streamer], spool: str) -> None:
+    """200k events logged with the API down: they go to disk; the sender's RSS stays flat."""
+    port = free_port()
+    url = "http://127.0.0.1:%d" % port
+    s = make_streamer(url, max_attempts=1, buffer_size=1000, request_timeout=1.0)
+    for i in range(20000):  # warm up: enter the outage, spool a first time
+        s.log("n", i)
+    assert s.flush(30)
+    assert s.stats()["spooled"] == 20000
+    pid = sender_pid(s)
+    before = rss_kb(pid)
+    for i in range(20000, 220000):
+        s.log("n", i)
+    assert s.flush(60)
+    after = rss_kb(pid)
+    st = s.stats()
+    assert st["spooled"] == 220000 and st["dropped"] == {}
+    assert spool_events(spool) == 220000
+    assert after - before < 8 * 1024, "sender RSS grew from %d kB to %d kB" % (before, after)
+    with FaultServer(port=port) as server:
+        assert server.wait_events(220000, timeout=60)
+        st = wait_stat(s, "replayed", 220000)
+        assert_exactly_once(server, list(range(220000)))
+        FIGURES["outage 220k (RSS)"] = dict(logged=220000, delivered=len(server.values()),
+                                            spooled=st["spooled"], replayed=st["replayed"], rejected=0,
+                                            duplicates=0, rss_before_kb=before, rss_after_kb=after)  # type: ignore
