@@ -191,7 +191,8 @@ class ReplayFile:
             return False
         return True
 
-    def _start(self) -> int:
+    def position(self) -> int:
+        """Byte offset up to which the file is already delivered (from ``<file>.pos``)."""
         try:
             with open(self.pos_path, encoding="ascii") as f:
                 return int(f.read().strip() or 0)
@@ -201,7 +202,7 @@ class ReplayFile:
     def lines(self) -> Iterator[Tuple[int, bytes]]:
         """(end offset, batch) for every complete, valid line not yet delivered."""
         with open(self.path, "rb") as f:
-            f.seek(self._start())
+            f.seek(self.position())
             while True:
                 line = f.readline()
                 if not line:

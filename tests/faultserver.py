@@ -62,6 +62,7 @@ class FaultServer:
         self.access_keys: List[str] = []
         self.arrived = 0  # event requests whose body was read (answered or not yet)
         self._fail_n = 0
+        self._fail_after = 0
         self._fail_status = 503
         self._reset_n = 0
         self._slow = 0.0
@@ -152,10 +153,10 @@ class FaultServer:
         return runner
 
     # ---- faults (thread-safe) -------------------------------------------------------------------
-    def fail_next(self, n: int, status: int = 503) -> None:
-        """Answer the next ``n`` event requests with ``status`` (nothing stored)."""
+    def fail_next(self, n: int, status: int = 503, after: int = 0) -> None:
+        """Answer ``n`` event requests with ``status`` (nothing stored), from the ``after``+1-th one on."""
         with self._lock:
-            self._fail_n, self._fail_status = n, status
+            self._fail_n, self._fail_status, self._fail_after = n, status, after
 
     def reset_next(self, n: int) -> None:
         """Abort the connection (TCP RST, no answer) of the next ``n`` event requests."""
@@ -288,8 +289,11 @@ class FaultServer:
                 reset = False
             fault = None if reset else self._common_fault(EVENTS)
             if not reset and fault is None and self._fail_n > 0:
-                self._fail_n -= 1
-                fault = (self._fail_status, {"error": "INJECTED_FAILURE"}, None)
+                if self._fail_after > 0:
+                    self._fail_after -= 1
+                else:
+                    self._fail_n -= 1
+                    fault = (self._fail_status, {"error": "INJECTED_FAILURE"}, None)
             if not reset and fault is None and self._max_body is not None and nbytes > self._max_body:
                 fault = (413, {"error": "PAYLOAD_TOO_LARGE", "max": self._max_body}, None)
             if not reset and fault is None and bucket in self._removed:

@@ -51,6 +51,17 @@ def _print_figures() -> Iterator[None]:
             print("%-28s" % name + "".join("%11s" % f.get(c, "") for c in cols) + "  " + extra)
 
 
+@pytest.fixture(params=["native", "python"])
+def backend(request: Any, monkeypatch: Any) -> str:
+    """Run a test with the C extension and with the pure-Python ring (ISSTREAMER_NO_EXTENSION=1)."""
+    from isstreamer.ring import native_available
+
+    if request.param == "native" and not native_available():
+        pytest.skip("the C extension is not built")
+    monkeypatch.setenv("ISSTREAMER_NO_EXTENSION", "1" if request.param == "python" else "0")
+    return request.param
+
+
 @pytest.fixture
 def server() -> Iterator[FaultServer]:
     """A running fault server, stopped at teardown."""
@@ -365,7 +376,7 @@ print(s._ring.load(layout.H_SENDER_PID), flush=True)
 """
 
 
-def test_server_down_for_whole_program(tmp_path: Any) -> None:
+def test_server_down_for_whole_program(tmp_path: Any, backend: str) -> None:
     """Server down while a program runs: exit bounded by close_timeout, spooled, replayed later once."""
     spool, port, n, close_timeout = str(tmp_path / "spool"), free_port(), 2000, 2.0
     url = "http://127.0.0.1:%d" % port
@@ -387,25 +398,38 @@ def test_server_down_for_whole_program(tmp_path: Any) -> None:
             assert st["replayed"] == n
             assert _wait(lambda: spool_events(spool) == 0, 10)
             assert {b["bucket"] for b in server.buckets} >= {"bk-down"}
-            record("down whole program", dict(st, spooled=n), server, n)
+            record("down whole program/" + backend, dict(st, spooled=n), server, n)
         finally:
             s.close(2)
-    FIGURES["down whole program"]["exit_s"] = round(wall, 1)  # type: ignore[assignment]
+    FIGURES["down whole program/" + backend]["exit_s"] = round(wall, 1)  # type: ignore[assignment]
+
+
+def make_spool_file(spool: str, api_base: str, bucket_key: str, batches: List[List[Any]],
+                    access_key: str = ACCESS_KEY, torn: bool = False, seq: int = 1) -> str:
+    """Write a spool file by hand in the documented format (meta.json + .jsonl, one array a line).
+
+    Each batch is a list of values of key ``n``; ``torn`` cuts the last line in the middle.
+    """
+    fp = key_fingerprint(access_key)
+    d = os.path.join(spool, stream_id(api_base, bucket_key, fp))
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "meta.json"), "w") as f:
+        json.dump({"api_base": api_base, "bucket_key": bucket_key, "bucket_name": bucket_key.upper(),
+                   "access_key_sha256_prefix": fp}, f)
+    path = os.path.join(d, "%017.6f-%d-%d.jsonl" % (1700000000 + seq, 1, seq))
+    lines = [json.dumps([{"key": "n", "value": v, "epoch": 1700000000.5} for v in batch]) + "\n"
+             for batch in batches]
+    if torn:
+        lines[-1] = lines[-1][: len(lines[-1]) // 2]
+    with open(path, "w") as f:
+        f.write("".join(lines))
+    return path
 
 
 def test_torn_last_spool_line_is_skipped(server: FaultServer, spool: str) -> None:
     """A spool file written by hand in the documented format, last line cut: the rest replays once."""
-    fp = key_fingerprint(ACCESS_KEY)
-    d = os.path.join(spool, stream_id(server.url, "bk-torn", fp))
-    os.makedirs(d)
-    with open(os.path.join(d, "meta.json"), "w") as f:
-        json.dump({"api_base": server.url, "bucket_key": "bk-torn", "bucket_name": "torn",
-                   "access_key_sha256_prefix": fp}, f)
-    path = os.path.join(d, "%017.6f-%d-%d.jsonl" % (time.time() - 60, 1, 1))
-    lines = [json.dumps([{"key": "n", "value": v, "epoch": 1700000000.5} for v in range(a, a + 10)])
-             for a in (0, 10, 20)]
-    with open(path, "w") as f:
-        f.write(lines[0] + "\n" + lines[1] + "\n" + lines[2][: len(lines[2]) // 2])
+    path = make_spool_file(spool, server.url, "bk-torn", [list(range(0, 10)), list(range(10, 20)),
+                                                          list(range(20, 30))], torn=True)
     s = Streamer("x", "bk-live", ACCESS_KEY, api_base=server.url, spool_dir=spool, **FAST)
     try:
         assert server.wait_events(20)
@@ -429,17 +453,18 @@ s = Streamer("kill", "bk-kill", %(key)r, api_base=%(url)r, spool_dir=%(spool)r,
              flush_interval=30, buffer_size=10**6, close_timeout=3)
 for i in range(%(n)d):
     s.log("n", i)
-print(s._ring.load(layout.H_SENDER_PID), s._ring.path, s.stats()["pending"], flush=True)
+print(s._ring.load(layout.H_SENDER_PID), s._ring.path, s.stats()["pending"], s.stats()["backend"], flush=True)
 time.sleep(120)
 """
 
 
-def test_sigkill_producer(server: FaultServer, spool: str) -> None:
+def test_sigkill_producer(server: FaultServer, spool: str, backend: str) -> None:
     """SIGKILL of the producer after logging: everything in the ring is delivered, the sender exits."""
     n = 5000
     p = run_script(KILL_PRODUCER_SCRIPT % dict(key=ACCESS_KEY, url=server.url, spool=spool, n=n))
     assert p.stdout is not None
-    pid_s, ring_path, pending = p.stdout.readline().split()
+    pid_s, ring_path, pending, used = p.stdout.readline().split()
+    assert used == backend
     os.kill(p.pid, signal.SIGKILL)
     p.communicate(timeout=10)
     assert p.returncode == -signal.SIGKILL
@@ -449,11 +474,11 @@ def test_sigkill_producer(server: FaultServer, spool: str) -> None:
     assert _wait(lambda: not pid_alive(sender), 15), "the sender outlived its producer"
     assert not os.path.exists(ring_path), "the ring file was left behind"
     assert _wait(lambda: spool_events(spool) == 0, 10)
-    FIGURES["SIGKILL producer"] = dict(logged=n, delivered=len(server.values()), spooled=0, replayed=0,
+    FIGURES["SIGKILL producer/" + backend] = dict(logged=n, delivered=len(server.values()), spooled=0, replayed=0,
                                        rejected=0, duplicates=0, pending_at_kill=int(pending))  # type: ignore
 
 
-def test_sigkill_sender_mid_batch(server: FaultServer, make_streamer: Callable[..., Streamer]) -> None:
+def test_sigkill_sender_mid_batch(server: FaultServer, make_streamer: Callable[..., Streamer], backend: str) -> None:
     """SIGKILL of the sender while a batch is in flight: flush() starts a new one, nothing is lost.
 
     The in-flight batch was stored by the server before the kill and is sent again by the new
@@ -481,8 +506,9 @@ def test_sigkill_sender_mid_batch(server: FaultServer, make_streamer: Callable[.
         batches = [set(range(a, a + 100)) for a in range(0, 300, 100)]
         assert any(set(dups) <= b for b in batches), dups
     st = s.stats()
+    assert st["backend"] == backend
     assert st["sent"] >= 600  # counted by the sender that got the answers
-    FIGURES["SIGKILL sender"] = dict(logged=600, delivered=sum(got.values()), spooled=st["spooled"],
+    FIGURES["SIGKILL sender/" + backend] = dict(logged=600, delivered=sum(got.values()), spooled=st["spooled"],
                                      replayed=st["replayed"], rejected=0, duplicates=len(dups))
 
 
@@ -512,3 +538,83 @@ def test_sender_memory_flat_during_outage(make_streamer: Callable[..., Streamer]
         FIGURES["outage 220k (RSS)"] = dict(logged=220000, delivered=len(server.values()),
                                             spooled=st["spooled"], replayed=st["replayed"], rejected=0,
                                             duplicates=0, rss_before_kb=before, rss_after_kb=after)  # type: ignore
+
+
+# --------------------------------------------------------------------------- isstreamer replay
+
+
+def run_replay(cwd: Any, *args: str, key: str = ACCESS_KEY) -> subprocess.CompletedProcess:
+    """``python -m isstreamer.cli replay ARGS`` (access key from the environment, no ini file)."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               HOME=str(cwd), ISSTREAMER_ACCESS_KEY=key)
+    return subprocess.run([sys.executable, "-m", "isstreamer.cli", "replay", "--no-progress", "--backoff-max",
+                           "0.2", *args], cwd=str(cwd), env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_replay_cli(server: FaultServer, spool: str, tmp_path: Any) -> None:
+    """Whole spool: 503s retried, 429 waited for, one poisoned event rejected, another key untouched."""
+    mine_a = make_spool_file(spool, server.url, "bk-a", [list(range(0, 100)), list(range(100, 200))])
+    mine_b = make_spool_file(spool, server.url, "bk-b", [list(range(200, 300)) + ["poison"]], seq=2)
+    other = make_spool_file(spool, server.url, "bk-a", [["other"]], access_key="someone-else")
+    server.fail_next(2, 503)
+    server.rate_limit(retry_after=0.5, times=1)
+    server.poison("poison")
+    p = run_replay(tmp_path, spool)
+    assert p.returncode == 0, p.stderr
+    assert_exactly_once(server, list(range(300)))
+    assert "3 batches, 300 events delivered, 1 rejected, 0 left" in p.stdout, p.stdout
+    assert "2 files" in p.stdout
+    assert [r["event"]["value"] for r in rejected(spool)] == ["poison"]
+    assert not os.path.exists(mine_a) and not os.path.exists(mine_b)
+    assert os.path.exists(other) and "another access key" in p.stderr
+    assert server.statuses()[503] == 2
+    assert {b["bucket"] for b in server.buckets} == {"bk-a", "bk-b"}
+    assert set(server.access_keys) == {ACCESS_KEY}
+    FIGURES["cli replay"] = dict(logged=301, delivered=len(server.values()), spooled=301, replayed=300,
+                                 rejected=1, duplicates=0)
+
+
+def test_replay_cli_one_file_other_api_base(server: FaultServer, spool: str, tmp_path: Any) -> None:
+    """PATH = one .jsonl file; --api-base overrides the (dead) base recorded in meta.json."""
+    dead = "http://127.0.0.1:%d" % free_port()
+    first = make_spool_file(spool, dead, "bk-a", [list(range(0, 50))], seq=1)
+    second = make_spool_file(spool, dead, "bk-a", [list(range(50, 100))], seq=2)
+    p = run_replay(tmp_path, first, "--api-base", server.url)
+    assert p.returncode == 0, p.stderr
+    assert_exactly_once(server, list(range(50)))
+    assert not os.path.exists(first) and os.path.exists(second)
+    assert "1 file, 1 batch, 50 events delivered, 0 rejected, 0 left" in p.stdout
+
+
+def test_replay_cli_outage_and_401_keep_everything(server: FaultServer, spool: str, tmp_path: Any) -> None:
+    """API down, then key refused: nothing sent twice, nothing removed, exit 1; then all goes once."""
+    path = make_spool_file(spool, server.url, "bk-a", [list(range(0, 100)), list(range(100, 200))])
+    dead = "http://127.0.0.1:%d" % free_port()
+    p = run_replay(tmp_path, spool, "--api-base", dead, "--max-attempts", "2")
+    assert p.returncode == 1 and "0 events delivered, 0 rejected, 200 left" in p.stdout, (p.stdout, p.stderr)
+    assert "2 failed requests in a row (last: ConnectionError" in p.stderr, p.stderr
+    server.unauthorized(True)
+    p = run_replay(tmp_path, spool)
+    assert p.returncode == 1 and "200 left" in p.stdout and "HTTP 401" in p.stderr, (p.stdout, p.stderr)
+    assert os.path.exists(path) and server.values() == []
+    server.unauthorized(False)
+    p = run_replay(tmp_path, spool)
+    assert p.returncode == 0 and "200 events delivered" in p.stdout, (p.stdout, p.stderr)
+    assert_exactly_once(server, list(range(200)))
+    assert not os.path.exists(path)
+
+
+def test_replay_cli_resumes_a_cut_split(server: FaultServer, spool: str, tmp_path: Any) -> None:
+    """A 413 split whose second half fails for good: the first half is not sent again on the next run."""
+    path = make_spool_file(spool, server.url, "bk-a", [list(range(0, 40)), list(range(40, 80))])
+    server.max_body(1500)  # a 40-event line is ~2 kB: it is split in two
+    server.fail_next(2, 503, after=2)  # the line (413), its first half (ok), then the second half fails
+    p = run_replay(tmp_path, spool, "--max-attempts", "2")
+    assert p.returncode == 1, (p.stdout, p.stderr)
+    assert "20 events delivered, 0 rejected, 60 left" in p.stdout, p.stdout
+    assert sorted(server.values()) == list(range(20))
+    p = run_replay(tmp_path, spool)
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    assert "60 events delivered, 0 rejected, 0 left" in p.stdout, p.stdout
+    assert_exactly_once(server, list(range(80)))
+    assert not os.path.exists(path)
