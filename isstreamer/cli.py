@@ -96,5 +96,70 @@ def serve(
         raise click.ClickException(str(exc)) from exc
 
 
+# --------------------------------------------------------------------------- replay
+
+
+@main.command()
+@click.argument("path", required=False, type=click.Path(), default=None)
+@click.option("--access-key", default="", help="Access key [env ISSTREAMER_ACCESS_KEY, isstreamer.ini].")
+@click.option("--api-base", default="", help="Send to this API base instead of the one recorded with each stream.")
+@click.option("--ini", type=click.Path(dir_okay=False), default=None,
+              help="isstreamer.ini to read [default: ~/isstreamer.ini, then ./isstreamer.ini].")
+@click.option("--max-attempts", default=4, show_default=True, type=click.IntRange(min=1),
+              help="Failed requests in a row (5xx, no answer) before giving up on an API base.")
+@click.option("--backoff-max", default=30.0, show_default=True, type=click.FloatRange(min=0),
+              help="Longest wait between retries, in seconds.")
+@click.option("--request-timeout", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds to wait for each answer.")
+@click.option("--max-rps", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="At most this many requests per second (0: no ceiling).")
+@click.option("--progress/--no-progress", default=None, help="Progress bar [default: when stderr is a terminal].")
+def replay(path: Optional[str], access_key: str, api_base: str, ini: Optional[str], max_attempts: int,
+           backoff_max: float, request_timeout: float, max_rps: float, progress: Optional[bool]) -> None:
+    """Resubmit spooled events to the events API.
+
+    PATH is a spool directory, one stream directory in it or one .jsonl spool file [default: the
+    default spool directory]. Only streams spooled with the same access key are replayed. Lines
+    are sent once (progress is kept, so an interrupted run resumes); refused events go to
+    rejected.jsonl. Exit status 1 when events are left in the spool.
+    """
+    from isstreamer.config import ConfigError, load_config
+    from isstreamer.delivery import Policy
+    from isstreamer.replay import Replayer, ReplayError
+    from isstreamer.spool import default_spool_dir
+
+    if path is None:
+        path = default_spool_dir()
+        if not os.path.isdir(path):
+            click.echo("isstreamer replay: nothing to replay (no spool directory %s)" % path, err=True)
+            return
+    try:
+        cfg = load_config(access_key=access_key, ini_file_location=ini, api_base=api_base)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
+    if not cfg.access_key:
+        raise click.UsageError("no access key: pass --access-key, set ISSTREAMER_ACCESS_KEY or put access_key "
+                               "in isstreamer.ini")
+    policy = Policy(max_attempts=max_attempts, backoff_max=backoff_max, max_rps=max_rps)
+    replayer = Replayer(cfg.access_key, api_base=cfg.api_base if api_base else None, policy=policy,
+                        request_timeout=request_timeout, progress=progress,
+                        warn=lambda m: click.echo(m, err=True))
+    try:
+        summary = replayer.run(path)
+    except ReplayError as exc:
+        raise click.UsageError(str(exc)) from exc
+    for why in summary.stopped:
+        click.echo("isstreamer replay: stopped for %s" % why, err=True)
+    click.echo("isstreamer replay: %s" % summary.line())
+    if summary.rejected:
+        click.echo("isstreamer replay: the refused events are in %s" % summary.rejected_path, err=True)
+    if summary.other_streams:
+        click.echo("isstreamer replay: %d stream%s (%d event%s) of another access key left untouched"
+                   % (summary.other_streams, "" if summary.other_streams == 1 else "s", summary.other_events,
+                      "" if summary.other_events == 1 else "s"), err=True)
+    if summary.left:
+        raise SystemExit(1)
+
+
 if __name__ == "__main__":  # pragma: no cover - python -m isstreamer.cli
     main()
