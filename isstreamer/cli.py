@@ -5,9 +5,11 @@ stays light (no aiohttp, no database) and adding a subcommand touches nothing el
 """
 from __future__ import annotations
 
+import math
 import os
+import re
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import click
 
@@ -94,6 +96,198 @@ def serve(
         )
     except OSError as exc:  # address in use, unwritable database ...
         raise click.ClickException(str(exc)) from exc
+
+
+# --------------------------------------------------------------------------- demo
+
+
+@main.command()
+@click.option("--events", "-n", default=200_000, show_default=True, type=click.IntRange(min=1),
+              help="Sensor readings logged by the tight loop of the main process (the pool adds a quarter more).")
+@click.option("--workers", "-w", default=2, show_default=True, type=click.IntRange(0, 32),
+              help="Pool worker processes sharing the Streamer (0: none).")
+@click.option("--port", default=0, type=click.IntRange(0, 65535), help="Collector port [default: a free one].")
+@click.option("--db", type=click.Path(dir_okay=False), default=None,
+              help="Keep the collector database in this file [default: a temporary one].")
+@click.option("--exit", "exit_after", is_flag=True, help="Exit after the summary instead of serving the dashboard.")
+@click.option("--progress/--no-progress", default=None, help="Progress bars [default: when stderr is a terminal].")
+def demo(events: int, workers: int, port: int, db: Optional[str], exit_after: bool, progress: Optional[bool]) -> None:
+    """Stream a sensor loop and a process pool through one Streamer into the embedded collector.
+
+    Prints what was logged, delivered and dropped, the cost of log() and the dashboard URL, then
+    serves the dashboard until Ctrl-C (or exits at once with --exit). Needs no access key.
+    """
+    from isstreamer.demo import run_demo
+
+    try:
+        code = run_demo(events=events, workers=workers, port=port, db=db, serve=not exit_after, progress=progress)
+    except OSError as exc:  # port in use, unwritable database ...
+        raise click.ClickException(str(exc)) from exc
+    raise SystemExit(code)
+
+
+# --------------------------------------------------------------------------- log
+
+_INT_RE = re.compile(r"[+-]?[0-9]+\Z")
+_FLOAT_RE = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\Z")
+
+
+def parse_value(text: str) -> Union[bool, int, float, str]:
+    """``21`` -> int, ``21.5``/``-1e3`` -> float, ``true``/``false`` (any case) -> bool, else ``text``.
+
+    Integers outside int64 and floats that overflow stay text (the events API takes them as strings).
+    """
+    if _INT_RE.match(text):
+        n = int(text)
+        if -(2**63) <= n < 2**63:
+            return n
+    elif _FLOAT_RE.match(text):
+        x = float(text)
+        if math.isfinite(x):
+            return x
+    else:
+        low = text.lower()
+        if low in ("true", "false"):
+            return low == "true"
+    return text
+
+
+def _checked(key: str, value: Union[bool, int, float, str]) -> Tuple[str, Union[bool, int, float, str]]:
+    """The event as the Streamer would send it, or ValueError/TypeError stating which rule it breaks."""
+    from isstreamer.values import coerce_key, coerce_value
+
+    k, _ = coerce_key(key, True)
+    v, _ = coerce_value(value, True, key=k)
+    return k, v
+
+
+def parse_line(line: str) -> Tuple[str, Union[bool, int, float, str]]:
+    """``key,value`` or ``key=value`` (split at the first ``,`` or ``=``; spaces around trimmed)."""
+    m = re.search(r"[,=]", line)
+    if m is None:
+        raise ValueError("expected KEY,VALUE or KEY=VALUE")
+    key, value = line[:m.start()].strip(), line[m.end():].strip()
+    if not key:
+        raise ValueError("no key before %r" % m.group())
+    if not value:
+        raise ValueError("no value after %r" % m.group())
+    return _checked(key, parse_value(value))
+
+
+def _default_bucket_key(bucket_name: str) -> str:
+    """A stable key from the bucket name, so repeated ``isstreamer log`` calls share one bucket."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", bucket_name).strip("-").lower()[:250] or "isstreamer"
+
+
+@main.command("log", context_settings={"ignore_unknown_options": True})  # VALUE may be -3.5
+@click.argument("args", nargs=-1, metavar="KEY [VALUE]")
+@click.option("--bucket-name", default="", help="Bucket name [env ISSTREAMER_BUCKET, isstreamer.ini; default: isstreamer].")
+@click.option("--bucket-key", default="", envvar="ISSTREAMER_BUCKET_KEY", show_envvar=True,
+              help="Bucket key [default: derived from the bucket name, so repeated calls share a bucket].")
+@click.option("--access-key", default="", help="Access key [env ISSTREAMER_ACCESS_KEY, isstreamer.ini].")
+@click.option("--api-base", default="", help="Events API base URL [env ISSTREAMER_API_BASE, isstreamer.ini; "
+                                             "default: https://groker.init.st].")
+@click.option("--ini", type=click.Path(dir_okay=False), default=None,
+              help="isstreamer.ini to read [default: ~/isstreamer.ini, then ./isstreamer.ini].")
+@click.option("--epoch", type=float, default=None, help="Event time in seconds since 1970 (single event only) [default: now].")
+@click.option("--debug-level", type=click.IntRange(0, 2), default=0, show_default=True,
+              help="1 echoes each event to stdout, 2 also makes invalid input an error.")
+@click.option("-q", "--quiet", is_flag=True, help="No summary line on stderr.")
+def log_command(args: Tuple[str, ...], bucket_name: str, bucket_key: str, access_key: str, api_base: str,
+                ini: Optional[str], epoch: Optional[float], debug_level: int, quiet: bool) -> None:
+    """Log one event (KEY VALUE), or one per stdin line with KEY "-".
+
+    \b
+    isstreamer log temperature 21.5
+    printf 'temperature,21.5\\ndoor=open\\n' | isstreamer log -
+
+    Values become int, float, true/false or else text. On stdin, blank lines and lines starting
+    with # are skipped; a bad line is reported on stderr and makes the exit status 1. Everything
+    is flushed before exiting; a summary (logged/delivered/dropped) goes to stderr.
+    """
+    from isstreamer.config import ConfigError, load_config
+    from isstreamer.values import coerce_epoch
+
+    for a in args:
+        if a.startswith("-") and a != "-" and not _FLOAT_RE.match(a):
+            raise click.UsageError("no such option: %s" % a)
+    if not args:
+        raise click.UsageError("missing KEY (or '-' to read KEY,VALUE lines from stdin)")
+    if len(args) > 2:
+        raise click.UsageError("too many arguments: %s (quote a VALUE that has spaces)" % " ".join(args[2:]))
+    key, value = args[0], (args[1] if len(args) > 1 else None)
+    if key == "-":
+        if value is not None:
+            raise click.UsageError("with KEY '-' the events come from stdin: give no VALUE")
+        if epoch is not None:
+            raise click.UsageError("--epoch applies to a single event (KEY VALUE), not to stdin")
+    elif value is None:
+        raise click.UsageError("missing VALUE (or use '-' as KEY to read KEY,VALUE lines from stdin)")
+    else:
+        try:
+            single = _checked(key, parse_value(value))
+            if epoch is not None:
+                coerce_epoch(epoch, True)
+        except (TypeError, ValueError) as exc:
+            raise click.UsageError(str(exc)) from exc
+    try:
+        cfg = load_config(bucket_name=bucket_name, access_key=access_key, ini_file_location=ini, api_base=api_base)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
+    if not cfg.offline and not cfg.access_key:
+        raise click.UsageError("no access key: pass --access-key, set ISSTREAMER_ACCESS_KEY or put access_key "
+                               "in isstreamer.ini")
+    name = cfg.bucket_name or "isstreamer"
+    bkey = bucket_key or _default_bucket_key(name)
+
+    from isstreamer.streamer import Streamer
+
+    try:
+        streamer = Streamer(bucket_name=name, bucket_key=bkey, access_key=cfg.access_key, ini_file_location=ini,
+                            debug_level=debug_level, api_base=cfg.api_base)
+    except ValueError as exc:  # bad bucket key
+        raise click.UsageError(str(exc)) from exc
+    logged = bad = 0
+    try:
+        if key != "-":
+            streamer.log(single[0], single[1], epoch)
+            logged = 1
+        else:
+            for lineno, line in enumerate(click.get_text_stream("stdin"), 1):
+                text = line.strip()
+                if not text or text.startswith("#"):
+                    continue
+                try:
+                    k, v = parse_line(text)
+                except (TypeError, ValueError) as exc:
+                    bad += 1
+                    click.echo("isstreamer log: line %d: %s: %s" % (lineno, exc, _short(text)), err=True)
+                    continue
+                streamer.log(k, v)
+                logged += 1
+    finally:
+        streamer.close()
+    st = streamer.stats()
+    dropped = sum(st["dropped"].values())
+    lost = dropped + st.get("failed", 0) + st.get("rejected", 0)
+    if not quiet:
+        if cfg.offline:
+            parts = ["%d logged to %s" % (logged, cfg.offline_file)]
+        else:
+            parts = ["%d logged" % logged, "%d delivered" % st.get("sent", 0), "%d dropped" % dropped]
+            for label, n in (("rejected by the API", st.get("rejected", 0)), ("failed", st.get("failed", 0)),
+                             ("spooled for a later retry", st.get("spooled", 0))):
+                if n:
+                    parts.append("%d %s" % (n, label))
+        if bad:
+            parts.append("%d bad line%s" % (bad, "" if bad == 1 else "s"))
+        click.echo("isstreamer log: %s (bucket %r)" % (", ".join(parts), bkey), err=True)
+    if bad or lost:
+        raise SystemExit(1)
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
 
 
 # --------------------------------------------------------------------------- replay
