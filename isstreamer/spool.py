@@ -4,8 +4,9 @@ Layout: ``<spool_dir>/<stream id>/`` per (API base, bucket key, account), holdin
 ``meta.json`` (API base, bucket key and name, a SHA-256 prefix of the access key -- never the
 key itself) and ``<time>-<pid>-<seq>.jsonl`` files. Each line of a ``.jsonl`` file is one JSON
 array that the events API accepts as-is. A writer holds an exclusive ``flock`` on the file it
-appends to, so replayers skip it; replay progress is kept in ``<file>.pos`` (byte offset), and
-a fully delivered file is deleted. A torn last line (power cut) is skipped, never fatal.
+appends to (taken before the file gets its ``.jsonl`` name), so replayers skip it; replay
+progress is kept in ``<file>.pos`` (byte offset), and a fully delivered file is deleted. A torn
+last line (power cut) is skipped, never fatal; a failed write (disk full) is cut off the file.
 """
 from __future__ import annotations
 
@@ -105,13 +106,28 @@ class SpoolWriter:
                 os.close(entry[0])
             self._seq += 1
             path = os.path.join(d, "%017.6f-%d-%d.jsonl" % (time.time(), os.getpid(), self._seq))
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0), 0o600)
+            # locked under a name replayers ignore, then renamed: a replayer never takes (and
+            # deletes as empty) a file between its creation and its lock
+            tmp = path + ".new"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_CLOEXEC", 0), 0o600)
             fcntl.flock(fd, fcntl.LOCK_EX)
+            os.replace(tmp, path)
             entry = (fd, path, 0)
         fd, path, n = entry
         line = body.replace(b"\n", b"") + b"\n"
-        os.write(fd, line)
-        os.fsync(fd)
+        try:
+            done = 0
+            while done < len(line):
+                done += os.write(fd, line[done:])
+            os.fsync(fd)
+        except OSError:
+            # disk full, file size limit...: cut the partial line off, or the next batch appended
+            # would be glued to it and both would be unreadable
+            try:
+                os.ftruncate(fd, n)
+            except OSError:
+                pass
+            raise
         self._files[d] = (fd, path, n + len(line))
         self._size += len(line)
         return path
@@ -185,6 +201,9 @@ class ReplayFile:
             return False
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # the file may have been finished and deleted between our open and our lock
+            if os.stat(self.path).st_ino != os.fstat(self.fd).st_ino:
+                raise OSError("replaced")
         except OSError:
             os.close(self.fd)
             self.fd = -1

@@ -540,6 +540,46 @@ def test_sender_memory_flat_during_outage(make_streamer: Callable[..., Streamer]
                                             duplicates=0, rss_before_kb=before, rss_after_kb=after)  # type: ignore
 
 
+SHORT_WRITE_SCRIPT = """
+import json, resource, signal, sys
+from isstreamer.spool import ReplayFile, SpoolWriter, pending_files, streams
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit then fail with EFBIG
+w = SpoolWriter(sys.argv[1])
+def write(i):
+    body = json.dumps([{"key": "n", "value": "%d-%s" % (i, "x" * 2900)}]).encode()
+    try:
+        w.write("http://api", "bk", "b", "fp", body)
+        return "ok"
+    except OSError as exc:
+        return "error"
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (10000, hard))  # room for 3 lines and part of a 4th
+results = [write(i) for i in range(5)]
+resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))  # space again
+results.append(write(99))
+w.close_all()
+(m,) = streams(sys.argv[1])
+values, torn = [], 0
+for f in pending_files(m.path):
+    rf = ReplayFile(f)
+    values += [json.loads(body)[0]["value"].split("-")[0] for _, body in rf.lines()]
+    torn += rf.torn
+print(json.dumps({"results": results, "values": values, "torn": torn}))
+"""
+
+
+def test_spool_write_cut_short_leaves_whole_lines(tmp_path: Any) -> None:
+    """A spool write cut short (file size limit, as on a full disk) fails and leaves no partial line."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run([sys.executable, "-c", SHORT_WRITE_SCRIPT, str(tmp_path / "spool")], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["results"] == ["ok", "ok", "ok", "error", "error", "ok"]
+    assert out["values"] == ["0", "1", "2", "99"], "a batch reported as spooled is unreadable"
+    assert out["torn"] == 0
+
+
 # --------------------------------------------------------------------------- isstreamer replay
 
 
