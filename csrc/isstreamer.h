@@ -162,6 +162,11 @@ int iss_log_f64(iss_producer *p, uint32_t key_id, double v);
 int iss_log_i64(iss_producer *p, uint32_t key_id, int64_t v);
 int iss_log_bool(iss_producer *p, uint32_t key_id, int v);
 int iss_log_str(iss_producer *p, uint32_t key_id, const char *s, size_t slen);
+/* the same with an explicit epoch (seconds); NaN means now */
+int iss_log_f64_at(iss_producer *p, uint32_t key_id, double v, double epoch);
+int iss_log_i64_at(iss_producer *p, uint32_t key_id, int64_t v, double epoch);
+int iss_log_bool_at(iss_producer *p, uint32_t key_id, int v, double epoch);
+int iss_log_str_at(iss_producer *p, uint32_t key_id, const char *s, size_t slen, double epoch);
 
 /* --- atomics on the mapping, for the Python side --- */
 uint64_t iss_load64(const uint8_t *base, uint64_t map_size, uint64_t off);

@@ -268,36 +268,47 @@ static const iss_key *key_get(uint32_t id)
     return chunk ? __atomic_load_n(&chunk[id % ISS_KEYTAB_CHUNK], __ATOMIC_ACQUIRE) : NULL;
 }
 
-int iss_log_f64(iss_producer *p, uint32_t key_id, double v)
+int iss_log_f64_at(iss_producer *p, uint32_t key_id, double v, double epoch)
 {
     const iss_key *k = key_get(key_id);
     if (k == NULL || !isfinite(v))
         return ISS_EINVAL;
-    return put(p, ISS_T_F64, k->bytes, k->len, &v, NULL, 0, NAN);
+    return put(p, ISS_T_F64, k->bytes, k->len, &v, NULL, 0, epoch);
 }
 
-int iss_log_i64(iss_producer *p, uint32_t key_id, int64_t v)
+int iss_log_i64_at(iss_producer *p, uint32_t key_id, int64_t v, double epoch)
 {
     const iss_key *k = key_get(key_id);
     if (k == NULL)
         return ISS_EINVAL;
-    return put(p, ISS_T_I64, k->bytes, k->len, &v, NULL, 0, NAN);
+    return put(p, ISS_T_I64, k->bytes, k->len, &v, NULL, 0, epoch);
 }
 
-int iss_log_bool(iss_producer *p, uint32_t key_id, int v)
+int iss_log_bool_at(iss_producer *p, uint32_t key_id, int v, double epoch)
 {
     const iss_key *k = key_get(key_id);
     if (k == NULL)
         return ISS_EINVAL;
-    return put(p, v ? ISS_T_TRUE : ISS_T_FALSE, k->bytes, k->len, NULL, NULL, 0, NAN);
+    return put(p, v ? ISS_T_TRUE : ISS_T_FALSE, k->bytes, k->len, NULL, NULL, 0, epoch);
 }
+
+int iss_log_str_at(iss_producer *p, uint32_t key_id, const char *s, size_t slen, double epoch)
+{
+    const iss_key *k = key_get(key_id);
+    if (k == NULL)
+        return ISS_EINVAL;
+    return put(p, ISS_T_STR, k->bytes, k->len, NULL, s, slen, epoch);
+}
+
+int iss_log_f64(iss_producer *p, uint32_t key_id, double v) { return iss_log_f64_at(p, key_id, v, NAN); }
+
+int iss_log_i64(iss_producer *p, uint32_t key_id, int64_t v) { return iss_log_i64_at(p, key_id, v, NAN); }
+
+int iss_log_bool(iss_producer *p, uint32_t key_id, int v) { return iss_log_bool_at(p, key_id, v, NAN); }
 
 int iss_log_str(iss_producer *p, uint32_t key_id, const char *s, size_t slen)
 {
-    const iss_key *k = key_get(key_id);
-    if (k == NULL)
-        return ISS_EINVAL;
-    return put(p, ISS_T_STR, k->bytes, k->len, NULL, s, slen, NAN);
+    return iss_log_str_at(p, key_id, s, slen, NAN);
 }
 
 void iss_count_drop(iss_producer *p, uint32_t reason)

@@ -437,31 +437,34 @@ def py_key_intern(key: bytes, keylen: int) -> int:
         return len(_PY_KEYS) - 1
 
 
-def py_log_f64(p: PyProducer, key_id: int, v: float) -> int:
-    """Pure-Python twin of ``iss_log_f64`` (epoch: now)."""
-    return py_put_f64(p, _PY_KEYS[key_id], 0, v, _NAN)
+def py_log_f64(p: PyProducer, key_id: int, v: float, epoch: float = _NAN) -> int:
+    """Pure-Python twin of ``iss_log_f64_at`` (NaN epoch: now)."""
+    return py_put_f64(p, _PY_KEYS[key_id], 0, v, epoch)
 
 
-def py_log_i64(p: PyProducer, key_id: int, v: int) -> int:
-    """Pure-Python twin of ``iss_log_i64`` (epoch: now)."""
-    return p.put(L.T_I64, _PY_KEYS[key_id], _I64.pack(v), b"", _NAN)
+def py_log_i64(p: PyProducer, key_id: int, v: int, epoch: float = _NAN) -> int:
+    """Pure-Python twin of ``iss_log_i64_at``."""
+    return p.put(L.T_I64, _PY_KEYS[key_id], _I64.pack(v), b"", epoch)
 
 
-def py_log_bool(p: PyProducer, key_id: int, v: int) -> int:
-    """Pure-Python twin of ``iss_log_bool`` (epoch: now)."""
-    return p.put(L.T_TRUE if v else L.T_FALSE, _PY_KEYS[key_id], None, b"", _NAN)
+def py_log_bool(p: PyProducer, key_id: int, v: int, epoch: float = _NAN) -> int:
+    """Pure-Python twin of ``iss_log_bool_at``."""
+    return p.put(L.T_TRUE if v else L.T_FALSE, _PY_KEYS[key_id], None, b"", epoch)
 
 
-def py_log_str(p: PyProducer, key_id: int, s: bytes, slen: int) -> int:
-    """Pure-Python twin of ``iss_log_str`` (epoch: now)."""
-    return p.put(L.T_STR, _PY_KEYS[key_id], None, s, _NAN)
+def py_log_str(p: PyProducer, key_id: int, s: bytes, slen: int, epoch: float = _NAN) -> int:
+    """Pure-Python twin of ``iss_log_str_at``."""
+    return p.put(L.T_STR, _PY_KEYS[key_id], None, s, epoch)
 
 
 def logs_for(native: bool):
-    """(intern, log_f64, log_i64, log_bool, log_str): the hot-path functions of a backend."""
+    """(intern, log_f64, log_i64, log_bool, log_str): the hot-path functions of a backend.
+
+    They take an interned key id and an epoch (NaN: now)."""
     if native:
         assert _lib is not None
-        return _lib.iss_key_intern, _lib.iss_log_f64, _lib.iss_log_i64, _lib.iss_log_bool, _lib.iss_log_str
+        return (_lib.iss_key_intern, _lib.iss_log_f64_at, _lib.iss_log_i64_at, _lib.iss_log_bool_at,
+                _lib.iss_log_str_at)
     return py_key_intern, py_log_f64, py_log_i64, py_log_bool, py_log_str
 
 

@@ -290,23 +290,27 @@ class Streamer:
     def log(self, key: str, value: Any, epoch: Optional[float] = None) -> None:
         """Log one event: ``key`` (str), ``value`` (str, bool or number), optional ``epoch`` seconds."""
         try:
-            if epoch is not None:
+            if epoch is None:
+                ep = _NAN
+            elif type(epoch) is float and 0.0 < epoch < 1e11:
+                ep = epoch
+            else:
                 return self._log_slow(key, value, epoch)
             kid = self._keys[key]
             t = type(value)
             if t is float:
-                rc = self._log_f64(self._p, kid, value)
+                rc = self._log_f64(self._p, kid, value, ep)
             elif t is int:
                 if not _I64_MIN <= value <= _I64_MAX:
                     return self._log_slow(key, value, epoch)
-                rc = self._log_i64(self._p, kid, value)
+                rc = self._log_i64(self._p, kid, value, ep)
             elif t is str:
                 if len(value) > 2000:
                     return self._log_slow(key, value, epoch)
                 sb = value.encode()
-                rc = self._log_str(self._p, kid, sb, len(sb))
+                rc = self._log_str(self._p, kid, sb, len(sb), ep)
             elif t is bool:
-                rc = self._log_bool(self._p, kid, value)
+                rc = self._log_bool(self._p, kid, value, ep)
             else:
                 return self._log_slow(key, value, epoch)
         except (KeyError, TypeError, UnicodeEncodeError):
