@@ -8,6 +8,7 @@
  * Every read of the mapping is bounds-checked against the segment and the published head.
  */
 #include "isstreamer.h"
+#include "dtoa.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -126,39 +127,8 @@ static size_t put_i64(char *out, int64_t v)
 
 size_t iss_format_double(double v, char *out, size_t cap)
 {
-    /* Shortest of %.15g..%.17g that parses back to v; ".0" added to integral output. */
-    char buf[40];
-    int n = 0;
-    if (!isfinite(v) || out == NULL)
-        return 0;
-    if (v == 0.0) {
-        n = snprintf(buf, sizeof buf, signbit(v) ? "-0.0" : "0.0");
-    } else if (fabs(v) < 9007199254740992.0 && v == (double)(int64_t)v) {
-        size_t k = put_i64(buf, (int64_t)v);
-        buf[k++] = '.';
-        buf[k++] = '0';
-        n = (int)k;
-    } else {
-        for (int prec = 15; prec <= 17; prec++) {
-            n = snprintf(buf, sizeof buf, "%.*g", prec, v);
-            if (n <= 0 || (size_t)n >= sizeof buf)
-                return 0;
-            if (prec == 17 || strtod(buf, NULL) == v)
-                break;
-        }
-        int plain = 1;
-        for (int i = 0; i < n; i++)
-            if (buf[i] == '.' || buf[i] == 'e' || buf[i] == 'E')
-                plain = 0;
-        if (plain && (size_t)n + 2 < sizeof buf) {
-            buf[n++] = '.';
-            buf[n++] = '0';
-        }
-    }
-    if (n <= 0 || (size_t)n > cap)
-        return 0;
-    memcpy(out, buf, (size_t)n);
-    return (size_t)n;
+    /* Python repr(v): shortest digits that round-trip (Schubfach, csrc/dtoa.c). */
+    return iss_dtoa(v, out, cap);
 }
 
 /* Epoch seconds with microsecond resolution, trailing zeros trimmed: 1764270000.5 */

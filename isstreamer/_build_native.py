@@ -53,6 +53,7 @@ int64_t iss_encode_batch(const uint8_t *base, uint64_t map_size, uint32_t seg_in
                          uint64_t from, uint32_t max_events, char *out, size_t out_cap,
                          iss_batch *info);
 size_t iss_format_double(double v, char *out, size_t cap);
+size_t iss_dtoa(double v, char *out, size_t cap);
 """
 
 ffibuilder = FFI()
@@ -60,8 +61,8 @@ ffibuilder.cdef(CDEF)
 _extra = shlex.split(os.environ.get("ISSTREAMER_CFLAGS", ""))
 ffibuilder.set_source(
     "isstreamer._native",
-    '#include "isstreamer.h"',
-    sources=[os.path.relpath(os.path.join(CSRC, f)) for f in ("ring.c", "encode.c")],
+    '#include "isstreamer.h"\n#include "dtoa.h"',
+    sources=[os.path.relpath(os.path.join(CSRC, f)) for f in ("ring.c", "encode.c", "dtoa.c")],
     include_dirs=[os.path.relpath(CSRC)],
     extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra"] + _extra,
     extra_link_args=[f for f in _extra if f.startswith("-fsanitize")],
