@@ -42,11 +42,16 @@ class Request:
 
     path: str
     t_in: float  # monotonic time the request arrived
-    t_out: float  # monotonic time the answer was made (or the connection reset)
-    status: int  # 0 = connection reset without an answer
-    nevents: int
-    bucket: str
-    nbytes: int
+    t_out: float = 0.0  # monotonic time the answer was made (or the connection reset)
+    status: int = -1  # 0 = connection reset without an answer, -1 = not answered (yet)
+    nevents: int = 0
+    bucket: str = ""
+    nbytes: int = 0
+    cancelled: bool = False  # the client went away before the answer was sent
+
+
+# the key of a request's log entry in the aiohttp request (typed keys from aiohttp 3.13 on)
+_REC: Any = web.RequestKey("rec", Request) if hasattr(web, "RequestKey") else "rec"
 
 
 class FaultServer:
@@ -141,7 +146,7 @@ class FaultServer:
         self.stop()
 
     async def _listen(self) -> web.AppRunner:
-        app = web.Application(client_max_size=256 * 1024 * 1024)
+        app = web.Application(client_max_size=256 * 1024 * 1024, middlewares=[self._log_request])
         app.router.add_post(EVENTS, self._events)
         app.router.add_post(BUCKETS, self._buckets)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
@@ -234,16 +239,32 @@ class FaultServer:
             body = gzip.decompress(body)  # in case the framework did not already
         return body
 
-    def _record(self, request: web.Request, t_in: float, status: int, nevents: int, nbytes: int) -> None:
+    @web.middleware
+    async def _log_request(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Log every request on arrival, so that none escapes the log (not even a cancelled one)."""
+        rec = Request(request.path, time.monotonic(), bucket=request.headers.get("X-IS-BucketKey", ""))
         with self._lock:
-            self.requests.append(Request(request.path, t_in, time.monotonic(), status, nevents,
-                                         request.headers.get("X-IS-BucketKey", ""), nbytes))
+            self.requests.append(rec)
+        request[_REC] = rec
+        try:
+            return await handler(request)
+        except asyncio.CancelledError:  # the client hung up (timeout, killed)
+            rec.cancelled = True
+            raise
+
+    def _record(self, request: web.Request, t_in: float, status: int, nevents: int, nbytes: int) -> None:
+        rec: Request = request[_REC]
+        with self._lock:
+            rec.t_out, rec.status, rec.nevents, rec.nbytes = time.monotonic(), status, nevents, nbytes
 
     async def _answer(self, request: web.Request, t_in: float, status: int, nevents: int, nbytes: int,
                       body: Any = None, headers: Optional[Dict[str, str]] = None) -> web.StreamResponse:
         with self._lock:
             delay = self._slow
         if delay:
+            rec = request[_REC]
+            with self._lock:  # decided (and stored if 2xx); the answer comes late
+                rec.status, rec.nevents, rec.nbytes = status, nevents, nbytes
             await asyncio.sleep(delay)
         self._record(request, t_in, status, nevents, nbytes)
         if body is None:

@@ -16,7 +16,7 @@ import sys
 import textwrap
 import time
 from collections import Counter
-from typing import Any, Callable, Dict, Iterator, List
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import pytest
 
@@ -245,6 +245,33 @@ def test_slow_answers(server: FaultServer, make_streamer: Callable[..., Streamer
     assert_exactly_once(server, list(range(300)))
     assert st["retries"] == 0 and st["spooled"] == 0 and st["sent"] == 300
     record("slow answers", st, server, 300)
+
+
+def test_answers_slower_than_request_timeout(server: FaultServer, make_streamer: Callable[..., Streamer]) -> None:
+    """Answers later than request_timeout: retried, nothing lost; only the abandoned batches come twice.
+
+    The server stored those batches before answering late, so this is at-least-once by design.
+    """
+    s = make_streamer(server.url, request_timeout=0.5, max_batch_events=100, max_attempts=5)
+    s.log("warm", 1)  # bucket created and first batch sent at full speed
+    assert s.flush(10)
+    server.slow(1.0)
+    for i in range(300):
+        s.log("n", i)
+    assert server.wait_for(lambda: server.arrived >= 3, 10)
+    server.slow(0)
+    assert s.flush(20)
+    assert server.wait_for(lambda: all(r.t_out for r in server.log()), 10)  # late answers made
+    got = Counter(server.values("n"))
+    assert sorted(got) == list(range(300)), "events lost"
+    late = [r for r in server.log() if r.t_out - r.t_in >= 1.0]
+    assert late, "no answer came after the client's timeout"
+    assert sum(c - 1 for c in got.values()) == sum(r.nevents for r in late)
+    st = s.stats()
+    assert st["retries"] == len(late)
+    FIGURES["slower than timeout"] = dict(logged=300, delivered=sum(got.values()), spooled=st["spooled"],
+                                          replayed=st["replayed"], rejected=0,
+                                          duplicates=sum(c - 1 for c in got.values()))
 
 
 def test_429_waits_for_retry_after(server: FaultServer, make_streamer: Callable[..., Streamer]) -> None:
@@ -583,10 +610,12 @@ def test_spool_write_cut_short_leaves_whole_lines(tmp_path: Any) -> None:
 # --------------------------------------------------------------------------- isstreamer replay
 
 
-def run_replay(cwd: Any, *args: str, key: str = ACCESS_KEY) -> subprocess.CompletedProcess:
-    """``python -m isstreamer.cli replay ARGS`` (access key from the environment, no ini file)."""
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               HOME=str(cwd), ISSTREAMER_ACCESS_KEY=key)
+def run_replay(cwd: Any, *args: str, key: Optional[str] = ACCESS_KEY) -> subprocess.CompletedProcess:
+    """``python -m isstreamer.cli replay ARGS`` in ``cwd`` (also HOME); ``key`` goes in the environment."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), HOME=str(cwd))
+    env.pop("ISSTREAMER_ACCESS_KEY", None)
+    if key is not None:
+        env["ISSTREAMER_ACCESS_KEY"] = key
     return subprocess.run([sys.executable, "-m", "isstreamer.cli", "replay", "--no-progress", "--backoff-max",
                            "0.2", *args], cwd=str(cwd), env=env, capture_output=True, text=True, timeout=60)
 
@@ -615,11 +644,14 @@ def test_replay_cli(server: FaultServer, spool: str, tmp_path: Any) -> None:
 
 
 def test_replay_cli_one_file_other_api_base(server: FaultServer, spool: str, tmp_path: Any) -> None:
-    """PATH = one .jsonl file; --api-base overrides the (dead) base recorded in meta.json."""
+    """PATH = one .jsonl file; --api-base overrides the (dead) base recorded; key from isstreamer.ini."""
     dead = "http://127.0.0.1:%d" % free_port()
     first = make_spool_file(spool, dead, "bk-a", [list(range(0, 50))], seq=1)
     second = make_spool_file(spool, dead, "bk-a", [list(range(50, 100))], seq=2)
-    p = run_replay(tmp_path, first, "--api-base", server.url)
+    p = run_replay(tmp_path, first, "--api-base", server.url, key=None)
+    assert p.returncode == 2 and "no access key" in p.stderr, (p.stdout, p.stderr)
+    (tmp_path / "isstreamer.ini").write_text("[isstreamer.client_config]\naccess_key = %s\n" % ACCESS_KEY)
+    p = run_replay(tmp_path, first, "--api-base", server.url, key=None)
     assert p.returncode == 0, p.stderr
     assert_exactly_once(server, list(range(50)))
     assert not os.path.exists(first) and os.path.exists(second)
@@ -630,7 +662,8 @@ def test_replay_cli_outage_and_401_keep_everything(server: FaultServer, spool: s
     """API down, then key refused: nothing sent twice, nothing removed, exit 1; then all goes once."""
     path = make_spool_file(spool, server.url, "bk-a", [list(range(0, 100)), list(range(100, 200))])
     dead = "http://127.0.0.1:%d" % free_port()
-    p = run_replay(tmp_path, spool, "--api-base", dead, "--max-attempts", "2")
+    p = run_replay(tmp_path, spool, "--api-base", dead, "--max-attempts", "2", "--access-key", ACCESS_KEY,
+                   key="wrong-key-overridden-by-the-option")
     assert p.returncode == 1 and "0 events delivered, 0 rejected, 200 left" in p.stdout, (p.stdout, p.stderr)
     assert "2 failed requests in a row (last: ConnectionError" in p.stderr, p.stderr
     server.unauthorized(True)
