@@ -1,7 +1,9 @@
 /* Micro-benchmark: iss_dtoa (Schubfach) vs the previous snprintf("%.15g".."%.17g") + strtod
- * round-trip loop of iss_format_double.  Not part of the build; run by hand:
+ * round-trip loop of iss_format_double.  Not part of the build: it lives in csrc/bench/ so
+ * that globs of the library sources (the fuzz build) skip its main().  Run by hand from the
+ * repository root:
  *
- *   gcc -std=c11 -O2 -Icsrc csrc/bench_dtoa.c csrc/dtoa.c -lm -o /tmp/bench_dtoa && /tmp/bench_dtoa
+ *   gcc -std=c11 -O2 -Icsrc csrc/bench/bench_dtoa.c csrc/dtoa.c -lm -o /tmp/bench_dtoa && /tmp/bench_dtoa
  */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
