@@ -6,8 +6,9 @@ settings as JSON on stdin (so the access key never shows in ``ps``). It runs in 
 session, so a Ctrl-C in the terminal does not kill it before it has drained. It exits when no
 live process owns a segment of the ring any more, after delivering or spooling everything.
 What it spools (outage, 401, a long Retry-After, a full ring...) it replays itself as soon as
-the API takes requests again; what is left at exit is replayed by the next sender using the
-same spool directory, API base and access key (or by ``isstreamer replay``).
+the API takes requests again; replay stops at the exit deadline (``close_timeout``), and what
+is left is replayed by the next sender using the same spool directory, API base and access
+key (or by ``isstreamer replay``).
 """
 from __future__ import annotations
 
@@ -367,7 +368,10 @@ class Sender:
             return self._replay()
         if not self._replay_streams:
             return False
-        start = time.monotonic()
+        # a short turn while live events may wait; when exiting, replay until the exit deadline only
+        limit = self.exit_deadline if self.exit_deadline is not None else time.monotonic() + self.REPLAY_BUDGET
+        if time.monotonic() >= limit:
+            return False
         worked = False
         for m in list(self._replay_streams):
             files = pending_files(m.path)
@@ -400,7 +404,7 @@ class Sender:
                     else:
                         done = False
                         break
-                    if time.monotonic() - start > self.REPLAY_BUDGET and self.exit_deadline is None:
+                    if time.monotonic() >= limit:
                         done = False
                         break
                 if rf.torn:

@@ -473,6 +473,30 @@ def test_torn_last_spool_line_is_skipped(server: FaultServer, spool: str) -> Non
         s.close(2)
 
 
+def test_sender_exit_stops_replay_at_close_timeout(server: FaultServer, spool: str) -> None:
+    """A big spool and a slow API: the sender stops replaying at close_timeout and exits; the rest
+    stays spooled (resumed later from ``.pos``), nothing lost or sent twice."""
+    path = make_spool_file(spool, server.url, "bk-old", [[i] for i in range(300)])
+    server.slow(0.1)  # the whole spool would take 30 s
+    s = Streamer("x", "bk-live", ACCESS_KEY, api_base=server.url, spool_dir=spool, **dict(FAST, close_timeout=1.0))
+    pid = sender_pid(s)
+    assert server.wait_for(lambda: len(server.values()) >= 3, 10)
+    s.close()
+    assert _wait(lambda: not pid_alive(pid), 15), "the exiting sender kept replaying past close_timeout"
+    first = len(server.values())
+    assert 0 < first < 300 and _wait(lambda: spool_events(spool) == 300 - first, 5)
+    server.slow(0)
+    s2 = Streamer("x", "bk-live", ACCESS_KEY, api_base=server.url, spool_dir=spool, **FAST)
+    try:
+        assert server.wait_events(300)
+        assert _wait(lambda: not os.path.exists(path), 10)
+        assert_exactly_once(server, list(range(300)))
+    finally:
+        s2.close(2)
+    FIGURES["exit mid-replay"] = dict(logged=300, delivered=len(server.values()), spooled=300, replayed=300,
+                                      rejected=0, duplicates=0, before_exit=first)  # type: ignore
+
+
 KILL_PRODUCER_SCRIPT = """
 import sys, time
 from isstreamer import Streamer, layout
