@@ -125,6 +125,7 @@ class Sender:
                 self._last_scan = -1e9
             self._was_blocked = blocked
             worked |= self._replay()
+            self._count_requests()
             self._reclaim()
             if self.exit_deadline is not None and drained:
                 break
@@ -322,10 +323,15 @@ class Sender:
             ring.count("batches")
         if r.rejected:
             ring.count("rejected", r.rejected)
+        self._count_requests()
+
+    def _count_requests(self) -> None:
+        """Move the delivery's tallies to the ring: event requests, and retries (bucket creations too)."""
         d = self.delivery
-        ring.count("requests", d.requests)
-        ring.count("retries", d.retries)
-        d.requests = d.retries = 0
+        if d.requests or d.retries:
+            self.ring.count("requests", d.requests)
+            self.ring.count("retries", d.retries)
+            d.requests = d.retries = 0
 
     def _to_spool(self, bodies, nevents: Optional[int], key: str, name: str) -> bool:
         total = 0

@@ -386,6 +386,7 @@ def test_flush_returns_once_spooled_when_api_unreachable(make_streamer: Callable
     assert s.flush(15), "flush() still waiting: the events were neither delivered nor spooled"
     st = s.stats()
     assert st["spooled"] == 500 and st["pending"] == 0
+    assert st["retries"] >= 2  # the failed requests (bucket creation) that made it an outage
     assert spool_events(spool) == 500
     record("unreachable flush", st, FaultServer(), 500)
 
