@@ -81,7 +81,8 @@ class Sender:
         self.created: Set[int] = set()
         self.first_seen: Dict[int, float] = {}
         self.attempts: Dict[Tuple[int, int], int] = {}
-        self.seen_flush = self.ring.load(L.H_FLUSH_SEQ)
+        self.seen_flush = -1  # a new sender first sends whatever waits in the ring (flush requests
+        # made before it ran, e.g. by a producer blocked on a full segment, would be missed)
         self.exit_deadline: Optional[float] = None
         self.stop_requested = False
         self.live_owners = True
@@ -230,7 +231,7 @@ class Sender:
                 continue
             fs = self.first_seen.setdefault(i, now)
             due = (force or pending >= s.buffer_size or now - fs >= s.flush_interval
-                   or st == L.SEG_RELEASED)
+                   or st == L.SEG_RELEASED or self._occupancy(i) > 0.5)  # before producers block
             if not due:
                 drained = False
                 continue

@@ -296,6 +296,22 @@ def test_429_waits_for_retry_after(server: FaultServer, make_streamer: Callable[
     record("429 Retry-After", st, server, 200)
 
 
+def test_segment_filled_before_the_sender_runs(server: FaultServer, make_streamer: Callable[..., Streamer],
+                                               backend: str) -> None:
+    """A producer fills its segment at once (long flush_interval, huge buffer_size): it blocks, the
+    sender drains the full segment, nothing is dropped (on_full='block')."""
+    s = make_streamer(server.url, ring_size=2 * 1024 * 1024, max_producers=2, flush_interval=30,
+                      buffer_size=10**6, full_timeout=5.0)
+    n = 100000  # about 4 segments of 1 MiB
+    for i in range(n):
+        s.log("n", i)
+    assert s.flush(30)
+    st = s.stats()
+    assert st["dropped"] == {}, st["dropped"]
+    assert_exactly_once(server, list(range(n)))
+    record("full segment/" + backend, st, server, n)
+
+
 # --------------------------------------------------------------------------- refusals
 
 
@@ -512,7 +528,7 @@ time.sleep(120)
 
 def test_sigkill_producer(server: FaultServer, spool: str, backend: str) -> None:
     """SIGKILL of the producer after logging: everything in the ring is delivered, the sender exits."""
-    n = 5000
+    n = 60000  # more than a segment: the producer also had to wait for the sender
     p = run_script(KILL_PRODUCER_SCRIPT % dict(key=ACCESS_KEY, url=server.url, spool=spool, n=n))
     assert p.stdout is not None
     pid_s, ring_path, pending, used = p.stdout.readline().split()
