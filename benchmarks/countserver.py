@@ -1,12 +1,15 @@
 """A server that only counts events: separates client cost from collector (SQLite) cost.
 
 Run as ``python benchmarks/countserver.py [PORT]``; prints ``http://127.0.0.1:PORT`` once
-listening. ``GET /count`` answers ``{"events": n, "requests": n}``.
+listening. ``GET /count`` answers ``{"events": n, "requests": n, "lines": n, "line_requests": n, "pid": pid}``:
+``events`` from the Initial State events API (``POST /api/events``, a JSON array or one object),
+``lines`` from the InfluxDB v2 write API (``POST /api/v2/write``, line protocol, one point a line).
 """
 from __future__ import annotations
 
 import asyncio
 import gzip
+import os
 import sys
 
 import orjson
@@ -15,7 +18,7 @@ from aiohttp import web
 
 def make_app() -> web.Application:
     """The counting app."""
-    state = {"events": 0, "requests": 0}
+    state = {"events": 0, "requests": 0, "lines": 0, "line_requests": 0}
 
     async def buckets(request: web.Request) -> web.Response:
         await request.read()
@@ -30,12 +33,21 @@ def make_app() -> web.Application:
         state["requests"] += 1
         return web.Response(status=204)
 
+    async def influx_write(request: web.Request) -> web.Response:
+        body = await request.read()
+        if request.headers.get("Content-Encoding") == "gzip":
+            body = gzip.decompress(body)
+        state["lines"] += sum(1 for line in body.split(b"\n") if line.strip() and not line.startswith(b"#"))
+        state["line_requests"] += 1
+        return web.Response(status=204)
+
     async def count(request: web.Request) -> web.Response:
-        return web.json_response(state)
+        return web.json_response(dict(state, pid=os.getpid()))
 
     app = web.Application(client_max_size=8 * 1024 * 1024)
     app.router.add_post("/api/buckets", buckets)
     app.router.add_post("/api/events", events)
+    app.router.add_post("/api/v2/write", influx_write)
     app.router.add_get("/count", count)
     return app
 
