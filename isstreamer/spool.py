@@ -16,7 +16,7 @@ import json
 import os
 import time
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Tuple
+from typing import Generator, List, Optional, Tuple
 
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
 ROTATE_BYTES = 4 * 1024 * 1024
@@ -164,7 +164,7 @@ def read_meta(stream_dir: str) -> Optional[StreamMeta]:
 
 def streams(root: str) -> List[StreamMeta]:
     """Every stream directory under root with a readable meta.json."""
-    out = []
+    out: List[StreamMeta] = []
     try:
         names = sorted(os.listdir(root))
     except OSError:
@@ -218,7 +218,7 @@ class ReplayFile:
         except (OSError, ValueError):
             return 0
 
-    def lines(self) -> Iterator[Tuple[int, bytes]]:
+    def lines(self) -> Generator[Tuple[int, bytes], None, None]:
         """(end offset, batch) for every complete, valid line not yet delivered."""
         with open(self.path, "rb") as f:
             f.seek(self.position())
