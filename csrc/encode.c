@@ -5,7 +5,9 @@
  * Strict JSON only: strings are escaped and invalid UTF-8 becomes U+FFFD; non-finite numbers
  * never appear (such a record is skipped and counted); floats are printed with the shortest
  * precision that round-trips exactly; epochs with microsecond resolution.
- * Every read of the mapping is bounds-checked against the segment and the published head.
+ * Every read of the mapping is bounds-checked against the segment and the published head, and
+ * the segment against the mapping (the header is not trusted: its sizes may wrap 64 bits).
+ * Positions are compared as differences (head - pos), never as sums that could wrap near 2^64.
  */
 #include "isstreamer.h"
 #include "dtoa.h"
@@ -154,6 +156,19 @@ static size_t put_epoch(char *out, double epoch)
     return w + (size_t)last + 1u;
 }
 
+/* Offset of segment i when all of it (header and data) lies inside the mapping, else 0.
+ * Overflow-safe: a hostile header can claim sizes whose product wraps 64 bits. */
+static uint64_t seg_in_map(const iss_ring_hdr *h, uint64_t map_size, uint32_t i)
+{
+    const uint64_t first = (uint64_t)ISS_HDR_SIZE + (uint64_t)h->nbuckets * ISS_BUCKET_SIZE;
+    const uint64_t stride = (uint64_t)ISS_SEG_HDR_SIZE + h->seg_data_size;
+    if (i >= h->nsegs || first > map_size || stride > map_size - first)
+        return 0;
+    if ((uint64_t)i >= (map_size - first) / stride)
+        return 0;
+    return first + (uint64_t)i * stride;
+}
+
 int64_t iss_encode_batch(const uint8_t *base, uint64_t map_size, uint32_t seg_index,
                          uint64_t from, uint32_t max_events, char *out, size_t out_cap,
                          iss_batch *info)
@@ -163,14 +178,13 @@ int64_t iss_encode_batch(const uint8_t *base, uint64_t map_size, uint32_t seg_in
     memset(info, 0, sizeof *info);
     info->end = from;
     const iss_ring_hdr *h = (const iss_ring_hdr *)base;
-    if (seg_index >= h->nsegs)
+    const uint64_t off0 = seg_in_map(h, map_size, seg_index);
+    if (off0 == 0)
         return ISS_EINVAL;
     /* one event of the largest size must always fit, with the brackets */
     const size_t worst = EVENT_OVERHEAD + ESC_BOUND(ISS_KEY_MAX) + ESC_BOUND(ISS_STR_MAX);
     if (out_cap < worst + 2u)
         return ISS_EINVAL;
-    uint64_t off0 = (uint64_t)ISS_HDR_SIZE + (uint64_t)h->nbuckets * ISS_BUCKET_SIZE +
-                    (uint64_t)seg_index * ((uint64_t)ISS_SEG_HDR_SIZE + h->seg_data_size);
     const iss_seg_hdr *seg = (const iss_seg_hdr *)(base + off0);
     const uint8_t *d = base + off0 + ISS_SEG_HDR_SIZE;
     const uint64_t ds = h->seg_data_size;
@@ -197,13 +211,14 @@ int64_t iss_encode_batch(const uint8_t *base, uint64_t map_size, uint32_t seg_in
         memcpy(&size, d + off, 4);
         memcpy(&type, d + off + 4, 1);
         if (type == ISS_T_PAD) {
-            if (size != contig || pos + contig > head)
+            /* compare with head - pos (pos <= head): pos + size can wrap near 2^64 */
+            if (size != contig || contig > head - pos)
                 goto corrupt;
             pos += contig;
             continue;
         }
         if (size < ISS_REC_HDR_SIZE || size % 8u != 0 || size > contig || size > ISS_REC_MAX ||
-            pos + size > head)
+            size > head - pos)
             goto corrupt;
         iss_rec r;
         memcpy(&r, d + off, sizeof r);

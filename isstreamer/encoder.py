@@ -81,14 +81,17 @@ class Encoder:
         base = ring.seg_offset(seg)
         data = base + L.SEG_HDR_SIZE
         ds = ring.seg_data_size
+        if not 0 <= seg < ring.nsegs or data + ds > len(mm):
+            # a header whose sizes do not fit the mapping: refused, as the C encoder does
+            raise ValueError("isstreamer: encoder refused segment %d (code %d)" % (seg, L.EINVAL))
         head = ring.load(base + L.S_HEAD)
         if start > head or head - start > ds or start % 8:
             return Batch(b"[]", seg, start, head, 0, 0, True, 0)
-        events: List[Dict[str, Any]] = []
-        pos, used, skipped = start, 2, 0
+        parts: List[bytes] = []  # each event serialised on its own: the batch size is exact
+        pos, used, skipped = start, 1, 0
         bucket = -1
         bad = False
-        while pos < head and len(events) < max_events:
+        while pos < head and len(parts) < max_events:
             off = pos % ds
             contig = ds - off
             size, rtype = _PADHDR.unpack_from(mm, data + off)
@@ -110,7 +113,7 @@ class Encoder:
                 break
             if bucket >= 0 and rbucket != bucket:
                 break
-            if used + WORST_EVENT + 1 > self.cap:
+            if used + WORST_EVENT + 1 > self.cap:  # room for this event, a comma and "]"
                 break
             p = data + off + L.REC_HDR_SIZE
             value: Any
@@ -137,10 +140,12 @@ class Encoder:
             ev: Dict[str, Any] = {"key": key, "value": value}
             if math.isfinite(epoch) and epoch > 0:
                 ev["epoch"] = round(epoch, 6) if epoch < 1e11 else epoch
-            events.append(ev)
-            used += klen + vlen + 64
+            part = _dumps(ev)
+            parts.append(part)
+            used += len(part) + 1
             pos += size
-        if bad and not events:
+        if bad and not parts:
             # unreadable record: skip what is left of the segment (counted by the sender)
             return Batch(b"[]", seg, start, head, 0, 0, True, skipped)
-        return Batch(_dumps(events), seg, start, pos, len(events), max(bucket, 0), False, skipped)
+        body = b"[" + b",".join(parts) + b"]"
+        return Batch(body, seg, start, pos, len(parts), max(bucket, 0), False, skipped)
