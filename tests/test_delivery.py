@@ -222,6 +222,27 @@ def test_503_outage_spools_then_replays(server: FaultServer, make_streamer: Call
     record("503 outage", st, server, 300)
 
 
+def test_server_down_then_up(server: FaultServer, make_streamer: Callable[..., Streamer], spool: str) -> None:
+    """The API goes away mid-program (keep-alive connection dropped, then refused) and comes back."""
+    s = make_streamer(server.url, max_attempts=2)
+    for i in range(300):
+        s.log("n", i)
+    assert s.flush(20)
+    server.down()
+    for i in range(300, 600):
+        s.log("n", i)
+    assert s.flush(20)
+    st = s.stats()
+    assert st["spooled"] == 300 and spool_events(spool) == 300
+    server.up()
+    assert server.wait_events(600)
+    st = wait_stat(s, "replayed", 300)
+    assert_exactly_once(server, list(range(600)))
+    assert st["sent"] == 600 and st["replayed"] == 300
+    assert _wait(lambda: spool_events(spool) == 0, 10)
+    record("down then up", st, server, 600)
+
+
 def test_connection_resets(server: FaultServer, make_streamer: Callable[..., Streamer], spool: str) -> None:
     """Connections aborted without an answer are retried on a new connection."""
     s = make_streamer(server.url, max_batch_events=50, max_attempts=4)
