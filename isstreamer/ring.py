@@ -76,11 +76,13 @@ class Ring:
         self.seg_data_size = _I.unpack_from(mm, L.H_SEG_DATA_SIZE)[0]
         self.nbuckets = _I.unpack_from(mm, L.H_NBUCKETS)[0]
         self._tlock = threading.Lock()
+        self.users = 0  # Streamer objects of this process on this mapping (see streamer.py)
+        self._buf = None
+        self.ptr = None
         if native:
             assert _ffi is not None
-            self.ptr = _ffi.cast("uint8_t *", _ffi.from_buffer(mm))
-        else:
-            self.ptr = None
+            self._buf = _ffi.from_buffer(mm)
+            self.ptr = _ffi.cast("uint8_t *", self._buf)
 
     # ---- creation ----------------------------------------------------------------------
     @classmethod
@@ -110,8 +112,8 @@ class Ring:
             raise
         if native:
             assert _ffi is not None and _lib is not None
-            ptr = _ffi.cast("uint8_t *", _ffi.from_buffer(mm))
-            rc = _lib.iss_ring_init(ptr, size, max_producers, seg, nbuckets)
+            with _ffi.from_buffer(mm) as buf:
+                rc = _lib.iss_ring_init(_ffi.cast("uint8_t *", buf), size, max_producers, seg, nbuckets)
             if rc != 0:
                 raise ValueError("isstreamer: cannot initialise ring (code %d)" % rc)
         else:
@@ -144,8 +146,11 @@ class Ring:
         return cls(path, fd, mm, native)
 
     def close(self) -> None:
-        """Unmap and close (the file stays for other processes)."""
+        """Unmap and close (the file stays for other processes). Nothing may use the mapping after."""
         self.ptr = None
+        if self._buf is not None:
+            _ffi.release(self._buf)  # type: ignore[union-attr]
+            self._buf = None
         with contextlib.suppress(BufferError, ValueError):
             self.mm.close()
         with contextlib.suppress(OSError):
@@ -443,7 +448,9 @@ def py_log_f64(p: PyProducer, key_id: int, v: float, epoch: float = _NAN) -> int
 
 
 def py_log_i64(p: PyProducer, key_id: int, v: int, epoch: float = _NAN) -> int:
-    """Pure-Python twin of ``iss_log_i64_at``."""
+    """Pure-Python twin of ``iss_log_i64_at`` (OverflowError outside int64, as cffi raises)."""
+    if not -(2**63) <= v < 2**63:
+        raise OverflowError("isstreamer: %d does not fit in int64" % v)
     return p.put(L.T_I64, _PY_KEYS[key_id], _I64.pack(v), b"", epoch)
 
 

@@ -26,8 +26,6 @@ from .values import Skip, coerce_epoch, coerce_key, coerce_value, console_line
 log = logging.getLogger("isstreamer")
 
 _NAN = float("nan")
-_I64_MIN = -(2**63)
-_I64_MAX = 2**63 - 1
 _KEY_CACHE_MAX = 65536
 
 # Per process: the ring mappings and this process's segment on each ring.
@@ -151,6 +149,7 @@ class Streamer:
             ring = Ring.create(ring_size, max_producers, native=self._native)
             with _REG_LOCK:
                 _RINGS[ring.path] = ring
+                ring.users += 1
             self._ring = ring
             self._bucket = ring.add_bucket(self.BucketKey, self.BucketName)
             self._attach(start_sender=False)  # the creator owns a segment before the sender starts
@@ -301,9 +300,7 @@ class Streamer:
             if t is float:
                 rc = self._log_f64(self._p, kid, value, ep)
             elif t is int:
-                if not _I64_MIN <= value <= _I64_MAX:
-                    return self._log_slow(key, value, epoch)
-                rc = self._log_i64(self._p, kid, value, ep)
+                rc = self._log_i64(self._p, kid, value, ep)  # OverflowError outside int64
             elif t is str:
                 if len(value) > 2000:
                     return self._log_slow(key, value, epoch)
@@ -313,7 +310,7 @@ class Streamer:
                 rc = self._log_bool(self._p, kid, value, ep)
             else:
                 return self._log_slow(key, value, epoch)
-        except (KeyError, TypeError, UnicodeEncodeError):
+        except (KeyError, TypeError, OverflowError, UnicodeEncodeError):
             return self._log_slow(key, value, epoch)
         if rc:
             self._log_slow(key, value, epoch)
@@ -508,7 +505,6 @@ class Streamer:
         self.IsClosed = True
         self._select_log()
         att, self._att = self._att, None
-        self._p = _Detached()
         if att is not None:
             with _REG_LOCK:
                 att.refs -= 1
@@ -520,6 +516,13 @@ class Streamer:
                     att.ring.release_segment(att.seg_index, att.token)
                 except RingClosed:
                     pass
+        self._p = _detached_native() if self._native else _Detached()
+        with _REG_LOCK:
+            ring = self._ring
+            ring.users -= 1
+            if ring.users <= 0 and _RINGS.get(ring.path) is ring:
+                del _RINGS[ring.path]  # the last user in this process: unmap it
+                ring.close()
         _LIVE.discard(self)
 
     def set_bucket(self, bucket_name: str = "", bucket_key: str = "", retries: int = 3) -> None:  # noqa: ARG002
@@ -606,6 +609,7 @@ def _restore(state: Dict[str, Any]) -> Streamer:
                 if ring is None:
                     ring = Ring.open(path, native=s._native)
                     _RINGS[path] = ring
+                ring.users += 1
             s._ring = ring
             s._set_backend(ring.native)
             s._bucket = state["bucket"]
