@@ -32,6 +32,10 @@ _SCALAR_TYPES = (
     enum.Enum,
 )
 
+# Exact types that are always leaves: checked first, so plain values skip the ABC checks.
+_PLAIN_LEAVES = frozenset((int, float, str, bool, type(None), bytes))
+
+
 def flatten_object(obj: object, key_prefix: str | None = None) -> list[tuple[str, object]]:
     """Return the ``(key, leaf value)`` pairs that ``log_object(obj, key_prefix)`` logs.
 
@@ -75,7 +79,7 @@ def _flatten_into(
     ``depth`` is the nesting level of ``value`` (top-level children are 1); ``path`` holds the ids
     of the containers currently being expanded, to detect cycles without rejecting shared ones.
     """
-    if depth > MAX_DEPTH or id(value) in path:
+    if type(value) in _PLAIN_LEAVES or depth > MAX_DEPTH or id(value) in path:
         pairs.append((key, value))
         return
     items = _container_items(value)
