@@ -69,6 +69,7 @@ class Sender:
     LIVENESS_EVERY = 0.2
     SPOOL_SCAN_EVERY = 5.0
     REPLAY_BUDGET = 0.05  # seconds of replay per loop turn while live events wait
+    GIVE_UP_AFTER = 30.0  # seconds past the exit deadline after which a failing sender exits anyway
 
     def __init__(self, s: SenderSettings) -> None:
         self.s = s
@@ -93,6 +94,7 @@ class Sender:
         self._was_blocked = False
         self._reported_spool_full = False
         self._bucket_status = 0  # status of the last bucket creation request
+        self._errors = 0
 
     # ---- reporting --------------------------------------------------------------------------
     def report(self, msg: str) -> None:
@@ -113,22 +115,15 @@ class Sender:
                 self.live_owners = self._any_live_owner()
             if self.exit_deadline is None and (self.stop_requested or not self.live_owners):
                 self.exit_deadline = now + self.s.close_timeout
-            flush_seq = ring.load(L.H_FLUSH_SEQ)
-            force = flush_seq != self.seen_flush or self.exit_deadline is not None
-            self._sync_buckets()
-            worked, drained = self._pump(force)
-            if flush_seq != self.seen_flush and drained:
-                self.seen_flush = flush_seq
-            blocked = self.delivery.outage or self.delivery.auth_blocked
-            if self._was_blocked and not blocked:
-                self.spool.close_all()  # our own spool files become replayable
-                self.spool.forget_size()
-                self._last_scan = -1e9
-            self._was_blocked = blocked
-            worked |= self._replay()
-            self._count_requests()
-            self._reclaim()
-            if self.exit_deadline is not None and drained:
+            try:
+                worked, drained = self._turn()
+            except Exception as exc:  # noqa: BLE001 - the sender must outlive any one bad turn
+                worked, drained = False, False
+                self._errors += 1
+                if self._errors == 1 or self.s.debug_level >= 2:
+                    log.exception("isstreamer: sender error (%s); it keeps running", type(exc).__name__)
+                time.sleep(0.05)
+            if self.exit_deadline is not None and (drained or now > self.exit_deadline + self.GIVE_UP_AFTER):
                 break
             if worked:
                 idle = 0.001
@@ -137,6 +132,26 @@ class Sender:
                 idle = min(idle * 2, 0.02)
         self._shutdown()
         return 0
+
+    def _turn(self) -> Tuple[bool, bool]:
+        """One pass: buckets, ring -> API, spool replay, reclaim. Returns (did work, drained)."""
+        ring = self.ring
+        flush_seq = ring.load(L.H_FLUSH_SEQ)
+        force = flush_seq != self.seen_flush or self.exit_deadline is not None
+        self._sync_buckets()
+        worked, drained = self._pump(force)
+        if flush_seq != self.seen_flush and drained:
+            self.seen_flush = flush_seq
+        blocked = self.delivery.outage or self.delivery.auth_blocked
+        if self._was_blocked and not blocked:
+            self.spool.close_all()  # our own spool files become replayable
+            self.spool.forget_size()
+            self._last_scan = -1e9
+        self._was_blocked = blocked
+        worked |= self._replay()
+        self._count_requests()
+        self._reclaim()
+        return worked, drained
 
     def _shutdown(self) -> None:
         self.spool.close_all()

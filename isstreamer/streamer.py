@@ -338,7 +338,7 @@ class Streamer:
 
     def _put(self, kb: bytes, v: Any, ep: float) -> None:
         """Write a normalized event, handling detach, a full ring and refusals."""
-        deadline = 0.0
+        deadline = nudge_at = 0.0
         pause = 0.00005
         while True:
             t = type(v)
@@ -368,7 +368,9 @@ class Streamer:
                 now = time.monotonic()
                 if deadline == 0.0:
                     deadline = now + self._opts["full_timeout"]
-                    self._ring.add(L.H_FLUSH_SEQ, 1)  # ask the sender to drain now
+                if now >= nudge_at:  # ask the sender to drain now; restart it if it died
+                    nudge_at = now + 0.5
+                    self._ring.add(L.H_FLUSH_SEQ, 1)
                     try:
                         self._ensure_sender()
                     except RingClosed:
