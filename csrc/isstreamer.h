@@ -3,7 +3,7 @@
  *
  * The shared region is one file mapped MAP_SHARED by every process that uses a Streamer:
  *
- *   [iss_ring_hdr (4096)] [iss_bucket x nbuckets] [ (iss_seg_hdr (256) + data) x nsegs ]
+ *   [iss_ring_hdr (4096)] [iss_bucket x nbuckets] [ (iss_seg_hdr (320) + data) x nsegs ]
  *
  * Each producer process owns one segment: a single-producer / single-consumer byte ring.
  * Threads of that process serialise on the segment's spinlock; the sender process is the only
@@ -152,17 +152,11 @@ int iss_put_i64(iss_producer *p, const char *key, size_t keylen, int64_t v, doub
 int iss_put_bool(iss_producer *p, const char *key, size_t keylen, int v, double epoch);
 int iss_put_str(iss_producer *p, const char *key, size_t keylen, const char *s, size_t slen,
                 double epoch);
-void iss_count_drop(iss_producer *p, uint32_t reason);
 
-/* --- hot path: interned keys (process-local table), epoch = now --- */
+/* --- hot path: interned keys (process-local table); epoch NaN = now --- */
 #define ISS_KEYTAB_CHUNK 1024u
 #define ISS_KEYTAB_CHUNKS 64u
 int32_t iss_key_intern(const char *key, size_t keylen);
-int iss_log_f64(iss_producer *p, uint32_t key_id, double v);
-int iss_log_i64(iss_producer *p, uint32_t key_id, int64_t v);
-int iss_log_bool(iss_producer *p, uint32_t key_id, int v);
-int iss_log_str(iss_producer *p, uint32_t key_id, const char *s, size_t slen);
-/* the same with an explicit epoch (seconds); NaN means now */
 int iss_log_f64_at(iss_producer *p, uint32_t key_id, double v, double epoch);
 int iss_log_i64_at(iss_producer *p, uint32_t key_id, int64_t v, double epoch);
 int iss_log_bool_at(iss_producer *p, uint32_t key_id, int v, double epoch);
@@ -172,8 +166,6 @@ int iss_log_str_at(iss_producer *p, uint32_t key_id, const char *s, size_t slen,
 uint64_t iss_load64(const uint8_t *base, uint64_t map_size, uint64_t off);
 void iss_store64(uint8_t *base, uint64_t map_size, uint64_t off, uint64_t v);
 uint64_t iss_add64(uint8_t *base, uint64_t map_size, uint64_t off, uint64_t v);
-int iss_cas64(uint8_t *base, uint64_t map_size, uint64_t off, uint64_t expected, uint64_t desired);
-uint64_t iss_now_monotonic_ns(void);
 
 /* --- consumer --- */
 int64_t iss_encode_batch(const uint8_t *base, uint64_t map_size, uint32_t seg_index,

@@ -121,14 +121,6 @@ static double now_realtime(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-uint64_t iss_now_monotonic_ns(void)
-{
-    struct timespec ts;
-    if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0)
-        return 0;
-    return (uint64_t)ts.tv_sec * UINT64_C(1000000000) + (uint64_t)ts.tv_nsec;
-}
-
 /* Append one record. num: the 8 value bytes of F64/I64, or NULL. */
 static int put(iss_producer *p, uint8_t type, const char *key, size_t keylen, const void *num,
                const char *s, size_t slen, double epoch)
@@ -300,24 +292,6 @@ int iss_log_str_at(iss_producer *p, uint32_t key_id, const char *s, size_t slen,
     return put(p, ISS_T_STR, k->bytes, k->len, NULL, s, slen, epoch);
 }
 
-int iss_log_f64(iss_producer *p, uint32_t key_id, double v) { return iss_log_f64_at(p, key_id, v, NAN); }
-
-int iss_log_i64(iss_producer *p, uint32_t key_id, int64_t v) { return iss_log_i64_at(p, key_id, v, NAN); }
-
-int iss_log_bool(iss_producer *p, uint32_t key_id, int v) { return iss_log_bool_at(p, key_id, v, NAN); }
-
-int iss_log_str(iss_producer *p, uint32_t key_id, const char *s, size_t slen)
-{
-    return iss_log_str_at(p, key_id, s, slen, NAN);
-}
-
-void iss_count_drop(iss_producer *p, uint32_t reason)
-{
-    if (p == NULL || p->seg == NULL || reason >= ISS_NDROPS)
-        return;
-    __atomic_fetch_add(&p->seg->drops[reason], (uint64_t)1, __ATOMIC_RELAXED);
-}
-
 /* ---- 64-bit atomics at a byte offset of the mapping (bounds and alignment checked) ---- */
 
 static uint64_t *field(const uint8_t *base, uint64_t map_size, uint64_t off)
@@ -344,15 +318,4 @@ uint64_t iss_add64(uint8_t *base, uint64_t map_size, uint64_t off, uint64_t v)
 {
     uint64_t *f = field(base, map_size, off);
     return f ? __atomic_add_fetch(f, v, __ATOMIC_ACQ_REL) : 0;
-}
-
-int iss_cas64(uint8_t *base, uint64_t map_size, uint64_t off, uint64_t expected, uint64_t desired)
-{
-    uint64_t *f = field(base, map_size, off);
-    if (f == NULL)
-        return 0;
-    return __atomic_compare_exchange_n(f, &expected, desired, 0, __ATOMIC_ACQ_REL,
-                                       __ATOMIC_ACQUIRE)
-               ? 1
-               : 0;
 }

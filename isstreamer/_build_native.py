@@ -6,6 +6,7 @@ compiler flags come from ``ISSTREAMER_CFLAGS`` (CI uses it for the sanitizer bui
 from __future__ import annotations
 
 import os
+import re
 import shlex
 
 from cffi import FFI
@@ -13,7 +14,8 @@ from cffi import FFI
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(os.path.dirname(HERE), "csrc")
 
-CDEF = """
+# Structs the Python side allocates or reads; the functions come from the headers.
+CDEF_TYPES = """
 typedef struct {
     uint8_t *base; uint64_t map_size; uint64_t data_size; uint64_t cached_tail;
     uint32_t bucket; uint32_t seg_index;
@@ -23,39 +25,21 @@ typedef struct {
     uint64_t end; uint32_t nevents; uint32_t bucket; uint32_t corrupt; uint32_t skipped;
 } iss_batch;
 
-uint64_t iss_layout_size(uint32_t nsegs, uint32_t seg_data_size, uint32_t nbuckets);
-int iss_ring_init(uint8_t *base, uint64_t map_size, uint32_t nsegs, uint32_t seg_data_size,
-                  uint32_t nbuckets);
-int iss_ring_check(const uint8_t *base, uint64_t map_size);
-int iss_producer_attach(iss_producer *p, uint8_t *base, uint64_t map_size, uint32_t seg_index);
-int iss_put_f64(iss_producer *p, const char *key, size_t keylen, double v, double epoch);
-int iss_put_i64(iss_producer *p, const char *key, size_t keylen, int64_t v, double epoch);
-int iss_put_bool(iss_producer *p, const char *key, size_t keylen, int v, double epoch);
-int iss_put_str(iss_producer *p, const char *key, size_t keylen, const char *s, size_t slen,
-                double epoch);
-void iss_count_drop(iss_producer *p, uint32_t reason);
-int32_t iss_key_intern(const char *key, size_t keylen);
-int iss_log_f64(iss_producer *p, uint32_t key_id, double v);
-int iss_log_i64(iss_producer *p, uint32_t key_id, int64_t v);
-int iss_log_bool(iss_producer *p, uint32_t key_id, int v);
-int iss_log_str(iss_producer *p, uint32_t key_id, const char *s, size_t slen);
-int iss_log_f64_at(iss_producer *p, uint32_t key_id, double v, double epoch);
-int iss_log_i64_at(iss_producer *p, uint32_t key_id, int64_t v, double epoch);
-int iss_log_bool_at(iss_producer *p, uint32_t key_id, int v, double epoch);
-int iss_log_str_at(iss_producer *p, uint32_t key_id, const char *s, size_t slen, double epoch);
-uint64_t iss_load64(const uint8_t *base, uint64_t map_size, uint64_t off);
-void iss_store64(uint8_t *base, uint64_t map_size, uint64_t off, uint64_t v);
-uint64_t iss_add64(uint8_t *base, uint64_t map_size, uint64_t off, uint64_t v);
-int iss_cas64(uint8_t *base, uint64_t map_size, uint64_t off, uint64_t expected,
-              uint64_t desired);
-uint64_t iss_now_monotonic_ns(void);
-int64_t iss_encode_batch(const uint8_t *base, uint64_t map_size, uint32_t seg_index,
-                         uint64_t from, uint32_t max_events, char *out, size_t out_cap,
-                         iss_batch *info);
-size_t iss_format_double(double v, char *out, size_t cap);
-size_t iss_dtoa(double v, char *out, size_t cap);
 """
 
+
+
+def _prototypes(*headers: str) -> str:
+    """Every ``iss_*`` function declaration of the given headers (one source of truth)."""
+    out = []
+    for h in headers:
+        with open(os.path.join(CSRC, h), encoding="utf-8") as f:
+            text = f.read()
+        out += re.findall(r"^[A-Za-z_][\w ]*?\**\s*iss_\w+\([^;{]*\);", text, re.M)
+    return "\n".join(out)
+
+
+CDEF = CDEF_TYPES + _prototypes("isstreamer.h", "dtoa.h")
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 _extra = shlex.split(os.environ.get("ISSTREAMER_CFLAGS", ""))
