@@ -91,7 +91,8 @@ def _drain_once(ring: Ring, enc: Encoder, seg: int, check: SegmentCheck) -> bool
         return False
     b = enc.next_batch(seg, tail, 200)
     assert not b.corrupt and b.skipped == 0, "the consumer met a torn or corrupt record"
-    assert tail < b.end <= head, "no progress: the consumer would stall"
+    assert b.end > tail, "no progress: the consumer would stall"
+    assert b.end <= ring.load(base + L.S_HEAD), "read past the published head"
     check.take(orjson.loads(b.body))
     ring.store(base + L.S_CONSUMED, ring.load(base + L.S_CONSUMED) + b.nevents)
     ring.store(base + L.S_TAIL, b.end)
