@@ -7,7 +7,8 @@
  * Input: a sequence of operations, each 20 bytes (a short last one is zero-extended):
  *   0  u8  op   op % 8: 0 f64, 1 i64, 2 bool, 3 str, 4 set bucket, 5 drain (max_events = u16 at 2),
  *              6 f64 with a non-finite value or epoch taken from `bits`, 7 str of length len2
- *   1  u8  aux  bucket for op 4; bool value
+ *   1  u8  aux  bucket for op 4; bool value (bit 0); bit 7: log through an interned key
+ *              (iss_key_intern + iss_log_*_at); bit 6: also try ids nobody interned
  *   2  u16 len  key length % 1100 (so 0 and > ISS_KEY_MAX occur)
  *   4  u16 len2 string length % 8400 (op 3: % 64, so short strings dominate)
  *   6  u64 bits value bits (f64/i64)
@@ -173,12 +174,22 @@ static void drain_all(state *st, uint8_t *base, uint64_t map_size, iss_seg_hdr *
 }
 
 static int do_put(iss_producer *p, uint8_t type, const uint8_t *key, size_t keylen, uint64_t bits,
-                  const uint8_t *s, size_t slen, double epoch)
+                  const uint8_t *s, size_t slen, double epoch, int32_t key_id)
 {
     double f;
     int64_t i;
     memcpy(&f, &bits, 8);
     memcpy(&i, &bits, 8);
+    if (key_id >= 0) { /* the hot path: an interned key */
+        uint32_t id = (uint32_t)key_id;
+        switch (type) {
+        case ISS_T_F64: return iss_log_f64_at(p, id, f, epoch);
+        case ISS_T_I64: return iss_log_i64_at(p, id, i, epoch);
+        case ISS_T_TRUE: return iss_log_bool_at(p, id, 1, epoch);
+        case ISS_T_FALSE: return iss_log_bool_at(p, id, 0, epoch);
+        default: return iss_log_str_at(p, id, (const char *)s, slen, epoch);
+        }
+    }
     switch (type) {
     case ISS_T_F64: return iss_put_f64(p, (const char *)key, keylen, f, epoch);
     case ISS_T_I64: return iss_put_i64(p, (const char *)key, keylen, i, epoch);
@@ -263,10 +274,28 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             want = ISS_ETOOBIG;
         else
             want = ISS_OK;
-        int rc = do_put(&p, type, key, keylen, bits, str, slen, epoch);
+        int32_t key_id = -1;
+        if (op[1] & 0x80u) {
+            /* interned key: refused when empty or too long; EINVAL once the table is full */
+            key_id = iss_key_intern((const char *)key, keylen);
+            if (keylen == 0 || keylen > ISS_KEY_MAX)
+                CHECK(key_id == ISS_ETOOBIG);
+            else
+                CHECK(key_id >= 0 || key_id == ISS_EINVAL);
+            if (key_id < 0)
+                key_id = -1;
+            if (op[1] & 0x40u) {
+                /* an id nobody interned writes nothing */
+                uint64_t h0 = __atomic_load_n(&sh->head, __ATOMIC_ACQUIRE);
+                CHECK(iss_log_f64_at(&p, 0xFFFFFFF0u, 1.0, epoch) == ISS_EINVAL);
+                CHECK(iss_log_str_at(&p, (uint32_t)INT32_MAX, "x", 1, epoch) == ISS_EINVAL);
+                CHECK(__atomic_load_n(&sh->head, __ATOMIC_ACQUIRE) == h0);
+            }
+        }
+        int rc = do_put(&p, type, key, keylen, bits, str, slen, epoch, key_id);
         if (rc == ISS_FULL && want == ISS_OK) {
             drain_all(&st, base, map_size, sh);
-            rc = do_put(&p, type, key, keylen, bits, str, slen, epoch);
+            rc = do_put(&p, type, key, keylen, bits, str, slen, epoch, key_id);
         }
         CHECK(rc == want);
         if (rc != ISS_OK)

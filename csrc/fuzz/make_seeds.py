@@ -100,6 +100,15 @@ def main() -> None:
         "limits-and-wrap": b"".join([
             put_op(7, keylen=1024, len2=8192, pos=3) for _ in range(6)
         ] + [put_op(7, keylen=1025, len2=1), put_op(7, keylen=1, len2=8193), put_op(0, keylen=0)]) + text,
+        "interned-keys": b"".join([
+            put_op(0, aux=0x80, keylen=3, bits=struct.unpack("=Q", struct.pack("=d", -0.0))[0]),
+            put_op(1, aux=0xC0, keylen=4, bits=2**63 - 1),
+            put_op(2, aux=0x81, keylen=2, esel=0),
+            put_op(3, aux=0x80, keylen=5, len2=40),
+            put_op(7, aux=0x80, keylen=1024, len2=8192),
+            put_op(7, aux=0x80, keylen=1025, len2=1),
+            put_op(6, aux=0x82, keylen=1),
+        ]) + text,
         "buckets": b"".join([
             put_op(4, aux=1), put_op(1, keylen=1, bits=5), put_op(4, aux=2), put_op(1, keylen=1, bits=6),
             put_op(5, keylen=1), put_op(4, aux=1), put_op(2, aux=1, keylen=1),
