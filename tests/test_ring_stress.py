@@ -111,6 +111,7 @@ def test_producers_killed_mid_write(tmp_path, backend):
     env = script_env(backend)
     rng = random.Random(20260101)
     total = 0
+    procs: List[subprocess.Popen] = []
     try:
         for rnd in range(rounds):
             procs = [subprocess.Popen([sys.executable, script, ring.path, "1" if native else "0", str(rnd * 10 + k)],
@@ -151,6 +152,10 @@ def test_producers_killed_mid_write(tmp_path, backend):
         assert total > 0
         assert [i for i, _, _ in ring.owners()] == []
     finally:
+        for proc in procs:  # a failed check must not leave producers spinning
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
         ring.close()
 
 
