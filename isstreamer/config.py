@@ -121,10 +121,13 @@ def _normalize_api_base(base: object, source: str) -> str:
             f"got {type(base).__name__}"
         )
     value = base.strip()
+    # never echo a query string, fragment or user info: they may carry the access key
+    safe = re.sub(r"[?#].*$", "?***", value)
+    safe = re.sub(r"//[^/@]*@", "//***@", safe)
 
     def bad(why: str, shown: str | None = None) -> ConfigError:
         return ConfigError(
-            f"isstreamer: invalid {source} {value if shown is None else shown!r}: {why} "
+            f"isstreamer: invalid {source} {safe if shown is None else shown!r}: {why} "
             f"(expected something like {DEFAULT_API_BASE!r})"
         )
 

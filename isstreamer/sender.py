@@ -39,7 +39,7 @@ class SenderSettings:
 
     ring_path: str
     api_base: str
-    access_key: str
+    access_key: str = field(repr=False)
     spool_dir: str
     buffer_size: int = 10
     flush_interval: float = 1.0
@@ -95,6 +95,7 @@ class Sender:
         self._reported_spool_full = False
         self._bucket_status = 0  # status of the last bucket creation request
         self._errors = 0
+        self._spool_error_reported = False
 
     # ---- reporting --------------------------------------------------------------------------
     def report(self, msg: str) -> None:
@@ -350,6 +351,13 @@ class Sender:
             d.requests = d.retries = 0
 
     def _to_spool(self, bodies, nevents: Optional[int], key: str, name: str) -> bool:
+        """Spool batches. True when the ring may release them: written, or counted as lost.
+
+        A whole batch (``nevents`` given) that cannot be written stays in the ring while the
+        sender runs (False), so an unwritable spool costs nothing until the ring itself is full;
+        at exit, or for the leftovers of a partly delivered split, it is counted as ``failed``.
+        One report per episode of write errors.
+        """
         total = 0
         for body in bodies:
             n = nevents if nevents is not None and len(bodies) == 1 else _count_events(body)
@@ -362,9 +370,16 @@ class Sender:
                 self.ring.add(L.H_DROPS + 8 * L.D["spool_full"], n)
                 continue
             except OSError as exc:
-                self.report("isstreamer: cannot write the spool (%s); %d event(s) lost" % (exc, n))
+                keep = nevents is not None and self.exit_deadline is None
+                if not self._spool_error_reported:
+                    self._spool_error_reported = True
+                    self.report("isstreamer: cannot write the spool in %s (%s); %s" % (
+                        self.s.spool_dir, exc, "events wait in the ring" if keep else "%d event(s) lost" % n))
+                if keep:
+                    return False
                 self.ring.count("failed", n)
                 continue
+            self._spool_error_reported = False
             total += n
         if total:
             self.ring.count("spooled", total)
