@@ -32,8 +32,12 @@ _Static_assert(offsetof(iss_rec, epoch) == 16, "epoch offset");
 
 uint64_t iss_layout_size(uint32_t nsegs, uint32_t seg_data_size, uint32_t nbuckets)
 {
-    return (uint64_t)ISS_HDR_SIZE + (uint64_t)nbuckets * ISS_BUCKET_SIZE +
-           (uint64_t)nsegs * ((uint64_t)ISS_SEG_HDR_SIZE + seg_data_size);
+    /* UINT64_MAX when the dimensions overflow: no mapping can hold that, so checks refuse it */
+    uint64_t segs, total;
+    if (__builtin_mul_overflow((uint64_t)nsegs, (uint64_t)ISS_SEG_HDR_SIZE + seg_data_size, &segs) ||
+        __builtin_add_overflow(segs, (uint64_t)ISS_HDR_SIZE + (uint64_t)nbuckets * ISS_BUCKET_SIZE, &total))
+        return UINT64_MAX;
+    return total;
 }
 
 static uint64_t seg_offset(const iss_ring_hdr *h, uint32_t i)

@@ -330,9 +330,6 @@ def test_small_max_batch_bytes_still_delivers(tmp_path, collector, monkeypatch, 
 
 
 @needs_native
-@pytest.mark.xfail(strict=True, reason="bug reported: csrc/ring.c iss_layout_size wraps 64 bits for a hostile "
-                                       "header, so iss_ring_check accepts it and iss_producer_attach would "
-                                       "write past the mapping (the encoder now checks for itself)")
 def test_ring_check_refuses_a_layout_that_wraps():
     """The header of regress-hostile-layout-wraps claims 2^32-8 segments of 2^32-312 bytes:
     the product wraps to a few KB, which an 8 KiB mapping seems to hold."""
