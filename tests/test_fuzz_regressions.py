@@ -118,8 +118,9 @@ def test_head_near_2_64_never_moves_end_backwards(tmp_path):
         ring.close()
 
 
-def _hostile_file(tmp_path, fields: Tuple[int, ...], payload: bytes) -> Tuple[str, int]:
-    """A ring file whose header claims fields' sizes, laid out like fuzz_encode.c's hostile mode."""
+def _hostile_buf(fields: Tuple[int, ...], payload: bytes) -> bytearray:
+    """A mapping whose header claims fields' sizes, laid out like fuzz_encode.c's hostile mode
+    (payload over everything after the header, head = from + delta where the segment would be)."""
     _, frm, delta, _, _, nsegs, sds, nbuckets, seg_index, map_sel = fields
     map_size = (L.HDR_SIZE + map_sel % 262144) & ~7
     buf = bytearray(map_size)
@@ -130,10 +131,15 @@ def _hostile_file(tmp_path, fields: Tuple[int, ...], payload: bytes) -> Tuple[st
     seg_off = (L.HDR_SIZE + nbuckets * L.BUCKET_SIZE + seg_index * (L.SEG_HDR_SIZE + sds)) % U64
     if seg_off + L.SEG_HDR_SIZE <= map_size:
         struct.pack_into("=Q", buf, seg_off + L.S_HEAD, (frm + delta) % U64)
+    return buf
+
+
+def _hostile_file(tmp_path, fields: Tuple[int, ...], payload: bytes) -> Tuple[str, int]:
+    """_hostile_buf written to a ring file; returns (path, segment index)."""
     path = str(tmp_path / "hostile.ring")
     with open(path, "wb") as f:
-        f.write(buf)
-    return path, seg_index
+        f.write(_hostile_buf(fields, payload))
+    return path, fields[8]
 
 
 @pytest.mark.parametrize("backend", ["native", "python"])
@@ -161,13 +167,9 @@ def test_hostile_corpus_through_cffi(path):
     """Hostile-header inputs straight through cffi on a heap buffer (ASan sees overreads)."""
     with open(path, "rb") as f:
         fields, payload = _preamble(f.read())
-    _, frm, delta, max_events, out_extra, nsegs, sds, nbuckets, seg_index, map_sel = fields
-    map_size = (L.HDR_SIZE + map_sel % 262144) & ~7
-    buf = bytearray(map_size)
-    for k in range(L.HDR_SIZE, map_size):
-        buf[k] = payload[(k - L.HDR_SIZE) % len(payload)] if payload else 0
-    struct.pack_into("=QIIIIIIQ", buf, 0, L.MAGIC, L.LAYOUT_VERSION, L.HDR_SIZE, nsegs, sds, nbuckets,
-                     L.BUCKET_SIZE, 0)
+    _, frm, _, max_events, out_extra, _, _, _, seg_index, _ = fields
+    buf = _hostile_buf(fields, payload)
+    map_size = len(buf)
     cap = MIN_BATCH_BYTES + out_extra
     out = _ffi.new("char[]", cap)
     info = _ffi.new("iss_batch *")
