@@ -209,8 +209,8 @@ def test_sender_settings_repr_does_not_show_the_key():
     assert_no_secret(repr(settings) + str(settings), "repr(SenderSettings)")
 
 
-def test_sender_messages_when_auth_fails_then_recovers(tmp_path, collector_factory, backend):
-    """A refused key, then the spool and a retry: the sender's stderr stays clean."""
+def test_sender_messages_when_auth_fails(tmp_path, collector_factory, backend):
+    """A refused key: events go to the spool, the sender retries; its stderr stays clean."""
     server = collector_factory(access_keys=["another-key"])
     path = write_script(tmp_path, "auth.py", """
         import sys, isstreamer
