@@ -77,6 +77,10 @@ class Ring:
         self.nbuckets = _I.unpack_from(mm, L.H_NBUCKETS)[0]
         self._tlock = threading.Lock()
         self.users = 0  # Streamer objects of this process on this mapping (see streamer.py)
+        # 64-bit fields without the extension: an aligned memoryview of uint64 reads and writes
+        # each field with one 8-byte access (struct.pack_into zero-fills before writing, which
+        # another process could observe as a transient 0).
+        self.q = memoryview(mm).cast("Q")
         self._buf = None
         self.ptr = None
         if native:
@@ -133,7 +137,7 @@ class Ring:
             raise RingClosed(errno.ENOENT, "isstreamer: the ring is closed", path) from exc
         try:
             size = os.fstat(fd).st_size
-            if size < L.HDR_SIZE:
+            if size < L.HDR_SIZE or size % 8:
                 raise ValueError("isstreamer: %s is not a ring file" % path)
             mm = mmap.mmap(fd, size)
         except BaseException:
@@ -148,6 +152,7 @@ class Ring:
     def close(self) -> None:
         """Unmap and close (the file stays for other processes). Nothing may use the mapping after."""
         self.ptr = None
+        self.q.release()
         if self._buf is not None:
             _ffi.release(self._buf)  # type: ignore[union-attr]
             self._buf = None
@@ -161,22 +166,22 @@ class Ring:
         """Read a 64-bit field (acquire with the extension)."""
         if self.ptr is not None:
             return _lib.iss_load64(self.ptr, self.size, off)  # type: ignore[union-attr]
-        return _Q.unpack_from(self.mm, off)[0]
+        return self.q[off >> 3]
 
     def store(self, off: int, value: int) -> None:
         """Write a 64-bit field (release with the extension)."""
         if self.ptr is not None:
             _lib.iss_store64(self.ptr, self.size, off, value)  # type: ignore[union-attr]
         else:
-            _Q.pack_into(self.mm, off, value & 0xFFFFFFFFFFFFFFFF)
+            self.q[off >> 3] = value & 0xFFFFFFFFFFFFFFFF
 
     def add(self, off: int, value: int) -> int:
         """Add to a 64-bit field: atomic with the extension; without it a plain read-modify-write,
         used only on single-writer fields or where a lost increment is harmless (flush nudges)."""
         if self.ptr is not None:
             return _lib.iss_add64(self.ptr, self.size, off, value)  # type: ignore[union-attr]
-        v = (_Q.unpack_from(self.mm, off)[0] + value) & 0xFFFFFFFFFFFFFFFF
-        _Q.pack_into(self.mm, off, v)
+        v = (self.q[off >> 3] + value) & 0xFFFFFFFFFFFFFFFF
+        self.q[off >> 3] = v
         return v
 
     def counter(self, name: str) -> int:
@@ -302,17 +307,18 @@ class Ring:
 class PyProducer:
     """Pure-Python producer on one segment: same bytes as the C ``iss_put_*`` functions."""
 
-    __slots__ = ("ring", "mm", "seg", "data", "ds", "lock", "bucket", "cached_tail")
+    __slots__ = ("ring", "mm", "q", "seg", "data", "ds", "lock", "bucket", "cached_tail")
 
     def __init__(self, ring: Ring, seg_index: int, lock: threading.Lock, bucket: int = 0) -> None:
         self.ring = ring
         self.mm = ring.mm
+        self.q = ring.q
         self.seg = ring.seg_offset(seg_index)
         self.data = self.seg + L.SEG_HDR_SIZE
         self.ds = ring.seg_data_size
         self.lock = lock
         self.bucket = bucket
-        self.cached_tail = _Q.unpack_from(self.mm, self.seg + L.S_TAIL)[0]
+        self.cached_tail = self.q[(self.seg + L.S_TAIL) >> 3]
 
     def put(self, rtype: int, key: bytes, num: Optional[bytes], s: bytes, epoch: float) -> int:
         """Append one record; returns an ``iss_put_*`` code."""
@@ -325,14 +331,14 @@ class PyProducer:
             epoch = time.time()
         body = L.REC_HDR_SIZE + (8 if num is not None else 0) + klen + slen
         size = (body + 7) & ~7
-        mm, ds, seg = self.mm, self.ds, self.seg
+        mm, q, ds, seg = self.mm, self.q, self.ds, self.seg
         with self.lock:
-            head = _Q.unpack_from(mm, seg + L.S_HEAD)[0]
+            head = q[(seg + L.S_HEAD) >> 3]
             off = head % ds
             contig = ds - off
             need = size if size <= contig else contig + size
             if head + need - self.cached_tail > ds:
-                self.cached_tail = _Q.unpack_from(mm, seg + L.S_TAIL)[0]
+                self.cached_tail = q[(seg + L.S_TAIL) >> 3]
                 if head + need - self.cached_tail > ds:
                     return L.FULL
             base = self.data
@@ -354,15 +360,15 @@ class PyProducer:
             pad = size - body
             if pad:
                 mm[w: w + pad] = bytes(pad)
-            _Q.pack_into(mm, seg + L.S_HEAD, head + size)
-            _Q.pack_into(mm, seg + L.S_LOGGED, _Q.unpack_from(mm, seg + L.S_LOGGED)[0] + 1)
+            q[(seg + L.S_HEAD) >> 3] = head + size  # publish
+            q[(seg + L.S_LOGGED) >> 3] += 1
         return L.OK
 
     def count_drop(self, reason: int) -> None:
         """Count one event refused by this producer."""
         off = self.seg + L.S_DROPS + 8 * reason
         with self.lock:
-            _Q.pack_into(self.mm, off, _Q.unpack_from(self.mm, off)[0] + 1)
+            self.q[off >> 3] += 1
 
 
 def py_put_f64(p: PyProducer, key: bytes, keylen: int, v: float, epoch: float) -> int:

@@ -108,10 +108,6 @@ def _drain_once(ring: Ring, enc: Encoder, seg: int, check: SegmentCheck) -> bool
     return True
 
 
-PYTHON_STORE_BUG = ("bug reported: isstreamer/ring.py stores 64-bit ring fields with struct.pack_into, which "
-                    "zero-fills its target before writing the value, so another process can read head/tail/"
-                    "logged/sender_pid as 0 for an instant (fix: memoryview(mm).cast('Q')[off // 8] = v)")
-
 WRITER = """
     import sys
     from isstreamer.ring import Ring
@@ -125,7 +121,6 @@ WRITER = """
 """
 
 
-@pytest.mark.xfail(strict=True, reason=PYTHON_STORE_BUG)
 def test_python_backend_64bit_fields_are_never_seen_half_written(tmp_path):
     """Another process must only ever see values that were stored, never a transient 0 (with
     the bug about a quarter of the reads see 0; a Python producer's head, stored once per
@@ -157,7 +152,7 @@ def test_python_backend_64bit_fields_are_never_seen_half_written(tmp_path):
 
 
 @pytest.mark.parametrize("backend", [
-    "native", pytest.param("python", marks=pytest.mark.xfail(strict=False, reason="flaky until fixed: " + PYTHON_STORE_BUG))])
+    "native", "python"])
 def test_producers_killed_mid_write(tmp_path, backend, monkeypatch):
     """Many rounds of producers SIGKILLed at random points while a consumer drains them: every
     published record decodes whole, in order, exactly once; nothing past head ever appears;
