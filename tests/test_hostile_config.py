@@ -274,3 +274,29 @@ def test_spool_write_errors_are_reported_once(tmp_path, tiny_fs):
     r = _loop(tmp_path, "python", str(tiny_fs / "spool"), 3000)
     assert "No space left on device" in r.stderr
     assert r.stderr.count("cannot write the spool") <= 3, r.stderr.count("cannot write the spool")
+
+
+@pytest.mark.xfail(strict=True, reason="bug reported: Streamer accepts max_batch_events=0 and the sender then spins "
+                                       "at 100% CPU in Sender._pump (isstreamer/sender.py, 'while True' around "
+                                       "enc.next_batch): every batch is empty and never moves the tail")
+def test_max_batch_events_zero_is_refused_or_works(tmp_path, collector, backend):
+    """A batch size of 0 is either refused at construction or still delivers the events."""
+    import signal
+
+    try:
+        s = isstreamer.Streamer(bucket_key="zero-batch", access_key="k", api_base=collector.url,
+                                spool_dir=str(tmp_path / "spool"), max_batch_events=0, close_timeout=1)
+    except ValueError as exc:
+        assert "max_batch_events" in str(exc)
+        return
+    pid = s._proc.pid
+    try:
+        s.log("n", 1)
+        delivered = s.flush(timeout=5)
+    finally:
+        s.close(timeout=1)
+        try:  # never leave a spinning sender behind
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert delivered and [e["value"] for e in collector.events("zero-batch")] == [1]
