@@ -3,10 +3,11 @@
 #
 #   bash .ci/fuzz.sh            # ~60 s of fuzzing in total (FUZZ_SECONDS to change)
 #
-# With clang's libFuzzer (installed from Debian when missing and we are root) each target is
-# built with -fsanitize=fuzzer,address,undefined and run for FUZZ_SECONDS/2 on a scratch copy of
-# its seed corpus (fuzz-out/, git-ignored), after replaying csrc/fuzz/corpus/ once. Without
-# clang, gcc builds a standalone driver with ASan+UBSan that replays the corpus only.
+# With clang's libFuzzer (clang + libclang-rt-dev, installed from Debian when missing and we are
+# root) each target is built with -fsanitize=fuzzer,address,undefined and run for FUZZ_SECONDS/2
+# on a scratch copy of its seed corpus (fuzz-out/, git-ignored), after replaying
+# csrc/fuzz/corpus/ once. Without libFuzzer, gcc builds a standalone driver with ASan+UBSan that
+# replays the corpus only (no mutation: the output says so).
 # New crash inputs land in fuzz-out/artifacts/: copy them into csrc/fuzz/corpus/<target>/ as
 # regress-* and add them to tests/test_fuzz_regressions.py.
 set -euo pipefail
@@ -23,15 +24,15 @@ have_libfuzzer() {
   command -v clang >/dev/null 2>&1 || return 1
   echo 'int LLVMFuzzerTestOneInput(const unsigned char *d, unsigned long n){(void)d;(void)n;return 0;}' \
     > "$OUT/probe.c"
-  clang -fsanitize=fuzzer "$OUT/probe.c" -o "$OUT/probe" >/dev/null 2>&1
+  clang -fsanitize=fuzzer,address,undefined "$OUT/probe.c" -o "$OUT/probe" >/dev/null 2>&1
 }
 
 mkdir -p "$OUT/artifacts"
 if ! have_libfuzzer && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  echo "== installing clang (libFuzzer) from Debian"
+  echo "== installing clang and its runtimes (libFuzzer, ASan, UBSan: libclang-rt-dev) from Debian"
   export DEBIAN_FRONTEND=noninteractive
-  { apt-get install -y -qq clang >/dev/null 2>&1 ||
-    { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq clang >/dev/null 2>&1; }; } || true
+  { apt-get install -y -qq clang libclang-rt-dev >/dev/null 2>&1 ||
+    { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq clang libclang-rt-dev >/dev/null 2>&1; }; } || true
 fi
 
 status=0
@@ -55,7 +56,7 @@ if have_libfuzzer; then
         -artifact_prefix="$OUT/artifacts/$t-" >"$OUT/$t.log" 2>&1; then
       execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$OUT/$t.log")
       rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$OUT/$t.log")
-      cov=$(grep -o 'cov: [0-9]*' "$OUT/$t.log" | tail -1)
+      cov=$(grep -o 'cov: [0-9]*' "$OUT/$t.log" | tail -1 || true)
       echo "   ok: ${execs:-?} execs (${rate:-?}/s), $cov, no crash"
     else
       grep -B2 -A30 -m1 'ERROR\|check failed\|runtime error' "$OUT/$t.log" || tail -n 40 "$OUT/$t.log"
