@@ -69,6 +69,13 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _check_options(**options: Tuple[Any, float]) -> None:
+    """Each option must be a number (not bool) at least as large as its minimum."""
+    for name, (value, least) in options.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= least:
+            raise ValueError("isstreamer: %s must be a number >= %g, not %r" % (name, least, value))
+
+
 def _validate_bucket_key(key: str) -> str:
     if not isinstance(key, str):
         raise TypeError("isstreamer: bucket_key must be a str, not %s" % type(key).__name__)
@@ -118,8 +125,13 @@ class Streamer:
     ) -> None:
         if on_full not in ("block", "drop"):
             raise ValueError("isstreamer: on_full must be 'block' or 'drop'")
-        if buffer_size < 1:
-            raise ValueError("isstreamer: buffer_size must be at least 1")
+        _check_options(buffer_size=(buffer_size, 1), max_batch_events=(max_batch_events, 1),
+                       max_producers=(max_producers, 1), max_attempts=(max_attempts, 1),
+                       ring_size=(ring_size, 1), max_batch_bytes=(max_batch_bytes, 1),
+                       spool_max_bytes=(spool_max_bytes, 1), flush_interval=(flush_interval, 1e-3),
+                       request_timeout=(request_timeout, 1e-3), backoff_max=(backoff_max, 0.0),
+                       auth_retry_interval=(auth_retry_interval, 0.0), close_timeout=(close_timeout, 0.0),
+                       full_timeout=(full_timeout, 0.0), max_rps=(max_rps, 0.0))
         cfg = load_config(bucket_name=bucket_name, access_key=access_key, ini_file_location=ini_file_location,
                           offline=offline, api_base=api_base)
         self.DebugLevel = int(debug_level)

@@ -276,9 +276,6 @@ def test_spool_write_errors_are_reported_once(tmp_path, tiny_fs):
     assert r.stderr.count("cannot write the spool") <= 3, r.stderr.count("cannot write the spool")
 
 
-@pytest.mark.xfail(strict=True, reason="bug reported: Streamer accepts max_batch_events=0 and the sender then spins "
-                                       "at 100% CPU in Sender._pump (isstreamer/sender.py, 'while True' around "
-                                       "enc.next_batch): every batch is empty and never moves the tail")
 def test_max_batch_events_zero_is_refused_or_works(tmp_path, collector, backend):
     """A batch size of 0 is either refused at construction or still delivers the events."""
     import signal
