@@ -262,6 +262,9 @@ class Sender:
                     self.report("isstreamer: unreadable record in ring segment %d; skipped to its end" % i)
                     self._commit(b, corrupt=True)
                     continue
+                if b.end == tail:  # no progress possible (cannot happen with max_batch_events >= 1)
+                    drained = False
+                    break
                 if b.nevents and not self._handle(b, force):
                     drained = False
                     break
