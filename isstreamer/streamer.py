@@ -171,6 +171,7 @@ class Streamer:
 
     # ---- construction helpers ------------------------------------------------------------
     def _init_local(self) -> None:
+        self._stats_lock = threading.Lock()
         self._converted: Dict[str, int] = {}
         self._dropped_local: Dict[str, int] = {}
         self._warned: set = set()
@@ -282,6 +283,7 @@ class Streamer:
         return True
 
     def _on_fork(self) -> None:
+        self._stats_lock = threading.Lock()
         self._att = None
         self._proc = None
         self._p = _detached_native() if self._native else _Detached()
@@ -339,7 +341,7 @@ class Streamer:
             return
         for r in (kr, vr, er):
             if r:
-                self._converted[r] = self._converted.get(r, 0) + 1
+                self._count_local(self._converted, r)
                 self._warn_once(r, "isstreamer: input converted (%s); see stats()['converted']" % r)
         kb = k.encode("utf-8")
         if kr is None and type(key) is str and len(self._keys) < _KEY_CACHE_MAX:
@@ -403,12 +405,20 @@ class Streamer:
         if self.DebugLevel >= 2 and reason not in ("ring_full", "no_segment", "closed"):
             raise ValueError(message)
         idx = L.D.get(reason, L.D["invalid_input"])
+        if self._att is None and not self.Offline and not self.IsClosed and reason != "no_segment":
+            try:  # count it where every process's stats() sees it: this process's segment
+                self._attach()
+            except (RingClosed, OSError):
+                pass
         if self._att is not None:
             self._att.count_drop(idx)
         else:
-            name = L.DROP_REASONS[idx]
-            self._dropped_local[name] = self._dropped_local.get(name, 0) + 1
+            self._count_local(self._dropped_local, L.DROP_REASONS[idx])
         self._warn_once("drop:" + reason, message)
+
+    def _count_local(self, counters: Dict[str, int], name: str) -> None:
+        with self._stats_lock:
+            counters[name] = counters.get(name, 0) + 1
 
     def _warn_once(self, tag: str, message: str) -> None:
         if tag not in self._warned:
@@ -446,7 +456,7 @@ class Streamer:
         """log() after close(): an error at debug_level >= 2, counted otherwise."""
         if self.DebugLevel >= 2:
             raise StreamerClosedError("isstreamer: log(%r) after close()" % (key,))
-        self._dropped_local["closed"] = self._dropped_local.get("closed", 0) + 1
+        self._count_local(self._dropped_local, "closed")
         self._warn_once("drop:closed", "isstreamer: log() after close(); event dropped")
 
     def _mark_closed_remotely(self) -> None:

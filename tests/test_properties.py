@@ -295,9 +295,6 @@ def _child_drops_one(s: isstreamer.Streamer) -> None:
     os._exit(0)
 
 
-@pytest.mark.xfail(strict=True, reason="bug reported: isstreamer/streamer.py Streamer._drop counts a drop in "
-                                       "the process-local _dropped_local while the process has no ring segment "
-                                       "(a forked child before its first valid event): stats() elsewhere never sees it")
 def test_drops_of_a_child_before_it_attached_are_counted(prop_collector, tmp_path, backend):
     """stats() covers every process of a Streamer: a forked child's first, dropped event too."""
     s = _streamer(prop_collector, tmp_path, uuid.uuid4().hex)
