@@ -16,6 +16,24 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 
+# --------------------------------------------------------------------------- backends
+
+
+@pytest.fixture(params=["native", "python"])
+def backend(request: Any, monkeypatch: Any) -> str:
+    """Run the test with the C extension and with the fallback, in this process and in the
+    processes it starts (the Streamer reads ISSTREAMER_NO_EXTENSION when it is made)."""
+    from isstreamer.ring import native_available
+
+    if request.param == "native":
+        if not native_available():
+            pytest.fail("the C extension is not built (python isstreamer/_build_native.py)")
+        monkeypatch.delenv("ISSTREAMER_NO_EXTENSION", raising=False)
+    else:
+        monkeypatch.setenv("ISSTREAMER_NO_EXTENSION", "1")
+    return request.param
+
+
 # --------------------------------------------------------------------------- local collector
 
 

@@ -54,17 +54,6 @@ def _print_figures() -> Iterator[None]:
             print("%-28s" % name + "".join("%11s" % f.get(c, "") for c in cols) + "  " + extra)
 
 
-@pytest.fixture(params=["native", "python"])
-def backend(request: Any, monkeypatch: Any) -> str:
-    """Run a test with the C extension and with the pure-Python ring (ISSTREAMER_NO_EXTENSION=1)."""
-    from isstreamer.ring import native_available
-
-    if request.param == "native" and not native_available():
-        pytest.skip("the C extension is not built")
-    monkeypatch.setenv("ISSTREAMER_NO_EXTENSION", "1" if request.param == "python" else "0")
-    return request.param
-
-
 @pytest.fixture
 def server() -> Iterator[FaultServer]:
     """A running fault server, stopped at teardown."""

@@ -21,18 +21,6 @@ import isstreamer
 from isstreamer.config import ConfigError, load_config
 
 
-@pytest.fixture(params=["native", "python"])
-def backend(request, monkeypatch) -> str:
-    """Both backends, in this process and in the scripts it starts."""
-    from isstreamer.ring import native_available
-
-    if request.param == "native":
-        if not native_available():
-            pytest.fail("the C extension is not built (python isstreamer/_build_native.py)")
-        monkeypatch.delenv("ISSTREAMER_NO_EXTENSION", raising=False)
-    else:
-        monkeypatch.setenv("ISSTREAMER_NO_EXTENSION", "1")
-    return request.param
 
 
 def dead_url() -> str:

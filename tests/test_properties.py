@@ -25,7 +25,6 @@ from hypothesis import strategies as st
 import isstreamer
 from isstreamer import layout as L
 from isstreamer.flatten import flatten_object
-from isstreamer.ring import native_available
 from isstreamer.values import Skip, coerce_epoch, coerce_key, coerce_value
 
 SETTINGS = dict(deadline=None, derandomize=True, database=None,
@@ -146,16 +145,6 @@ def _streamer(collector: Any, tmp_path: Any, bucket: str) -> isstreamer.Streamer
                                spool_dir=str(tmp_path / "spool"), flush_interval=0.02)
 
 
-@pytest.fixture(params=["native", "python"])
-def backend(request, monkeypatch) -> str:
-    """Both backends (the Streamer reads ISSTREAMER_NO_EXTENSION when it is made)."""
-    if request.param == "native":
-        if not native_available():
-            pytest.fail("the C extension is not built (python isstreamer/_build_native.py)")
-        monkeypatch.delenv("ISSTREAMER_NO_EXTENSION", raising=False)
-    else:
-        monkeypatch.setenv("ISSTREAMER_NO_EXTENSION", "1")
-    return request.param
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import os
 import random
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -25,16 +24,6 @@ from isstreamer.encoder import MIN_BATCH_BYTES, Encoder
 from isstreamer.ring import Attachment, Ring, native_available, puts_for
 
 
-@pytest.fixture(params=["native", "python"])
-def backend(request, monkeypatch) -> str:
-    """Both backends, in this process and in the processes it starts."""
-    if request.param == "native":
-        if not native_available():
-            pytest.fail("the C extension is not built (python isstreamer/_build_native.py)")
-        monkeypatch.delenv("ISSTREAMER_NO_EXTENSION", raising=False)
-    else:
-        monkeypatch.setenv("ISSTREAMER_NO_EXTENSION", "1")
-    return request.param
 
 
 # --------------------------------------------------------------------------- SIGKILL mid-write

@@ -14,10 +14,10 @@ from typing import Callable, List
 
 import pytest
 
-from support import run_script, script_env, wait_until, write_script
+from support import script_env, wait_until, write_script
 
 import isstreamer
-from isstreamer.config import ConfigError, load_config
+from isstreamer.config import load_config
 from isstreamer.sender import SenderSettings
 
 SECRET = "ist_S3cr3tAcc3ssK3y_9f8e7d6c5b4a"
@@ -64,16 +64,6 @@ def _run(tmp_path, backend: str, url: str, debug_level: int) -> subprocess.Compl
                         str(debug_level)], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     return r
-
-
-@pytest.fixture(params=["native", "python"])
-def backend(request) -> str:
-    """Both backends; the scripts get it through their environment."""
-    from isstreamer.ring import native_available
-
-    if request.param == "native" and not native_available():
-        pytest.fail("the C extension is not built (python isstreamer/_build_native.py)")
-    return request.param
 
 
 @pytest.mark.parametrize("debug_level", [0, 1])

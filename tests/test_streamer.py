@@ -23,19 +23,8 @@ from support import int_values_summary, pid_gone, run_script, script_env, wait_u
 
 import isstreamer
 from isstreamer import layout as L
-from isstreamer.ring import native_available
 
 
-@pytest.fixture(params=["native", "python"])
-def backend(request, monkeypatch):
-    """Run the test with the C extension and with the fallback."""
-    if request.param == "native":
-        if not native_available():
-            pytest.fail("the C extension is not built (python isstreamer/_build_native.py)")
-        monkeypatch.delenv("ISSTREAMER_NO_EXTENSION", raising=False)
-    else:
-        monkeypatch.setenv("ISSTREAMER_NO_EXTENSION", "1")
-    return request.param
 
 
 @pytest.fixture
