@@ -96,7 +96,6 @@ class Delivery:
         self.failures = 0  # transient failures in a row
         self.requests = 0
         self.last_request = 0.0
-        self.last_429_wait = 0.0
 
     # ---- state ------------------------------------------------------------------------------
     def ready(self, now: Optional[float] = None) -> bool:
@@ -170,7 +169,6 @@ class Delivery:
             return Result(DELIVERED, delivered=nevents, answer=a)
         if a.status == 429:
             wait = retry_after_seconds(a)
-            self.last_429_wait = wait
             self.not_before = max(self.not_before, time.monotonic() + wait)
             return Result(TRANSIENT, leftover=[body], answer=a)
         if a.status in (401, 402, 403):

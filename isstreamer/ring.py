@@ -47,11 +47,6 @@ def use_native() -> bool:
     return _lib is not None and os.environ.get(ENV_NO_EXTENSION, "") in ("", "0")
 
 
-def backend_name() -> str:
-    """``"native"`` or ``"python"``: the backend new producers in this process use."""
-    return "native" if use_native() else "python"
-
-
 class RingClosed(OSError):
     """The ring file is gone: every user closed it and the sender removed it."""
 
