@@ -68,3 +68,70 @@ def pid_gone(pid: int) -> bool:
     from isstreamer.procutil import pid_alive
 
     return not pid_alive(pid)
+
+
+class ProxyServer:
+    """An aiohttp app on a free loopback port, in a background thread, that hands every request
+    to ``handle(request)``; subclasses forward to ``target`` with :meth:`forward`."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target.rstrip("/")
+        self.url = ""
+        self._loop = None
+        self._thread = None
+
+    async def handle(self, request):  # -> aiohttp.web.Response
+        """Answer one request (subclasses)."""
+        return await self.forward(request, self.target + request.path)
+
+    async def forward(self, request, url: str, keep_headers=("content-type",)):
+        """Send the request on to ``url``; answer with its status, body and ``keep_headers``."""
+        from aiohttp import ClientSession, web
+
+        body = await request.read()
+        headers = {k: v for k, v in request.headers.items()
+                   if k.lower() not in ("host", "content-length", "transfer-encoding")}
+        async with ClientSession() as session:
+            async with session.request(request.method, url, params=request.query, headers=headers,
+                                       data=body) as r:
+                data = await r.read()
+                keep = {k: v for k, v in r.headers.items() if k.lower() in keep_headers}
+                return web.Response(status=r.status, body=data, headers=keep)
+
+    def start(self):
+        """Listen in a background thread; returns self once listening."""
+        import asyncio
+        import socket
+        import threading
+
+        from aiohttp import web
+
+        ready = threading.Event()
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(128)
+        sock.setblocking(False)
+        self.url = "http://127.0.0.1:%d" % sock.getsockname()[1]
+
+        def run() -> None:
+            loop = self._loop = asyncio.new_event_loop()
+            app = web.Application()
+            app.router.add_route("*", "/{tail:.*}", self.handle)
+            runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            loop.run_until_complete(runner.setup())
+            loop.run_until_complete(web.SockSite(runner, sock).start())
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(runner.cleanup())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        assert ready.wait(30)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving."""
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(30)

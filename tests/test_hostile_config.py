@@ -4,18 +4,16 @@ that logs (scripts run as subprocesses, with their sender processes, against rea
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import socket
 import subprocess
 import sys
-import threading
-from typing import List, Optional
+from typing import List
 
 import pytest
 
-from support import script_env, write_script
+from support import ProxyServer, script_env, write_script
 
 import isstreamer
 from isstreamer.config import ConfigError, load_config
@@ -31,73 +29,26 @@ def dead_url() -> str:
     return "http://127.0.0.1:%d" % port
 
 
-class PrefixProxy:
-    """An aiohttp app that serves ``<prefix>/...`` by forwarding it to ``target/...``.
+class PrefixProxy(ProxyServer):
+    """Serves ``<prefix>/...`` by forwarding it to ``target/...``.
 
     Stands for a reverse proxy that publishes the events API under a path prefix; ``paths``
     records every request path it was asked for.
     """
 
     def __init__(self, target: str, prefix: str) -> None:
-        self.target = target.rstrip("/")
+        super().__init__(target)
         self.prefix = prefix.rstrip("/")
         self.paths: List[str] = []
-        self.url = ""
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._runner = None
-        self._thread: Optional[threading.Thread] = None
 
-    async def _handle(self, request):  # -> web.Response
-        from aiohttp import ClientSession, web
+    async def handle(self, request):  # -> web.Response
+        from aiohttp import web
 
         self.paths.append(request.path)
         if not request.path.startswith(self.prefix + "/"):
             return web.Response(status=404, text="not under the prefix")
-        url = self.target + request.path[len(self.prefix):]
-        headers = {k: v for k, v in request.headers.items()
-                   if k.lower() not in ("host", "content-length", "transfer-encoding")}
-        body = await request.read()
-        async with ClientSession() as session:
-            async with session.request(request.method, url, params=request.query, headers=headers,
-                                       data=body) as r:
-                data = await r.read()
-                keep = {k: v for k, v in r.headers.items()
-                        if k.lower() in ("content-type", "retry-after", "x-request-id")}
-                return web.Response(status=r.status, body=data, headers=keep)
-
-    def start(self) -> "PrefixProxy":
-        """Listen on a free loopback port in a background thread."""
-        from aiohttp import web
-
-        ready = threading.Event()
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(128)
-        sock.setblocking(False)
-        self.url = "http://127.0.0.1:%d" % sock.getsockname()[1]
-
-        def run() -> None:
-            loop = self._loop = asyncio.new_event_loop()
-            app = web.Application()
-            app.router.add_route("*", "/{tail:.*}", self._handle)
-            self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-            loop.run_until_complete(self._runner.setup())
-            loop.run_until_complete(web.SockSite(self._runner, sock).start())
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(self._runner.cleanup())
-            loop.close()
-
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
-        assert ready.wait(30)
-        return self
-
-    def stop(self) -> None:
-        """Stop serving."""
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(30)
+        return await self.forward(request, self.target + request.path[len(self.prefix):],
+                                  ("content-type", "retry-after", "x-request-id"))
 
 
 # --------------------------------------------------------------------------- ini files

@@ -7,16 +7,15 @@ import asyncio
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import orjson
 import pytest
 
-from support import script_env, wait_until, write_script
+from support import ProxyServer, script_env, wait_until, write_script
 
 import isstreamer
 from isstreamer import layout as L
@@ -293,70 +292,28 @@ def test_wraparound_with_every_record_size(tmp_path, backend):
 # --------------------------------------------------------------------------- full ring policies
 
 
-class GatedProxy:
+class GatedProxy(ProxyServer):
     """Forwards every request to ``target`` once ``gate`` is set; until then requests wait.
 
     While closed it stalls the sender inside its HTTP request, so the ring fills up."""
 
     def __init__(self, target: str) -> None:
-        self.target = target.rstrip("/")
+        super().__init__(target)
         self.gate = threading.Event()
-        self.url = ""
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._thread: Optional[threading.Thread] = None
         self.waiting = 0
 
-    async def _handle(self, request):
-        from aiohttp import ClientSession, web
-
-        body = await request.read()
+    async def handle(self, request):  # -> web.Response
+        await request.read()
         self.waiting += 1
         while not self.gate.is_set():
             await asyncio.sleep(0.01)
         self.waiting -= 1
-        headers = {k: v for k, v in request.headers.items()
-                   if k.lower() not in ("host", "content-length", "transfer-encoding")}
-        async with ClientSession() as session:
-            async with session.request(request.method, self.target + request.path, params=request.query,
-                                       headers=headers, data=body) as r:
-                data = await r.read()
-                return web.Response(status=r.status, body=data,
-                                    headers={"Content-Type": r.headers.get("Content-Type", "application/json")})
-
-    def start(self) -> "GatedProxy":
-        """Listen on a free loopback port in a background thread."""
-        from aiohttp import web
-
-        ready = threading.Event()
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(128)
-        sock.setblocking(False)
-        self.url = "http://127.0.0.1:%d" % sock.getsockname()[1]
-
-        def run() -> None:
-            loop = self._loop = asyncio.new_event_loop()
-            app = web.Application()
-            app.router.add_route("*", "/{tail:.*}", self._handle)
-            runner = web.AppRunner(app, access_log=None, handle_signals=False)
-            loop.run_until_complete(runner.setup())
-            loop.run_until_complete(web.SockSite(runner, sock).start())
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(runner.cleanup())
-            loop.close()
-
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
-        assert ready.wait(30)
-        return self
+        return await self.forward(request, self.target + request.path)
 
     def stop(self) -> None:
         """Open the gate and stop serving."""
         self.gate.set()
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(30)
+        super().stop()
 
 
 @pytest.fixture
