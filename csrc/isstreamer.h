@@ -66,12 +66,11 @@ typedef struct {
     uint64_t total_size;
     /* sender control (offset 40) */
     uint64_t sender_pid;
-    uint64_t sender_heartbeat_ns; /* CLOCK_MONOTONIC, written by the sender */
-    uint64_t sender_lock;         /* pid of a process (re)starting the sender, 0 = none */
+    uint64_t _reserved0[2];       /* unused: liveness is decided by pid, not a heartbeat */
     uint64_t flush_seq;           /* bumped by flush(): send partial batches now */
-    uint64_t closing;             /* 1: exit once drained and no owner is left */
+    uint64_t _reserved1;          /* unused */
     uint64_t nbuckets_used;
-    uint64_t creator_pid;
+    uint64_t _reserved2;          /* unused */
     uint8_t _pad0[128 - 96];
     /* counters written by the sender, or atomically by anyone (offset 128) */
     uint64_t counters[ISS_NCOUNTERS];

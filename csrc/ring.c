@@ -19,6 +19,8 @@ _Static_assert(sizeof(iss_bucket) == ISS_BUCKET_SIZE, "bucket slot layout change
 _Static_assert(sizeof(iss_seg_hdr) == ISS_SEG_HDR_SIZE, "segment header layout changed");
 _Static_assert(sizeof(iss_rec) == ISS_REC_HDR_SIZE, "record header layout changed");
 _Static_assert(offsetof(iss_ring_hdr, sender_pid) == 40, "sender_pid offset");
+_Static_assert(offsetof(iss_ring_hdr, flush_seq) == 64, "flush_seq offset");
+_Static_assert(offsetof(iss_ring_hdr, nbuckets_used) == 80, "nbuckets_used offset");
 _Static_assert(offsetof(iss_ring_hdr, counters) == 128, "counters offset");
 _Static_assert(offsetof(iss_ring_hdr, drops) == 384, "drops offset");
 _Static_assert(offsetof(iss_seg_hdr, head) == 64, "head offset");

@@ -119,7 +119,6 @@ class Ring:
             struct.pack_into("=IIIIIIQ", mm, L.H_VERSION, L.LAYOUT_VERSION, L.HDR_SIZE,
                              max_producers, seg, nbuckets, L.BUCKET_SIZE, size)
             _Q.pack_into(mm, L.H_MAGIC, L.MAGIC)
-        _Q.pack_into(mm, L.H_CREATOR_PID, os.getpid())
         return cls(path, fd, mm, native)
 
     @classmethod

@@ -110,7 +110,6 @@ class Sender:
         idle = 0.001
         while True:
             now = time.monotonic()
-            ring.store(L.H_HEARTBEAT, time.monotonic_ns())
             if now - self._last_liveness >= self.LIVENESS_EVERY:
                 self._last_liveness = now
                 self.live_owners = self._any_live_owner()
