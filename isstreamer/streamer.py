@@ -19,7 +19,7 @@ from .config import load_config
 from .flatten import flatten_object
 from .procutil import pid_alive
 from .ring import Attachment, Ring, RingClosed, logs_for, puts_for, use_native
-from .sender import SenderSettings
+from .settings import SenderSettings
 from .spool import DEFAULT_MAX_BYTES, default_spool_dir
 from .values import Skip, coerce_epoch, coerce_key, coerce_value, console_line
 

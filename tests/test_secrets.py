@@ -18,7 +18,7 @@ from support import script_env, wait_until, write_script
 
 import isstreamer
 from isstreamer.config import load_config
-from isstreamer.sender import SenderSettings
+from isstreamer.settings import SenderSettings
 
 SECRET = "ist_S3cr3tAcc3ssK3y_9f8e7d6c5b4a"
 SECRET_PARTS = (SECRET, SECRET[4:], SECRET[-16:])  # also no unmasked tail or body
