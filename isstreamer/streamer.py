@@ -596,6 +596,21 @@ class Streamer:
         out["converted"] = dict(self._converted)
         return out
 
+    # ---- introspection ----------------------------------------------------------------------------
+    @property
+    def ring_path(self) -> Optional[str]:
+        """Path of the shared ring this Streamer writes to (None offline)."""
+        ring = getattr(self, "_ring", None)
+        return None if ring is None else ring.path
+
+    @property
+    def sender_pid(self) -> Optional[int]:
+        """Pid of the sender process last started on this ring (None offline or when none runs)."""
+        ring = getattr(self, "_ring", None)
+        if ring is None or self.IsClosed:
+            return None
+        return ring.load(L.H_SENDER_PID) or None
+
     # ---- context manager and finalisation ----------------------------------------------------------
     def __enter__(self) -> "Streamer":
         return self
