@@ -1,14 +1,19 @@
 /*
  * isstreamer: shared-memory ring and JSON batch encoder.
  *
- * The shared region is one file mapped MAP_SHARED by every process that uses a Streamer:
+ * A ring-format file is mapped MAP_SHARED by the processes that use it:
  *
  *   [iss_ring_hdr (4096)] [iss_bucket x nbuckets] [ (iss_seg_hdr (320) + data) x nsegs ]
  *
- * Each producer process owns one segment: a single-producer / single-consumer byte ring.
- * Threads of that process serialise on the segment's spinlock; the sender process is the only
- * consumer. A producer publishes a record by a release store of `head` after writing it, so a
- * producer killed mid-write never publishes a torn record and never wedges the consumer.
+ * A Streamer's ring is a table file (iss_ring_hdr with ISS_TABLE_MAGIC, the bucket table, then
+ * iss_slot x nslots: the producers' registry) plus one ring-format file per producer process
+ * with a single segment (nsegs = 1, nbuckets = 1; records carry indices into the table's
+ * buckets). A segment is a single-producer / single-consumer byte ring. Threads of the owning
+ * process serialise on the segment's spinlock; the sender process is the only consumer. A
+ * producer publishes a record by a release store of `head` after writing it, so a producer
+ * killed mid-write never publishes a torn record and never wedges the consumer. Ownership is
+ * a POSIX record lock on the segment file held by the producer process (the kernel drops it
+ * when the process dies; fork children do not inherit it): see isstreamer/ring.py.
  *
  * Every cross-process field is fixed-width and naturally aligned; 64-bit fields are accessed
  * with __atomic builtins only (lock-free on x86-64, aarch64 and ARMv7 with LDREXD/STREXD).
@@ -21,7 +26,8 @@
 #include <stdint.h>
 
 #define ISS_MAGIC UINT64_C(0x315347524e525349) /* "ISRNRGS1" little-endian */
-#define ISS_LAYOUT_VERSION 1u
+#define ISS_TABLE_MAGIC UINT64_C(0x3142415452525349) /* "ISRRTAB1" little-endian */
+#define ISS_LAYOUT_VERSION 2u
 
 #define ISS_HDR_SIZE 4096u
 #define ISS_BUCKET_SIZE 2048u
@@ -44,14 +50,16 @@
 #define ISS_T_TRUE 5u
 #define ISS_T_FALSE 6u
 
-/* segment states */
-#define ISS_SEG_FREE 0u
-#define ISS_SEG_OWNED 1u
-#define ISS_SEG_RELEASED 2u
+/* producer slot states (table file) */
+#define ISS_SLOT_FREE 0u
+#define ISS_SLOT_OWNED 1u
+#define ISS_SLOT_RELEASED 2u
+#define ISS_SLOT_SIZE 64u
 
 /* put() return codes */
 #define ISS_OK 0
 #define ISS_FULL 1
+#define ISS_DROPPED 2 /* full, and the producer is in a drop episode: counted as ring_full */
 #define ISS_ETOOBIG (-1)
 #define ISS_EINVAL (-2)
 
@@ -65,12 +73,13 @@ typedef struct {
     uint32_t bucket_size;
     uint64_t total_size;
     /* sender control (offset 40) */
-    uint64_t sender_pid;
-    uint64_t _reserved0[2];       /* unused: liveness is decided by pid, not a heartbeat */
+    uint64_t sender_pid;          /* informational: liveness is the sender's record lock */
+    uint64_t closing;             /* table: set by the sender when it removes the ring */
+    uint64_t _reserved0;          /* unused */
     uint64_t flush_seq;           /* bumped by flush(): send partial batches now */
     uint64_t _reserved1;          /* unused */
     uint64_t nbuckets_used;
-    uint64_t _reserved2;          /* unused */
+    uint64_t nslots_used;         /* table: high-water mark of producer slots ever claimed */
     uint8_t _pad0[128 - 96];
     /* counters written by the sender, or atomically by anyone (offset 128) */
     uint64_t counters[ISS_NCOUNTERS];
@@ -88,11 +97,9 @@ typedef struct {
 } iss_bucket;
 
 typedef struct {
-    /* ownership, cache line 0 */
-    uint64_t state;
-    uint64_t owner_pid;
-    uint64_t owner_token; /* random per attach, tells a reused pid apart */
-    uint64_t lock;        /* spinlock of the owner's threads */
+    /* cache line 0 */
+    uint64_t _reserved0[3]; /* unused: ownership is a record lock on the file, see iss_slot */
+    uint64_t lock;          /* spinlock of the owner's threads */
     uint8_t _pad0[64 - 32];
     /* producer, offset 64 */
     uint64_t head;    /* bytes published (monotonic) */
@@ -117,6 +124,15 @@ typedef struct {
     /* then: 8-byte number (F64/I64) | key bytes | string bytes | zero padding to 8 */
 } iss_rec;
 
+/* Table file: one registered producer segment file. */
+typedef struct {
+    uint64_t state;     /* ISS_SLOT_* */
+    uint64_t seg_id;    /* random, names the segment file; 0 while free */
+    uint64_t owner_pid; /* informational only: liveness is the segment file's record lock */
+    uint64_t data_size; /* bytes of the segment's data area */
+    uint64_t _reserved[4];
+} iss_slot;
+
 /* Process-local producer handle (not shared). */
 typedef struct {
     uint8_t *base;       /* start of the mapping */
@@ -127,6 +143,9 @@ typedef struct {
     uint64_t cached_tail;
     uint32_t bucket;
     uint32_t seg_index;
+    uint32_t dropping; /* set by the caller after a full-ring wait: ISS_FULL is then counted
+                          as a ring_full drop and returned as ISS_DROPPED; cleared by a put */
+    uint32_t _pad;
 } iss_producer;
 
 /* Result of one encoded batch. */
@@ -160,6 +179,11 @@ int iss_log_f64_at(iss_producer *p, uint32_t key_id, double v, double epoch);
 int iss_log_i64_at(iss_producer *p, uint32_t key_id, int64_t v, double epoch);
 int iss_log_bool_at(iss_producer *p, uint32_t key_id, int v, double epoch);
 int iss_log_str_at(iss_producer *p, uint32_t key_id, const char *s, size_t slen, double epoch);
+
+/* --- fork: the process-local key table's lock is reset in a fork child --- */
+void iss_before_fork(void);
+void iss_after_fork_parent(void);
+void iss_after_fork_child(void);
 
 /* --- atomics on the mapping, for the Python side --- */
 uint64_t iss_load64(const uint8_t *base, uint64_t map_size, uint64_t off);

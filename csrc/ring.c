@@ -27,6 +27,20 @@ _Static_assert(offsetof(iss_seg_hdr, head) == 64, "head offset");
 _Static_assert(offsetof(iss_seg_hdr, drops) == 80, "seg drops offset");
 _Static_assert(offsetof(iss_seg_hdr, tail) == 256, "tail offset");
 _Static_assert(offsetof(iss_rec, epoch) == 16, "epoch offset");
+_Static_assert(sizeof(iss_slot) == ISS_SLOT_SIZE, "slot layout changed");
+_Static_assert(offsetof(iss_ring_hdr, nslots_used) == 88, "nslots_used offset");
+_Static_assert(offsetof(iss_ring_hdr, closing) == 48, "closing offset");
+_Static_assert(offsetof(iss_seg_hdr, lock) == 24, "lock offset");
+
+/* ---- interned keys: a process-local table, chunks never move once allocated ---- */
+typedef struct {
+    uint16_t len;
+    char bytes[];
+} iss_key;
+
+static iss_key **keytab[ISS_KEYTAB_CHUNKS];
+static uint32_t keytab_n;
+static uint32_t keytab_lock;
 
 #define LOAD_ACQ(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
 #define LOAD_RLX(p) __atomic_load_n((p), __ATOMIC_RELAXED)
@@ -99,10 +113,24 @@ int iss_producer_attach(iss_producer *p, uint8_t *base, uint64_t map_size, uint3
     p->data_size = h->seg_data_size;
     p->cached_tail = LOAD_ACQ(&p->seg->tail);
     p->seg_index = seg_index;
-    if (p->bucket >= h->nbuckets)
+    p->dropping = 0;
+    if (p->bucket > 65535u) /* records carry a u16 index into the table's buckets */
         p->bucket = 0;
     return ISS_OK;
 }
+
+/* The key table's lock is process-local: fork() copies it in whatever state another thread left
+ * it. Taking it around fork (the before / after hooks, registered with os.register_at_fork)
+ * means no child starts with it held and the table is never copied half-updated. */
+void iss_before_fork(void)
+{
+    while (__atomic_exchange_n(&keytab_lock, 1u, __ATOMIC_ACQUIRE) != 0)
+        sched_yield();
+}
+
+void iss_after_fork_parent(void) { __atomic_store_n(&keytab_lock, 0u, __ATOMIC_RELEASE); }
+
+void iss_after_fork_child(void) { __atomic_store_n(&keytab_lock, 0u, __ATOMIC_RELEASE); }
 
 static void seg_lock(iss_seg_hdr *s)
 {
@@ -151,9 +179,14 @@ static int put(iss_producer *p, uint8_t type, const char *key, size_t keylen, co
         p->cached_tail = LOAD_ACQ(&seg->tail);
         if (head + need - p->cached_tail > ds) {
             seg_unlock(seg);
+            if (p->dropping) { /* one wait per full episode; after it, drops cost a put */
+                __atomic_add_fetch(&seg->drops[0], (uint64_t)1, __ATOMIC_RELAXED);
+                return ISS_DROPPED;
+            }
             return ISS_FULL;
         }
     }
+    p->dropping = 0;
     uint8_t *d = p->data;
     if (size > contig) {
         /* pad to the end of the data area; contig >= 8 since everything is 8-aligned */
@@ -217,17 +250,6 @@ int iss_put_str(iss_producer *p, const char *key, size_t keylen, const char *s, 
 {
     return put(p, ISS_T_STR, key, keylen, NULL, s, slen, epoch);
 }
-
-/* ---- interned keys: a process-local table, chunks never move once allocated ---- */
-
-typedef struct {
-    uint16_t len;
-    char bytes[];
-} iss_key;
-
-static iss_key **keytab[ISS_KEYTAB_CHUNKS];
-static uint32_t keytab_n;
-static uint32_t keytab_lock;
 
 int32_t iss_key_intern(const char *key, size_t keylen)
 {

@@ -18,9 +18,26 @@ CSRC = os.path.join(os.path.dirname(HERE), "csrc")
 CDEF_TYPES = """
 typedef struct {
     uint8_t *base; uint64_t map_size; uint64_t data_size; uint64_t cached_tail;
-    uint32_t bucket; uint32_t seg_index;
+    uint32_t bucket; uint32_t seg_index; uint32_t dropping;
     ...;
 } iss_producer;
+typedef struct {
+    uint64_t magic; uint32_t version; uint32_t hdr_size; uint32_t nsegs; uint32_t seg_data_size;
+    uint32_t nbuckets; uint32_t bucket_size; uint64_t total_size; uint64_t sender_pid; uint64_t closing;
+    uint64_t flush_seq; uint64_t nbuckets_used; uint64_t nslots_used;
+    uint64_t counters[32]; uint64_t drops[16];
+    ...;
+} iss_ring_hdr;
+typedef struct {
+    uint64_t lock; uint64_t head; uint64_t logged; uint64_t drops[16]; uint64_t tail; uint64_t consumed;
+    ...;
+} iss_seg_hdr;
+typedef struct { uint64_t state; uint64_t seg_id; uint64_t owner_pid; uint64_t data_size; ...; } iss_slot;
+typedef struct {
+    uint32_t size; uint8_t type; uint8_t flags; uint16_t bucket; uint16_t keylen; uint32_t vallen;
+    double epoch;
+    ...;
+} iss_rec;
 typedef struct {
     uint64_t end; uint32_t nevents; uint32_t bucket; uint32_t corrupt; uint32_t skipped;
 } iss_batch;

@@ -10,7 +10,7 @@ import json
 import math
 import struct
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 from . import layout as L
 from .ring import Ring, _ffi, _lib
@@ -54,20 +54,26 @@ class Batch:
 class Encoder:
     """Encodes batches from a ring, with the C encoder or the fallback."""
 
-    def __init__(self, ring: Ring, max_batch_bytes: int, native: bool) -> None:
-        self.ring = ring
+    def __init__(self, ring: Optional[Ring], max_batch_bytes: int, native: bool) -> None:
+        self.ring = ring  # the default ring of next_batch()
         self.cap = max(int(max_batch_bytes), MIN_BATCH_BYTES)
-        self.native = bool(native and _lib is not None and ring.ptr is not None)
+        self.native = bool(native and _lib is not None and (ring is None or ring.ptr is not None))
         if self.native:
             assert _ffi is not None
             self._out = _ffi.new("char[]", self.cap)
             self._info = _ffi.new("iss_batch *")
-        self.next_batch: Callable[[int, int, int], Batch] = (
+        self._next: Callable[[Ring, int, int, int], Batch] = (
             self._next_native if self.native else self._next_python
         )
 
-    def _next_native(self, seg: int, start: int, max_events: int) -> Batch:
-        n = _lib.iss_encode_batch(self.ring.ptr, self.ring.size, seg, start, max_events,
+    def next_batch(self, seg: int, start: int, max_events: int, ring: Optional[Ring] = None) -> Batch:
+        """The records of segment ``seg`` from byte ``start`` (at most ``max_events``), encoded."""
+        r = ring if ring is not None else self.ring
+        assert r is not None
+        return self._next(r, seg, start, max_events)
+
+    def _next_native(self, ring: Ring, seg: int, start: int, max_events: int) -> Batch:
+        n = _lib.iss_encode_batch(ring.ptr, ring.size, seg, start, max_events,
                                   self._out, self.cap, self._info)
         if n < 0:
             raise ValueError("isstreamer: encoder refused segment %d (code %d)" % (seg, n))
@@ -75,8 +81,7 @@ class Encoder:
         return Batch(_ffi.buffer(self._out, n)[:], seg, start, i.end, i.nevents, i.bucket,
                      bool(i.corrupt), i.skipped)
 
-    def _next_python(self, seg: int, start: int, max_events: int) -> Batch:
-        ring = self.ring
+    def _next_python(self, ring: Ring, seg: int, start: int, max_events: int) -> Batch:
         mm = ring.mm
         base = ring.seg_offset(seg)
         data = base + L.SEG_HDR_SIZE

@@ -5,8 +5,9 @@ name the 64-bit slots of the ring header that ``Streamer.stats()`` reports.
 """
 from __future__ import annotations
 
-MAGIC = 0x315347524E525349
-LAYOUT_VERSION = 1
+MAGIC = 0x315347524E525349  # a ring-format file (a producer's segment file)
+TABLE_MAGIC = 0x3142415452525349  # a Streamer's table file
+LAYOUT_VERSION = 2
 
 HDR_SIZE = 4096
 BUCKET_SIZE = 2048
@@ -32,13 +33,14 @@ H_TOTAL_SIZE = 32
 H_SENDER_PID = 40
 H_FLUSH_SEQ = 64
 H_NBUCKETS_USED = 80
+H_NSLOTS_USED = 88
+H_CLOSING = 48  # table: set by the sender when it removes the ring
+H_META = 1024  # table: u32 length + JSON of the non-secret settings (orphan adoption)
+META_MAX = HDR_SIZE - H_META - 4
 H_COUNTERS = 128
 H_DROPS = 384
 
 # segment header field offsets (relative to the segment)
-S_STATE = 0
-S_OWNER_PID = 8
-S_OWNER_TOKEN = 16
 S_LOCK = 24
 S_HEAD = 64
 S_LOGGED = 72
@@ -46,9 +48,22 @@ S_DROPS = 80
 S_TAIL = 256
 S_CONSUMED = 264
 
-SEG_FREE = 0
-SEG_OWNED = 1
-SEG_RELEASED = 2
+# producer slots of the table file (after the bucket table)
+SLOT_SIZE = 64
+SL_STATE = 0
+SL_SEG_ID = 8
+SL_OWNER_PID = 16
+SL_DATA_SIZE = 24
+SLOT_FREE = 0
+SLOT_OWNED = 1
+SLOT_RELEASED = 2
+
+# POSIX record locks: byte offsets locked in the table file (no data lives there) and in a
+# segment file. The kernel drops them when their process dies; fork children do not inherit them.
+LOCK_TABLE = 0  # short critical sections: bucket table, slot registry
+LOCK_SENDER = 1  # held by the live sender for its whole life
+LOCK_SPAWN = 2  # held by the process starting a sender
+LOCK_OWNER = 0  # segment file: held by its producer process for its whole life
 
 # record types
 T_PAD = 1
@@ -62,6 +77,7 @@ T_FALSE = 6
 OK = 0
 FULL = 1
 ETOOBIG = -1
+DROPPED = 2  # full, in a drop episode: already counted as ring_full by the put
 EINVAL = -2
 
 # header counters: index -> name (written by the sender)
@@ -110,6 +126,16 @@ def layout_size(nsegs: int, seg_data_size: int, nbuckets: int) -> int:
 def seg_offset(nbuckets: int, seg_data_size: int, index: int) -> int:
     """Byte offset of segment ``index``."""
     return HDR_SIZE + nbuckets * BUCKET_SIZE + index * (SEG_HDR_SIZE + seg_data_size)
+
+
+def slot_offset(nbuckets: int, index: int) -> int:
+    """Byte offset of producer slot ``index`` in a table file."""
+    return HDR_SIZE + nbuckets * BUCKET_SIZE + index * SLOT_SIZE
+
+
+def table_size(nbuckets: int, nslots: int) -> int:
+    """Bytes of a table file."""
+    return HDR_SIZE + nbuckets * BUCKET_SIZE + nslots * SLOT_SIZE
 
 
 def bucket_offset(index: int) -> int:

@@ -1,23 +1,43 @@
-"""The shared-memory ring: one file, mapped by every process that uses a Streamer.
+"""The shared-memory ring: a table file and one segment file per producer process.
 
-Layout and record format are defined in ``csrc/isstreamer.h`` (mirrored in :mod:`layout`).
+Layout and record format are defined in ``csrc/isstreamer.h`` (numbers in :mod:`layout`); this
+module is the only reader of those bytes. A Streamer's ring is
+
+- a **table** file (:class:`Table`): counters, the bucket table, the producers' registry (slots)
+  and the non-secret settings an adopter of an orphaned ring needs;
+- one **segment** file per producer process (a one-segment :class:`Ring`), created on demand, so
+  the number of producers has no fixed limit and one producer alone can use the whole
+  ``ring_size``. Its pages are committed as they are written and returned by the sender
+  (``MADV_REMOVE``) once consumed.
+
+Ownership is what the kernel says: a producer holds a POSIX record lock on its segment file for
+as long as it lives (dropped by the kernel when the process dies, never inherited by a fork
+child, immune to pid reuse and pid namespaces); the sender holds one on the table for its life.
+Every file is created ``O_EXCL`` and opened ``O_NOFOLLOW``, then checked (a regular file of ours,
+mode 0600, and for pickled handles the same inode). Mappings used by producers are never
+unmapped while the process lives (a C call may be running in another thread with the GIL
+released): closing one replaces its pages with anonymous memory instead.
+
 Two backends write the same bytes: the cffi extension (``isstreamer._native``) and a
-pure-Python one (``struct`` on the mapping) used when the extension is missing or disabled
-with ``ISSTREAMER_NO_EXTENSION=1``. Slow paths that several processes may race on (claiming a
-segment, adding a bucket, reclaiming a segment) run under an ``flock`` of the ring file.
+pure-Python one (``struct`` and a uint64 memoryview) for installs without a compiler, refused
+on weakly ordered CPUs unless forced (see :func:`check_fallback_safe`).
 """
 from __future__ import annotations
 
 import contextlib
 import errno
 import fcntl
+import json
 import mmap
 import os
+import platform
 import secrets
+import stat
 import struct
+import sys
 import tempfile
 import threading
-from typing import Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from . import layout as L
 
@@ -35,6 +55,10 @@ _I64 = struct.Struct("=q")
 _BUCKET_HDR = struct.Struct("=IHH")
 
 ENV_NO_EXTENSION = "ISSTREAMER_NO_EXTENSION"
+ENV_FORCE_FALLBACK = "ISSTREAMER_FORCE_FALLBACK"
+_STRONGLY_ORDERED = ("x86_64", "amd64", "i386", "i686", "x86")
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def native_available() -> bool:
@@ -47,8 +71,28 @@ def use_native() -> bool:
     return _lib is not None and os.environ.get(ENV_NO_EXTENSION, "") in ("", "0")
 
 
+def check_fallback_safe() -> None:
+    """Refuse the pure-Python backend where it is unsafe, unless ``ISSTREAMER_FORCE_FALLBACK=1``.
+
+    It publishes ``head`` with a plain store and relies on the CPU not reordering stores, and on
+    64-bit loads and stores being single-copy atomic: true on x86, not on ARM (every Raspberry Pi).
+    """
+    machine = platform.machine().lower()
+    if machine in _STRONGLY_ORDERED or os.environ.get(ENV_FORCE_FALLBACK, "") not in ("", "0"):
+        return
+    raise RuntimeError(
+        "isstreamer: the C extension is not available, and the pure-Python fallback is not safe on "
+        "%s (a weakly ordered CPU): install with a C compiler (e.g. apt-get install gcc python3-dev, "
+        "then pip install --force-reinstall isstreamer), or set %s=1 to use it anyway"
+        % (machine or "this CPU", ENV_FORCE_FALLBACK))
+
+
 class RingClosed(OSError):
     """The ring file is gone: every user closed it and the sender removed it."""
+
+
+class RingRefused(ValueError):
+    """A file at a ring path is not ours (owner, mode, type or identity): it is never used."""
 
 
 def _default_dir() -> str:
@@ -58,8 +102,111 @@ def _default_dir() -> str:
     return tempfile.gettempdir()
 
 
-class Ring:
-    """A mapping of a ring file, with the header, bucket table and segment operations."""
+def open_private(path: str, create: bool = False) -> int:
+    """Open a ring file without following symlinks; refuse anything but a 0600 regular file of ours.
+
+    ``create``: make a new one (``O_EXCL``). Raises :class:`RingClosed` when it does not exist and
+    :class:`RingRefused` when it is not ours.
+    """
+    flags = os.O_RDWR | _O_CLOEXEC | _O_NOFOLLOW | ((os.O_CREAT | os.O_EXCL) if create else 0)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileNotFoundError as exc:
+        raise RingClosed(errno.ENOENT, "isstreamer: the ring is closed", path) from exc
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise RingRefused("isstreamer: refusing ring file %s: it is a symbolic link" % path) from exc
+        raise
+    try:
+        st = os.fstat(fd)
+        why = None
+        if not stat.S_ISREG(st.st_mode):
+            why = "not a regular file"
+        elif st.st_uid != os.geteuid():
+            why = "owned by uid %d, not by this user (%d)" % (st.st_uid, os.geteuid())
+        elif st.st_mode & 0o077:
+            why = "mode %o lets other users in (0600 expected)" % (st.st_mode & 0o777)
+        if why:
+            raise RingRefused("isstreamer: refusing ring file %s: %s" % (path, why))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _lock(fd: int, start: int, wait: bool) -> bool:
+    """Take a POSIX record lock on one byte; False when another process holds it (``wait=False``)."""
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB), 1, start)
+        return True
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EAGAIN):
+            return False
+        raise
+
+
+def _unlock(fd: int, start: int) -> None:
+    with contextlib.suppress(OSError):
+        fcntl.lockf(fd, fcntl.LOCK_UN, 1, start)
+
+
+def lock_held_elsewhere(fd: int, start: int) -> bool:
+    """True when another process holds the record lock on byte ``start`` of ``fd``'s file.
+
+    A probe that takes and drops the lock: portable (no ``struct flock`` layout), and a
+    concurrent probe only ever errs towards "held"."""
+    if _lock(fd, start, wait=False):
+        _unlock(fd, start)
+        return False
+    return True
+
+
+# ---- mappings that live as long as the process ------------------------------------------------
+
+_IMMORTAL: List[Any] = []
+_MAP_FIXED = 0x10  # Linux, every architecture we build for
+_MAP_NORESERVE = 0x4000
+
+
+def _keep_forever(obj: Any) -> None:
+    """Never deallocate ``obj``, not even during interpreter finalisation (module teardown would
+    otherwise unmap a ring under a daemon thread that is inside a C put)."""
+    _IMMORTAL.append(obj)
+    try:
+        import ctypes
+
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
+    except (ImportError, AttributeError, OSError):  # pragma: no cover - not CPython
+        pass
+
+
+def _retire_pages(mm: mmap.mmap) -> bool:
+    """Replace a shared mapping's pages by private anonymous memory at the same address.
+
+    The shared pages are released (the file may be unlinked and its memory freed), while a
+    thread still inside a put writes harmlessly into the anonymous pages instead of faulting."""
+    if not sys.platform.startswith("linux") or len(mm) == 0:
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                              ctypes.c_long]
+        buf = (ctypes.c_char * len(mm)).from_buffer(mm)
+        _IMMORTAL.append(buf)  # the buffer export also keeps mm from ever being closed
+        addr = ctypes.addressof(buf)
+        got = libc.mmap(addr, len(mm), mmap.PROT_READ | mmap.PROT_WRITE,
+                        mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_FIXED | _MAP_NORESERVE, -1, 0)
+        return got == addr
+    except (ImportError, AttributeError, OSError, TypeError, ValueError):  # pragma: no cover
+        return False
+
+
+class _Mapped:
+    """64-bit field access on a mapping: acquire / release atomics with the extension, one 8-byte
+    access each through a uint64 memoryview without it."""
 
     def __init__(self, path: str, fd: int, mm: mmap.mmap, native: bool) -> None:
         self.path = path
@@ -67,14 +214,8 @@ class Ring:
         self.mm = mm
         self.size = len(mm)
         self.native = native
-        self.nsegs = _I.unpack_from(mm, L.H_NSEGS)[0]
-        self.seg_data_size = _I.unpack_from(mm, L.H_SEG_DATA_SIZE)[0]
-        self.nbuckets = _I.unpack_from(mm, L.H_NBUCKETS)[0]
         self._tlock = threading.Lock()
-        self.users = 0  # Streamer objects of this process on this mapping (see streamer.py)
-        # 64-bit fields without the extension: an aligned memoryview of uint64 reads and writes
-        # each field with one 8-byte access (struct.pack_into zero-fills before writing, which
-        # another process could observe as a transient 0).
+        self._spawn_tlock = threading.Lock()
         self.q = memoryview(mm).cast("Q")
         self._buf = None
         self.ptr = None
@@ -82,80 +223,9 @@ class Ring:
             assert _ffi is not None
             self._buf = _ffi.from_buffer(mm)
             self.ptr = _ffi.cast("uint8_t *", self._buf)
+        st = os.fstat(fd)
+        self.identity: Tuple[int, int] = (st.st_dev, st.st_ino)
 
-    # ---- creation ----------------------------------------------------------------------
-    @classmethod
-    def create(
-        cls,
-        ring_size: int,
-        max_producers: int,
-        nbuckets: int = 1024,
-        directory: Optional[str] = None,
-        native: Optional[bool] = None,
-    ) -> "Ring":
-        """Create and initialise a new ring file; the caller becomes its creator."""
-        native = use_native() if native is None else native
-        if max_producers < 1:
-            raise ValueError("isstreamer: max_producers must be at least 1")
-        seg = max(L.SEG_DATA_MIN, (ring_size // max_producers) // 8 * 8)
-        size = L.layout_size(max_producers, seg, nbuckets)
-        directory = directory or _default_dir()
-        path = os.path.join(directory, "isstreamer-%d-%s.ring" % (os.getpid(), secrets.token_hex(6)))
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
-        try:
-            os.ftruncate(fd, size)
-            mm = mmap.mmap(fd, size)
-        except BaseException:
-            os.close(fd)
-            os.unlink(path)
-            raise
-        if native:
-            assert _ffi is not None and _lib is not None
-            with _ffi.from_buffer(mm) as buf:
-                rc = _lib.iss_ring_init(_ffi.cast("uint8_t *", buf), size, max_producers, seg, nbuckets)
-            if rc != 0:
-                raise ValueError("isstreamer: cannot initialise ring (code %d)" % rc)
-        else:
-            struct.pack_into("=IIIIIIQ", mm, L.H_VERSION, L.LAYOUT_VERSION, L.HDR_SIZE,
-                             max_producers, seg, nbuckets, L.BUCKET_SIZE, size)
-            _Q.pack_into(mm, L.H_MAGIC, L.MAGIC)
-        return cls(path, fd, mm, native)
-
-    @classmethod
-    def open(cls, path: str, native: Optional[bool] = None) -> "Ring":
-        """Map an existing ring file; raises RingClosed when it no longer exists."""
-        native = use_native() if native is None else native
-        try:
-            fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
-        except FileNotFoundError as exc:
-            raise RingClosed(errno.ENOENT, "isstreamer: the ring is closed", path) from exc
-        try:
-            size = os.fstat(fd).st_size
-            if size < L.HDR_SIZE or size % 8:
-                raise ValueError("isstreamer: %s is not a ring file" % path)
-            mm = mmap.mmap(fd, size)
-        except BaseException:
-            os.close(fd)
-            raise
-        if _Q.unpack_from(mm, L.H_MAGIC)[0] != L.MAGIC or _I.unpack_from(mm, L.H_VERSION)[0] != L.LAYOUT_VERSION:
-            mm.close()
-            os.close(fd)
-            raise ValueError("isstreamer: %s is not a ring file of this version" % path)
-        return cls(path, fd, mm, native)
-
-    def close(self) -> None:
-        """Unmap and close (the file stays for other processes). Nothing may use the mapping after."""
-        self.ptr = None
-        self.q.release()
-        if self._buf is not None:
-            _ffi.release(self._buf)  # type: ignore[union-attr]
-            self._buf = None
-        with contextlib.suppress(BufferError, ValueError):
-            self.mm.close()
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
-
-    # ---- 64-bit fields -------------------------------------------------------------------
     def load(self, off: int) -> int:
         """Read a 64-bit field (acquire with the extension)."""
         if self.ptr is not None:
@@ -178,6 +248,113 @@ class Ring:
         self.q[off >> 3] = v
         return v
 
+    def reset_after_fork(self) -> None:
+        """(fork child) Fresh process-local locks: another thread of the parent may have held them."""
+        self._tlock = threading.Lock()
+        self._spawn_tlock = threading.Lock()
+
+    def keep(self) -> None:
+        """This mapping is used by producers: keep it for the life of the process."""
+        _keep_forever(self)
+
+    def retire(self) -> None:
+        """Close the file (dropping this process's record locks on it) and release the shared pages
+        without unmapping: a concurrent put in another thread never faults."""
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+        self.fd = -1
+        _retire_pages(self.mm)
+
+    def close(self) -> None:
+        """Unmap and close. Only for single-threaded users (the sender, tools, tests)."""
+        self.ptr = None
+        self.q.release()
+        if self._buf is not None:
+            _ffi.release(self._buf)  # type: ignore[union-attr]
+            self._buf = None
+        with contextlib.suppress(BufferError, ValueError):
+            self.mm.close()
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
+
+
+class Ring(_Mapped):
+    """A mapped ring-format file: header, bucket slots and segments (a producer's segment file is
+    a ring with one segment and one unused bucket slot; tests and fuzz replays use more)."""
+
+    def __init__(self, path: str, fd: int, mm: mmap.mmap, native: bool) -> None:
+        super().__init__(path, fd, mm, native)
+        self.nsegs = _I.unpack_from(mm, L.H_NSEGS)[0]
+        self.seg_data_size = _I.unpack_from(mm, L.H_SEG_DATA_SIZE)[0]
+        self.nbuckets = _I.unpack_from(mm, L.H_NBUCKETS)[0]
+
+    @classmethod
+    def create(
+        cls,
+        ring_size: int,
+        nsegs: int = 1,
+        nbuckets: int = 1,
+        directory: Optional[str] = None,
+        native: Optional[bool] = None,
+        path: Optional[str] = None,
+    ) -> "Ring":
+        """Create and initialise a new ring-format file of ``nsegs`` segments sharing ``ring_size``
+        bytes of data (``path``: that name, else a fresh one in ``directory``)."""
+        native = use_native() if native is None else native
+        if nsegs < 1:
+            raise ValueError("isstreamer: a ring needs at least one segment")
+        seg = max(L.SEG_DATA_MIN, (ring_size // nsegs) // 8 * 8)
+        if seg >= 1 << 32:
+            raise ValueError("isstreamer: ring_size %d is too large (at most %d per process)" % (ring_size, (1 << 32) - 8))
+        size = L.layout_size(nsegs, seg, nbuckets)
+        if path is None:
+            path = os.path.join(directory or _default_dir(),
+                                "isstreamer-%d-%s.ring" % (os.getpid(), secrets.token_hex(6)))
+        fd = open_private(path, create=True)
+        try:
+            os.ftruncate(fd, size)
+            mm = mmap.mmap(fd, size)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
+        if native:
+            assert _ffi is not None and _lib is not None
+            with _ffi.from_buffer(mm) as buf:
+                rc = _lib.iss_ring_init(_ffi.cast("uint8_t *", buf), size, nsegs, seg, nbuckets)
+            if rc != 0:
+                raise ValueError("isstreamer: cannot initialise ring (code %d)" % rc)
+        else:
+            struct.pack_into("=IIIIIIQ", mm, L.H_VERSION, L.LAYOUT_VERSION, L.HDR_SIZE,
+                             nsegs, seg, nbuckets, L.BUCKET_SIZE, size)
+            _Q.pack_into(mm, L.H_MAGIC, L.MAGIC)
+        return cls(path, fd, mm, native)
+
+    @classmethod
+    def open(cls, path: str, native: Optional[bool] = None,
+             identity: Optional[Tuple[int, int]] = None) -> "Ring":
+        """Map an existing ring-format file of ours (see :func:`open_private`); raises RingClosed
+        when it no longer exists, RingRefused when it is not ours or not the file expected."""
+        native = use_native() if native is None else native
+        fd = open_private(path)
+        try:
+            mm = _map_checked(fd, path, L.MAGIC, identity)
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(path, fd, mm, native)
+
+    def seg_offset(self, index: int) -> int:
+        """Byte offset of segment ``index``."""
+        return L.seg_offset(self.nbuckets, self.seg_data_size, index)
+
+    def seg_field(self, index: int, field: int) -> int:
+        """Read a 64-bit field of a segment header."""
+        return self.load(self.seg_offset(index) + field)
+
     def counter(self, name: str) -> int:
         """Value of a header counter (see layout.COUNTERS)."""
         return self.load(L.H_COUNTERS + 8 * L.C[name])
@@ -187,78 +364,232 @@ class Ring:
         if n:
             self.add(L.H_COUNTERS + 8 * L.C[name], n)
 
-    # ---- cross-process lock for slow paths ---------------------------------------------------
+    def release_pages(self, index: int, start: int, end: int) -> None:
+        """(Sender) give the memory of consumed bytes [start, end) of segment ``index`` back to the
+        system (whole pages only). Call before publishing ``tail = end``: until then the
+        producer cannot write there, so a page is never punched under a write."""
+        ds = self.seg_data_size
+        if end - start < mmap.PAGESIZE or getattr(self, "_no_punch", False):
+            return
+        data = self.seg_offset(index) + L.SEG_HDR_SIZE
+        a, b = start % ds, end % ds
+        spans = [(a, b)] if a < b else [(a, ds), (0, b)]
+        if end - start >= ds:
+            spans = [(0, ds)]
+        for lo, hi in spans:
+            lo = -(-(data + lo) // mmap.PAGESIZE) * mmap.PAGESIZE
+            hi = (data + hi) // mmap.PAGESIZE * mmap.PAGESIZE
+            if hi > lo:
+                try:
+                    self.mm.madvise(mmap.MADV_REMOVE, lo, hi - lo)
+                except (AttributeError, OSError, ValueError):
+                    self._no_punch = True  # a file system without hole punching: keep the pages
+                    return
+
+
+def _map_checked(fd: int, path: str, magic: int, identity: Optional[Tuple[int, int]]) -> mmap.mmap:
+    """Map ``fd`` after checking its identity, size and header magic / version."""
+    st = os.fstat(fd)
+    if identity is not None and (st.st_dev, st.st_ino) != tuple(identity):
+        raise RingRefused("isstreamer: refusing ring file %s: it is not the file this handle was made for "
+                          "(replaced since)" % path)
+    if st.st_size < L.HDR_SIZE or st.st_size % 8:
+        raise RingRefused("isstreamer: refusing %s: not a ring file" % path)
+    mm = mmap.mmap(fd, st.st_size)
+    if _Q.unpack_from(mm, L.H_MAGIC)[0] != magic or _I.unpack_from(mm, L.H_VERSION)[0] != L.LAYOUT_VERSION:
+        mm.close()
+        raise RingRefused("isstreamer: refusing %s: not a ring file of this version" % path)
+    return mm
+
+
+class Table(_Mapped):
+    """A Streamer's table file: counters, buckets, the producers' registry and the settings an
+    adopter needs (no secret). Its record locks: ``LOCK_TABLE`` for short critical sections,
+    ``LOCK_SENDER`` held by the live sender, ``LOCK_SPAWN`` by a process starting one."""
+
+    NSLOTS = 4096
+    NBUCKETS = 1024
+
+    def __init__(self, path: str, fd: int, mm: mmap.mmap, native: bool) -> None:
+        super().__init__(path, fd, mm, native)
+        self.nslots = _I.unpack_from(mm, L.H_NSEGS)[0]
+        self.seg_data_size = _I.unpack_from(mm, L.H_SEG_DATA_SIZE)[0]
+        self.nbuckets = _I.unpack_from(mm, L.H_NBUCKETS)[0]
+        if L.table_size(self.nbuckets, self.nslots) > self.size or self.nbuckets > 65535:
+            raise RingRefused("isstreamer: refusing %s: inconsistent table header" % path)
+        self.base = path[:-5] if path.endswith(".ring") else path
+
+    @classmethod
+    def create(cls, seg_data_size: int, meta: Dict[str, Any], directory: Optional[str] = None,
+               native: Optional[bool] = None) -> "Table":
+        """Create a new table file (0600, ``O_EXCL``) in ``directory`` (default /dev/shm)."""
+        native = use_native() if native is None else native
+        if not L.SEG_DATA_MIN <= seg_data_size < 1 << 32:
+            raise ValueError("isstreamer: ring_size must be between %d and %d bytes, not %d"
+                             % (L.SEG_DATA_MIN, (1 << 32) - 8, seg_data_size))
+        blob = json.dumps(meta, sort_keys=True).encode()
+        if len(blob) > L.META_MAX:
+            raise ValueError("isstreamer: settings too long to record in the ring")
+        size = L.table_size(cls.NBUCKETS, cls.NSLOTS)
+        path = os.path.join(directory or _default_dir(),
+                            "isstreamer-%d-%s.ring" % (os.getpid(), secrets.token_hex(6)))
+        fd = open_private(path, create=True)
+        try:
+            os.ftruncate(fd, size)
+            mm = mmap.mmap(fd, size)
+            struct.pack_into("=IIIIIIQ", mm, L.H_VERSION, L.LAYOUT_VERSION, L.HDR_SIZE, cls.NSLOTS,
+                             seg_data_size // 8 * 8, cls.NBUCKETS, L.BUCKET_SIZE, size)
+            struct.pack_into("=I", mm, L.H_META, len(blob))
+            mm[L.H_META + 4: L.H_META + 4 + len(blob)] = blob
+            _Q.pack_into(mm, L.H_MAGIC, L.TABLE_MAGIC)
+            return cls(path, fd, mm, native)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
+
+    @classmethod
+    def open(cls, path: str, native: Optional[bool] = None,
+             identity: Optional[Tuple[int, int]] = None) -> "Table":
+        """Map an existing table file of ours; RingClosed when gone, RingRefused when not ours."""
+        native = use_native() if native is None else native
+        fd = open_private(path)
+        try:
+            mm = _map_checked(fd, path, L.TABLE_MAGIC, identity)
+            return cls(path, fd, mm, native)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    # ---- header ------------------------------------------------------------------------------
+    def counter(self, name: str) -> int:
+        """Value of a header counter (see layout.COUNTERS)."""
+        return self.load(L.H_COUNTERS + 8 * L.C[name])
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Add to a header counter."""
+        if n:
+            self.add(L.H_COUNTERS + 8 * L.C[name], n)
+
+    def drops(self) -> List[int]:
+        """Drops folded in from reclaimed segments (and drops counted on the ring), by reason."""
+        return [self.load(L.H_DROPS + 8 * i) for i in range(len(L.DROP_REASONS))]
+
+    def meta(self) -> Dict[str, Any]:
+        """The non-secret settings recorded at creation (for an adopter of an orphaned ring)."""
+        n = _I.unpack_from(self.mm, L.H_META)[0]
+        try:
+            out = json.loads(bytes(self.mm[L.H_META + 4: L.H_META + 4 + min(n, L.META_MAX)]))
+        except ValueError:
+            return {}
+        return out if isinstance(out, dict) else {}
+
+    @property
+    def closing(self) -> bool:
+        """True once the sender has decided to remove the ring (no new producer may join)."""
+        return self.load(L.H_CLOSING) != 0
+
+    # ---- record locks -------------------------------------------------------------------------
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Exclusive lock across threads and processes (a fresh open file description each time)."""
+        """Exclusive across threads (a process-local lock, reset in fork children) and processes (a
+        record lock: never inherited by a fork child, dropped by the kernel if the holder dies)."""
         with self._tlock:
-            proc = "/proc/self/fd/%d" % self.fd
+            if self.fd < 0:
+                raise RingClosed(errno.EBADF, "isstreamer: the ring is closed", self.path)
+            _lock(self.fd, L.LOCK_TABLE, wait=True)
             try:
-                lfd = os.open(proc if os.path.exists(proc) else self.path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
-            except FileNotFoundError as exc:
-                raise RingClosed(errno.ENOENT, "isstreamer: the ring is closed", self.path) from exc
-            try:
-                fcntl.flock(lfd, fcntl.LOCK_EX)
                 yield
             finally:
-                os.close(lfd)
+                _unlock(self.fd, L.LOCK_TABLE)
 
-    # ---- segments ------------------------------------------------------------------------------
-    def seg_offset(self, index: int) -> int:
-        """Byte offset of segment ``index``."""
-        return L.seg_offset(self.nbuckets, self.seg_data_size, index)
+    def sender_alive(self) -> bool:
+        """True when a sender process holds the sender lock (the kernel's word, not a pid)."""
+        return self.fd >= 0 and lock_held_elsewhere(self.fd, L.LOCK_SENDER)
 
-    def seg_field(self, index: int, field: int) -> int:
-        """Read a 64-bit field of a segment header."""
-        return self.load(self.seg_offset(index) + field)
+    def hold_sender_lock(self) -> bool:
+        """(Sender) take the sender lock for the life of this process; False if another holds it."""
+        return _lock(self.fd, L.LOCK_SENDER, wait=False)
 
-    def claim_segment(self, pid: int, token: int) -> Optional[int]:
-        """Take a free segment for process ``pid``; None when every segment is in use."""
+    @contextlib.contextmanager
+    def spawning(self) -> Iterator[None]:
+        """Held while checking for a sender and starting one: one starter at a time."""
+        with self._spawn_tlock:
+            _lock(self.fd, L.LOCK_SPAWN, wait=True)
+            try:
+                yield
+            finally:
+                _unlock(self.fd, L.LOCK_SPAWN)
+
+    # ---- producer slots -----------------------------------------------------------------------------
+    def slot_offset(self, index: int) -> int:
+        """Byte offset of producer slot ``index``."""
+        return L.slot_offset(self.nbuckets, index)
+
+    def seg_path(self, seg_id: int) -> str:
+        """Path of the segment file ``seg_id`` (beside the table, named after it)."""
+        return "%s.%016x.seg" % (self.base, seg_id)
+
+    def claim_slot(self, seg_id: int, data_size: int) -> int:
+        """Register segment file ``seg_id`` (already created and locked) for this process."""
         with self.locked():
-            for i in range(self.nsegs):
-                base = self.seg_offset(i)
-                if self.load(base + L.S_STATE) == L.SEG_FREE:
-                    self.store(base + L.S_OWNER_PID, pid)
-                    self.store(base + L.S_OWNER_TOKEN, token)
-                    self.store(base + L.S_STATE, L.SEG_OWNED)
+            if self.closing:
+                raise RingClosed(errno.ENOENT, "isstreamer: the ring is closed", self.path)
+            used = self.load(L.H_NSLOTS_USED)
+            for i in range(self.nslots):
+                off = self.slot_offset(i)
+                if self.load(off + L.SL_STATE) == L.SLOT_FREE:
+                    self.store(off + L.SL_SEG_ID, seg_id)
+                    self.store(off + L.SL_OWNER_PID, os.getpid())
+                    self.store(off + L.SL_DATA_SIZE, data_size)
+                    self.store(off + L.SL_STATE, L.SLOT_OWNED)
+                    if i >= used:
+                        self.store(L.H_NSLOTS_USED, i + 1)
                     return i
-        return None
+        raise RingRefused("isstreamer: every one of the ring's %d producer slots is in use" % self.nslots)
 
-    def release_segment(self, index: int, token: int) -> None:
-        """Hand a segment back: the sender drains it, then frees it."""
+    def release_slot(self, index: int, seg_id: int) -> None:
+        """Hand a segment back (close): the sender drains it, then frees it."""
         with self.locked():
-            base = self.seg_offset(index)
-            if self.load(base + L.S_OWNER_TOKEN) == token and self.load(base + L.S_STATE) == L.SEG_OWNED:
-                self.store(base + L.S_STATE, L.SEG_RELEASED)
+            off = self.slot_offset(index)
+            if self.load(off + L.SL_SEG_ID) == seg_id and self.load(off + L.SL_STATE) == L.SLOT_OWNED:
+                self.store(off + L.SL_STATE, L.SLOT_RELEASED)
 
-    def reclaim_segment(self, index: int) -> bool:
-        """(Sender) fold a drained, unowned segment's counters into the header and free it."""
+    def free_slot(self, index: int, seg_id: int, seg: Optional["Ring"]) -> bool:
+        """(Sender) fold a drained segment's counters into the header, free its slot, remove its file."""
         with self.locked():
-            base = self.seg_offset(index)
-            if self.load(base + L.S_STATE) == L.SEG_FREE:
+            off = self.slot_offset(index)
+            if self.load(off + L.SL_SEG_ID) != seg_id or self.load(off + L.SL_STATE) == L.SLOT_FREE:
                 return False
-            if self.load(base + L.S_HEAD) != self.load(base + L.S_TAIL):
-                return False
-            self.count("logged_reclaimed", self.load(base + L.S_LOGGED))
-            self.count("consumed_reclaimed", self.load(base + L.S_CONSUMED))
-            for r in range(L.NDROPS):
-                n = self.load(base + L.S_DROPS + 8 * r)
-                if n:
-                    self.add(L.H_DROPS + 8 * r, n)
-            for off in (L.S_HEAD, L.S_LOGGED, L.S_TAIL, L.S_CONSUMED, L.S_OWNER_PID, L.S_OWNER_TOKEN, L.S_LOCK):
-                self.store(base + off, 0)
-            for r in range(L.NDROPS):
-                self.store(base + L.S_DROPS + 8 * r, 0)
-            self.store(base + L.S_STATE, L.SEG_FREE)
+            if seg is not None:
+                b = seg.seg_offset(0)
+                if seg.load(b + L.S_HEAD) != seg.load(b + L.S_TAIL):
+                    return False
+                self.count("logged_reclaimed", seg.load(b + L.S_LOGGED))
+                self.count("consumed_reclaimed", seg.load(b + L.S_CONSUMED))
+                for r in range(L.NDROPS):
+                    n = seg.load(b + L.S_DROPS + 8 * r)
+                    if n:
+                        self.add(L.H_DROPS + 8 * r, n)
+            with contextlib.suppress(OSError):
+                os.unlink(self.seg_path(seg_id))
+            for f in (L.SL_SEG_ID, L.SL_OWNER_PID, L.SL_DATA_SIZE):
+                self.store(off + f, 0)
+            self.store(off + L.SL_STATE, L.SLOT_FREE)
             return True
 
-    def owners(self) -> Iterator[Tuple[int, int, int]]:
-        """(index, state, owner pid) of every segment that is not free."""
-        for i in range(self.nsegs):
-            base = self.seg_offset(i)
-            st = self.load(base + L.S_STATE)
-            if st != L.SEG_FREE:
-                yield i, st, self.load(base + L.S_OWNER_PID)
+    def slots(self) -> Iterator[Tuple[int, int, int, int]]:
+        """(index, state, segment id, data size) of every slot in use."""
+        for i in range(min(self.load(L.H_NSLOTS_USED), self.nslots)):
+            off = self.slot_offset(i)
+            st = self.load(off + L.SL_STATE)
+            if st != L.SLOT_FREE:
+                yield i, st, self.load(off + L.SL_SEG_ID), self.load(off + L.SL_DATA_SIZE)
+
+    def data_in_use(self) -> int:
+        """Bytes of segment data registered (the cap a new producer's segment must fit in)."""
+        return sum(size for _, _, _, size in self.slots())
 
     # ---- buckets ------------------------------------------------------------------------------
     def add_bucket(self, key: str, name: str) -> int:
@@ -298,24 +629,41 @@ class Ring:
 
 # ---- producers ----------------------------------------------------------------------------------
 
+class SegmentState:
+    """Process-local state shared by the pure-Python producers of one segment: the lock of its
+    threads, the threads inside a put (a signal handler interrupting one must not wait for it)
+    and the records such handlers left to write."""
+
+    __slots__ = ("lock", "busy", "deferred")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.busy: set = set()
+        self.deferred: List[Tuple[Any, ...]] = []
+
+
 class PyProducer:
     """Pure-Python producer on one segment: same bytes as the C ``iss_put_*`` functions."""
 
-    __slots__ = ("ring", "mm", "q", "seg", "data", "ds", "lock", "bucket", "cached_tail")
+    __slots__ = ("ring", "mm", "q", "seg", "data", "ds", "state", "bucket", "cached_tail", "dropping")
 
-    def __init__(self, ring: Ring, seg_index: int, lock: threading.Lock, bucket: int = 0) -> None:
+    def __init__(self, ring: Ring, seg_index: int, state: SegmentState, bucket: int = 0) -> None:
         self.ring = ring
         self.mm = ring.mm
         self.q = ring.q
         self.seg = ring.seg_offset(seg_index)
         self.data = self.seg + L.SEG_HDR_SIZE
         self.ds = ring.seg_data_size
-        self.lock = lock
+        self.state = state
         self.bucket = bucket
+        self.dropping = 0
         self.cached_tail = self.q[(self.seg + L.S_TAIL) >> 3]
 
     def put(self, rtype: int, key: bytes, num: Optional[bytes], s: bytes, epoch: float) -> int:
-        """Append one record; returns an ``iss_put_*`` code."""
+        """Append one record; returns an ``iss_put_*`` code.
+
+        A signal handler that logs while this thread is inside a put does not wait for the lock
+        this thread holds (it would wait forever): its record is written right after."""
         klen, slen = len(key), len(s)
         if klen == 0 or klen > L.KEY_MAX or slen > L.STR_MAX:
             return L.ETOOBIG
@@ -323,10 +671,35 @@ class PyProducer:
             import time
 
             epoch = time.time()
+        st = self.state
+        me = threading.get_ident()
+        if me in st.busy:
+            st.deferred.append((self, rtype, key, num, s, epoch))
+            return L.OK
+        st.busy.add(me)
+        try:
+            rc = self._write(rtype, key, num, s, epoch)
+        finally:
+            st.busy.discard(me)
+        while st.deferred and me not in st.busy:
+            try:
+                item = st.deferred.pop(0)
+            except IndexError:
+                break
+            st.busy.add(me)
+            try:
+                if item[0]._write(*item[1:]) != L.OK:
+                    item[0].count_drop(L.D["ring_full"])
+            finally:
+                st.busy.discard(me)
+        return rc
+
+    def _write(self, rtype: int, key: bytes, num: Optional[bytes], s: bytes, epoch: float) -> int:
+        klen, slen = len(key), len(s)
         body = L.REC_HDR_SIZE + (8 if num is not None else 0) + klen + slen
         size = (body + 7) & ~7
         mm, q, ds, seg = self.mm, self.q, self.ds, self.seg
-        with self.lock:
+        with self.state.lock:
             head = q[(seg + L.S_HEAD) >> 3]
             off = head % ds
             contig = ds - off
@@ -334,7 +707,11 @@ class PyProducer:
             if head + need - self.cached_tail > ds:
                 self.cached_tail = q[(seg + L.S_TAIL) >> 3]
                 if head + need - self.cached_tail > ds:
+                    if self.dropping:  # one wait per full episode; after it, drops cost a put
+                        q[(seg + L.S_DROPS + 8 * L.D["ring_full"]) >> 3] += 1
+                        return L.DROPPED
                     return L.FULL
+            self.dropping = 0
             base = self.data
             if size > contig:
                 struct.pack_into("=IBxxx", mm, base + off, contig, L.T_PAD)
@@ -361,7 +738,7 @@ class PyProducer:
     def count_drop(self, reason: int) -> None:
         """Count one event refused by this producer."""
         off = self.seg + L.S_DROPS + 8 * reason
-        with self.lock:
+        with self.state.lock:
             self.q[off >> 3] += 1
 
 
@@ -388,15 +765,38 @@ def py_put_str(p: PyProducer, key: bytes, keylen: int, s: bytes, slen: int, epoc
 
 
 class Attachment:
-    """This process's segment of a ring, shared by every Streamer object of the process."""
+    """This process's segment of a ring, shared by every Streamer object of the process.
 
-    def __init__(self, ring: Ring, seg_index: int, token: int) -> None:
+    ``slot`` and ``seg_id`` name its registration in the table (None for a bare ring file)."""
+
+    def __init__(self, ring: Ring, seg_index: int = 0, token: int = 0, slot: Optional[int] = None) -> None:
         self.ring = ring
         self.seg_index = seg_index
-        self.token = token
+        self.seg_id = token
+        self.slot = slot
         self.pid = os.getpid()
         self.refs = 0
-        self.lock = threading.Lock()  # pure-Python producers' lock
+        self.state = SegmentState()  # pure-Python producers' lock and re-entry guard
+
+    @classmethod
+    def create(cls, table: Table, data_size: int, native: bool) -> "Attachment":
+        """A new segment file for this process: created 0600 ``O_EXCL``, owner-locked, registered."""
+        if data_size >= 1 << 32:
+            data_size = (1 << 32) - 8
+        seg_id = secrets.randbits(63) | 1
+        path = table.seg_path(seg_id)
+        ring = Ring.create(data_size, 1, nbuckets=1, native=native, path=path)
+        try:
+            if not _lock(ring.fd, L.LOCK_OWNER, wait=False):
+                raise RingRefused("isstreamer: refusing %s: locked by another process" % path)
+            ring.keep()
+            slot = table.claim_slot(seg_id, ring.seg_data_size)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            ring.retire()
+            raise
+        return cls(ring, 0, seg_id, slot)
 
     def new_producer(self, bucket: int):  # -> cdata iss_producer * | PyProducer
         """A producer handle with its own current bucket on this segment."""
@@ -408,7 +808,7 @@ class Attachment:
             if rc != 0:
                 raise ValueError("isstreamer: cannot attach to ring segment (code %d)" % rc)
             return p
-        return PyProducer(self.ring, self.seg_index, self.lock, bucket)
+        return PyProducer(self.ring, self.seg_index, self.state, bucket)
 
     def count_drop(self, reason: int) -> None:
         """Count one refused event on this segment (reported by stats())."""
@@ -416,7 +816,7 @@ class Attachment:
         if self.ring.native:
             self.ring.add(off, 1)
         else:
-            with self.lock:
+            with self.state.lock:
                 self.ring.store(off, self.ring.load(off) + 1)
 
     def head(self) -> int:
@@ -427,9 +827,42 @@ class Attachment:
         """Bytes the sender has finished with (delivered or handed to the failure path)."""
         return self.ring.seg_field(self.seg_index, L.S_TAIL)
 
+    def fill(self) -> float:
+        """Fraction of the segment's data area holding events not yet consumed."""
+        return (self.head() - self.tail()) / self.ring.seg_data_size
+
+    def release(self, table: Optional[Table]) -> None:
+        """Hand the segment back to the sender (close): its slot is marked released, the owner
+        lock dropped and the pages retired (never unmapped under a running put)."""
+        if table is not None and self.slot is not None:
+            with contextlib.suppress(RingClosed, OSError):
+                table.release_slot(self.slot, self.seg_id)
+        self.ring.retire()
+
 
 _PY_KEYS: list = []
 _PY_KEYS_LOCK = threading.Lock()
+
+
+def after_fork_in_child() -> None:
+    """Reset the process-local key tables' locks in a fork child (another thread of the parent may
+    have held them at the fork); the C table's lock is taken around the fork instead."""
+    global _PY_KEYS_LOCK
+    _PY_KEYS_LOCK = threading.Lock()
+    if _lib is not None:
+        _lib.iss_after_fork_child()
+
+
+def before_fork() -> None:
+    """Take the C key table's lock so that no fork child inherits it held or half-updated."""
+    if _lib is not None:
+        _lib.iss_before_fork()
+
+
+def after_fork_in_parent() -> None:
+    """Release what :func:`before_fork` took."""
+    if _lib is not None:
+        _lib.iss_after_fork_parent()
 _NAN = float("nan")
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 import time
 from typing import Dict, Optional, Set, Tuple
@@ -22,8 +21,7 @@ from typing import Dict, Optional, Set, Tuple
 from . import layout as L
 from .delivery import AUTH, DELIVERED, REJECTED, Delivery, Policy, Result, retry_after_seconds
 from .encoder import Batch, Encoder
-from .procutil import pid_alive
-from .ring import Ring, RingClosed
+from .ring import Ring, RingClosed, RingRefused, Table, lock_held_elsewhere
 from .settings import SenderSettings
 from .spool import (ReplayFile, SpoolFull, SpoolWriter, key_fingerprint,
                     pending_files, streams)
@@ -40,10 +38,11 @@ class Sender:
     REPLAY_BUDGET = 0.05  # seconds of replay per loop turn while live events wait
     GIVE_UP_AFTER = 30.0  # seconds past the exit deadline after which a failing sender exits anyway
 
-    def __init__(self, s: SenderSettings) -> None:
+    def __init__(self, s: SenderSettings, table: Table) -> None:
         self.s = s
-        self.ring = Ring.open(s.ring_path, native=s.native)
-        self.enc = Encoder(self.ring, s.max_batch_bytes, s.native)
+        self.ring = table  # the table file: counters, buckets, producer slots
+        self.segs: Dict[int, Tuple[int, Ring]] = {}  # slot -> (segment id, mapping)
+        self.enc = Encoder(None, s.max_batch_bytes, s.native)
         self.t = Transport(s.api_base, s.access_key, s.request_timeout, s.use_gzip)
         self.fp = key_fingerprint(s.access_key)
         self.spool = SpoolWriter(s.spool_dir, s.spool_max_bytes)
@@ -92,8 +91,12 @@ class Sender:
                 if self._errors == 1 or self.s.debug_level >= 2:
                     log.exception("isstreamer: sender error (%s); it keeps running", type(exc).__name__)
                 time.sleep(0.05)
-            if self.exit_deadline is not None and (drained or now > self.exit_deadline + self.GIVE_UP_AFTER):
-                break
+            if self.exit_deadline is not None:
+                give_up = now > self.exit_deadline + self.GIVE_UP_AFTER
+                if (drained or give_up) and self._close_ring(remove=drained):
+                    break
+                if not self.stop_requested and self._any_live_owner():
+                    self.exit_deadline = None  # a producer joined while we were finishing
             if worked:
                 idle = 0.001
             else:
@@ -122,31 +125,90 @@ class Sender:
         self._reclaim()
         return worked, drained
 
+    def _close_ring(self, remove: bool) -> bool:
+        """Finish: under the table lock, unless a live producer appeared, mark the ring closing (no
+        producer may join after) and remove its files (``remove``: everything was delivered or
+        spooled; otherwise the files stay for an adopter). False when a producer is alive."""
+        ring = self.ring
+        with ring.locked():
+            for slot, st, seg_id, _ in ring.slots():
+                if st == L.SLOT_OWNED and self._owner_alive(slot, seg_id):
+                    return False
+            if not remove:
+                return True
+            ring.store(L.H_CLOSING, 1)
+            for slot, _, seg_id, _ in list(ring.slots()):
+                try:
+                    os.unlink(ring.seg_path(seg_id))
+                except OSError:
+                    pass
+            try:
+                os.unlink(ring.path)
+            except OSError:
+                pass
+        return True
+
     def _shutdown(self) -> None:
         self.spool.close_all()
         self.t.close()
         ring = self.ring
         if ring.load(L.H_SENDER_PID) == os.getpid():
             ring.store(L.H_SENDER_PID, 0)
-        if not any(st == L.SEG_OWNED and pid_alive(pid) for _, st, pid in ring.owners()):
-            try:
-                os.unlink(ring.path)
-            except OSError:
-                pass
+        for _, seg in self.segs.values():
+            seg.close()
+        self.segs.clear()
+
+    # ---- segments ------------------------------------------------------------------------------
+    def _segment(self, slot: int, seg_id: int) -> Optional[Ring]:
+        """The mapping of the segment registered in ``slot`` (opened, and checked, on first use)."""
+        have = self.segs.get(slot)
+        if have is not None and have[0] == seg_id:
+            return have[1]
+        if have is not None:
+            have[1].close()
+            del self.segs[slot]
+        path = self.ring.seg_path(seg_id)
+        try:
+            seg = Ring.open(path, native=self.s.native)
+        except RingClosed:
+            return None
+        except (RingRefused, OSError) as exc:
+            self.report("isstreamer: %s; that producer slot is dropped" % exc)
+            self.ring.free_slot(slot, seg_id, None)
+            return None
+        if seg.nsegs != 1:
+            self.report("isstreamer: refusing segment file %s: not a one-segment ring" % path)
+            seg.close()
+            self.ring.free_slot(slot, seg_id, None)
+            return None
+        self.segs[slot] = (seg_id, seg)
+        return seg
+
+    def _owner_alive(self, slot: int, seg_id: int) -> bool:
+        """The kernel's word: does a process hold the owner lock of this segment file?"""
+        seg = self._segment(slot, seg_id)
+        return seg is not None and lock_held_elsewhere(seg.fd, L.LOCK_OWNER)
 
     def _any_live_owner(self) -> bool:
         alive = False
-        for i, st, pid in self.ring.owners():
-            if st == L.SEG_OWNED and pid_alive(pid):
+        for slot, st, seg_id, _ in self.ring.slots():
+            if st == L.SLOT_OWNED and self._owner_alive(slot, seg_id):
                 alive = True
         return alive
 
     def _reclaim(self) -> None:
-        for i, st, pid in self.ring.owners():
-            if st == L.SEG_RELEASED or (st == L.SEG_OWNED and not pid_alive(pid)):
-                if self.ring.seg_field(i, L.S_HEAD) == self.ring.seg_field(i, L.S_TAIL):
-                    if self.ring.reclaim_segment(i):
-                        self.first_seen.pop(i, None)
+        for slot, st, seg_id, _ in list(self.ring.slots()):
+            seg = self._segment(slot, seg_id)
+            if seg is None:
+                if not os.path.exists(self.ring.seg_path(seg_id)):
+                    self.ring.free_slot(slot, seg_id, None)
+                continue
+            if st == L.SLOT_RELEASED or (st == L.SLOT_OWNED and not self._owner_alive(slot, seg_id)):
+                b = seg.seg_offset(0)
+                if seg.load(b + L.S_HEAD) == seg.load(b + L.S_TAIL) and self.ring.free_slot(slot, seg_id, seg):
+                    self.first_seen.pop(slot, None)
+                    self.segs.pop(slot, None)
+                    seg.close()
 
     # ---- buckets ------------------------------------------------------------------------------
     def _sync_buckets(self) -> None:
@@ -204,30 +266,34 @@ class Sender:
     # ---- ring -> API ----------------------------------------------------------------------------
     def _pump(self, force: bool) -> Tuple[bool, bool]:
         """Send what is due. Returns (did work, every segment empty)."""
-        ring, s = self.ring, self.s
+        s = self.s
         now = time.monotonic()
         worked, drained = False, True
-        for i, st, pid in ring.owners():
-            base = ring.seg_offset(i)
-            pending = ring.load(base + L.S_LOGGED) - ring.load(base + L.S_CONSUMED)
-            if ring.load(base + L.S_HEAD) == ring.load(base + L.S_TAIL):
-                self.first_seen.pop(i, None)
+        for slot, st, seg_id, _ in list(self.ring.slots()):
+            seg = self._segment(slot, seg_id)
+            if seg is None:
                 continue
-            fs = self.first_seen.setdefault(i, now)
+            base = seg.seg_offset(0)
+            pending = seg.load(base + L.S_LOGGED) - seg.load(base + L.S_CONSUMED)
+            if seg.load(base + L.S_HEAD) == seg.load(base + L.S_TAIL):
+                self.first_seen.pop(slot, None)
+                continue
+            fs = self.first_seen.setdefault(slot, now)
             due = (force or pending >= s.buffer_size or now - fs >= s.flush_interval
-                   or st == L.SEG_RELEASED or self._occupancy(i) > 0.5)  # before producers block
+                   or st == L.SLOT_RELEASED or self._occupancy(slot) > 0.5)  # before producers block
             if not due:
                 drained = False
                 continue
             while True:
-                tail = ring.load(base + L.S_TAIL)
-                if tail == ring.load(base + L.S_HEAD):
-                    self.first_seen.pop(i, None)
+                tail = seg.load(base + L.S_TAIL)
+                if tail == seg.load(base + L.S_HEAD):
+                    self.first_seen.pop(slot, None)
                     break
-                b = self.enc.next_batch(i, tail, s.max_batch_events)
+                b = self.enc.next_batch(0, tail, s.max_batch_events, ring=seg)
+                b.seg = slot
                 if b.corrupt:
-                    ring.count("corrupt_records")
-                    self.report("isstreamer: unreadable record in ring segment %d; skipped to its end" % i)
+                    self.ring.count("corrupt_records")
+                    self.report("isstreamer: unreadable record in ring segment %d; skipped to its end" % slot)
                     self._commit(b, corrupt=True)
                     continue
                 if b.end == tail:  # no progress possible (cannot happen with max_batch_events >= 1)
@@ -241,21 +307,30 @@ class Sender:
         return worked, drained
 
     def _commit(self, b: Batch, corrupt: bool = False) -> None:
-        ring = self.ring
-        base = ring.seg_offset(b.seg)
+        """Release a handled batch back to its producer: pages returned first, then ``tail``."""
         if b.skipped:
-            ring.count("skipped_records", b.skipped)
+            self.ring.count("skipped_records", b.skipped)
+        have = self.segs.get(b.seg)
+        if have is None:
+            return
+        seg = have[1]
+        base = seg.seg_offset(0)
         if corrupt:
-            consumed = ring.load(base + L.S_LOGGED)
+            consumed = seg.load(base + L.S_LOGGED)
         else:
-            consumed = ring.load(base + L.S_CONSUMED) + b.nevents + b.skipped
-        ring.store(base + L.S_CONSUMED, consumed)
-        ring.store(base + L.S_TAIL, b.end)
+            consumed = seg.load(base + L.S_CONSUMED) + b.nevents + b.skipped
+        seg.release_pages(0, b.start, b.end)
+        seg.store(base + L.S_CONSUMED, consumed)
+        seg.store(base + L.S_TAIL, b.end)
         self.attempts.pop((b.seg, b.start), None)
 
-    def _occupancy(self, seg: int) -> float:
-        base = self.ring.seg_offset(seg)
-        return (self.ring.load(base + L.S_HEAD) - self.ring.load(base + L.S_TAIL)) / self.ring.seg_data_size
+    def _occupancy(self, slot: int) -> float:
+        have = self.segs.get(slot)
+        if have is None:
+            return 0.0
+        seg = have[1]
+        base = seg.seg_offset(0)
+        return (seg.load(base + L.S_HEAD) - seg.load(base + L.S_TAIL)) / seg.seg_data_size
 
     def _handle(self, b: Batch, force: bool) -> bool:
         """Deliver, reject or spool one batch: True when the ring may release it."""
@@ -266,7 +341,7 @@ class Sender:
         key, name = bucket
         d = self.delivery
         exiting = self.exit_deadline is not None
-        if d.outage or d.auth_blocked:
+        if d.outage or d.auth_blocked or self.s.spool_only:
             return self._to_spool([b.body], b.nevents, key, name)
         if not d.ready():
             # cannot send now: keep it in the ring unless the ring fills up or someone waits
@@ -437,21 +512,10 @@ def _count_events(body: bytes) -> int:
 
 
 def main() -> int:
-    """Entry point of ``python -m isstreamer.sender``: settings as JSON on stdin."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    settings = SenderSettings.from_json(sys.stdin.buffer.read())
-    logging.basicConfig(level=logging.DEBUG if settings.debug_level >= 3 else logging.WARNING,
-                        format="%(message)s", stream=sys.stderr)
-    try:
-        sender = Sender(settings)
-    except RingClosed:
-        return 0
+    """Entry point of ``python -m isstreamer.sender`` (see :mod:`isstreamer.sender_main`)."""
+    from .sender_main import main as _main
 
-    def _term(signum, frame):  # noqa: ARG001
-        sender.stop_requested = True
-
-    signal.signal(signal.SIGTERM, _term)
-    return sender.run()
+    return _main()
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Dict
+from typing import Any, Dict, List
 
 from .spool import DEFAULT_MAX_BYTES
 
@@ -30,6 +30,30 @@ class SenderSettings:
     native: bool = True
     use_gzip: bool = False
     policy: Dict[str, float] = field(default_factory=dict)
+    ring_identity: List[int] = field(default_factory=list)  # (st_dev, st_ino) of the table file
+    spool_only: bool = False  # an adopted ring of another access key: spool, never send
+
+    def meta(self) -> Dict[str, Any]:
+        """What a ring records of these settings for an adopter: everything but the access key
+        (whose SHA-256 fingerprint is kept instead) and the ring's own path."""
+        from .spool import key_fingerprint
+
+        d = asdict(self)
+        for k in ("access_key", "ring_path", "ring_identity", "spool_only"):
+            d.pop(k)
+        d["fingerprint"] = key_fingerprint(self.access_key)
+        return d
+
+    @classmethod
+    def from_meta(cls, meta: Dict[str, Any], access_key: str) -> "SenderSettings":
+        """Settings for adopting a ring from its recorded meta: with ``access_key`` when it is the
+        key the ring was made with, else spool-only (the events wait for their own key)."""
+        from .spool import key_fingerprint
+
+        known = {f for f in cls.__dataclass_fields__}
+        d = {k: v for k, v in meta.items() if k in known}
+        same = bool(access_key) and meta.get("fingerprint") == key_fingerprint(access_key)
+        return cls(ring_path="", access_key=access_key if same else "", spool_only=not same, **d)
 
     def to_json(self) -> bytes:
         """Serialise for the child's stdin."""

@@ -5,20 +5,17 @@ import atexit
 import csv
 import logging
 import os
-import secrets
-import subprocess
 import sys
 import threading
 import time
 import uuid
-import weakref
 from typing import Any, Dict, Optional, Tuple
 
 from . import layout as L
+from . import registry
 from .config import load_config
 from .flatten import flatten_object
-from .procutil import pid_alive
-from .ring import Attachment, Ring, RingClosed, logs_for, puts_for, use_native
+from .ring import Attachment, RingClosed, RingRefused, check_fallback_safe, logs_for, puts_for, use_native
 from .settings import SenderSettings
 from .spool import DEFAULT_MAX_BYTES, default_spool_dir
 from .values import Skip, coerce_epoch, coerce_key, coerce_value, console_line
@@ -27,12 +24,7 @@ log = logging.getLogger("isstreamer")
 
 _NAN = float("nan")
 _KEY_CACHE_MAX = 65536
-
-# Per process: the ring mappings and this process's segment on each ring.
-_RINGS: Dict[str, Ring] = {}
-_ATTACH: Dict[Tuple[str, bool], Attachment] = {}
-_LIVE: "weakref.WeakSet[Streamer]" = weakref.WeakSet()
-_REG_LOCK = threading.Lock()
+DEFAULT_RING_SIZE = (64 if sys.maxsize > 2**32 else 8) * 1024 * 1024
 
 
 class StreamerClosedError(RuntimeError):
@@ -43,6 +35,7 @@ class _Detached:
     """Stands in for a producer until this process has a segment (first use, after fork)."""
 
     bucket = 0
+    dropping = 0
 
     def put(self, *args: Any) -> int:
         return L.EINVAL
@@ -54,19 +47,15 @@ def _detached_native():
     return _ffi.new("iss_producer *") if _ffi is not None else _Detached()
 
 
-def _after_fork_in_child() -> None:
-    """A forked child must not write into its parent's segment: detach every Streamer."""
-    global _REG_LOCK
-    _REG_LOCK = threading.Lock()
-    _ATTACH.clear()
-    for ring in _RINGS.values():
-        ring._tlock = threading.Lock()
-    for s in list(_LIVE):
-        s._on_fork()
+def _default_ring_memory() -> int:
+    """Half the ring directory's file system (at least 64 MiB): the cap on all segments of a ring."""
+    from .ring import _default_dir
 
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    try:
+        st = os.statvfs(_default_dir())
+        return max(64 << 20, st.f_blocks * st.f_frsize // 2)
+    except OSError:
+        return 1 << 30
 
 
 def _check_options(**options: Tuple[Any, float]) -> None:
@@ -106,8 +95,9 @@ class Streamer:
         *,
         api_base: Optional[str] = None,
         offline_file: Optional[str] = None,
-        ring_size: int = 32 * 1024 * 1024,
-        max_producers: int = 32,
+        ring_size: int = DEFAULT_RING_SIZE,
+        max_producers: int = 0,
+        max_ring_memory: int = 0,
         flush_interval: float = 1.0,
         close_timeout: float = 5.0,
         on_full: str = "block",
@@ -126,8 +116,8 @@ class Streamer:
         if on_full not in ("block", "drop"):
             raise ValueError("isstreamer: on_full must be 'block' or 'drop'")
         _check_options(buffer_size=(buffer_size, 1), max_batch_events=(max_batch_events, 1),
-                       max_producers=(max_producers, 1), max_attempts=(max_attempts, 1),
-                       ring_size=(ring_size, 1), max_batch_bytes=(max_batch_bytes, 1),
+                       max_producers=(max_producers, 0), max_attempts=(max_attempts, 1),
+                       ring_size=(ring_size, 1), max_ring_memory=(max_ring_memory, 0), max_batch_bytes=(max_batch_bytes, 1),
                        spool_max_bytes=(spool_max_bytes, 1), flush_interval=(flush_interval, 1e-3),
                        request_timeout=(request_timeout, 1e-3), backoff_max=(backoff_max, 0.0),
                        auth_retry_interval=(auth_retry_interval, 0.0), close_timeout=(close_timeout, 0.0),
@@ -144,7 +134,8 @@ class Streamer:
         self.BucketKey = _validate_bucket_key(bucket_key or str(uuid.uuid4()))
         self.IsClosed = False
         self._opts = dict(
-            offline_file=offline_file or cfg.offline_file, ring_size=ring_size, max_producers=max_producers,
+            offline_file=offline_file or cfg.offline_file, ring_size=ring_size,
+            max_ring_memory=max_ring_memory or _default_ring_memory(),
             flush_interval=flush_interval, close_timeout=close_timeout, on_full=on_full,
             full_timeout=full_timeout, spool_dir=spool_dir or default_spool_dir(), spool_max_bytes=spool_max_bytes,
             max_batch_events=max_batch_events, max_batch_bytes=max_batch_bytes, request_timeout=request_timeout,
@@ -158,16 +149,20 @@ class Streamer:
             if not self.AccessKey:
                 log.warning("isstreamer: no access key (argument, ISSTREAMER_ACCESS_KEY or isstreamer.ini); "
                             "the events API will refuse the events, which are kept in the spool")
-            ring = Ring.create(ring_size, max_producers, native=self._native)
-            with _REG_LOCK:
-                _RINGS[ring.path] = ring
-                ring.users += 1
-            self._ring = ring
-            self._bucket = ring.add_bucket(self.BucketKey, self.BucketName)
-            self._attach(start_sender=False)  # the creator owns a segment before the sender starts
-            self._start_sender()
+            if not self._native:
+                check_fallback_safe()
+            self._ring = registry.create_table(max(L.SEG_DATA_MIN, int(ring_size)), self._sender_settings().meta(),
+                                               native=self._native)
+            try:
+                self._bucket = self._ring.add_bucket(self.BucketKey, self.BucketName)
+                self._attach(start_sender=False)  # the creator owns a segment before the sender starts
+                self._ensure_sender()
+            except BaseException:
+                self._remove_ring()
+                raise
+            registry.adopt_orphans(os.path.dirname(self._ring.path), self._adopt_settings)
         self._select_log()
-        _LIVE.add(self)
+        registry.track(self)
 
     # ---- construction helpers ------------------------------------------------------------
     def _init_local(self) -> None:
@@ -175,13 +170,15 @@ class Streamer:
         self._converted: Dict[str, int] = {}
         self._dropped_local: Dict[str, int] = {}
         self._warned: set = set()
+        self._slow_threads: set = set()  # threads inside the slow path (signal re-entry guard)
+        self._deferred: list = []  # events logged by signal handlers that interrupted the slow path
+        self._refused: Optional[str] = None
         self._att: Optional[Attachment] = None
-        self._proc: Optional[subprocess.Popen] = None
         self._final_stats: Optional[Dict[str, Any]] = None
         self._sync_count = 0
         self._csv_file = None
         self._csv = None
-        self._set_backend(use_native())
+        self._set_backend(use_native())  # chosen once per Streamer
         self._p: Any = _detached_native() if self._native else _Detached()
         self._bucket = 0
 
@@ -210,83 +207,61 @@ class Streamer:
 
     def _sender_settings(self) -> SenderSettings:
         o = self._opts
+        ring = getattr(self, "_ring", None)
         return SenderSettings(
-            ring_path=self._ring.path, api_base=self.StreamApiBase, access_key=self.AccessKey,
-            spool_dir=o["spool_dir"], buffer_size=self.BufferSize, flush_interval=o["flush_interval"],
-            max_batch_events=o["max_batch_events"], max_batch_bytes=o["max_batch_bytes"],
-            request_timeout=o["request_timeout"], close_timeout=o["close_timeout"],
-            spool_max_bytes=o["spool_max_bytes"], debug_level=self.DebugLevel, native=self._native,
-            use_gzip=o["use_gzip"],
+            ring_path=ring.path if ring is not None else "", api_base=self.StreamApiBase,
+            access_key=self.AccessKey, spool_dir=o["spool_dir"], buffer_size=self.BufferSize,
+            flush_interval=o["flush_interval"], max_batch_events=o["max_batch_events"],
+            max_batch_bytes=o["max_batch_bytes"], request_timeout=o["request_timeout"],
+            close_timeout=o["close_timeout"], spool_max_bytes=o["spool_max_bytes"], debug_level=self.DebugLevel,
+            native=self._native, use_gzip=o["use_gzip"],
             policy={"max_attempts": o["max_attempts"], "backoff_max": o["backoff_max"],
                     "auth_retry_interval": o["auth_retry_interval"], "max_rps": o["max_rps"]},
+            ring_identity=list(ring.identity) if ring is not None else [],
         )
 
-    def _start_sender(self) -> None:
-        env = dict(os.environ)
-        pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        if not self._native:
-            env["ISSTREAMER_NO_EXTENSION"] = "1"
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "isstreamer.sender"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-            stderr=None, start_new_session=True, close_fds=True, env=env,
-        )
-        assert proc.stdin is not None
-        proc.stdin.write(self._sender_settings().to_json())
-        proc.stdin.close()
-        self._ring.store(L.H_SENDER_PID, proc.pid)
-        self._proc = proc
-        threading.Thread(target=proc.wait, name="isstreamer-reaper", daemon=True).start()
+    def _adopt_settings(self, meta: Dict[str, Any]) -> Optional[SenderSettings]:
+        """Sender settings for an orphaned ring of this user (see registry.adopt_orphans)."""
+        try:
+            return SenderSettings.from_meta(meta, self.AccessKey)
+        except TypeError:
+            return None
 
     def _ensure_sender(self) -> None:
-        """Start a new sender if the one of this ring died (it resumes from the ring's tails)."""
+        """Start a sender if none serves this ring (the kernel's lock says; RingClosed once gone)."""
+        registry.ensure_sender(self._ring, self._sender_settings)
+
+    def _remove_ring(self) -> None:
+        """Undo a failed construction: no file of this ring is left behind."""
         ring = self._ring
-        pid = ring.load(L.H_SENDER_PID)
-        if pid and pid_alive(pid):
-            return
-        if not os.path.exists(ring.path):  # the sender finished and removed the ring: closed
-            raise RingClosed(2, "isstreamer: the ring is closed", ring.path)
-        with ring.locked():
-            pid = ring.load(L.H_SENDER_PID)
-            if pid and pid_alive(pid):
-                return
-            if pid:
-                log.warning("isstreamer: the sender process died; starting a new one on the same ring")
-            self._start_sender()
+        att = registry.own_attachment(ring)
+        for path in ([ring.seg_path(att.seg_id)] if att is not None else []) + [ring.path]:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        registry.close_table(ring)
 
     def _attach(self, start_sender: bool = True) -> bool:
-        """Get this process's segment of the ring (claimed once per process and backend)."""
+        """Get this process's segment of the ring (created on first use in each process)."""
         ring = self._ring
-        key = (ring.path, ring.native)
-        with _REG_LOCK:
-            att = _ATTACH.get(key)
-            if att is None or att.pid != os.getpid():
-                deadline = time.monotonic() + self._opts["full_timeout"]
-                token = secrets.randbits(63)
-                while True:
-                    idx = ring.claim_segment(os.getpid(), token)
-                    if idx is not None:
-                        break
-                    if time.monotonic() > deadline:
-                        return False
-                    time.sleep(0.01)
-                att = Attachment(ring, idx, token)
-                _ATTACH[key] = att
-                new = True
-            else:
-                new = False
-            att.refs += 1
+        new = registry.own_attachment(ring) is None
+        att = registry.attachment(ring, self._opts["ring_size"], self._opts["max_ring_memory"])
+        att.refs += 1
         self._att = att
-        self._p = att.new_producer(self._bucket)
+        p = att.new_producer(self._bucket)
+        self._p = p
         if new and start_sender:
             self._ensure_sender()  # a process new to the ring: make sure its sender lives
         return True
 
     def _on_fork(self) -> None:
+        """(fork child) Detach: the first event claims this process's own segment."""
         self._stats_lock = threading.Lock()
+        self._slow_threads = set()
         self._att = None
-        self._proc = None
         self._p = _detached_native() if self._native else _Detached()
+        self._p.bucket = self._bucket
 
     # ---- pickling: a handle on the same ring and sender --------------------------------------
     def __reduce__(self):
@@ -296,6 +271,7 @@ class Streamer:
         state["IsClosed"] = self.IsClosed
         if not self.Offline and not self.IsClosed:
             state["ring_path"] = self._ring.path
+            state["ring_identity"] = list(self._ring.identity)
             state["bucket"] = self._bucket
         return (_restore, (state,))
 
@@ -326,11 +302,31 @@ class Streamer:
                 return self._log_slow(key, value, epoch)
         except (KeyError, TypeError, OverflowError, UnicodeEncodeError):
             return self._log_slow(key, value, epoch)
-        if rc:
+        if rc and rc != 2:  # 2: dropped on a full ring, already counted by the put
             self._log_slow(key, value, epoch)
 
     def _log_slow(self, key: Any, value: Any, epoch: Any) -> None:
-        """Value rules, key cache, attach / full-ring handling."""
+        """Value rules, key cache, attach / full-ring handling.
+
+        Re-entry guard: a signal handler that logs while this thread is in here (possibly holding a
+        lock) has its event kept and written when the interrupted call finishes."""
+        me = threading.get_ident()
+        if me in self._slow_threads:
+            self._deferred.append((key, value, epoch))
+            return
+        self._slow_threads.add(me)
+        try:
+            self._log_slow_body(key, value, epoch)
+            while self._deferred:
+                try:
+                    k, v, e = self._deferred.pop(0)
+                except IndexError:
+                    break
+                self._log_slow_body(k, v, e)
+        finally:
+            self._slow_threads.discard(me)
+
+    def _log_slow_body(self, key: Any, value: Any, epoch: Any) -> None:
         strict = self.DebugLevel >= 2
         try:
             k, kr = coerce_key(key, strict)
@@ -351,7 +347,11 @@ class Streamer:
         self._put(kb, v, _NAN if e is None else e)
 
     def _put(self, kb: bytes, v: Any, ep: float) -> None:
-        """Write a normalized event, handling detach, a full ring and refusals."""
+        """Write a normalized event, handling detach, a full ring and refusals.
+
+        A full ring: one wait of at most ``full_timeout`` (none with ``on_full="drop"``), then the
+        producer is in a drop episode: every put that finds no room is counted as ``ring_full`` by
+        the put itself, at the cost of a normal call, until one succeeds."""
         deadline = nudge_at = 0.0
         pause = 0.00005
         while True:
@@ -366,7 +366,7 @@ class Streamer:
             else:
                 sb = v.encode("utf-8")
                 rc = self._put_str(p, kb, len(kb), sb, len(sb), ep)
-            if rc == L.OK:
+            if rc == L.OK or rc == L.DROPPED:
                 return
             if rc == L.EINVAL and self._att is None:
                 try:
@@ -375,9 +375,9 @@ class Streamer:
                 except RingClosed:
                     self._mark_closed_remotely()
                     return self._log_closed(kb.decode(), v)
-                self._drop("no_segment", "isstreamer: no free ring segment for this process "
-                                         "(raise max_producers); event dropped")
-                return
+                except (RingRefused, OSError, ValueError) as exc:
+                    self._drop("no_segment", "isstreamer: cannot get a ring segment (%s); event dropped" % exc)
+                    return
             if rc == L.FULL:
                 now = time.monotonic()
                 if deadline == 0.0:
@@ -391,8 +391,10 @@ class Streamer:
                         self._mark_closed_remotely()
                         return self._log_closed(kb.decode(), v)
                 if self._opts["on_full"] == "drop" or now >= deadline:
+                    p.dropping = 1
                     self._drop("ring_full", "isstreamer: the ring is full (the API drains slower than you "
-                                            "log); event dropped, see stats()['dropped']['ring_full']")
+                                            "log); events dropped until it has room, see "
+                                            "stats()['dropped']['ring_full']")
                     return
                 time.sleep(pause)
                 pause = min(pause * 2, 0.005)
@@ -408,7 +410,7 @@ class Streamer:
         if self._att is None and not self.Offline and not self.IsClosed and reason != "no_segment":
             try:  # count it where every process's stats() sees it: this process's segment
                 self._attach()
-            except (RingClosed, OSError):
+            except (RingClosed, RingRefused, OSError, ValueError):
                 pass
         if self._att is not None:
             self._att.count_drop(idx)
@@ -454,10 +456,11 @@ class Streamer:
 
     def _log_closed(self, key: Any, value: Any = None, epoch: Any = None) -> None:
         """log() after close(): an error at debug_level >= 2, counted otherwise."""
+        why = self._refused or "after close()"
         if self.DebugLevel >= 2:
-            raise StreamerClosedError("isstreamer: log(%r) after close()" % (key,))
+            raise StreamerClosedError("isstreamer: log(%r) %s" % (key, why))
         self._count_local(self._dropped_local, "closed")
-        self._warn_once("drop:closed", "isstreamer: log() after close(); event dropped")
+        self._warn_once("drop:closed", "isstreamer: log() %s; event dropped" % why)
 
     def _mark_closed_remotely(self) -> None:
         self.IsClosed = True
@@ -514,7 +517,8 @@ class Streamer:
         """Flush (up to ``timeout``, default ``close_timeout``), then release this process's segment.
 
         The sender finishes delivering (or spools) and exits once no process uses the ring.
-        Idempotent; also called at interpreter exit and by ``with``.
+        Idempotent; also called at interpreter exit and by ``with``. A ``log()`` racing it from
+        another thread is counted (or raises at debug_level >= 2), never crashes.
         """
         if self.IsClosed:
             return
@@ -528,26 +532,12 @@ class Streamer:
         self._final_stats = self.stats()
         self.IsClosed = True
         self._select_log()
+        self._p = _detached_native() if self._native else _Detached()
         att, self._att = self._att, None
         if att is not None:
-            with _REG_LOCK:
-                att.refs -= 1
-                last = att.refs <= 0
-                if last and _ATTACH.get((att.ring.path, att.ring.native)) is att:
-                    del _ATTACH[(att.ring.path, att.ring.native)]
-            if last:
-                try:
-                    att.ring.release_segment(att.seg_index, att.token)
-                except RingClosed:
-                    pass
-        self._p = _detached_native() if self._native else _Detached()
-        with _REG_LOCK:
-            ring = self._ring
-            ring.users -= 1
-            if ring.users <= 0 and _RINGS.get(ring.path) is ring:
-                del _RINGS[ring.path]  # the last user in this process: unmap it
-                ring.close()
-        _LIVE.discard(self)
+            att.refs -= 1
+        registry.close_table(self._ring)
+        registry.untrack(self)
 
     def set_bucket(self, bucket_name: str = "", bucket_key: str = "", retries: int = 3) -> None:  # noqa: ARG002
         """Switch buckets: events logged before go to the old bucket, events after to the new one.
@@ -557,7 +547,7 @@ class Streamer:
         key = _validate_bucket_key(bucket_key or str(uuid.uuid4()))
         if not self.Offline and not self.IsClosed:
             self._bucket = self._ring.add_bucket(key, bucket_name)
-            self._p.bucket = self._bucket
+            self._p.bucket = self._bucket  # one store: a racing log() goes to the old or the new one
         self.BucketKey, self.BucketName = key, bucket_name
 
     def stats(self) -> Dict[str, Any]:
@@ -575,22 +565,18 @@ class Streamer:
             return out
         ring = self._ring
         try:
-            logged = ring.counter("logged_reclaimed")
-            consumed = ring.counter("consumed_reclaimed")
-            drops = [ring.load(L.H_DROPS + 8 * i) for i in range(len(L.DROP_REASONS))]
-            for i, _, _ in ring.owners():
-                base = ring.seg_offset(i)
-                logged += ring.load(base + L.S_LOGGED)
-                consumed += ring.load(base + L.S_CONSUMED)
-                for r in range(len(L.DROP_REASONS)):
-                    drops[r] += ring.load(base + L.S_DROPS + 8 * r)
+            logged, consumed, drops = registry.segment_counters(ring)
+            logged += ring.counter("logged_reclaimed")
+            consumed += ring.counter("consumed_reclaimed")
+            for r, n in enumerate(ring.drops()):
+                drops[r] += n
             for name, n in zip(L.DROP_REASONS, drops):
                 if n:
                     dropped[name] = dropped.get(name, 0) + n
-            out.update(logged=logged, pending=max(0, logged - consumed))
+            out.update(logged=logged, pending=max(0, logged - consumed), producers=sum(1 for _ in ring.slots()))
             for name in L.COUNTERS[2:]:
                 out[name] = ring.counter(name)
-        except ValueError:  # unmapped
+        except (ValueError, OSError):  # retired
             pass
         out["dropped"] = dropped
         out["converted"] = dict(self._converted)
@@ -610,6 +596,11 @@ class Streamer:
         if ring is None or self.IsClosed:
             return None
         return ring.load(L.H_SENDER_PID) or None
+
+    def ring_fill(self) -> float:
+        """Fraction of this process's segment holding events the sender has not consumed yet."""
+        att = self._att
+        return 0.0 if att is None or self.IsClosed else att.fill()
 
     # ---- context manager and finalisation ----------------------------------------------------------
     def __enter__(self) -> "Streamer":
@@ -631,7 +622,11 @@ class Streamer:
 
 
 def _restore(state: Dict[str, Any]) -> Streamer:
-    """Unpickle: a Streamer bound to the same ring and sender (or a closed/offline twin)."""
+    """Unpickle: a Streamer bound to the same ring and sender (or a closed/offline twin).
+
+    The ring file must be the very file the handle was made for (same inode, ours, 0600): a file
+    planted at its path after it was removed is refused (logged; log() then counts the events as
+    dropped, or raises at debug_level >= 2)."""
     s = Streamer.__new__(Streamer)
     for k in ("DebugLevel", "BufferSize", "AccessKey", "Offline", "Async", "StreamApiBase", "BucketName",
               "BucketKey", "IsClosed"):
@@ -642,27 +637,26 @@ def _restore(state: Dict[str, Any]) -> Streamer:
         s._open_offline("a")
     elif not s.IsClosed:
         path = state["ring_path"]
+        ident = state.get("ring_identity")
         try:
-            with _REG_LOCK:
-                ring = _RINGS.get(path)
-                if ring is None:
-                    ring = Ring.open(path, native=s._native)
-                    _RINGS[path] = ring
-                ring.users += 1
-            s._ring = ring
-            s._set_backend(ring.native)
+            s._ring = registry.open_table(path, s._native, tuple(ident) if ident else None)
+            s._set_backend(s._ring.native)
             s._bucket = state["bucket"]
             s._p = _detached_native() if s._native else _Detached()
             s._p.bucket = s._bucket
-        except (RingClosed, ValueError):
+        except RingClosed:
             s.IsClosed = True
+        except (RingRefused, ValueError, OSError) as exc:
+            s.IsClosed = True
+            s._refused = "refused: %s" % exc
+            log.error("%s", exc)
     s._select_log()
-    _LIVE.add(s)
+    registry.track(s)
     return s
 
 
 def _close_all_at_exit() -> None:
-    for s in list(_LIVE):
+    for s in registry.live_streamers():
         try:
             s.close()
         except Exception:  # noqa: BLE001

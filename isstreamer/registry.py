@@ -1,0 +1,333 @@
+"""Per-process registry of rings, fork hooks, and supervision of the sender process.
+
+A process maps each ring (table file) once, and owns at most one segment of it (an
+:class:`~isstreamer.ring.Attachment`) shared by every Streamer of the process on that ring.
+Fork children start with no segment (they claim their own on first use) and with every
+process-local lock fresh. The sender is started isolated from the working directory and the
+environment's import path, with exactly the package directory this process imported; a sender
+that cannot start is reported once, never restarted in a loop. Orphaned rings (no live
+producer, no live sender) of this user are adopted by the next Streamer.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from typing import Any, Callable, Deque, Dict, Optional, Tuple
+
+from . import layout as L
+from . import ring as R
+from .ring import Attachment, RingClosed, RingRefused, Table
+from .settings import SenderSettings
+
+log = logging.getLogger("isstreamer")
+
+_LOCK = threading.Lock()
+_TABLES: Dict[str, Table] = {}
+_USERS: Dict[str, int] = {}
+_ATTACH: Dict[str, Attachment] = {}
+_VIEWS: Dict[Tuple[str, int], R.Ring] = {}
+_LIVE: "weakref.WeakSet[Any]" = weakref.WeakSet()
+_START_FAILURES: Dict[str, int] = {}
+_ADOPTED = False
+MAX_START_FAILURES = 3
+SENDER_START_WAIT = 10.0
+ORPHAN_MIN_AGE = 60.0
+
+
+# ---- fork hooks ----------------------------------------------------------------------------------
+
+def _before_fork() -> None:
+    R.before_fork()
+
+
+def _after_fork_in_parent() -> None:
+    R.after_fork_in_parent()
+
+
+def _after_fork_in_child() -> None:
+    """A fork child owns no segment and holds no lock: reset every process-local lock, forget the
+    parent's segments, detach every Streamer (each claims its own segment on first use)."""
+    global _LOCK
+    R.after_fork_in_child()
+    _LOCK = threading.Lock()
+    _ATTACH.clear()
+    _VIEWS.clear()  # the parent's views: left mapped, never used again
+    _START_FAILURES.clear()
+    for table in _TABLES.values():
+        table.reset_after_fork()
+    for s in list(_LIVE):
+        s._on_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                        after_in_child=_after_fork_in_child)
+
+
+def track(streamer: Any) -> None:
+    """Detach ``streamer`` in fork children, close it at interpreter exit."""
+    _LIVE.add(streamer)
+
+
+def untrack(streamer: Any) -> None:
+    """Forget a closed Streamer."""
+    _LIVE.discard(streamer)
+
+
+def live_streamers() -> list:
+    """The Streamers of this process not closed yet."""
+    return list(_LIVE)
+
+
+# ---- tables ------------------------------------------------------------------------------------------
+
+def create_table(seg_data_size: int, meta: Dict[str, Any], native: bool) -> Table:
+    """A new ring for a new Streamer (one user in this process)."""
+    table = Table.create(seg_data_size, meta, native=native)
+    table.keep()
+    with _LOCK:
+        _TABLES[table.path] = table
+        _USERS[table.path] = 1
+    return table
+
+
+def open_table(path: str, native: bool, identity: Optional[Tuple[int, int]]) -> Table:
+    """The mapping of ring ``path`` in this process (one more user); checked against ``identity``."""
+    with _LOCK:
+        table = _TABLES.get(path)
+        if table is None:
+            table = Table.open(path, native=native, identity=identity)
+            table.keep()
+            _TABLES[path] = table
+            _USERS[path] = 0
+        elif identity is not None and tuple(identity) != table.identity:
+            raise RingRefused("isstreamer: refusing ring file %s: not the file this handle was made for" % path)
+        _USERS[path] += 1
+        return table
+
+
+def close_table(table: Table) -> None:
+    """One user less; the last one releases this process's segment and retires the mapping."""
+    with _LOCK:
+        n = _USERS.get(table.path, 0) - 1
+        if n > 0:
+            _USERS[table.path] = n
+            return
+        _USERS.pop(table.path, None)
+        if _TABLES.get(table.path) is table:
+            del _TABLES[table.path]
+        att = _ATTACH.pop(table.path, None)
+        for key in [k for k in _VIEWS if k[0] == table.path]:
+            _VIEWS.pop(key).close()
+    if att is not None:
+        att.release(table)
+    table.retire()
+
+
+# ---- this process's segment ------------------------------------------------------------------------
+
+def attachment(table: Table, data_size: int, total_max: int) -> Attachment:
+    """This process's segment of ``table``, created on first use (RingClosed once the ring is gone)."""
+    with _LOCK:
+        att = _ATTACH.get(table.path)
+        if att is not None and att.pid == os.getpid():
+            return att
+        size = data_size
+        if total_max:
+            size = max(L.SEG_DATA_MIN, min(data_size, total_max - table.data_in_use()))
+        att = Attachment.create(table, size // 8 * 8, table.native)
+        _ATTACH[table.path] = att
+        return att
+
+
+def own_attachment(table: Table) -> Optional[Attachment]:
+    """This process's segment of ``table`` if it has one."""
+    att = _ATTACH.get(table.path)
+    return att if att is not None and att.pid == os.getpid() else None
+
+
+def segment_counters(table: Table) -> Tuple[int, int, list]:
+    """(logged, consumed, drops by reason) over every segment of ``table`` still registered."""
+    ndrops = len(L.DROP_REASONS)
+    logged = consumed = 0
+    drops = [0] * ndrops
+    with _LOCK:
+        own = own_attachment(table)
+        for _, _, seg_id, _ in table.slots():
+            view = own.ring if own is not None and own.seg_id == seg_id else _view(table, seg_id)
+            if view is None:
+                continue
+            b = view.seg_offset(0)
+            logged += view.load(b + L.S_LOGGED)
+            consumed += view.load(b + L.S_CONSUMED)
+            for r in range(ndrops):
+                drops[r] += view.load(b + L.S_DROPS + 8 * r)
+    return logged, consumed, drops
+
+
+def _view(table: Table, seg_id: int) -> Optional[R.Ring]:
+    """Another process's segment, mapped for reading its counters (cached; under _LOCK)."""
+    key = (table.path, seg_id)
+    view = _VIEWS.get(key)
+    if view is None:
+        try:
+            view = R.Ring.open(table.seg_path(seg_id), native=table.native)
+        except (RingClosed, RingRefused, OSError):
+            return None
+        with contextlib.suppress(OSError):
+            os.close(view.fd)  # never one of our own segments: no lock of ours to drop
+        view.fd = -1
+        _VIEWS[key] = view
+    return view
+
+
+# ---- the sender ---------------------------------------------------------------------------------------
+
+def package_parent() -> str:
+    """The directory holding the ``isstreamer`` package this process imported."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(R.__file__)))
+
+
+def sender_command() -> list:
+    """The sender's command line: isolated (``-I``: no working directory, no PYTHON* variables, no
+    user site) with this process's package directory first, then the rest of its import path."""
+    parent = package_parent()
+    cwd = os.getcwd()
+    rest = [p for p in sys.path if p and p != parent and os.path.abspath(p) != cwd and os.path.isdir(p)]
+    boot = "import sys; sys.path[:0] = sys.argv[1:]; from isstreamer.sender_main import main; sys.exit(main())"
+    return [sys.executable, "-I", "-c", boot, parent] + rest
+
+
+class _SenderProcess:
+    """A started sender: its stderr forwarded to ours line by line (so the sender never holds this
+    program's stderr open after it exits), the last lines kept for an error report."""
+
+    def __init__(self, settings: SenderSettings) -> None:
+        env = dict(os.environ)
+        if not settings.native:
+            env[R.ENV_NO_EXTENSION] = "1"
+        self.proc = subprocess.Popen(
+            sender_command(), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            start_new_session=True, close_fds=True, env=env,
+        )
+        self.tail: Deque[str] = collections.deque(maxlen=20)
+        assert self.proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError):
+            self.proc.stdin.write(settings.to_json())
+        with contextlib.suppress(BrokenPipeError):
+            self.proc.stdin.close()
+        self.thread = threading.Thread(target=self._forward, name="isstreamer-sender-stderr", daemon=True)
+        self.thread.start()
+
+    def _forward(self) -> None:
+        assert self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            line = raw.decode("utf-8", "replace")
+            self.tail.append(line.rstrip("\n"))
+            with contextlib.suppress(Exception):
+                sys.stderr.write(line)
+                sys.stderr.flush()
+        self.proc.wait()
+
+
+def ensure_sender(table: Table, settings: Callable[[], SenderSettings]) -> None:
+    """Start a sender on ``table`` unless one holds its sender lock (RingClosed once the ring is gone).
+
+    One starter at a time (the spawn lock); the new sender takes its lock before heavy imports,
+    and the starter waits for that (or for it to exit). A sender that exits with an error is
+    reported with its last output; after a few such failures this process stops trying."""
+    if table.sender_alive():
+        return
+    if table.closing or not os.path.exists(table.path):
+        raise RingClosed(2, "isstreamer: the ring is closed", table.path)
+    if _START_FAILURES.get(table.path, 0) >= MAX_START_FAILURES:
+        return
+    with table.spawning():
+        if table.sender_alive():
+            return
+        if table.closing:
+            raise RingClosed(2, "isstreamer: the ring is closed", table.path)
+        if table.load(L.H_SENDER_PID):
+            log.warning("isstreamer: the sender process died; starting a new one on the same ring")
+        sp = _SenderProcess(settings())
+        deadline = time.monotonic() + SENDER_START_WAIT
+        while not table.sender_alive():
+            rc = sp.proc.poll()
+            if rc is not None or time.monotonic() > deadline:
+                if rc == 0 and table.sender_alive():
+                    return
+                if rc is not None:
+                    sp.thread.join(1.0)
+                n = _START_FAILURES[table.path] = _START_FAILURES.get(table.path, 0) + 1
+                log.error("isstreamer: the sender process could not start (%s); events stay in the ring%s:\n%s",
+                          "exit code %s" % rc if rc is not None else "no answer in %gs" % SENDER_START_WAIT,
+                          "; not trying again" if n >= MAX_START_FAILURES else "",
+                          "\n".join(sp.tail) or "(no output)")
+                return
+            time.sleep(0.002)
+
+
+# ---- orphans --------------------------------------------------------------------------------------------
+
+def adopt_orphans(directory: str, settings: Callable[[Dict[str, Any]], Optional[SenderSettings]]) -> int:
+    """Start a sender on every ring of this user in ``directory`` that has no live producer and
+    no live sender (its processes were killed): what they logged is delivered or spooled, then
+    the ring is removed. ``settings(meta)`` gives the sender's settings for a ring's recorded meta
+    (None: leave it). Once per process. Returns the number of rings adopted."""
+    global _ADOPTED
+    if _ADOPTED:
+        return 0
+    _ADOPTED = True
+    adopted = 0
+    try:
+        names = [n for n in os.listdir(directory) if n.startswith("isstreamer-") and n.endswith(".ring")]
+    except OSError:
+        return 0
+    for name in names:
+        path = os.path.join(directory, name)
+        if path in _TABLES:
+            continue
+        try:
+            table = Table.open(path)
+        except (RingClosed, RingRefused, OSError, ValueError):
+            continue
+        try:
+            meta = table.meta()
+            if time.time() - float(meta.get("created", 0)) < ORPHAN_MIN_AGE or table.sender_alive():
+                continue
+            if any(_owner_alive(table, seg_id) for _, st, seg_id, _ in table.slots() if st == L.SLOT_OWNED):
+                continue
+            s = settings(meta)
+            if s is None:
+                continue
+            s.ring_path = path
+            s.ring_identity = list(table.identity)
+            with table.spawning():
+                if table.sender_alive() or table.closing:
+                    continue
+                log.warning("isstreamer: adopting ring %s left by processes that were killed; its events are "
+                            "delivered or spooled", path)
+                _SenderProcess(s)
+                adopted += 1
+        finally:
+            table.close()
+    return adopted
+
+
+def _owner_alive(table: Table, seg_id: int) -> bool:
+    """True when a process holds the owner lock of segment ``seg_id`` (not of this process)."""
+    try:
+        fd = R.open_private(table.seg_path(seg_id))
+    except (RingClosed, RingRefused, OSError):
+        return False
+    try:
+        return R.lock_held_elsewhere(fd, L.LOCK_OWNER)
+    finally:
+        os.close(fd)

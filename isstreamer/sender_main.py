@@ -1,0 +1,49 @@
+"""Entry point of the sender process: settings from stdin, the ring's sender lock, then the loop.
+
+The lock is taken before the HTTP stack is imported, so the process that started this one
+learns within milliseconds that a sender serves the ring. A second sender started on a ring
+that already has one exits at once (status 0).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+
+from . import layout as L
+from .ring import RingClosed, RingRefused, Table
+from .settings import SenderSettings
+
+
+def main() -> int:
+    """Run a sender for the ring named in the settings read from stdin (JSON)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the terminal: the sender still drains
+    settings = SenderSettings.from_json(sys.stdin.buffer.read())
+    logging.raiseExceptions = False  # our stderr may be a pipe whose reader has exited
+    logging.basicConfig(level=logging.DEBUG if settings.debug_level >= 3 else logging.WARNING,
+                        format="%(message)s", stream=sys.stderr)
+    try:
+        table = Table.open(settings.ring_path, native=settings.native,
+                           identity=tuple(settings.ring_identity) if settings.ring_identity else None)
+    except RingClosed:
+        return 0
+    except RingRefused as exc:
+        logging.getLogger("isstreamer").error("%s", exc)
+        return 2
+    if not table.hold_sender_lock():
+        return 0  # another sender serves this ring
+    table.store(L.H_SENDER_PID, os.getpid())  # informational (stats, tests); liveness is the lock
+    from .sender import Sender  # the HTTP stack: only now
+
+    sender = Sender(settings, table)
+
+    def _term(signum, frame):  # noqa: ARG001
+        sender.stop_requested = True
+
+    signal.signal(signal.SIGTERM, _term)
+    return sender.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
