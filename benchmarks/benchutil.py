@@ -76,17 +76,12 @@ def free_port_closed() -> int:
 # ---- streamer internals the suite reads (never writes) ----------------------------------------
 def sender_pid(streamer) -> int:
     """Pid of the sender process of a Streamer."""
-    from isstreamer import layout as L
-
-    return int(streamer._ring.load(L.H_SENDER_PID))
+    return int(streamer.sender_pid or 0)
 
 
 def segment_fill(streamer) -> float:
     """Fraction of this process's ring segment holding records not yet released by the sender."""
-    att = streamer._att
-    if att is None:
-        return 0.0
-    return (att.head() - att.tail()) / streamer._ring.seg_data_size
+    return streamer.ring_fill()
 
 
 # ---- servers -----------------------------------------------------------------------------------

@@ -34,12 +34,12 @@ MB = 1024 * 1024
 # ---- ring fill --------------------------------------------------------------------------------
 @pytest.mark.benchmark(group="growth-ring-fill")
 def test_ring_fill(benchmark, make_streamer, count_server, quick):
-    s = make_streamer("native", api_base=count_server, ring_size=16 * MB, max_producers=1, full_timeout=60.0)
+    s = make_streamer("native", api_base=count_server, ring_size=16 * MB, full_timeout=60.0)
     s.log("temperature", 21.5)
     assert s.flush(60)
     spid = benchutil.sender_pid(s)
     rec = 48  # bytes of one record: 24 header + 8 value + 11 key, padded to 8
-    seg = s._ring.seg_data_size
+    seg = 16 * MB
     chunk = int(seg * 0.95 / rec / 40)
     curves = []
 
@@ -109,7 +109,7 @@ def _per_call(benchmark, s, key, value, quick, calls):
 @pytest.mark.parametrize("key_len", [8, 32, 128, 250, 251, 1000])
 @pytest.mark.benchmark(group="growth-key-length")
 def test_key_length(benchmark, make_streamer, count_server, quick, key_len):
-    s = make_streamer("native", api_base=count_server, ring_size=16 * MB, max_producers=1, full_timeout=60.0)
+    s = make_streamer("native", api_base=count_server, ring_size=16 * MB, full_timeout=60.0)
     _per_call(benchmark, s, ("k" * key_len), 21.5, quick, 1000)
     benchmark.extra_info.update(kind="key-length", length=key_len)
 
@@ -117,7 +117,7 @@ def test_key_length(benchmark, make_streamer, count_server, quick, key_len):
 @pytest.mark.parametrize("value_len", [8, 64, 512, 2000, 2001, 8000])
 @pytest.mark.benchmark(group="growth-value-length")
 def test_value_length(benchmark, make_streamer, count_server, quick, value_len):
-    s = make_streamer("native", api_base=count_server, ring_size=16 * MB, max_producers=1, full_timeout=60.0)
+    s = make_streamer("native", api_base=count_server, ring_size=16 * MB, full_timeout=60.0)
     _per_call(benchmark, s, "status", "v" * value_len, quick, 200)
     benchmark.extra_info.update(kind="value-length", length=value_len)
 

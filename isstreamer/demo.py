@@ -7,6 +7,7 @@ bars follow ``stats()``; the summary reads the delivered count back from the col
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -160,10 +161,9 @@ class DemoResult:
         return not self.problems and self.logged == self.delivered == expected and not sum(self.dropped.values())
 
 
-def _ring_size(events: int, worker_events: int, producers: int) -> int:
-    """A ring whose per-process segments hold a whole burst (so the timed loop never waits)."""
-    per_process = max(events, worker_events) * 64
-    return int(min(512 * MIB, max(16 * MIB, producers * per_process)))
+def _ring_size(events: int, worker_events: int) -> int:
+    """Per-process segments that hold a whole burst (so the timed loop never waits)."""
+    return int(min(512 * MIB, max(16 * MIB, max(events, worker_events) * 64)))
 
 
 def _timed_loop(log: Callable[..., None], readings: List[Reading]) -> Tuple[List[float], float]:
@@ -195,9 +195,14 @@ def _stop_sender(streamer: Any, grace: float) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-        ring = getattr(streamer, "_ring", None)
-        if ring is not None and os.path.exists(ring.path):
-            os.unlink(ring.path)
+        path = streamer.ring_path
+        if path and os.path.exists(path):  # the sender is gone: its files would be adopted later
+            base = os.path.basename(path)[: -len(".ring")]
+            d = os.path.dirname(path)
+            for name in os.listdir(d):
+                if name == base + ".ring" or (name.startswith(base + ".") and name.endswith(".seg")):
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(d, name))
 
 
 def _wait_stored(server: Any, bucket_key: str, expected: int, timeout: float) -> int:
@@ -222,7 +227,6 @@ def run_workload(server: Any, events: int, workers: int, work_dir: str, progress
     tasks = pump_tasks(events, workers)
     worker_events = sum(t[1] for t in tasks) * EVENTS_PER_STEP
     total = events + worker_events
-    producers = workers + 2
     echo("  bucket       \"%s\"  (key %s)" % (BUCKET_NAME, bucket_key))
     echo("  workload     %s sensor readings from a tight log() loop in this process" % _n(events))
     if workers:
@@ -232,8 +236,8 @@ def run_workload(server: Any, events: int, workers: int, work_dir: str, progress
     if show_bars:
         echo("")
     streamer = Streamer(bucket_name=BUCKET_NAME, bucket_key=bucket_key, access_key=ACCESS_KEY, api_base=server.url,
-                        spool_dir=os.path.join(work_dir, "spool"), max_producers=producers + 2, close_timeout=1.0,
-                        ring_size=_ring_size(events, worker_events // max(1, workers), producers))
+                        spool_dir=os.path.join(work_dir, "spool"), close_timeout=1.0,
+                        ring_size=_ring_size(events, worker_events // max(1, workers)))
     pool = None
     bar: Optional[_Progress] = None
     completed = False

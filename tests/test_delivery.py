@@ -81,10 +81,10 @@ def make_streamer(spool: str) -> Iterator[Callable[..., Streamer]]:
         return s
 
     yield make
+    pids = [s.sender_pid or 0 for s in made]
     for s in made:
         s.close(timeout=2)
-    for s in made:  # the senders exit once their ring has no owner left
-        pid = s._proc.pid if s._proc is not None else 0
+    for pid in pids:  # the senders exit once their ring has no owner left
         _wait(lambda: not pid_alive(pid), 15)
 
 
@@ -154,7 +154,7 @@ def wait_stat(s: Streamer, name: str, value: int, timeout: float = 15) -> Dict[s
 
 def sender_pid(s: Streamer) -> int:
     """Pid of the sender process of a Streamer's ring."""
-    return s._ring.load(L.H_SENDER_PID)
+    return s.sender_pid or 0
 
 
 def rss_kb(pid: int) -> int:
@@ -429,7 +429,7 @@ s = Streamer("down", "bk-down", %(key)r, api_base=%(url)r, spool_dir=%(spool)r, 
              flush_interval=0.05, max_attempts=2, backoff_max=0.2, request_timeout=1.0)
 for i in range(%(n)d):
     s.log("n", i)
-print(s._ring.load(layout.H_SENDER_PID), flush=True)
+print(s.sender_pid, flush=True)
 # exits without close(): the atexit hook must bound the exit by close_timeout
 """
 
@@ -535,7 +535,7 @@ s = Streamer("kill", "bk-kill", %(key)r, api_base=%(url)r, spool_dir=%(spool)r,
              flush_interval=30, buffer_size=10**6, close_timeout=3)
 for i in range(%(n)d):
     s.log("n", i)
-print(s._ring.load(layout.H_SENDER_PID), s._ring.path, s.stats()["pending"], s.stats()["backend"], flush=True)
+print(s.sender_pid, s.ring_path, s.stats()["pending"], s.stats()["backend"], flush=True)
 time.sleep(120)
 """
 

@@ -137,7 +137,7 @@ def _hostile_buf(fields: Tuple[int, ...], payload: bytes) -> bytearray:
 def _hostile_file(tmp_path, fields: Tuple[int, ...], payload: bytes) -> Tuple[str, int]:
     """_hostile_buf written to a ring file; returns (path, segment index)."""
     path = str(tmp_path / "hostile.ring")
-    with open(path, "wb") as f:
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
         f.write(_hostile_buf(fields, payload))
     return path, fields[8]
 
