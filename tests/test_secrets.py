@@ -113,10 +113,10 @@ def test_sender_command_line_has_no_key(tmp_path, collector, backend, monkeypatc
     s = isstreamer.Streamer(bucket_key="cmdline", access_key=SECRET, api_base=collector.url,
                             spool_dir=str(tmp_path / "spool"))
     try:
-        pid = s._proc.pid
+        pid = s.sender_pid
         with open("/proc/%d/cmdline" % pid, "rb") as f:
             cmdline = f.read().decode("utf-8", "replace")
-        assert "isstreamer.sender" in cmdline
+        assert "isstreamer.sender_main" in cmdline
         assert_no_secret(cmdline, "the sender's command line")
     finally:
         s.close(timeout=10)
