@@ -150,15 +150,23 @@ def _unlock(fd: int, start: int) -> None:
         fcntl.lockf(fd, fcntl.LOCK_UN, 1, start)
 
 
-def lock_held_elsewhere(fd: int, start: int) -> bool:
-    """True when another process holds the record lock on byte ``start`` of ``fd``'s file.
+_FLOCK = struct.Struct("@hhqqi")  # struct flock: l_type l_whence l_start l_len l_pid (native layout)
 
-    A probe that takes and drops the lock: portable (no ``struct flock`` layout), and a
-    concurrent probe only ever errs towards "held"."""
-    if _lock(fd, start, wait=False):
-        _unlock(fd, start)
-        return False
-    return True
+
+def lock_held_elsewhere(fd: int, start: int) -> bool:
+    """True when another process holds a record lock on byte ``start`` of ``fd``'s file.
+
+    ``F_GETLK`` asks the kernel without taking the lock, so a probe never makes a starting sender
+    believe its ring already has one."""
+    arg = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, start, 1, 0) + bytes(16)
+    try:
+        got = fcntl.fcntl(fd, fcntl.F_GETLK, arg)
+    except OSError:  # pragma: no cover - an F_GETLK this platform does not take: take and drop it
+        if _lock(fd, start, wait=False):
+            _unlock(fd, start)
+            return False
+        return True
+    return _FLOCK.unpack_from(got)[0] != fcntl.F_UNLCK
 
 
 # ---- mappings that live as long as the process ------------------------------------------------
@@ -508,9 +516,17 @@ class Table(_Mapped):
         """True when a sender process holds the sender lock (the kernel's word, not a pid)."""
         return self.fd >= 0 and lock_held_elsewhere(self.fd, L.LOCK_SENDER)
 
-    def hold_sender_lock(self) -> bool:
-        """(Sender) take the sender lock for the life of this process; False if another holds it."""
-        return _lock(self.fd, L.LOCK_SENDER, wait=False)
+    def hold_sender_lock(self, patience: float = 1.0) -> bool:
+        """(Sender) take the sender lock for the life of this process; False if another sender
+        holds it (``patience`` seconds of retries outlast any momentary holder)."""
+        import time
+
+        deadline = time.monotonic() + patience
+        while not _lock(self.fd, L.LOCK_SENDER, wait=False):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
 
     @contextlib.contextmanager
     def spawning(self) -> Iterator[None]:

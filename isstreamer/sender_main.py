@@ -19,7 +19,8 @@ from .settings import SenderSettings
 def main() -> int:
     """Run a sender for the ring named in the settings read from stdin (JSON)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the terminal: the sender still drains
-    settings = SenderSettings.from_json(sys.stdin.buffer.read())
+    # one line, not to EOF: a fork child of the starter may hold the pipe's write end for a while
+    settings = SenderSettings.from_json(sys.stdin.buffer.readline())
     logging.raiseExceptions = False  # our stderr may be a pipe whose reader has exited
     logging.basicConfig(level=logging.DEBUG if settings.debug_level >= 3 else logging.WARNING,
                         format="%(message)s", stream=sys.stderr)

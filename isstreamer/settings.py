@@ -56,8 +56,8 @@ class SenderSettings:
         return cls(ring_path="", access_key=access_key if same else "", spool_only=not same, **d)
 
     def to_json(self) -> bytes:
-        """Serialise for the child's stdin."""
-        return json.dumps(asdict(self)).encode()
+        """Serialise for the child's stdin: one line (the reader stops at the newline)."""
+        return json.dumps(asdict(self)).encode() + b"\n"
 
     @classmethod
     def from_json(cls, data: bytes) -> "SenderSettings":
