@@ -623,10 +623,10 @@ def test_sender_memory_flat_during_outage(make_streamer: Callable[..., Streamer]
 
 
 SHORT_WRITE_SCRIPT = """
-import json, resource, signal, sys
+import itertools, json, resource, signal, sys
 from isstreamer.spool import ReplayFile, SpoolWriter, pending_files, streams
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit then fail with EFBIG
-w = SpoolWriter(sys.argv[1])
+w = SpoolWriter(sys.argv[1], clock=itertools.count(0, 100).__next__)  # a clock past every error backoff
 def write(i):
     body = json.dumps([{"key": "n", "value": "%d-%s" % (i, "x" * 2900)}]).encode()
     try:
