@@ -151,15 +151,17 @@ class StreamReplay:
     ``isstreamer replay`` share.
 
     ``patient`` waits out backoffs and 429s and retries a line until it is settled or the
-    policy gives up (auth refused, outage); otherwise every line gets one attempt and the run
+    policy gives up (auth refused; an outage, unless ``persist`` keeps retrying it until the
+    time limit: the sender's exit budget); otherwise every line gets one attempt and the run
     returns ``Stop.LATER`` at the first that is not settled (the sender comes back later).
+    A patient run never waits past its time limit (``Stop.BUDGET``).
     A line is marked done only once settled; the rest of a split cut short is written back
     with ``respool`` first. When a mark or that write fails (disk full) the run stops with
     ``Stop.FAULT`` and the file is kept: its lines may be sent again later, never lost.
     """
 
     def __init__(self, d: Delivery, respool: Callable[[StreamMeta, bytes], None], *, patient: bool,
-                 on_result: Callable[[Result], None] = lambda r: None,
+                 persist: bool = False, on_result: Callable[[Result], None] = lambda r: None,
                  on_progress: Callable[[int], None] = lambda n: None,
                  warn: Callable[[str], None] = log.warning,
                  deadline: Callable[[], Optional[float]] = lambda: None,
@@ -167,6 +169,7 @@ class StreamReplay:
         self.d = d
         self.respool = respool
         self.patient = patient
+        self.persist = persist
         self.on_result = on_result
         self.on_progress = on_progress
         self.warn = warn
@@ -174,11 +177,18 @@ class StreamReplay:
         self.keep_going = keep_going
         self.counts = ReplayCounts()
         self.why = ""
+        self.until: Optional[float] = None  # time limit of the current run (clock time)
 
-    def _wait(self) -> None:
+    def _wait(self) -> bool:
+        """Wait until the policy lets a request go; False (nothing waited) when that would pass
+        the time limit."""
         w = self.d.wait_time()
+        if self.until is not None and self.d.clock() + w >= self.until:
+            self.why = "time limit reached"
+            return False
         if w > 0:
             self.d.sleep(w)
+        return True
 
     def _gives_up(self, r: Result) -> bool:
         """True (with ``why`` set) when a patient run stops for this API base."""
@@ -186,18 +196,20 @@ class StreamReplay:
         if r.kind is Kind.AUTH:
             self.why = "the API refused the access key (HTTP %d)" % (a.status if a else 0)
             return True
-        if d.outage and r.kind is Kind.TRANSIENT:
+        if d.outage and r.kind is Kind.TRANSIENT and not self.persist:
             self.why = "%d failed requests in a row (last: %s)" % (
                 d.failures, (a.error or "HTTP %d" % a.status) if a else "no answer")
             return True
         return False
 
-    def bucket(self, m: StreamMeta, bucket_key: Optional[str] = None) -> bool:
+    def bucket(self, m: StreamMeta, bucket_key: Optional[str] = None, until: Optional[float] = None) -> bool:
         """Create the stream's bucket (a refused creation counts as done: its events meet the
-        API's verdict). False when it failed (patient: the policy gave up; see ``why``)."""
+        API's verdict). False when it failed (patient: the policy gave up or the time limit
+        came; see ``why``)."""
+        self.until = until
         while True:
-            if self.patient:
-                self._wait()
+            if self.patient and not self._wait():
+                return False
             r = self.d.create_bucket(bucket_key or m.bucket_key, m.bucket_name, self.deadline())
             if r.kind.settled:
                 return True
@@ -209,6 +221,7 @@ class StreamReplay:
 
     def run(self, m: StreamMeta, files: List[str], until: Optional[float] = None) -> Stop:
         """Replay ``files`` of stream ``m`` in order, up to clock time ``until``."""
+        self.until = until
         for path in files:
             rf = ReplayFile(path)
             if not rf.acquire():
@@ -234,7 +247,7 @@ class StreamReplay:
                     break
                 settled, rest, progressed = self._deliver(m.bucket_key, body)
                 if not settled and not progressed:
-                    stop = Stop.LATER
+                    stop = Stop.BUDGET if self.until is not None and self.d.clock() >= self.until else Stop.LATER
                     break
                 try:
                     for b in rest:  # a split cut short: the rest goes back to the spool first
@@ -270,8 +283,8 @@ class StreamReplay:
         queue = [body]
         progressed = False
         while queue:
-            if self.patient:
-                self._wait()
+            if self.patient and not self._wait():
+                return False, queue if progressed else [], progressed
             b = queue[0]
             r = self.d.send(bucket_key, b, count_events(b), self.deadline())
             self.on_result(r)

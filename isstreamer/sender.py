@@ -439,10 +439,15 @@ class Sender:
     # ---- spool -> API -------------------------------------------------------------------------------
     def _replay(self) -> bool:
         """Replay our stream's spool files (the loop shared with ``isstreamer replay``): a short
-        turn while live events may wait, up to the exit deadline when exiting."""
+        turn while live events may wait; when exiting with no producer left, patiently (waiting
+        out backoffs, retrying through an outage) up to the exit deadline, so that what an
+        outage shorter than close_timeout spooled is delivered before the sender exits."""
         d = self.delivery
+        ring = self.ring
+        patient = (self.exit_deadline is not None and not self.live_owners
+                   and all(ring.seg_field(i, L.S_HEAD) == ring.seg_field(i, L.S_TAIL) for i, _, _ in ring.owners()))
         now = time.monotonic()
-        if now - self._last_scan >= self.SPOOL_SCAN_EVERY:
+        if patient or now - self._last_scan >= self.SPOOL_SCAN_EVERY:
             self._last_scan = now
             try:
                 check_root(self.s.spool_dir)
@@ -456,7 +461,8 @@ class Sender:
                 found = []
             self._replay_streams = [m for m in found if m.api_base == self.s.api_base and m.fingerprint == self.fp
                                     and pending_files(m.path)]
-        if not d.ready():
+        self._exit_budget()  # at exit, a pending backoff is shortened first
+        if not d.ready() and not patient:
             return False
         if self.spool.open_files:
             # our own spool files are locked while we append to them: unlock them so that they are
@@ -467,7 +473,6 @@ class Sender:
             return self._replay()
         if not self._replay_streams:
             return False
-        self._exit_budget()
         limit = self.exit_deadline if self.exit_deadline is not None else time.monotonic() + self.REPLAY_BUDGET
         if time.monotonic() >= limit:
             return False
@@ -481,7 +486,7 @@ class Sender:
             if r.delivered:
                 self.ring.count("replayed", r.delivered)
 
-        loop = StreamReplay(d, respool, patient=False, on_result=on_result, warn=self.report,
+        loop = StreamReplay(d, respool, patient=patient, persist=patient, on_result=on_result, warn=self.report,
                             deadline=lambda: self.exit_deadline)
         for m in list(self._replay_streams):
             files = pending_files(m.path)
@@ -489,7 +494,7 @@ class Sender:
                 self._replay_streams.remove(m)
                 continue
             if m.bucket_key not in self._replay_buckets:
-                if not self._create_bucket(m.bucket_key, m.bucket_name):
+                if not (loop.bucket(m, until=limit) if patient else self._create_bucket(m.bucket_key, m.bucket_name)):
                     break
                 self._replay_buckets.add(m.bucket_key)
             stop = loop.run(m, files, limit)

@@ -515,12 +515,12 @@ def test_exiting_sender_spends_its_budget_on_a_short_outage(server: FaultServer,
     assert_exactly_once(server, list(range(20000)))
 
 
-@pytest.mark.xfail(strict=True, reason="needs close() to hand its deadline to the sender (the sender only "
-                   "knows it is exiting once no producer owns a segment; run-loop owner, issue 10)")
 def test_close_spends_its_budget_on_a_short_outage(server: FaultServer, spool: str) -> None:
-    """Issue 10 item 4 as reported: close() (close_timeout 5 s) during a 2 s 503 burst. Its flush
-    runs while the producer still owns its segment, so the sender applies the normal policy and
-    spools after max_attempts (about 1.8 s), then exits as soon as the ring is drained."""
+    """Issue 10 item 4 as reported: close() (close_timeout 5 s) during a 2 s 503 burst left all
+    20000 events in the spool. close()'s flush runs while the producer still owns its segment,
+    so the sender still spools after max_attempts (and close() returns early); but once the
+    producer is gone the exiting sender replays its spool patiently up to its exit deadline:
+    nothing is left in the spool, every event arrives once."""
     f = _outage_at_exit(server, spool, close=True)
     FIGURES["503 2 s, close()"] = f
     assert f["spooled"] == 0, "an outage shorter than close_timeout left %d events in the spool" % f["spooled"]
