@@ -443,9 +443,7 @@ class Sender:
         out backoffs, retrying through an outage) up to the exit deadline, so that what an
         outage shorter than close_timeout spooled is delivered before the sender exits."""
         d = self.delivery
-        ring = self.ring
-        patient = (self.exit_deadline is not None and not self.live_owners
-                   and all(ring.seg_field(i, L.S_HEAD) == ring.seg_field(i, L.S_TAIL) for i, _, _ in ring.owners()))
+        patient = self.exit_deadline is not None and not self.live_owners and self._ring_empty()
         now = time.monotonic()
         if patient or now - self._last_scan >= self.SPOOL_SCAN_EVERY:
             self._last_scan = now
@@ -487,7 +485,8 @@ class Sender:
                 self.ring.count("replayed", r.delivered)
 
         loop = StreamReplay(d, respool, patient=patient, persist=patient, on_result=on_result, warn=self.report,
-                            deadline=lambda: self.exit_deadline)
+                            deadline=lambda: self.exit_deadline,
+                            keep_going=lambda: not self._any_live_owner())  # a producer joined: back to the ring
         for m in list(self._replay_streams):
             files = pending_files(m.path)
             if not files:

@@ -20,7 +20,6 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import pytest
 
-from isstreamer import layout as L
 from isstreamer.procutil import pid_alive
 from isstreamer.spool import key_fingerprint, stream_id
 from isstreamer.streamer import Streamer
@@ -468,7 +467,7 @@ from isstreamer import Streamer, layout
 s = Streamer("exit", "bk-exit", %(key)r, api_base=%(url)r, spool_dir=%(spool)r, close_timeout=5.0)
 for i in range(%(n)d):
     s.log("n", i)
-print(s._ring.load(layout.H_SENDER_PID), flush=True)
+print(s.sender_pid, flush=True)
 if %(close)r:
     t0 = time.monotonic()
     s.close()  # the defaults otherwise: max_attempts=4, backoff_max=30
