@@ -178,13 +178,18 @@ class StreamReplay:
         self.counts = ReplayCounts()
         self.why = ""
         self.until: Optional[float] = None  # time limit of the current run (clock time)
+        self.timed_out = False  # the last run stopped at its time limit
 
     def _wait(self) -> bool:
         """Wait until the policy lets a request go; False (nothing waited) when that would pass
-        the time limit."""
+        the time limit (``timed_out``) or ``keep_going`` says stop."""
+        if not self.keep_going():
+            self.why = "interrupted"
+            return False
         w = self.d.wait_time()
         if self.until is not None and self.d.clock() + w >= self.until:
             self.why = "time limit reached"
+            self.timed_out = True
             return False
         if w > 0:
             self.d.sleep(w)
@@ -222,6 +227,7 @@ class StreamReplay:
     def run(self, m: StreamMeta, files: List[str], until: Optional[float] = None) -> Stop:
         """Replay ``files`` of stream ``m`` in order, up to clock time ``until``."""
         self.until = until
+        self.timed_out = False
         for path in files:
             rf = ReplayFile(path)
             if not rf.acquire():
@@ -247,7 +253,8 @@ class StreamReplay:
                     break
                 settled, rest, progressed = self._deliver(m.bucket_key, body)
                 if not settled and not progressed:
-                    stop = Stop.BUDGET if self.until is not None and self.d.clock() >= self.until else Stop.LATER
+                    out = self.timed_out or (self.until is not None and self.d.clock() >= self.until)
+                    stop = Stop.BUDGET if out else Stop.LATER
                     break
                 try:
                     for b in rest:  # a split cut short: the rest goes back to the spool first
