@@ -442,6 +442,8 @@ class Sender:
         turn while live events may wait; when exiting with no producer left, patiently (waiting
         out backoffs, retrying through an outage) up to the exit deadline, so that what an
         outage shorter than close_timeout spooled is delivered before the sender exits."""
+        if self.s.spool_only:
+            return False  # an adopted ring of another access key: its spool waits for that key
         d = self.delivery
         patient = self.exit_deadline is not None and not self.live_owners and self._ring_empty()
         now = time.monotonic()
@@ -509,7 +511,6 @@ class Sender:
             if stop is not Stop.DONE:
                 break
         return bool(loop.counts.batches or loop.counts.finished)
-
 
     def _ring_empty(self) -> bool:
         """True when no segment holds an event (everything sent or spooled)."""
