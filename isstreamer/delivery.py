@@ -32,6 +32,7 @@ import math
 import random
 import time
 from dataclasses import dataclass
+from datetime import timezone
 from email.utils import parsedate_to_datetime
 from typing import Callable, List, Optional
 
@@ -119,7 +120,10 @@ def retry_after_seconds(answer: Answer, default: float = 1.0, cap: float = Polic
             wait = float(ra)
         except ValueError:
             try:
-                wait = parsedate_to_datetime(ra).timestamp() - now
+                when = parsedate_to_datetime(ra)
+                if when.tzinfo is None:  # "-0000": UTC as well (RFC 9110 dates are GMT)
+                    when = when.replace(tzinfo=timezone.utc)
+                wait = when.timestamp() - now
             except (TypeError, ValueError, IndexError, OverflowError):
                 wait = None
     if wait is None or math.isnan(wait):

@@ -127,6 +127,9 @@ def test_kind_is_an_enum_and_knows_settled() -> None:
     ({"Retry-After": formatdate(WALL - 42, usegmt=True)}, 0.0),
     ({"Retry-After": formatdate(WALL + 7 * 86400, usegmt=True)}, 300.0),  # capped
     ({"Retry-After": "Fri, 31 Dec 9999 23:59:59 GMT"}, 300.0),
+    ({"Retry-After": formatdate(WALL + 30).replace("+0000", "-0000").replace("GMT", "-0000")}, 30.0),
+    ({"Retry-After": " 4 "}, 4.0),
+    ({"Retry-After": ""}, 1.0),
     ({"X-RateLimit-Reset": str(WALL + 9)}, 9.0),
     ({"X-RateLimit-Reset": str(WALL + 1e9)}, 300.0),
     ({"X-RateLimit-Reset": "garbage"}, 1.0),
