@@ -238,8 +238,10 @@ class SpoolWriter:
         """Append one batch (a JSON array, no newline inside) and make it durable. Returns the file."""
         if self.clock() < self._retry_at and self._last_error is not None:
             e = self._last_error
-            raise SpoolBackoff(e.errno, "%s (spool writes paused for %.2gs)" % (e.strerror or e, self._retry_delay),
-                               e.filename)
+            pause = "spool writes paused for %.2gs" % self._retry_delay
+            if e.errno is None:
+                raise SpoolBackoff("%s (%s)" % (e, pause))
+            raise SpoolBackoff(e.errno, "%s (%s)" % (e.strerror, pause), e.filename)
         try:
             path = self._write(api_base, bucket_key, bucket_name, fingerprint, body)
         except SpoolFull:
