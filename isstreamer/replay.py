@@ -13,6 +13,12 @@ the stream's bucket is created first; 5xx and connection errors are retried with
 be interrupted and resumed without sending a line twice) and a fully delivered file is deleted,
 exactly as the sender does. The rest of a batch whose split was interrupted is written back to
 the stream as a new spool file. Files locked by a running sender are skipped: it replays them.
+When progress cannot be recorded (disk full) the run stops and the file is kept. A spool root
+that is a symlink, owned by another user or writable by others is refused.
+
+The loop over a stream's files (:class:`StreamReplay`) is the sender's too: the sender runs it
+one attempt per line while it has live events to send, patiently at exit; this command runs it
+patiently (waiting out backoffs and Retry-After).
 """
 from __future__ import annotations
 
