@@ -447,7 +447,7 @@ class Sender:
         d = self.delivery
         patient = self.exit_deadline is not None and not self.live_owners and self._ring_empty()
         now = time.monotonic()
-        if patient or now - self._last_scan >= self.SPOOL_SCAN_EVERY:
+        if (patient and self._last_scan <= now) or now - self._last_scan >= self.SPOOL_SCAN_EVERY:
             self._last_scan = now
             try:
                 check_root(self.s.spool_dir)

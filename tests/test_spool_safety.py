@@ -435,3 +435,30 @@ def test_sender_refuses_a_symlinked_spool_root(tmp_path: Any) -> None:
     assert r.returncode == 0, r.stderr
     assert "refusing spool directory %s: it is a symbolic link" % (tmp_path / "link") in r.stderr, r.stderr
     assert os.listdir(real) == []
+
+
+def test_sender_replay_on_a_full_disk_keeps_the_file(server: FaultServer, tiny_fs: Any) -> None:
+    """The sender's side of the same loop: its replay meets a full disk at the first progress
+    mark, keeps the file, says so, and pauses replay instead of sending that line every turn."""
+    import time
+
+    from isstreamer.streamer import Streamer
+
+    root = tiny_fs / "spool"
+    path = make_spool_file(root, server.url, "bk-old", [list(range(i, i + 10)) for i in range(0, 50, 10)])
+    fill(tiny_fs / "filler")
+    s = Streamer("x", "bk-live", ACCESS_KEY, api_base=server.url, spool_dir=str(root), flush_interval=0.05,
+                 close_timeout=1.0)
+    pid = s.sender_pid or 0
+    try:
+        assert server.wait_for(lambda: len(server.values()) >= 10, 20)
+        time.sleep(2.0)  # sender turns go on meanwhile
+        assert sorted(server.values()) == list(range(10)), "the line whose mark failed was sent again"
+        assert os.path.exists(path)
+    finally:
+        s.close(2)
+    from isstreamer.procutil import pid_alive
+
+    assert pid and server.wait_for(lambda: not pid_alive(pid), 20), "the sender did not exit"
+    assert os.path.exists(path), "the exiting sender removed a file it could not mark"
+    assert sorted(server.values()) == list(range(10)), "the exiting sender sent that line again"
