@@ -347,14 +347,20 @@ def read_meta(stream_dir: str) -> Optional[StreamMeta]:
 
 
 def streams(root: str) -> List[StreamMeta]:
-    """Every stream directory under root with a readable meta.json."""
+    """Every stream directory under root with a readable meta.json (symlinks are skipped)."""
     out: List[StreamMeta] = []
     try:
         names = sorted(os.listdir(root))
     except OSError:
         return out
     for n in names:
-        m = read_meta(os.path.join(root, n))
+        p = os.path.join(root, n)
+        try:
+            if not stat.S_ISDIR(os.lstat(p).st_mode):  # a symlink to a directory is not a stream
+                continue
+        except OSError:
+            continue
+        m = read_meta(p)
         if m is not None:
             out.append(m)
     return out

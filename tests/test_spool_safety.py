@@ -351,8 +351,8 @@ def test_planted_rejected_symlink_is_not_followed(tmp_path: Any) -> None:
 
 
 def test_planted_spool_file_and_meta_symlinks_are_not_read_nor_removed(server: FaultServer, tmp_path: Any) -> None:
-    """A .jsonl symlink to a file of the user, and a stream whose meta.json is a symlink: replay
-    neither sends their content nor deletes anything."""
+    """A .jsonl symlink to a file of the user, a stream whose meta.json is a symlink, a stream
+    directory that is a symlink: replay neither sends their content nor deletes anything."""
     root = tmp_path / "spool"
     real = make_spool_file(root, server.url, "bk-real", [[1, 2]])
     secret = tmp_path / "secret.jsonl"
@@ -362,9 +362,12 @@ def test_planted_spool_file_and_meta_symlinks_are_not_read_nor_removed(server: F
     os.makedirs(other, mode=0o700)
     os.symlink(os.path.join(os.path.dirname(real), "meta.json"), os.path.join(other, "meta.json"))
     os.symlink(secret, os.path.join(other, "0001700000000.000000-1-1.jsonl"))
+    elsewhere = tmp_path / "elsewhere"  # a whole stream directory planted as a link
+    victim = make_spool_file(elsewhere, server.url, "bk-elsewhere", [["victim"]])
+    os.symlink(os.path.dirname(victim), stream_dir(root, "bk-elsewhere", api=server.url))
     p = run_replay(tmp_path, str(root))
-    assert sorted(server.values()) == [1, 2], (p.stdout, p.stderr)
-    assert "secret" not in server.values()
+    assert sorted(server.values(), key=repr) == [1, 2], (server.values(), p.stderr)
+    assert "secret" not in server.values() and os.path.exists(victim)
     assert secret.read_text().startswith("[") and os.path.islink(os.path.join(other, "meta.json"))
     assert "skipped" in p.stderr, p.stderr
 
