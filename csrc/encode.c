@@ -4,7 +4,7 @@
  *
  * Strict JSON only: strings are escaped and invalid UTF-8 becomes U+FFFD; non-finite numbers
  * never appear (such a record is skipped and counted); floats are printed with the shortest
- * precision that round-trips exactly; epochs with microsecond resolution.
+ * precision that round-trips exactly, epochs too (the float given, not rounded).
  * Every read of the mapping is bounds-checked against the segment and the published head, and
  * the segment against the mapping (the header is not trusted: its sizes may wrap 64 bits).
  * Positions are compared as differences (head - pos), never as sums that could wrap near 2^64.
@@ -133,27 +133,11 @@ size_t iss_format_double(double v, char *out, size_t cap)
     return iss_dtoa(v, out, cap);
 }
 
-/* Epoch seconds with microsecond resolution, trailing zeros trimmed: 1764270000.5 */
+/* Epoch seconds as the float given: the shortest decimal that reads back as exactly that
+ * double (as values are, and as Python's repr(); the fallback encoder writes the same text). */
 static size_t put_epoch(char *out, double epoch)
 {
-    if (!(epoch > 0.0 && epoch < 1e11))
-        return iss_format_double(epoch, out, 40);
-    double us = floor(epoch * 1e6 + 0.5);
-    uint64_t u = (uint64_t)us;
-    uint64_t sec = u / 1000000u, frac = u % 1000000u;
-    size_t w = put_u64(out, sec);
-    out[w++] = '.';
-    char digits[6];
-    for (int i = 5; i >= 0; i--) {
-        digits[i] = (char)('0' + frac % 10u);
-        frac /= 10u;
-    }
-    int last = 0;
-    for (int i = 0; i < 6; i++)
-        if (digits[i] != '0')
-            last = i;
-    memcpy(out + w, digits, (size_t)last + 1u);
-    return w + (size_t)last + 1u;
+    return iss_format_double(epoch, out, ISS_DTOA_MAX_LEN);
 }
 
 /* Offset of segment i when all of it (header and data) lies inside the mapping, else 0.

@@ -2,7 +2,8 @@
 
 The C encoder (``iss_encode_batch``) is used when the extension is available; otherwise the
 records are decoded with ``struct`` and serialised with orjson (or the stdlib ``json`` when
-orjson is missing). Both produce strict JSON: ``[{"key":..,"value":..,"epoch":..}, ...]``.
+orjson is missing). Both produce strict JSON: ``[{"key":..,"value":..,"epoch":..}, ...]``, the
+epoch as the shortest decimal that reads back as the float given (``repr``), byte for byte alike.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import json
 import math
 import struct
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, List, Optional
 
 from . import layout as L
 from .ring import Ring, _ffi, _lib
@@ -142,10 +143,10 @@ class Encoder:
                 value = False
             if bucket < 0:
                 bucket = rbucket
-            ev: Dict[str, Any] = {"key": key, "value": value}
+            part = _dumps({"key": key, "value": value})
             if math.isfinite(epoch) and epoch > 0:
-                ev["epoch"] = round(epoch, 6) if epoch < 1e11 else epoch
-            part = _dumps(ev)
+                # the float as given, shortest round-trip text: what the C encoder writes
+                part = part[:-1] + b',"epoch":' + repr(epoch).encode("ascii") + b"}"
             parts.append(part)
             used += len(part) + 1
             pos += size

@@ -13,21 +13,27 @@ the stream's bucket is created first; 5xx and connection errors are retried with
 be interrupted and resumed without sending a line twice) and a fully delivered file is deleted,
 exactly as the sender does. The rest of a batch whose split was interrupted is written back to
 the stream as a new spool file. Files locked by a running sender are skipped: it replays them.
+When progress cannot be recorded (disk full) the run stops and the file is kept. A spool root
+that is a symlink, owned by another user or writable by others is refused.
+
+The loop over a stream's files (:class:`StreamReplay`) is the sender's too: the sender runs it
+one attempt per line while it has live events to send, patiently at exit; this command runs it
+patiently (waiting out backoffs and Retry-After).
 """
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import sys
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 import orjson
 
-from .delivery import AUTH, DELIVERED, REJECTED, Delivery, Policy, retry_after_seconds
-from .spool import (ReplayFile, SpoolWriter, StreamMeta, key_fingerprint, pending_files, read_meta,
-                    streams)
+from .delivery import Delivery, Kind, Policy, Result
+from .spool import (ReplayFile, SpoolUnsafe, SpoolWriter, StreamMeta, check_root, key_fingerprint,
+                    pending_files, read_meta, streams)
 from .transport import Transport
 
 log = logging.getLogger("isstreamer")
@@ -62,6 +68,7 @@ class ReplaySummary:
     other_streams: int = 0  # streams of another access key, not touched
     other_events: int = 0
     stopped: List[str] = field(default_factory=list)  # why some streams were not (fully) replayed
+    faults: List[str] = field(default_factory=list)  # spool files kept because the spool could not be updated
     rejected_path: str = ""
 
     def line(self) -> str:
@@ -97,26 +104,217 @@ def pending_events(path: str) -> int:
 
 
 def resolve(path: str) -> Tuple[str, List[Target]]:
-    """(spool root, streams to replay) for a spool directory, stream directory or spool file."""
+    """(spool root, streams to replay) for a spool directory, stream directory or spool file.
+
+    The spool root must pass :func:`~isstreamer.spool.check_root` (ReplayError otherwise)."""
     path = os.path.abspath(path)
     if os.path.isfile(path):
         stream_dir = os.path.dirname(path)
         meta = read_meta(stream_dir)
         if not path.endswith(".jsonl") or meta is None:
             raise ReplayError("%s is not a spool file (a .jsonl file next to a meta.json)" % path)
-        return os.path.dirname(stream_dir), [Target(meta, [path])]
-    if not os.path.isdir(path):
+        root, targets = os.path.dirname(stream_dir), [Target(meta, [path])]
+    elif not os.path.isdir(path):
         raise ReplayError("%s: no such file or directory" % path)
-    if os.path.exists(os.path.join(path, "meta.json")):
+    elif os.path.exists(os.path.join(path, "meta.json")):
         meta = read_meta(path)
         if meta is None:
             raise ReplayError("%s: unreadable meta.json" % path)
-        return os.path.dirname(path), [Target(meta, pending_files(path))]
-    return path, [Target(m, pending_files(m.path)) for m in streams(path)]
+        root, targets = os.path.dirname(path), [Target(meta, pending_files(path))]
+    else:
+        root, targets = path, [Target(m, pending_files(m.path)) for m in streams(path)]
+    try:
+        check_root(root)
+    except SpoolUnsafe as exc:
+        raise ReplayError(str(exc)) from exc
+    return root, targets
+
+
+class Stop(enum.Enum):
+    """Why :meth:`StreamReplay.run` returned."""
+
+    DONE = "done"  # every file given was replayed and removed (or is busy: a writer holds it)
+    LATER = "later"  # the API takes nothing more now (backoff, 429, outage, auth): see ``why``
+    BUDGET = "budget"  # the time limit was reached
+    FAULT = "fault"  # the spool could not be updated (progress mark, write-back): file kept, see ``why``
+
+
+@dataclass
+class ReplayCounts:
+    """What a :class:`StreamReplay` did so far."""
+
+    files: int = 0  # spool files taken
+    finished: int = 0  # of which fully delivered and deleted
+    batches: int = 0  # spool lines settled
+    delivered: int = 0
+    rejected: int = 0
+    torn: int = 0
+    busy: int = 0  # files a running writer or replayer holds
+
+
+class StreamReplay:
+    """Replays spool files through a :class:`Delivery`: the one loop the sender and
+    ``isstreamer replay`` share.
+
+    ``patient`` waits out backoffs and 429s and retries a line until it is settled or the
+    policy gives up (auth refused; an outage, unless ``persist`` keeps retrying it until the
+    time limit: the sender's exit budget); otherwise every line gets one attempt and the run
+    returns ``Stop.LATER`` at the first that is not settled (the sender comes back later).
+    A patient run never waits past its time limit (``Stop.BUDGET``).
+    A line is marked done only once settled; the rest of a split cut short is written back
+    with ``respool`` first. When a mark or that write fails (disk full) the run stops with
+    ``Stop.FAULT`` and the file is kept: its lines may be sent again later, never lost.
+    """
+
+    def __init__(self, d: Delivery, respool: Callable[[StreamMeta, bytes], None], *, patient: bool,
+                 persist: bool = False, on_result: Callable[[Result], None] = lambda r: None,
+                 on_progress: Callable[[int], None] = lambda n: None,
+                 warn: Callable[[str], None] = log.warning,
+                 deadline: Callable[[], Optional[float]] = lambda: None,
+                 keep_going: Callable[[], bool] = lambda: True) -> None:
+        self.d = d
+        self.respool = respool
+        self.patient = patient
+        self.persist = persist
+        self.on_result = on_result
+        self.on_progress = on_progress
+        self.warn = warn
+        self.deadline = deadline
+        self.keep_going = keep_going
+        self.counts = ReplayCounts()
+        self.why = ""
+        self.until: Optional[float] = None  # time limit of the current run (clock time)
+        self.timed_out = False  # the last run stopped at its time limit
+
+    def _wait(self) -> bool:
+        """Wait until the policy lets a request go; False (nothing waited) when that would pass
+        the time limit (``timed_out``) or ``keep_going`` says stop."""
+        if not self.keep_going():
+            self.why = "interrupted"
+            return False
+        w = self.d.wait_time()
+        if self.until is not None and self.d.clock() + w >= self.until:
+            self.why = "time limit reached"
+            self.timed_out = True
+            return False
+        if w > 0:
+            self.d.sleep(w)
+        return True
+
+    def _gives_up(self, r: Result) -> bool:
+        """True (with ``why`` set) when a patient run stops for this API base."""
+        d, a = self.d, r.answer
+        if r.kind is Kind.AUTH:
+            self.why = "the API refused the access key (HTTP %d)" % (a.status if a else 0)
+            return True
+        if d.outage and r.kind is Kind.TRANSIENT and not self.persist:
+            self.why = "%d failed requests in a row (last: %s)" % (
+                d.failures, (a.error or "HTTP %d" % a.status) if a else "no answer")
+            return True
+        return False
+
+    def bucket(self, m: StreamMeta, bucket_key: Optional[str] = None, until: Optional[float] = None) -> bool:
+        """Create the stream's bucket (a refused creation counts as done: its events meet the
+        API's verdict). False when it failed (patient: the policy gave up or the time limit
+        came; see ``why``)."""
+        self.until = until
+        while True:
+            if self.patient and not self._wait():
+                return False
+            r = self.d.create_bucket(bucket_key or m.bucket_key, m.bucket_name, self.deadline())
+            if r.kind.settled:
+                return True
+            if not self.patient:
+                self.why = "bucket creation: %s" % r.kind.value
+                return False
+            if self._gives_up(r):
+                return False
+
+    def run(self, m: StreamMeta, files: List[str], until: Optional[float] = None) -> Stop:
+        """Replay ``files`` of stream ``m`` in order, up to clock time ``until``."""
+        self.until = until
+        self.timed_out = False
+        for path in files:
+            rf = ReplayFile(path)
+            if not rf.acquire():
+                if rf.error is not None and os.path.lexists(path) and not isinstance(rf.error, FileNotFoundError):
+                    self.warn("isstreamer: spool file %s skipped (%s)" % (path, rf.error))
+                elif os.path.exists(path):  # else finished by someone else meanwhile
+                    self.counts.busy += 1
+                continue
+            self.counts.files += 1
+            stop = self._file(m, rf, until)
+            if stop is not Stop.DONE:
+                return stop
+        return Stop.DONE
+
+    def _file(self, m: StreamMeta, rf: ReplayFile, until: Optional[float]) -> Stop:
+        stop = Stop.DONE
+        lines = rf.lines()
+        try:
+            prev = rf.position()
+            for end, body in lines:
+                if until is not None and self.d.clock() >= until:
+                    stop = Stop.BUDGET
+                    break
+                settled, rest, progressed = self._deliver(m.bucket_key, body)
+                if not settled and not progressed:
+                    out = self.timed_out or (self.until is not None and self.d.clock() >= self.until)
+                    stop = Stop.BUDGET if out else Stop.LATER
+                    break
+                try:
+                    for b in rest:  # a split cut short: the rest goes back to the spool first
+                        self.respool(m, b)
+                    rf.mark(end)
+                except OSError as exc:
+                    self.why = "cannot update the spool in %s (%s); the file is kept" % (m.path, exc)
+                    stop = Stop.FAULT
+                    break
+                self.counts.batches += settled
+                self.on_progress(end - prev)
+                prev = end
+                if not settled:
+                    stop = Stop.LATER
+                    break
+        except OSError as exc:  # reading the file, or marking a torn line
+            self.why = "cannot replay %s (%s); the file is kept" % (rf.path, exc)
+            stop = Stop.FAULT
+        finally:
+            lines.close()
+            self.counts.torn += rf.torn
+            if rf.torn:
+                self.warn("isstreamer: skipped %d torn line%s in spool file %s" % (rf.torn, _s(rf.torn), rf.path))
+            if stop is Stop.DONE:
+                rf.finish()
+                self.counts.finished += 1
+            else:
+                rf.release()
+        return stop
+
+    def _deliver(self, bucket_key: str, body: bytes) -> Tuple[bool, List[bytes], bool]:
+        """Send one spool line: (settled, sub-batches left, whether some events were settled)."""
+        queue = [body]
+        progressed = False
+        while queue:
+            if self.patient and not self._wait():
+                return False, queue if progressed else [], progressed
+            b = queue[0]
+            r = self.d.send(bucket_key, b, count_events(b), self.deadline())
+            self.on_result(r)
+            self.counts.delivered += r.delivered
+            self.counts.rejected += r.rejected
+            progressed = progressed or bool(r.delivered or r.rejected)
+            if r.kind.settled:
+                queue.pop(0)
+                continue
+            queue[0:1] = r.leftover or [b]
+            if not self.patient or self._gives_up(r):
+                return False, queue if progressed else [], progressed
+        return True, [], progressed
 
 
 class Replayer:
-    """Replays spool files with one :class:`Delivery` per API base."""
+    """Replays spool files with one :class:`Delivery` per API base (``isstreamer replay``)."""
 
     def __init__(self, access_key: str, api_base: Optional[str] = None, policy: Optional[Policy] = None,
                  request_timeout: float = 10.0, use_gzip: bool = False, progress: Optional[bool] = None,
@@ -156,7 +354,7 @@ class Replayer:
                    disable=None if self.progress is None else not self.progress)
         try:
             for t in mine:
-                self._stream(t, writer, bar)
+                self._stream(t, root, writer, bar)
         finally:
             bar.close()
             writer.close_all()
@@ -175,108 +373,34 @@ class Replayer:
             self._deliveries[base] = d
         return d
 
-    def _stream(self, t: Target, writer: SpoolWriter, bar: Any) -> None:
+    def _stream(self, t: Target, root: str, writer: SpoolWriter, bar: Any) -> None:
         sm, m = self._summary, t.meta
         base = self.api_base or m.api_base.rstrip("/")
         if not t.files or base in self._blocked:
             return
-        d = self._delivery(base, os.path.dirname(m.path))
-        if not self._create_bucket(d, m):
+
+        def respool(meta: StreamMeta, body: bytes) -> None:
+            self._written.add(writer.write(meta.api_base, meta.bucket_key, meta.bucket_name, meta.fingerprint, body))
+
+        loop = StreamReplay(self._delivery(base, root), respool, patient=True, on_progress=bar.update,
+                            warn=lambda msg: self.warn(msg.replace("isstreamer:", "isstreamer replay:", 1)))
+        if not loop.bucket(m):
+            self._blocked.setdefault(base, loop.why)
             return
-        for path in t.files:
-            rf = ReplayFile(path)
-            if not rf.acquire():
-                if os.path.exists(path):  # else a sender finished it meanwhile
-                    sm.busy += 1
-                continue
-            sm.files += 1
-            prev, done = rf.position(), True
-            lines = rf.lines()
-            try:
-                for end, body in lines:
-                    before = sm.delivered + sm.rejected
-                    ok, rest = self._deliver(d, m.bucket_key, body)
-                    if not ok:
-                        done = False
-                        if sm.delivered + sm.rejected > before:
-                            # a split cut short: the rest goes back to the spool, this line is settled
-                            for b in rest:
-                                self._written.add(writer.write(m.api_base, m.bucket_key, m.bucket_name,
-                                                               m.fingerprint, b))
-                            rf.mark(end)
-                        break
-                    rf.mark(end)
-                    sm.batches += 1
-                    bar.update(end - prev)
-                    prev = end
-            finally:
-                lines.close()
-                sm.torn += rf.torn
-                if rf.torn:
-                    self.warn("isstreamer replay: skipped %d torn line%s in %s" % (rf.torn, _s(rf.torn), path))
-                if done:
-                    rf.finish()
-                    sm.finished += 1
-                else:
-                    rf.release()
-            if not done:
-                return
-
-    # ---- HTTP through the delivery policy ---------------------------------------------------------------
-    def _wait(self, d: Delivery) -> None:
-        w = d.wait_time()
-        if w > 0:
-            time.sleep(w)
-
-    def _stop(self, d: Delivery, why: str) -> None:
-        self._blocked.setdefault(d.t.api_base, why)
-
-    def _create_bucket(self, d: Delivery, m: StreamMeta) -> bool:
-        """Create the stream's bucket (retrying like events); False when the run stops for this base."""
-        while True:
-            self._wait(d)
-            a = d.t.create_bucket(m.bucket_key, m.bucket_name)
-            if a.ok:
-                d.mark_healthy()
-                return True
-            if a.status in (401, 402, 403):
-                self._stop(d, "the API refused the access key (HTTP %d)" % a.status)
-                return False
-            if a.status == 429:
-                d.not_before = max(d.not_before, time.monotonic() + retry_after_seconds(a))
-                continue
-            if a.status == 0 or a.status >= 500:
-                d.transient_failure()
-                if d.outage:
-                    self._stop(d, "%d failed requests in a row (last: %s)" % (d.failures, a.error or "HTTP %d" % a.status))
-                    return False
-                continue
-            self.warn("isstreamer replay: the API refused bucket %r (HTTP %d: %s)" % (m.bucket_key, a.status, a.text[:200]))
-            return True  # its events will meet the API's verdict
-
-    def _deliver(self, d: Delivery, bucket_key: str, body: bytes) -> Tuple[bool, List[bytes]]:
-        """Send one spool line until settled: (True, []) or (False, the sub-batches not delivered)."""
-        sm = self._summary
-        queue = [body]
-        while queue:
-            self._wait(d)
-            b = queue[0]
-            r = d.send(bucket_key, b, count_events(b))
-            sm.delivered += r.delivered
-            sm.rejected += r.rejected
-            if r.kind in (DELIVERED, REJECTED):
-                queue.pop(0)
-                continue
-            queue[0:1] = r.leftover or [b]
-            a = r.answer
-            if r.kind == AUTH:
-                self._stop(d, "the API refused the access key (HTTP %d)" % (a.status if a else 0))
-                return False, queue
-            if d.outage:
-                self._stop(d, "%d failed requests in a row (last: %s)"
-                           % (d.failures, (a.error or "HTTP %d" % a.status) if a else "no answer"))
-                return False, queue
-        return True, []
+        stop = loop.run(m, t.files)
+        c = loop.counts
+        sm.files += c.files
+        sm.finished += c.finished
+        sm.batches += c.batches
+        sm.delivered += c.delivered
+        sm.rejected += c.rejected
+        sm.torn += c.torn
+        sm.busy += c.busy
+        if stop is Stop.LATER:
+            self._blocked.setdefault(base, loop.why)
+        elif stop is Stop.FAULT:
+            self.warn("isstreamer replay: %s" % loop.why)
+            sm.faults.append(loop.why)
 
 
 def _size(path: str) -> int:

@@ -19,11 +19,12 @@ import time
 from typing import Dict, Optional, Set, Tuple
 
 from . import layout as L
-from .delivery import AUTH, DELIVERED, REJECTED, Delivery, Policy, Result, retry_after_seconds
+from .delivery import DELIVERED, REJECTED, Delivery, Kind, Policy, Result
 from .encoder import Batch, Encoder
 from .ring import Ring, RingClosed, RingRefused, Table, lock_held_elsewhere
 from .settings import SenderSettings
-from .spool import (ReplayFile, SpoolFull, SpoolWriter, key_fingerprint,
+from .replay import Stop, StreamReplay
+from .spool import (SpoolFull, SpoolWriter, StreamMeta, check_root, key_fingerprint,
                     pending_files, streams)
 from .transport import Transport
 
@@ -233,30 +234,12 @@ class Sender:
         return False
 
     def _create_bucket(self, key: str, name: str) -> bool:
-        d = self.delivery
-        if not d.ready():
-            return False
-        a = self.t.create_bucket(key, name, self._timeout())
-        self._bucket_status = a.status
-        if a.ok:
+        """Create a bucket through the delivery policy; True when settled (created or refused)."""
+        r = self.delivery.create_bucket(key, name, self.exit_deadline)
+        self._bucket_status = r.answer.status if r.answer is not None else 0
+        if r.kind is Kind.DELIVERED:
             self.ring.count("buckets_created")
-            d.mark_healthy()
-            return True
-        if a.status in (401, 402, 403):
-            if not d.auth_blocked:
-                d.report("isstreamer: creating bucket %r was refused (HTTP %d); events are kept in the spool "
-                         "and sending retries every %gs" % (key, a.status, d.policy.auth_retry_interval))
-            d.auth_blocked = True
-            d.not_before = time.monotonic() + d.policy.auth_retry_interval
-            return False
-        if a.status == 429:
-            d.not_before = time.monotonic() + retry_after_seconds(a)
-            return False
-        if a.status == 0 or a.status >= 500:
-            d.transient_failure()
-            return False
-        self.report("isstreamer: the events API refused bucket %r (HTTP %d: %s)" % (key, a.status, a.text[:200]))
-        return True  # nothing more to do; its events will meet the server's verdict
+        return r.kind.settled
 
     def _timeout(self) -> Optional[float]:
         if self.exit_deadline is None:
@@ -340,12 +323,16 @@ class Sender:
             return True
         key, name = bucket
         d = self.delivery
-        exiting = self.exit_deadline is not None
-        if d.outage or d.auth_blocked or self.s.spool_only:
+        left = self._exit_budget()
+        if d.auth_blocked or self.s.spool_only or (d.outage and not (left is not None and left > 0)):
             return self._to_spool([b.body], b.nevents, key, name)
         if not d.ready():
-            # cannot send now: keep it in the ring unless the ring fills up or someone waits
-            urgent = exiting or self._occupancy(b.seg) > 0.5 or (force and d.wait_time() > 1.0)
+            # cannot send now: keep it in the ring unless the ring fills up, someone waits (for
+            # longer than a second), or the wait outlasts what is left of the exit budget
+            if left is not None:
+                urgent = d.wait_time() >= left
+            else:
+                urgent = self._occupancy(b.seg) > 0.5 or (force and d.wait_time() > 1.0)
             if urgent:
                 return self._to_spool([b.body], b.nevents, key, name)
             return False
@@ -354,29 +341,47 @@ class Sender:
             if d.auth_blocked:
                 return self._to_spool([b.body], b.nevents, key, name)
             return self._failed_attempt(b, [b.body], self._bucket_status == 429, key, name)
-        r = d.send(key, b.body, b.nevents, self._timeout())
+        r = d.send(key, b.body, b.nevents, self.exit_deadline)
         self._account(r)
-        if r.kind in (DELIVERED, REJECTED):
+        if r.kind.settled:
             return True
         leftover = r.leftover or [b.body]
+        if r.kind is Kind.DEFERRED:
+            return self._failed_attempt(b, leftover, True, key, name)
         partial = r.delivered + r.rejected > 0
-        if r.kind == AUTH or partial:
+        if r.kind is Kind.AUTH or partial:
             return self._to_spool(leftover, None, key, name)
-        rate_limited = r.answer is not None and r.answer.status == 429
-        return self._failed_attempt(b, leftover, rate_limited, key, name)
+        return self._failed_attempt(b, leftover, r.kind is Kind.RATE_LIMITED, key, name)
 
     def _failed_attempt(self, b: Batch, leftover, rate_limited: bool, key: str, name: str) -> bool:
-        """After a transient failure (nothing delivered): spool after max_attempts, else keep in the ring."""
+        """After a failed attempt (nothing delivered): keep the batch in the ring or spool it.
+
+        While exiting, the batch stays in the ring as long as the exit budget outlasts the wait
+        (short backoff, see Delivery.finish_by) and is spooled after; otherwise it is spooled
+        after ``max_attempts`` (not counting 429s) or when the ring fills up.
+        """
         d = self.delivery
-        exiting = self.exit_deadline is not None
         n = self.attempts.get((b.seg, b.start), 0) + 1
         self.attempts[(b.seg, b.start)] = n
-        if not rate_limited and (exiting or d.outage or n >= d.policy.max_attempts):
+        left = self._exit_budget()
+        if left is not None:
+            if left > d.wait_time():
+                return False
+            return self._to_spool(leftover, None, key, name)
+        if not rate_limited and (d.outage or n >= d.policy.max_attempts):
             d.enter_outage()
             return self._to_spool(leftover, None, key, name)
-        if exiting or self._occupancy(b.seg) > 0.5:
+        if self._occupancy(b.seg) > 0.5:
             return self._to_spool(leftover, None, key, name)
         return False
+
+    def _exit_budget(self) -> Optional[float]:
+        """Seconds left before the exit deadline (None while not exiting; negative once past),
+        keeping the delivery's finish_by deadline in step with it."""
+        deadline = self.exit_deadline
+        if self.delivery.deadline != deadline:
+            self.delivery.finish_by(deadline)
+        return None if deadline is None else deadline - time.monotonic()
 
     def _account(self, r: Result) -> None:
         ring = self.ring
@@ -433,14 +438,31 @@ class Sender:
 
     # ---- spool -> API -------------------------------------------------------------------------------
     def _replay(self) -> bool:
+        """Replay our stream's spool files (the loop shared with ``isstreamer replay``): a short
+        turn while live events may wait; when exiting with no producer left, patiently (waiting
+        out backoffs, retrying through an outage) up to the exit deadline, so that what an
+        outage shorter than close_timeout spooled is delivered before the sender exits."""
+        if self.s.spool_only:
+            return False  # an adopted ring of another access key: its spool waits for that key
         d = self.delivery
+        patient = self.exit_deadline is not None and not self.live_owners and self._ring_empty()
         now = time.monotonic()
-        if now - self._last_scan >= self.SPOOL_SCAN_EVERY:
+        if (patient and self._last_scan <= now) or now - self._last_scan >= self.SPOOL_SCAN_EVERY:
             self._last_scan = now
-            self._replay_streams = [m for m in streams(self.s.spool_dir)
-                                    if m.api_base == self.s.api_base and m.fingerprint == self.fp
+            try:
+                check_root(self.s.spool_dir)
+                found = streams(self.s.spool_dir)
+            except FileNotFoundError:
+                found = []
+            except OSError as exc:
+                if not self._spool_error_reported:
+                    self._spool_error_reported = True
+                    self.report("isstreamer: the spool in %s is not replayed (%s)" % (self.s.spool_dir, exc))
+                found = []
+            self._replay_streams = [m for m in found if m.api_base == self.s.api_base and m.fingerprint == self.fp
                                     and pending_files(m.path)]
-        if not d.ready():
+        self._exit_budget()  # at exit, a pending backoff is shortened first
+        if not d.ready() and not patient:
             return False
         if self.spool.open_files:
             # our own spool files are locked while we append to them: unlock them so that they are
@@ -451,54 +473,57 @@ class Sender:
             return self._replay()
         if not self._replay_streams:
             return False
-        # a short turn while live events may wait; when exiting, replay until the exit deadline only
         limit = self.exit_deadline if self.exit_deadline is not None else time.monotonic() + self.REPLAY_BUDGET
         if time.monotonic() >= limit:
             return False
-        worked = False
+
+        def respool(m: StreamMeta, body: bytes) -> None:
+            self.spool.write(m.api_base, m.bucket_key, m.bucket_name, m.fingerprint, body)
+            self.ring.count("spooled", _count_events(body))
+
+        def on_result(r: Result) -> None:
+            self._account(r)
+            if r.delivered:
+                self.ring.count("replayed", r.delivered)
+
+        loop = StreamReplay(d, respool, patient=patient, persist=patient, on_result=on_result, warn=self.report,
+                            deadline=lambda: self.exit_deadline,
+                            keep_going=lambda: not self._any_live_owner())  # a producer joined: back to the ring
         for m in list(self._replay_streams):
             files = pending_files(m.path)
             if not files:
                 self._replay_streams.remove(m)
                 continue
             if m.bucket_key not in self._replay_buckets:
-                if not self._create_bucket(m.bucket_key, m.bucket_name):
-                    return worked
+                if not (loop.bucket(m, until=limit) if patient else self._create_bucket(m.bucket_key, m.bucket_name)):
+                    break
                 self._replay_buckets.add(m.bucket_key)
-            for path in files:
-                rf = ReplayFile(path)
-                if not rf.acquire():
-                    continue
-                done = True
-                for end, body in rf.lines():
-                    n = _count_events(body)
-                    r = d.send(m.bucket_key, body, n, self._timeout())
-                    self._account(r)
-                    if r.kind in (DELIVERED, REJECTED):
-                        self.ring.count("replayed", r.delivered)
-                        rf.mark(end)
-                        worked = True
-                    elif r.delivered or r.rejected:
-                        self.ring.count("replayed", r.delivered)
-                        self._to_spool(r.leftover or [], None, m.bucket_key, m.bucket_name)
-                        rf.mark(end)
-                        done = False
-                        break
-                    else:
-                        done = False
-                        break
-                    if time.monotonic() >= limit:
-                        done = False
-                        break
-                if rf.torn:
-                    self.report("isstreamer: skipped %d torn line(s) in spool file %s" % (rf.torn, path))
-                if done:
-                    rf.finish()
-                    self.spool.forget_size()
-                else:
-                    rf.release()
-                    return worked
-        return worked
+            stop = loop.run(m, files, limit)
+            if loop.counts.finished:
+                self.spool.forget_size()
+            if stop is Stop.FAULT:
+                # the spool cannot record progress (disk full...): the file is kept; pause replay
+                # for a while rather than send its first lines again every turn
+                self.report("isstreamer: %s; replay pauses for %gs" % (loop.why, REPLAY_FAULT_PAUSE))
+                self._replay_streams = []
+                self._last_scan = time.monotonic() + REPLAY_FAULT_PAUSE - self.SPOOL_SCAN_EVERY
+                break
+            if stop is not Stop.DONE:
+                break
+        return bool(loop.counts.batches or loop.counts.finished)
+
+    def _ring_empty(self) -> bool:
+        """True when no segment holds an event (everything sent or spooled)."""
+        for slot, _, seg_id, _ in list(self.ring.slots()):
+            seg = self._segment(slot, seg_id)
+            if seg is not None:
+                base = seg.seg_offset(0)
+                if seg.load(base + L.S_HEAD) != seg.load(base + L.S_TAIL):
+                    return False
+        return True
+
+
+REPLAY_FAULT_PAUSE = 30.0  # seconds without replay after the spool could not record progress
 
 
 def _count_events(body: bytes) -> int:

@@ -7,16 +7,22 @@ array that the events API accepts as-is. A writer holds an exclusive ``flock`` o
 appends to (taken before the file gets its ``.jsonl`` name), so replayers skip it; replay
 progress is kept in ``<file>.pos`` (byte offset), and a fully delivered file is deleted. A torn
 last line (power cut) is skipped, never fatal; a failed write (disk full) is cut off the file.
+
+Safety: files are created 0600 and directories 0700; every open uses O_NOFOLLOW and temporary
+files O_EXCL, so a planted symlink is never followed; a spool root that is a symlink, owned by
+another user or writable by others is refused (:func:`check_root`).
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
 import os
+import stat
 import time
 from dataclasses import dataclass
-from typing import Generator, List, Optional, Tuple
+from typing import Callable, Generator, List, Optional, Tuple
 
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
 ROTATE_BYTES = 4 * 1024 * 1024
@@ -59,7 +65,7 @@ def dir_size(root: str) -> int:
     for dirpath, _, files in os.walk(root):
         for f in files:
             try:
-                total += os.path.getsize(os.path.join(dirpath, f))
+                total += os.lstat(os.path.join(dirpath, f)).st_size
             except OSError:
                 pass
     return total
@@ -69,68 +75,246 @@ class SpoolFull(OSError):
     """The spool reached its size cap."""
 
 
-class SpoolWriter:
-    """Appends batches to the spool, one open file per stream, crash-safe line by line."""
+class SpoolUnsafe(OSError):
+    """The spool root is a symlink, owned by another user or writable by others."""
 
-    def __init__(self, root: str, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+
+class SpoolBackoff(OSError):
+    """A spool write failed moments ago; writes are paused for a while (nothing was touched)."""
+
+
+# ---- files the spool creates: 0600, never through a symlink, temporary files exclusive --------
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+
+
+def open_nofollow(path: str, flags: int, mode: int = 0o600) -> int:
+    """``os.open`` with O_NOFOLLOW and O_CLOEXEC; a read-only open must find a regular file
+    (a planted FIFO or device is refused instead of blocking)."""
+    readonly = (flags & (os.O_WRONLY | os.O_RDWR)) == 0
+    fd = os.open(path, flags | _NOFOLLOW | _CLOEXEC | (_NONBLOCK if readonly else 0), mode)
+    if readonly:
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, "not a regular file", path)
+            if _NONBLOCK:
+                fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~_NONBLOCK)
+        except OSError:
+            os.close(fd)
+            raise
+    return fd
+
+
+def _create_exclusive(path: str) -> int:
+    """Create ``path`` anew (O_EXCL, 0600); a stale file or planted symlink there is removed
+    first (unlinking a symlink never touches its target)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    try:
+        return open_nofollow(path, flags)
+    except FileExistsError:
+        os.unlink(path)
+        return open_nofollow(path, flags)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    done = 0
+    while done < len(data):
+        done += os.write(fd, data[done:])
+
+
+def replace_private(path: str, data: bytes) -> None:
+    """Atomically make ``path`` hold ``data`` (0600, fsynced): an exclusive temporary file
+    renamed over it. The temporary file is removed on failure."""
+    tmp = "%s.%d.tmp" % (path, os.getpid())
+    fd = _create_exclusive(tmp)
+    try:
+        _write_all(fd, data)
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        os.replace(tmp, path)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def append_private(path: str, data: bytes) -> None:
+    """Append ``data`` to ``path`` (created 0600, never through a symlink; its directory is
+    checked like a spool root, and created 0700 when missing)."""
+    ensure_root(os.path.dirname(path) or ".")
+    fd = open_nofollow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        st = os.fstat(fd)
+        if stat.S_IMODE(st.st_mode) & 0o077 and st.st_uid == os.geteuid():
+            os.fchmod(fd, 0o600)  # made by an older version: 0644
+        _write_all(fd, data)
+    finally:
+        os.close(fd)
+
+
+def makedirs_private(path: str) -> None:
+    """``os.makedirs`` where every directory created is 0700 (not only the last one)."""
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    if parent and parent != path and not os.path.lexists(parent):
+        makedirs_private(parent)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
+
+
+def check_root(root: str) -> None:
+    """Refuse (SpoolUnsafe, a clear message) a spool root that is a symlink, is owned by another
+    user or is writable by group or others; NotADirectoryError when it is something else."""
+    st = os.lstat(root)
+    why = ""
+    if stat.S_ISLNK(st.st_mode):
+        why = "it is a symbolic link (give the real directory)"
+    elif not stat.S_ISDIR(st.st_mode):
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), root)
+    elif st.st_uid != os.geteuid():
+        why = "it is owned by uid %d, not by this user (uid %d)" % (st.st_uid, os.geteuid())
+    elif st.st_mode & 0o022:
+        why = "it is writable by other users (mode %04o; chmod go-w it)" % stat.S_IMODE(st.st_mode)
+    if why:
+        raise SpoolUnsafe("refusing spool directory %s: %s" % (root, why))
+
+
+def ensure_root(root: str) -> None:
+    """Create the spool root (0700, parents too) if missing, then :func:`check_root` it."""
+    makedirs_private(root)
+    check_root(root)
+
+
+class SpoolWriter:
+    """Appends batches to the spool, one open file per stream, crash-safe line by line.
+
+    A write that fails (disk full...) leaves nothing behind: a file it opened is closed and
+    removed, a partial line is cut off; further writes fail fast (``SpoolBackoff``) for a
+    backoff that doubles from ``ERROR_BACKOFF`` to ``ERROR_BACKOFF_MAX`` until one succeeds.
+    """
+
+    ERROR_BACKOFF = 0.05
+    ERROR_BACKOFF_MAX = 2.0
+
+    def __init__(self, root: str, max_bytes: int = DEFAULT_MAX_BYTES,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.root = root
         self.max_bytes = max_bytes
+        self.clock = clock
         self._files: dict = {}  # stream dir -> (fd, path, bytes written)
         self._seq = 0
         self._size: Optional[int] = None
+        self._retry_at = 0.0
+        self._retry_delay = 0.0
+        self._last_error: Optional[OSError] = None
 
     def _stream_dir(self, api_base: str, bucket_key: str, bucket_name: str, fingerprint: str) -> str:
+        ensure_root(self.root)
         d = os.path.join(self.root, stream_id(api_base, bucket_key, fingerprint))
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:
+            if not stat.S_ISDIR(os.lstat(d).st_mode):
+                raise SpoolUnsafe("refusing spool stream %s: not a directory" % d)
         meta = os.path.join(d, "meta.json")
-        if not os.path.exists(meta):
-            os.makedirs(d, mode=0o700, exist_ok=True)
-            tmp = meta + ".%d.tmp" % os.getpid()
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump({"api_base": api_base, "bucket_key": bucket_key, "bucket_name": bucket_name,
-                           "access_key_sha256_prefix": fingerprint}, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, meta)
+        if not os.path.lexists(meta):
+            replace_private(meta, json.dumps({"api_base": api_base, "bucket_key": bucket_key,
+                                              "bucket_name": bucket_name,
+                                              "access_key_sha256_prefix": fingerprint}).encode())
         return d
 
     def write(self, api_base: str, bucket_key: str, bucket_name: str, fingerprint: str, body: bytes) -> str:
         """Append one batch (a JSON array, no newline inside) and make it durable. Returns the file."""
+        if self.clock() < self._retry_at and self._last_error is not None:
+            e = self._last_error
+            pause = "spool writes paused for %.2gs" % self._retry_delay
+            if e.errno is None:
+                raise SpoolBackoff("%s (%s)" % (e, pause))
+            raise SpoolBackoff(e.errno, "%s (%s)" % (e.strerror, pause), e.filename)
+        try:
+            path = self._write(api_base, bucket_key, bucket_name, fingerprint, body)
+        except SpoolFull:
+            raise
+        except OSError as exc:
+            self._last_error = exc
+            self._retry_delay = min(self.ERROR_BACKOFF_MAX, self._retry_delay * 2 or self.ERROR_BACKOFF)
+            self._retry_at = self.clock() + self._retry_delay
+            raise
+        self._retry_delay = 0.0
+        self._last_error = None
+        return path
+
+    def _write(self, api_base: str, bucket_key: str, bucket_name: str, fingerprint: str, body: bytes) -> str:
         if self._size is None:
             self._size = dir_size(self.root) if os.path.isdir(self.root) else 0
         if self._size + len(body) + 1 > self.max_bytes:
             raise SpoolFull("isstreamer: spool %s is full (cap %d bytes)" % (self.root, self.max_bytes))
         d = self._stream_dir(api_base, bucket_key, bucket_name, fingerprint)
         entry = self._files.get(d)
-        if entry is None or entry[2] >= ROTATE_BYTES:
+        opened = entry is None or entry[2] >= ROTATE_BYTES
+        if opened:
             if entry is not None:
+                del self._files[d]
                 os.close(entry[0])
-            self._seq += 1
-            path = os.path.join(d, "%017.6f-%d-%d.jsonl" % (time.time(), os.getpid(), self._seq))
-            # locked under a name replayers ignore, then renamed: a replayer never takes (and
-            # deletes as empty) a file between its creation and its lock
-            tmp = path + ".new"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_CLOEXEC", 0), 0o600)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            os.replace(tmp, path)
-            entry = (fd, path, 0)
+            entry = self._open_new(d)
         fd, path, n = entry
         line = body.replace(b"\n", b"") + b"\n"
         try:
-            done = 0
-            while done < len(line):
-                done += os.write(fd, line[done:])
+            _write_all(fd, line)
             os.fsync(fd)
         except OSError:
-            # disk full, file size limit...: cut the partial line off, or the next batch appended
-            # would be glued to it and both would be unreadable
-            try:
-                os.ftruncate(fd, n)
-            except OSError:
-                pass
+            # disk full, file size limit...: nothing may stay behind. A file opened for this
+            # write is closed and removed; else the partial line is cut off (or the next batch
+            # appended would be glued to it and both would be unreadable)
+            keep = False
+            if not opened:
+                try:
+                    os.ftruncate(fd, n)
+                    keep = True
+                except OSError:
+                    pass
+            if not keep:
+                self._files.pop(d, None)
+                os.close(fd)
+                if opened:
+                    try:
+                        os.unlink(path)
+                    except OSError:
+                        pass
             raise
         self._files[d] = (fd, path, n + len(line))
         self._size += len(line)
         return path
+
+    def _open_new(self, d: str) -> Tuple[int, str, int]:
+        self._seq += 1
+        path = os.path.join(d, "%017.6f-%d-%d.jsonl" % (time.time(), os.getpid(), self._seq))
+        # locked under a name replayers ignore, then renamed: a replayer never takes (and
+        # deletes as empty) a file between its creation and its lock
+        tmp = path + ".new"
+        fd = open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.replace(tmp, path)
+        except OSError:
+            os.close(fd)
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        return fd, path, 0
 
     @property
     def open_files(self) -> int:
@@ -154,8 +338,8 @@ class SpoolWriter:
 def read_meta(stream_dir: str) -> Optional[StreamMeta]:
     """The meta of a stream directory, or None when missing or unreadable."""
     try:
-        with open(os.path.join(stream_dir, "meta.json"), encoding="utf-8") as f:
-            m = json.load(f)
+        with os.fdopen(open_nofollow(os.path.join(stream_dir, "meta.json"), os.O_RDONLY), "rb") as f:
+            m = json.loads(f.read(65536))
         return StreamMeta(stream_dir, m["api_base"], m["bucket_key"], m.get("bucket_name", ""),
                           m.get("access_key_sha256_prefix", ""))
     except (OSError, ValueError, KeyError, TypeError):
@@ -163,14 +347,20 @@ def read_meta(stream_dir: str) -> Optional[StreamMeta]:
 
 
 def streams(root: str) -> List[StreamMeta]:
-    """Every stream directory under root with a readable meta.json."""
+    """Every stream directory under root with a readable meta.json (symlinks are skipped)."""
     out: List[StreamMeta] = []
     try:
         names = sorted(os.listdir(root))
     except OSError:
         return out
     for n in names:
-        m = read_meta(os.path.join(root, n))
+        p = os.path.join(root, n)
+        try:
+            if not stat.S_ISDIR(os.lstat(p).st_mode):  # a symlink to a directory is not a stream
+                continue
+        except OSError:
+            continue
+        m = read_meta(p)
         if m is not None:
             out.append(m)
     return out
@@ -192,12 +382,14 @@ class ReplayFile:
         self.pos_path = path + ".pos"
         self.fd = -1
         self.torn = 0
+        self.error: Optional[OSError] = None  # why acquire() failed to open the file
 
     def acquire(self) -> bool:
         """Lock the file for replay; False when a writer or another replayer holds it."""
         try:
-            self.fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        except OSError:
+            self.fd = open_nofollow(self.path, os.O_RDONLY)
+        except OSError as exc:
+            self.error = exc
             return False
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -213,14 +405,14 @@ class ReplayFile:
     def position(self) -> int:
         """Byte offset up to which the file is already delivered (from ``<file>.pos``)."""
         try:
-            with open(self.pos_path, encoding="ascii") as f:
-                return int(f.read().strip() or 0)
+            with os.fdopen(open_nofollow(self.pos_path, os.O_RDONLY), "rb") as f:
+                return int(f.read(64).strip() or 0)
         except (OSError, ValueError):
             return 0
 
     def lines(self) -> Generator[Tuple[int, bytes], None, None]:
         """(end offset, batch) for every complete, valid line not yet delivered."""
-        with open(self.path, "rb") as f:
+        with os.fdopen(open_nofollow(self.path, os.O_RDONLY), "rb") as f:
             f.seek(self.position())
             while True:
                 line = f.readline()
@@ -238,13 +430,9 @@ class ReplayFile:
                 yield end, body
 
     def mark(self, end: int) -> None:
-        """Record that everything before byte ``end`` is delivered."""
-        tmp = self.pos_path + ".tmp"
-        with open(tmp, "w", encoding="ascii") as f:
-            f.write(str(end))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.pos_path)
+        """Record that everything before byte ``end`` is delivered (raises OSError when the mark
+        cannot be written, e.g. disk full: the caller must then keep the file)."""
+        replace_private(self.pos_path, str(end).encode("ascii"))
 
     def finish(self) -> None:
         """Delete the file and its position: every line is delivered (or was torn)."""

@@ -58,7 +58,7 @@ class Transport:
             hdrs["Content-Encoding"] = "gzip"
         try:
             r = self.session.post(self.api_base + path, data=body, headers=hdrs,
-                                  timeout=self.timeout if timeout is None else max(0.05, timeout))
+                                  timeout=self.timeout if timeout is None else min(self.timeout, max(0.05, timeout)))
         except requests.RequestException as exc:
             return Answer(0, {}, "", "%s: %s" % (type(exc).__name__, _short(str(exc))))
         return Answer(r.status_code, r.headers, r.text[:2000])

@@ -20,7 +20,6 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import pytest
 
-from isstreamer import layout as L
 from isstreamer.procutil import pid_alive
 from isstreamer.spool import key_fingerprint, stream_id
 from isstreamer.streamer import Streamer
@@ -462,6 +461,71 @@ def test_server_down_for_whole_program(tmp_path: Any, backend: str) -> None:
     FIGURES["down whole program/" + backend]["exit_s"] = round(wall, 1)  # type: ignore[assignment]
 
 
+EXIT_SCRIPT = """
+import sys, time
+from isstreamer import Streamer, layout
+s = Streamer("exit", "bk-exit", %(key)r, api_base=%(url)r, spool_dir=%(spool)r, close_timeout=5.0)
+for i in range(%(n)d):
+    s.log("n", i)
+print(s.sender_pid, flush=True)
+if %(close)r:
+    t0 = time.monotonic()
+    s.close()  # the defaults otherwise: max_attempts=4, backoff_max=30
+    print(round(time.monotonic() - t0, 2), flush=True)
+else:
+    time.sleep(120)  # SIGKILLed by the test
+"""
+
+
+def _outage_at_exit(server: FaultServer, spool: str, close: bool) -> Dict[str, Any]:
+    """20000 events; the API answers 503 for about 2 s from the first request on; the producer
+    either is SIGKILLed at the first 503 (the sender's exit deadline starts) or calls close()."""
+    n = 20000
+    server.fail_next(10**9, 503)
+    p = run_script(EXIT_SCRIPT % dict(key=ACCESS_KEY, url=server.url, spool=spool, n=n, close=close))
+    assert p.stdout is not None
+    try:
+        pid = int(p.stdout.readline())
+        assert server.wait_for(lambda: server.statuses()[503] >= 1, 30), "no request reached the API"
+        if not close:
+            os.kill(p.pid, signal.SIGKILL)
+        time.sleep(2.0)  # the outage
+    finally:
+        server.fail_next(0)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == (0 if close else -signal.SIGKILL), err
+    assert _wait(lambda: not pid_alive(pid), 30), "the sender did not exit"
+    left = spool_events(spool)
+    got = Counter(server.values("n"))
+    assert sorted(got) == list(range(n)) or left, "events lost"
+    return dict(logged=n, delivered=sum(got.values()), spooled=left, replayed=0, rejected=0,
+                duplicates=sum(c - 1 for c in got.values()), http_503=server.statuses()[503],
+                close_s=float(out.split()[0]) if close and out.split() else -1)
+
+
+def test_exiting_sender_spends_its_budget_on_a_short_outage(server: FaultServer, spool: str) -> None:
+    """Issue 10 item 4, sender side: once the sender is exiting (its producers gone), a 503 burst
+    shorter than close_timeout is retried with short backoff instead of spooled after
+    max_attempts; the spool stays empty and every event arrives once."""
+    f = _outage_at_exit(server, spool, close=False)
+    FIGURES["503 2 s, producer gone"] = f
+    assert f["spooled"] == 0, "an outage shorter than close_timeout left %d events in the spool" % f["spooled"]
+    assert f["http_503"] >= 2  # it was retried through the outage
+    assert_exactly_once(server, list(range(20000)))
+
+
+def test_close_spends_its_budget_on_a_short_outage(server: FaultServer, spool: str) -> None:
+    """Issue 10 item 4 as reported: close() (close_timeout 5 s) during a 2 s 503 burst left all
+    20000 events in the spool. close()'s flush runs while the producer still owns its segment,
+    so the sender still spools after max_attempts (and close() returns early); but once the
+    producer is gone the exiting sender replays its spool patiently up to its exit deadline:
+    nothing is left in the spool, every event arrives once."""
+    f = _outage_at_exit(server, spool, close=True)
+    FIGURES["503 2 s, close()"] = f
+    assert f["spooled"] == 0, "an outage shorter than close_timeout left %d events in the spool" % f["spooled"]
+    assert_exactly_once(server, list(range(20000)))
+
+
 def make_spool_file(spool: str, api_base: str, bucket_key: str, batches: List[List[Any]],
                     access_key: str = ACCESS_KEY, torn: bool = False, seq: int = 1) -> str:
     """Write a spool file by hand in the documented format (meta.json + .jsonl, one array a line).
@@ -623,10 +687,10 @@ def test_sender_memory_flat_during_outage(make_streamer: Callable[..., Streamer]
 
 
 SHORT_WRITE_SCRIPT = """
-import json, resource, signal, sys
+import itertools, json, resource, signal, sys
 from isstreamer.spool import ReplayFile, SpoolWriter, pending_files, streams
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit then fail with EFBIG
-w = SpoolWriter(sys.argv[1])
+w = SpoolWriter(sys.argv[1], clock=itertools.count(0, 100).__next__)  # a clock past every error backoff
 def write(i):
     body = json.dumps([{"key": "n", "value": "%d-%s" % (i, "x" * 2900)}]).encode()
     try:
