@@ -60,6 +60,7 @@
 #define ISS_OK 0
 #define ISS_FULL 1
 #define ISS_DROPPED 2 /* full, and the producer is in a drop episode: counted as ring_full */
+#define ISS_WAKE 3    /* published, and the sender sleeps: the caller should wake it */
 #define ISS_ETOOBIG (-1)
 #define ISS_EINVAL (-2)
 
@@ -75,9 +76,11 @@ typedef struct {
     /* sender control (offset 40) */
     uint64_t sender_pid;          /* informational: liveness is the sender's record lock */
     uint64_t closing;             /* table: set by the sender when it removes the ring */
-    uint64_t _reserved0;          /* unused */
+    uint64_t sleeping;            /* table: set by an idle sender before it blocks; a producer
+                                     that publishes while it is set wakes it (ISS_WAKE) */
     uint64_t flush_seq;           /* bumped by flush(): send partial batches now */
-    uint64_t _reserved1;          /* unused */
+    uint64_t close_by;            /* table: CLOCK_MONOTONIC ns until which a closing producer
+                                     waits; the sender retries until then instead of spooling */
     uint64_t nbuckets_used;
     uint64_t nslots_used;         /* table: high-water mark of producer slots ever claimed */
     uint8_t _pad0[128 - 96];
@@ -146,6 +149,7 @@ typedef struct {
     uint32_t dropping; /* set by the caller after a full-ring wait: ISS_FULL is then counted
                           as a ring_full drop and returned as ISS_DROPPED; cleared by a put */
     uint32_t _pad;
+    const uint64_t *wake; /* the table's `sleeping` flag, or NULL: see ISS_WAKE */
 } iss_producer;
 
 /* Result of one encoded batch. */

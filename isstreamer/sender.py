@@ -12,8 +12,10 @@ key (or by ``isstreamer replay``).
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import stat
 import sys
 import time
 from typing import Dict, Optional, Set, Tuple
@@ -34,7 +36,7 @@ log = logging.getLogger("isstreamer")
 class Sender:
     """The drain / deliver / spool / replay loop over one ring."""
 
-    LIVENESS_EVERY = 0.2
+    LIVENESS_EVERY = 1.0
     SPOOL_SCAN_EVERY = 5.0
     REPLAY_BUDGET = 0.05  # seconds of replay per loop turn while live events wait
     GIVE_UP_AFTER = 30.0  # seconds past the exit deadline after which a failing sender exits anyway
@@ -65,6 +67,8 @@ class Sender:
         self._bucket_status = 0  # status of the last bucket creation request
         self._errors = 0
         self._spool_error_reported = False
+        self.bell = Doorbell(table)
+        self.wakeups = 0  # sleeps that ended (woken or timed out): the idle cost
 
     # ---- reporting --------------------------------------------------------------------------
     def report(self, msg: str) -> None:
@@ -98,13 +102,54 @@ class Sender:
                     break
                 if not self.stop_requested and self._any_live_owner():
                     self.exit_deadline = None  # a producer joined while we were finishing
-            if worked:
-                idle = 0.001
-            else:
-                time.sleep(idle)
-                idle = min(idle * 2, 0.02)
+            if not worked:
+                self._sleep(self._sleep_budget())
         self._shutdown()
         return 0
+
+    IDLE_MAX = 1.0  # the longest sleep: liveness of the producers, spool scans, replay probes
+
+    def _sleep_budget(self) -> float:
+        """Seconds until something is due: the earliest flush_interval of a waiting segment, the
+        delivery's wait (backoff, Retry-After), or IDLE_MAX; a few ms while exiting."""
+        if self.exit_deadline is not None or self.stop_requested:
+            return 0.005
+        t = self.IDLE_MAX
+        if self.first_seen:
+            t = min(t, min(self.first_seen.values()) + self.s.flush_interval - time.monotonic())
+            t = max(t, min(self.delivery.wait_time(), self.IDLE_MAX))
+        return max(0.001, t)
+
+    def _sleep(self, timeout: float) -> None:
+        """Sleep until ``timeout`` or a producer rings (flush(), a put seeing ``sleeping``)."""
+        ring = self.ring
+        seen = ring.load(L.H_FLUSH_SEQ)
+        if not self.bell.armed():
+            time.sleep(min(timeout, 0.02))  # no doorbell: poll
+            return
+        ring.add(L.H_SLEEPING, 1)  # a full barrier, then re-check (Dekker with iss_put)
+        try:
+            if (seen != self.seen_flush and self.delivery.ready()) or self._due_now():
+                return
+            self.bell.wait(timeout)
+            self.wakeups += 1
+        finally:
+            ring.store(L.H_SLEEPING, 0)
+
+    def _due_now(self) -> bool:
+        """Anything published that this sender has not seen waiting yet, or due by buffer_size."""
+        for slot, _, seg_id, _ in self.ring.slots():
+            have = self.segs.get(slot)
+            if have is None or have[0] != seg_id:
+                return True  # a segment new to us
+            seg = have[1]
+            b = seg.seg_offset(0)
+            if seg.load(b + L.S_HEAD) != seg.load(b + L.S_TAIL):
+                if slot not in self.first_seen:
+                    return True
+                if seg.load(b + L.S_LOGGED) - seg.load(b + L.S_CONSUMED) >= self.s.buffer_size:
+                    return True
+        return False
 
     def _turn(self) -> Tuple[bool, bool]:
         """One pass: buckets, ring -> API, spool replay, reclaim. Returns (did work, drained)."""
@@ -138,6 +183,7 @@ class Sender:
             if not remove:
                 return True
             ring.store(L.H_CLOSING, 1)
+            self.bell.close()
             for slot, _, seg_id, _ in list(ring.slots()):
                 try:
                     os.unlink(ring.seg_path(seg_id))
@@ -150,6 +196,7 @@ class Sender:
         return True
 
     def _shutdown(self) -> None:
+        self.bell.close()
         self.spool.close_all()
         self.t.close()
         ring = self.ring
@@ -235,16 +282,11 @@ class Sender:
 
     def _create_bucket(self, key: str, name: str) -> bool:
         """Create a bucket through the delivery policy; True when settled (created or refused)."""
-        r = self.delivery.create_bucket(key, name, self.exit_deadline)
+        r = self.delivery.create_bucket(key, name, self._finish_deadline())
         self._bucket_status = r.answer.status if r.answer is not None else 0
         if r.kind is Kind.DELIVERED:
             self.ring.count("buckets_created")
         return r.kind.settled
-
-    def _timeout(self) -> Optional[float]:
-        if self.exit_deadline is None:
-            return None
-        return max(0.2, self.exit_deadline - time.monotonic())
 
     # ---- ring -> API ----------------------------------------------------------------------------
     def _pump(self, force: bool) -> Tuple[bool, bool]:
@@ -341,7 +383,7 @@ class Sender:
             if d.auth_blocked:
                 return self._to_spool([b.body], b.nevents, key, name)
             return self._failed_attempt(b, [b.body], self._bucket_status == 429, key, name)
-        r = d.send(key, b.body, b.nevents, self.exit_deadline)
+        r = d.send(key, b.body, b.nevents, self._finish_deadline())
         self._account(r)
         if r.kind.settled:
             return True
@@ -375,10 +417,18 @@ class Sender:
             return self._to_spool(leftover, None, key, name)
         return False
 
+    def _finish_deadline(self) -> Optional[float]:
+        """The time by which what waits must be delivered: the exit deadline, else the latest
+        deadline of a producer waiting in close() (the table's close_by), if still ahead."""
+        if self.exit_deadline is not None:
+            return self.exit_deadline
+        by = self.ring.load(L.H_CLOSE_BY) / 1e9
+        return by if by > time.monotonic() else None
+
     def _exit_budget(self) -> Optional[float]:
         """Seconds left before the exit deadline (None while not exiting; negative once past),
         keeping the delivery's finish_by deadline in step with it."""
-        deadline = self.exit_deadline
+        deadline = self._finish_deadline()
         if self.delivery.deadline != deadline:
             self.delivery.finish_by(deadline)
         return None if deadline is None else deadline - time.monotonic()
@@ -524,6 +574,81 @@ class Sender:
 
 
 REPLAY_FAULT_PAUSE = 30.0  # seconds without replay after the spool could not record progress
+
+
+class Doorbell:
+    """The idle sender's datagram socket at ``<ring>.wake``: producers send a byte to wake it
+    (``Table.wake``). No socket (a path too long, or taken by another user): the sender polls."""
+
+    def __init__(self, table: Table) -> None:
+        import socket
+
+        self.path = table.wake_path
+        self.sock: Optional[socket.socket] = None
+        try:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        except OSError:
+            return
+        for _ in range(2):
+            try:
+                old = os.umask(0o177)
+                try:
+                    sock.bind(self.path)
+                finally:
+                    os.umask(old)
+                sock.setblocking(False)
+                self.sock = sock
+                return
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE or not self._remove_stale():
+                    break
+        sock.close()
+
+    def _remove_stale(self) -> bool:
+        """A socket of ours left by a sender that died: remove it (anything else is left alone)."""
+        try:
+            st = os.lstat(self.path)
+        except OSError:
+            return False
+        if not stat.S_ISSOCK(st.st_mode) or st.st_uid != os.geteuid():
+            return False
+        try:
+            os.unlink(self.path)
+        except OSError:
+            return False
+        return True
+
+    def armed(self) -> bool:
+        """True when producers can wake this sender."""
+        return self.sock is not None
+
+    def wait(self, timeout: float) -> bool:
+        """Block until rung or ``timeout``; True when rung (every pending ring is consumed)."""
+        import select
+
+        assert self.sock is not None
+        try:
+            ready, _, _ = select.select([self.sock], [], [], timeout)
+        except (OSError, ValueError):
+            return False
+        rung = False
+        while ready:
+            try:
+                self.sock.recv(64)
+                rung = True
+            except OSError:
+                break
+        return rung
+
+    def close(self) -> None:
+        """Stop listening and remove the socket file."""
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
 
 
 def _count_events(body: bytes) -> int:
