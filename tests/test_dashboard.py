@@ -226,3 +226,75 @@ def test_dashboard_asks_for_a_key_when_keys_are_configured(collector_factory: An
     page2.goto(server.url + "/#key=" + AK)
     page2.wait_for_selector('tr.bucket-row[data-bucket-key="locked"]')
     assert "#" not in page2.url
+
+
+_ATTACK_PAGE = """<!doctype html><title>attack</title><body><script>
+let done = 0;
+const finish = () => { if (++done === 2) document.title = "sent"; };
+const img = new Image();
+img.onload = img.onerror = finish;
+img.src = "%(url)s/api/events?accessKey=attacker&bucketKey=victim&t=666";
+fetch("%(url)s/api/events?accessKey=attacker&bucketKey=victim",
+      {method: "POST", mode: "no-cors", headers: {"Content-Type": "text/plain"},
+       body: '[{"key": "t", "value": 667}]'}).then(finish, finish);
+</script></body>"""
+
+
+class _AttackerSite:
+    """A web site on another origin of this machine (http://localhost:PORT, while the collector is
+    http://127.0.0.1:PORT) serving one page, in a thread."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        site = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                body = site.html.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.html = ""
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.origin = "http://localhost:%d" % self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join()
+
+
+@pytest.fixture
+def attacker() -> Iterator[_AttackerSite]:
+    """The attacker's site, stopped at teardown."""
+    site = _AttackerSite()
+    yield site
+    site.close()
+
+
+def _run_attack_page(page: Any, site: _AttackerSite, server: CollectorServer) -> None:
+    site.html = _ATTACK_PAGE % {"url": server.url}
+    page.goto(site.origin + "/")
+    page.wait_for_function("document.title === 'sent'")
+
+
+def test_a_page_on_another_site_cannot_write(collector_factory: Any, page: Any, attacker: _AttackerSite) -> None:
+    victim = collector_factory()
+    post(victim, "victim", {"key": "t", "value": 21.5})
+    _run_attack_page(page, attacker, victim)
+    assert [e["value"] for e in victim.events("victim")] == [21.5]
+    assert victim.status_counts().get(403) == 2
+    # control: the same page does reach a collector that allows its origin (so the test can fail)
+    open_to_it = collector_factory(allowed_origins=[attacker.origin])
+    _run_attack_page(page, attacker, open_to_it)
+    assert [e["value"] for e in open_to_it.events("victim")] == [667]  # the <img> GET has no Origin
