@@ -400,3 +400,19 @@ def test_existing_database_is_made_private(tmp_path: Any) -> None:
     with CollectorServer(db_path=str(db)) as server:
         assert post(server, {"key": "t", "value": 1}).status_code == 204
     assert stat.S_IMODE(os.stat(db).st_mode) == 0o600
+
+
+def test_host_policy_on_every_interface() -> None:
+    import socket as so
+
+    from isstreamer.collector.security import HostPolicy
+
+    policy = HostPolicy("0.0.0.0", 8080)
+    name = so.gethostname().lower()
+    for ok in ("192.168.1.7:8080", "[::1]:8080", "localhost", name + ":8080", name + ".local:8080", None):
+        assert policy.allows(ok), ok
+    for bad in ("rebind.attacker.example:8080", "192.168.1.7:8081", "[::1]:80"):
+        assert not policy.allows(bad), bad
+    assert HostPolicy("127.0.0.1", 80, ["*"]).allows("anything.example")
+    assert HostPolicy("::1", 80).allows("[::1]:80") and not HostPolicy("::1", 80).allows("[::2]:80")
+

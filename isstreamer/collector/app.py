@@ -309,6 +309,8 @@ _EXTRA_HEADERS: Any = _RequestKey("isstreamer_headers", dict) if _RequestKey els
 _COUNT_ONLY = (401, 403)
 #: Answers after which the connection is closed (the rest of the body is not worth reading).
 _CLOSE_AFTER = (401, 403, 408, 413)
+#: At most this long is spent reading (and dropping) the rest of a refused body.
+DRAIN_SECONDS = 2.0
 
 
 def _is_write(request: web.Request) -> bool:
@@ -392,6 +394,11 @@ async def api_middleware(
     resp.headers["X-Request-Id"] = uid
     if resp.status in _CLOSE_AFTER or not request.content.at_eof():
         resp.force_close()
+        max_body = request.app[CONFIG].max_body
+        if not request.content.at_eof() and (request.content_length or 0) <= max_body:
+            # read (never inflate) what is left of a body of acceptable size, so that a client
+            # still sending it gets this answer rather than a reset connection
+            await _drain(request, max_body, DRAIN_SECONDS)
     if entry is not None and not request.get(_LOGGED):
         store = request.app[STORE]
         if resp.status in _COUNT_ONLY:
@@ -476,7 +483,7 @@ async def _drain(request: web.Request, limit: int, timeout: float) -> None:
 
     try:
         await asyncio.wait_for(drop(), timeout)
-    except (asyncio.TimeoutError, ConnectionError, Exception):  # noqa: BLE001 - best effort
+    except Exception:  # noqa: BLE001 - best effort: timeout, reset, payload errors
         pass
 
 

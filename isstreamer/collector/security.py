@@ -55,7 +55,7 @@ class HostPolicy:
     attacker's name, so refusing unknown names keeps pages on other sites from reading it).
 
     Allowed: the bound address; ``localhost`` and the loopback addresses when bound to loopback;
-    any IP address and this machine's name when bound to every interface; plus ``extra`` names
+    any IP address and this machine's name (also ``NAME.local``) when bound to every interface; plus ``extra`` names
     (``name`` or ``name:port``; ``*`` allows everything). A port, when given, must be the bound one.
     """
 
@@ -73,7 +73,8 @@ class HostPolicy:
             try:
                 import socket
 
-                self.names.update({socket.gethostname().lower(), socket.getfqdn().lower()})
+                name = socket.gethostname().lower()
+                self.names.update({name, name + ".local", socket.getfqdn().lower()})
             except OSError:  # pragma: no cover
                 pass
         elif host == "localhost" or (_is_ip(host) and ipaddress.ip_address(host).is_loopback):
