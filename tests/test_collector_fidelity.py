@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, List, Optional
 
 import orjson
 import pytest

@@ -222,7 +222,7 @@ def test_401s_counted_not_stored_and_fields_capped(collector_factory: Any) -> No
 def test_request_log_bounded(collector_factory: Any) -> None:
     server = collector_factory(log_rows=20)
     with requests.Session() as s:
-        for i in range(150):
+        for _ in range(150):
             r = s.post(server.url + "/api/events", data=b'{"key":"t","value":1}', headers=h(bucket="b"))
             assert r.status_code == 204
     rows = server.requests_log()
@@ -239,7 +239,7 @@ def test_request_log_age_bound(tmp_path: Any) -> None:
         for age_days in (30, 8, 6, 0):
             entry = st.RequestLog(request_uid="u%d" % age_days, time=now - age_days * 86400, method="POST",
                                   path="/api/events", status=204)
-            s.call_write(lambda c: st.log_request(c, entry)).result()
+            s.call_write(lambda c, e=entry: st.log_request(c, e)).result()
         s.call_write(lambda c: st.prune_requests(c, st.LogBounds(rows=100, max_age=7 * 86400), now)).result()
     finally:
         s.close()
