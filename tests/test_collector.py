@@ -457,3 +457,42 @@ def test_isstreamer_serve_subprocess(tmp_path: Any) -> None:
     from isstreamer.collector import store
 
     assert [e["value"] for e in store.read_events(str(db))] == [1.5]
+
+
+def test_dashboard_endpoint_reduces_to_min_max_columns(collector: CollectorServer) -> None:
+    t0 = 1_700_000_000.0
+    body = [{"key": "wave", "value": (i % 10) - (100 if i == 555 else 0), "epoch": t0 + i} for i in range(1000)]
+    body += [{"key": "late", "value": 1.5, "epoch": t0 + 5000}, {"key": "late", "value": 2.5, "epoch": t0 + 5010},
+             {"key": "door", "value": "open", "epoch": t0}]
+    assert post_events(collector, body, bucket="dash").status_code == 204
+    url = collector.url + "/api/buckets/dash/dashboard"
+    d = requests.get(url, params={"columns": 100}).json()
+    assert d["bucket"]["event_count"] == 1003 and d["series_count"] == 1003
+    assert {x["key"] for x in d["latest"]} == {"wave", "late", "door"}
+    assert set(d["series"]) == {"wave", "late"}  # the string key is not charted
+    wave = d["series"]["wave"]
+    assert (wave["t0"], wave["t1"], wave["count"]) == (t0, t0 + 999, 1000)
+    assert len(wave["columns"]) == 100 and sum(c[4] for c in wave["columns"]) == 1000
+    assert all((c[2], c[3]) in ((0, 9), (-95, 9)) for c in wave["columns"])  # every column keeps min and max
+    assert min(c[2] for c in wave["columns"]) == -95  # the one spike survives the reduction
+    late = d["series"]["late"]
+    assert (late["t0"], late["t1"], [c[2:] for c in late["columns"]]) == (t0 + 5000, t0 + 5010, [[1.5, 1.5, 1], [2.5, 2.5, 1]])
+    same = requests.get(url, params={"columns": 100, "known": 1003}).json()
+    assert "series" not in same and len(same["latest"]) == 3
+    assert requests.get(url, params={"columns": "x"}).status_code == 400
+    assert requests.get(collector.url + "/api/buckets/none/dashboard").status_code == 404
+
+
+def test_series_cache_bounds_recomputation() -> None:
+    from isstreamer.collector.app import SeriesCache
+
+    cache = SeriesCache(size=2, min_interval=1.0, cost_factor=4.0)
+    key = ((1,), 600)
+    assert cache.get(key, 10, 100.0) is None
+    cache.put(key, 10, 100.0, 0.5, "s10")
+    assert cache.get(key, 10, 500.0) == (10, "s10")  # same count: always reusable
+    assert cache.get(key, 11, 101.9) == (10, "s10")  # changed, but computed 1.9 s ago at a cost of 0.5 s
+    assert cache.get(key, 11, 102.1) is None  # 4 x 0.5 s passed: recompute
+    cache.put(((2,), 600), 1, 0.0, 0.0, "b")
+    cache.put(((3,), 600), 1, 0.0, 0.0, "c")
+    assert cache.get(key, 10, 100.0) is None  # evicted (size 2)

@@ -301,6 +301,7 @@ CONFIG = web.AppKey("config", CollectorConfig)
 STORE = web.AppKey("store", Store)
 LIMITER = web.AppKey("limiter", RateLimiter)
 HOSTS = web.AppKey("hosts", object)
+SERIES = web.AppKey("series", object)
 _RequestKey = getattr(web, "RequestKey", None)  # aiohttp >= 3.13 wants typed request keys
 _LOG: Any = _RequestKey("isstreamer_log", RequestLog) if _RequestKey else "isstreamer_log"
 _LOGGED: Any = _RequestKey("isstreamer_logged", bool) if _RequestKey else "isstreamer_logged"
@@ -744,25 +745,61 @@ async def bucket_latest(request: web.Request) -> web.Response:
     return json_response({"bucket": info, "latest": latest})
 
 
+class SeriesCache:
+    """The last reduced series of each (buckets, columns), so that dashboards polling a bucket
+    that keeps receiving events cost a bounded share of a core: a series is recomputed at most
+    every ``max(min_interval, cost_factor * seconds the last computation took)``."""
+
+    def __init__(self, size: int = 64, min_interval: float = 1.0, cost_factor: float = 4.0) -> None:
+        self.size, self.min_interval, self.cost_factor = size, min_interval, cost_factor
+        self._entries: Dict[Tuple[Tuple[int, ...], int], Tuple[int, float, float, Any]] = {}
+
+    def get(self, key: Tuple[Tuple[int, ...], int], count: int, now: float) -> Optional[Tuple[int, Any]]:
+        """``(count the series reflect, series)`` if still usable for a bucket holding ``count``."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        done_count, done_at, cost, data = entry
+        if done_count == count or now - done_at < max(self.min_interval, self.cost_factor * cost):
+            return done_count, data
+        return None
+
+    def put(self, key: Tuple[Tuple[int, ...], int], count: int, now: float, cost: float, data: Any) -> None:
+        """Remember a computed series."""
+        if len(self._entries) >= self.size and key not in self._entries:
+            self._entries.pop(next(iter(self._entries)))
+        self._entries[key] = (count, now, cost, data)
+
+
 async def bucket_dashboard(request: web.Request) -> web.Response:
     """``GET /api/buckets/{bucketKey}/dashboard?columns=N&known=C``: one refresh of a dashboard.
 
-    The bucket, the latest value of each key and, unless the bucket still holds ``known``
-    events, each numeric key reduced to at most ``columns`` min/max columns over its time range.
+    The bucket, the latest value of each key and, unless the series drawn already reflect the
+    bucket's ``known`` event count, ``series`` (each numeric key reduced to at most ``columns``
+    min/max columns over its time range) with ``series_count``, the event count they reflect.
     """
     info, ids = await _find(request)
     columns_f = _float_param(request, "columns")
     columns = 600 if columns_f is None else max(2, min(int(columns_f), 4000))
     known = _float_param(request, "known")
+    count = info["event_count"]
     store = request.app[STORE]
-
-    def read(c: Any) -> Dict[str, Any]:
-        out: Dict[str, Any] = {"bucket": info, "latest": st.latest_values(c, ids)}
-        if known is None or int(known) != info["event_count"]:
-            out["series"] = st.series(c, ids, columns)
-        return out
-
-    return json_response(await asyncio.wrap_future(store.call_read(read)))
+    latest = await asyncio.wrap_future(store.call_read(lambda c: st.latest_values(c, ids)))
+    out: Dict[str, Any] = {"bucket": info, "latest": latest}
+    if known is not None and int(known) == count:
+        return json_response(out)
+    cache: SeriesCache = request.app[SERIES]  # type: ignore[assignment]
+    key = (tuple(ids), columns)
+    cached = cache.get(key, count, time.monotonic())
+    if cached is None:
+        t0 = time.monotonic()
+        data = await asyncio.wrap_future(store.call_read(lambda c: st.series(c, ids, columns)))
+        done = time.monotonic()
+        cache.put(key, count, done, done - t0, data)
+        cached = (count, data)
+    if known is None or int(known) != cached[0]:
+        out["series_count"], out["series"] = cached
+    return json_response(out)
 
 
 async def bucket_events(request: web.Request) -> web.Response:
@@ -860,6 +897,7 @@ def create_app(config: CollectorConfig, store: Store, bound: Optional[Tuple[str,
         app[LIMITER] = RateLimiter(UNLIMITED_RATE, DEFAULT_RATE_WINDOW, enforce=False)
     if bound is not None:
         app[HOSTS] = HostPolicy(bound[0], bound[1], config.allowed_hosts)
+    app[SERIES] = SeriesCache()
     r = app.router
     r.add_post("/api/buckets", post_buckets)
     r.add_get("/api/buckets", list_buckets)

@@ -568,35 +568,34 @@ def stats(conn: sqlite3.Connection, owner: Optional[str] = None, requests: bool 
     }
 
 
-_SERIES_SQL = """
-WITH r AS (
-    SELECT key, MIN(epoch) AS t0, MAX(epoch) AS t1 FROM events
-    WHERE bucket_id IN (%(ids)s) AND value_num IS NOT NULL GROUP BY key
+_SERIES_SQL = (
+    "SELECT MIN(CAST((epoch - ?) * ? AS INTEGER), ?) AS px, MIN(epoch), MAX(epoch), MIN(value_num), "
+    "MAX(value_num), COUNT(*) FROM events WHERE bucket_id IN (%s) AND key = ? AND value_num IS NOT NULL "
+    "GROUP BY px ORDER BY px"
 )
-SELECT e.key, r.t0, r.t1,
-       MIN(CAST((e.epoch - r.t0) * ? / MAX(r.t1 - r.t0, 1e-9) AS INTEGER), ? - 1) AS px,
-       MIN(e.epoch), MAX(e.epoch), MIN(e.value_num), MAX(e.value_num), COUNT(*)
-FROM events e JOIN r ON r.key = e.key
-WHERE e.bucket_id IN (%(ids)s) AND e.value_num IS NOT NULL
-GROUP BY e.key, px ORDER BY e.key, px
-"""
 
 
 def series(conn: sqlite3.Connection, bucket_ids: Sequence[int], columns: int) -> Dict[str, Dict[str, Any]]:
     """Numeric events of each key reduced to at most ``columns`` columns over the key's time range.
 
-    Returns ``{key: {"t0", "t1", "count", "columns": [[t_first, t_last, min, max, n], ...]}}``:
-    each column keeps the lowest and highest value of the events that fall in it, so a chart
-    one column per pixel wide shows every spike however many events there are.
+    Returns ``{key: {"t0", "t1", "count", "columns": [[t_first, t_last, min, max, n], ...]}}``
+    for the keys whose latest value is a number: each column keeps the lowest and highest value
+    of the events that fall in it, so a chart one column per pixel wide shows every spike
+    however many events there are.
     """
     ids = _ids_sql(bucket_ids)
+    keys = [k for (k,) in conn.execute(  # keys whose latest value is a number: the charted ones
+        "SELECT DISTINCT key FROM latest WHERE bucket_id IN (%s) AND value_num IS NOT NULL ORDER BY key" % ids)]
     out: Dict[str, Dict[str, Any]] = {}
-    for key, t0, t1, _px, ta, tb, lo, hi, n in conn.execute(_SERIES_SQL % {"ids": ids}, (columns, columns)):
-        s = out.get(key)
-        if s is None:
-            s = out[key] = {"t0": t0, "t1": t1, "count": 0, "columns": []}
-        s["count"] += n
-        s["columns"].append([ta, tb, lo, hi, n])
+    for key in keys:
+        t0, t1 = conn.execute(  # two seeks on the (bucket_id, key, epoch) index
+            "SELECT MIN(epoch), MAX(epoch) FROM events WHERE bucket_id IN (%s) AND key = ?" % ids, (key,)).fetchone()
+        if t0 is None:
+            continue
+        scale = columns / max(t1 - t0, 1e-9)
+        cols = [[ta, tb, lo, hi, n] for _px, ta, tb, lo, hi, n in
+                conn.execute(_SERIES_SQL % ids, (t0, scale, columns - 1, key))]
+        out[key] = {"t0": t0, "t1": t1, "count": sum(c[4] for c in cols), "columns": cols}
     return out
 
 

@@ -1,8 +1,9 @@
 /* One bucket: a chart per numeric key, the latest value of string/boolean keys.
  *
  * One request per refresh (GET /api/buckets/{key}/dashboard): the bucket, the latest values,
- * and, when the bucket's event count changed, every numeric key reduced by the server to one
- * min/max column per pixel of the chart over the key's own time range. */
+ * and, when the bucket's event count differs from the one the drawn series reflect, every
+ * numeric key reduced by the server to one min/max column per pixel of the chart over the
+ * key's own time range. */
 "use strict";
 
 (function () {
@@ -103,7 +104,7 @@
       showBucket(b, data.latest.length);
       for (const item of data.latest) update(item, data.series);
       // series drawn at the plot's real width (the first answer came before any chart existed)
-      if (data.series) known = columns() === cols ? b.event_count : null;
+      if (data.series) known = columns() === cols ? data.series_count : null;
       document.getElementById("charts-section").hidden = !document.getElementById("charts").children.length;
       document.getElementById("values-section").hidden = !document.getElementById("values").children.length;
       document.getElementById("missing").hidden = data.latest.length > 0;
