@@ -416,3 +416,33 @@ def test_host_policy_on_every_interface() -> None:
     assert HostPolicy("127.0.0.1", 80, ["*"]).allows("anything.example")
     assert HostPolicy("::1", 80).allows("[::1]:80") and not HostPolicy("::1", 80).allows("[::2]:80")
 
+
+
+def test_slow_connections_beyond_the_file_limit(tmp_path: Any) -> None:
+    import resource
+
+    def low_file_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
+
+    e = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    errors = open(tmp_path / "stderr", "w+")  # a file: a full pipe would stall the server
+    proc = subprocess.Popen([sys.executable, "-m", "isstreamer.cli", "serve", "--port", "0", "--db", str(tmp_path / "c.db")],
+                            stdout=subprocess.PIPE, stderr=errors, text=True, env=e, preexec_fn=low_file_limit)
+    slow: list = []
+    try:
+        m = re.search(r"listening on http://127.0.0.1:(\d+)", proc.stdout.readline())  # type: ignore[union-attr]
+        assert m, (tmp_path / "stderr").read_text()
+        port = int(m.group(1))
+        for _ in range(200):  # more slow connections than the server has file descriptors
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            s.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            slow.append(s)
+        r = requests.post("http://127.0.0.1:%d/api/events" % port, data=b'{"key":"t","value":1}',
+                          headers=h(bucket="b"), timeout=10)
+        assert r.status_code == 204
+    finally:
+        for s in slow:
+            s.close()
+        _stop(proc)
+        errors.close()
+    assert "Too many open files" not in (tmp_path / "stderr").read_text()

@@ -49,10 +49,14 @@ def _url(host: str, port: int) -> str:
 
 
 class _GuardedSite(web.SockSite):
-    """A SockSite whose connections go through a :class:`ConnectionGuard`."""
+    """A SockSite whose connections go through a :class:`ConnectionGuard`.
 
-    def __init__(self, runner: web.BaseRunner, sock: socket.socket, guard: ConnectionGuard) -> None:
-        super().__init__(runner, sock)
+    ``accept_batch`` is how many connections asyncio accepts in one go (its ``backlog``
+    argument); kept small enough that the guard's cap plus one batch fit in the file limit.
+    """
+
+    def __init__(self, runner: web.BaseRunner, sock: socket.socket, guard: ConnectionGuard, accept_batch: int) -> None:
+        super().__init__(runner, sock, backlog=accept_batch)
         self._guard = guard
 
     async def start(self) -> None:
@@ -77,9 +81,27 @@ async def _start(
         keepalive_timeout=max(1.0, config.header_timeout),
     )
     await runner.setup()
-    site = _GuardedSite(runner, sock, ConnectionGuard(config.max_connections, config.header_timeout))
+    cap, batch = _connection_limits(config.max_connections)
+    site = _GuardedSite(runner, sock, ConnectionGuard(cap, config.header_timeout), batch)
     await site.start()
     return runner
+
+
+def _connection_limits(wanted: int) -> Tuple[int, int]:
+    """``(connection cap, accept batch)``: ``wanted`` connections and batches of 128, both
+    lowered so that they fit the process's file limit with room for the database and the
+    listening socket (a connection accepted beyond the limit could not even be refused)."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):  # pragma: no cover - not POSIX
+        return wanted, 128
+    if soft == resource.RLIM_INFINITY:
+        return wanted, 128
+    spare = max(8, soft - 48)
+    cap = max(4, min(wanted, spare * 2 // 3))
+    return cap, max(4, min(128, spare - cap))
 
 
 def _log_bounds(config: CollectorConfig) -> LogBounds:
