@@ -13,6 +13,7 @@
   const base = "/api/buckets/" + encodeURIComponent(bucketKey) + "/dashboard";
   const cards = new Map(); // key -> {card, kind, count, chart}
   let known = null; // the bucket's event count whose series are drawn
+  let refreshes = 0;
 
   document.body.dataset.bucketKey = bucketKey;
   document.getElementById("bucket-key").textContent = bucketKey;
@@ -94,6 +95,7 @@
   }
 
   async function poll() {
+    document.body.dataset.refreshes = String(++refreshes);
     try {
       const cols = columns();
       let url = base + "?columns=" + cols;
