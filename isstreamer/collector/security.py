@@ -196,7 +196,7 @@ class GuardedProtocol(asyncio.Protocol):
             transport.abort()  # type: ignore[attr-defined]
             return
         self._admitted = True
-        loop = asyncio.get_event_loop()
+        loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self.guard.header_timeout, self._head_timeout)
         self.inner.connection_made(transport)
 
