@@ -76,8 +76,9 @@ typedef struct {
     /* sender control (offset 40) */
     uint64_t sender_pid;          /* informational: liveness is the sender's record lock */
     uint64_t closing;             /* table: set by the sender when it removes the ring */
-    uint64_t sleeping;            /* table: set by an idle sender before it blocks; a producer
-                                     that publishes while it is set wakes it (ISS_WAKE) */
+    uint64_t sleeping;            /* table: nonzero (a number new to each sleep) while the sender
+                                     blocks idle; a producer that publishes while it is set wakes
+                                     it (ISS_WAKE), once per sleep */
     uint64_t flush_seq;           /* bumped by flush(): send partial batches now */
     uint64_t close_by;            /* table: CLOCK_MONOTONIC ns until which a closing producer
                                      waits; the sender retries until then instead of spooling */
@@ -150,6 +151,7 @@ typedef struct {
                           as a ring_full drop and returned as ISS_DROPPED; cleared by a put */
     uint32_t _pad;
     const uint64_t *wake; /* the table's `sleeping` flag, or NULL: see ISS_WAKE */
+    uint64_t woke;        /* the last `sleeping` value this handle rang for */
 } iss_producer;
 
 /* Result of one encoded batch. */

@@ -117,6 +117,7 @@ int iss_producer_attach(iss_producer *p, uint8_t *base, uint64_t map_size, uint3
     p->seg_index = seg_index;
     p->dropping = 0;
     p->wake = NULL;
+    p->woke = 0;
     if (p->bucket > 65535u) /* records carry a u16 index into the table's buckets */
         p->bucket = 0;
     return ISS_OK;
@@ -233,8 +234,11 @@ static int put(iss_producer *p, uint8_t type, const char *key, size_t keylen, co
          * load `sleeping`. The full fences order each store before the other side's load, so
          * at least one of us sees the other: an idle sender is never left asleep on an event. */
         __atomic_thread_fence(__ATOMIC_SEQ_CST);
-        if (LOAD_RLX(p->wake) != 0)
+        uint64_t sleep = LOAD_RLX(p->wake);
+        if (sleep != 0 && sleep != p->woke) { /* ring once per sleep, not on every put */
+            p->woke = sleep;
             return ISS_WAKE;
+        }
     }
     return ISS_OK;
 }

@@ -18,7 +18,7 @@ CSRC = os.path.join(os.path.dirname(HERE), "csrc")
 CDEF_TYPES = """
 typedef struct {
     uint8_t *base; uint64_t map_size; uint64_t data_size; uint64_t cached_tail;
-    uint32_t bucket; uint32_t seg_index; uint32_t dropping; const uint64_t *wake;
+    uint32_t bucket; uint32_t seg_index; uint32_t dropping; const uint64_t *wake; uint64_t woke;
     ...;
 } iss_producer;
 typedef struct {

@@ -686,7 +686,8 @@ class SegmentState:
 class PyProducer:
     """Pure-Python producer on one segment: same bytes as the C ``iss_put_*`` functions."""
 
-    __slots__ = ("ring", "mm", "q", "seg", "data", "ds", "state", "bucket", "cached_tail", "dropping", "wake_q")
+    __slots__ = ("ring", "mm", "q", "seg", "data", "ds", "state", "bucket", "cached_tail", "dropping", "wake_q",
+                 "woke")
 
     def __init__(self, ring: Ring, seg_index: int, state: SegmentState, bucket: int = 0) -> None:
         self.ring = ring
@@ -699,6 +700,7 @@ class PyProducer:
         self.bucket = bucket
         self.dropping = 0
         self.wake_q: Any = None  # the table's uint64 view: its ``sleeping`` flag (see iss_producer.wake)
+        self.woke = 0  # the last ``sleeping`` value this handle rang for
         self.cached_tail = self.q[(self.seg + L.S_TAIL) >> 3]
 
     def put(self, rtype: int, key: bytes, num: Optional[bytes], s: bytes, epoch: float) -> int:
@@ -777,8 +779,11 @@ class PyProducer:
             q[(seg + L.S_LOGGED) >> 3] += 1
         # without a fence the flag may be read before the head store is seen: the sender then
         # wakes at its idle timeout (at most a second) instead of now
-        if self.wake_q is not None and self.wake_q[L.H_SLEEPING >> 3]:
-            return L.WAKE
+        if self.wake_q is not None:
+            sleep = self.wake_q[L.H_SLEEPING >> 3]
+            if sleep and sleep != self.woke:  # once per sleep
+                self.woke = sleep
+                return L.WAKE
         return L.OK
 
     def count_drop(self, reason: int) -> None:
