@@ -340,6 +340,19 @@ def _short(text: str, limit: int = 60) -> str:
 # --------------------------------------------------------------------------- replay
 
 
+def _adopt_orphans(access_key: str) -> None:
+    """Rings left in the ring directory by killed programs get a sender (README: the process model)."""
+    from isstreamer import registry
+    from isstreamer.ring import default_ring_dir
+    from isstreamer.settings import SenderSettings
+
+    n = registry.adopt_orphans(default_ring_dir(), lambda meta: SenderSettings.from_meta(meta, access_key),
+                               min_age=5.0)
+    if n:
+        click.echo("isstreamer replay: %d ring(s) left by killed programs now have a sender: their events are "
+                   "delivered, or spooled for a later replay" % n, err=True)
+
+
 @main.command()
 @click.argument("path", required=False, type=click.Path(), default=None)
 @click.option("--access-key", default="", help="Access key [env ISSTREAMER_ACCESS_KEY, isstreamer.ini].")
@@ -381,6 +394,7 @@ def replay(path: Optional[str], access_key: str, api_base: str, ini: Optional[st
     if not cfg.access_key:
         raise click.UsageError("no access key: pass --access-key, set ISSTREAMER_ACCESS_KEY or put access_key "
                                "in isstreamer.ini")
+    _adopt_orphans(cfg.access_key)
     policy = Policy(max_attempts=max_attempts, backoff_max=backoff_max, max_rps=max_rps)
     replayer = Replayer(cfg.access_key, api_base=cfg.api_base if api_base else None, policy=policy,
                         request_timeout=request_timeout, progress=progress,

@@ -95,7 +95,8 @@ class RingRefused(ValueError):
     """A file at a ring path is not ours (owner, mode, type or identity): it is never used."""
 
 
-def _default_dir() -> str:
+def default_ring_dir() -> str:
+    """Where rings are created: ``$ISSTREAMER_RING_DIR``, else /dev/shm, else the temp directory."""
     for d in (os.environ.get("ISSTREAMER_RING_DIR", ""), "/dev/shm"):
         if d and os.path.isdir(d) and os.access(d, os.W_OK):
             return d
@@ -317,10 +318,11 @@ class Ring(_Mapped):
             raise ValueError("isstreamer: a ring needs at least one segment")
         seg = max(L.SEG_DATA_MIN, (ring_size // nsegs) // 8 * 8)
         if seg >= 1 << 32:
-            raise ValueError("isstreamer: ring_size %d is too large (at most %d per process)" % (ring_size, (1 << 32) - 8))
+            raise ValueError("isstreamer: ring_size %d is too large (at most %d per process)"
+                             % (ring_size, (1 << 32) - 8))
         size = L.layout_size(nsegs, seg, nbuckets)
         if path is None:
-            path = os.path.join(directory or _default_dir(),
+            path = os.path.join(directory or default_ring_dir(),
                                 "isstreamer-%d-%s.ring" % (os.getpid(), secrets.token_hex(6)))
         fd = open_private(path, create=True)
         try:
@@ -442,7 +444,7 @@ class Table(_Mapped):
         if len(blob) > L.META_MAX:
             raise ValueError("isstreamer: settings too long to record in the ring")
         size = L.table_size(cls.NBUCKETS, cls.NSLOTS)
-        path = os.path.join(directory or _default_dir(),
+        path = os.path.join(directory or default_ring_dir(),
                             "isstreamer-%d-%s.ring" % (os.getpid(), secrets.token_hex(6)))
         fd = open_private(path, create=True)
         try:

@@ -88,7 +88,6 @@ class Sender:
         """Loop until every owner is gone and everything is delivered or spooled."""
         ring = self.ring
         ring.store(L.H_SENDER_PID, os.getpid())
-        idle = 0.001
         while True:
             now = time.monotonic()
             if now - self._last_liveness >= self.LIVENESS_EVERY:
@@ -426,8 +425,8 @@ class Sender:
         if self._spilling:
             return
         out = time.monotonic() - started
-        if out < self.SPILL_AFTER / 2 or (
-                out < self.SPILL_AFTER and not any(self._occupancy(slot) > self.SPILL_FILL for slot in list(self.segs))):
+        full = any(self._occupancy(slot) > self.SPILL_FILL for slot in list(self.segs))
+        if out < self.SPILL_AFTER / 2 or (out < self.SPILL_AFTER and not full):
             return
         self._spilling = True
         try:

@@ -5,6 +5,7 @@ Nothing here imports the HTTP stack, so ``import isstreamer`` and a first ``log(
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List
 
@@ -42,6 +43,7 @@ class SenderSettings:
         for k in ("access_key", "ring_path", "ring_identity", "spool_only"):
             d.pop(k)
         d["fingerprint"] = key_fingerprint(self.access_key)
+        d["created"] = time.time()
         return d
 
     @classmethod

@@ -49,10 +49,10 @@ def _detached_native():
 
 def _default_ring_memory() -> int:
     """Half the ring directory's file system (at least 64 MiB): the cap on all segments of a ring."""
-    from .ring import _default_dir
+    from .ring import default_ring_dir
 
     try:
-        st = os.statvfs(_default_dir())
+        st = os.statvfs(default_ring_dir())
         return max(64 << 20, st.f_blocks * st.f_frsize // 2)
     except OSError:
         return 1 << 30
