@@ -22,7 +22,7 @@ ROOT=$PWD
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 PYTHONS=${WHEELS_PYTHONS:-3.9 3.10 3.11 3.12 3.13}
 DEMO_EVENTS=${DEMO_EVENTS:-20000}
-CHECK_TIMEOUT=${CHECK_TIMEOUT:-60}  # seconds; a run that works takes a few
+CHECK_TIMEOUT=${CHECK_TIMEOUT:-30}  # seconds; a run that works takes 1-5
 SHOW='^smoke: ok|^  delivered |ns per call'  # lines of a passing check's output worth showing
 
 work=$(mktemp -d)
