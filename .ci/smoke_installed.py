@@ -19,6 +19,7 @@ import json
 import multiprocessing
 import os
 import re
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -70,6 +71,8 @@ def main() -> None:
     ap.add_argument("--backend", choices=["native", "python"], required=True)
     ap.add_argument("--events", type=int, default=2000)
     args = ap.parse_args()
+    # a CI timeout sends SIGTERM: unwind through the finally below, which stops the collector
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("smoke: FAIL: terminated (timeout?)"))
 
     import isstreamer
 

@@ -50,6 +50,10 @@ check() {
   fi
 }
 
+zip_names() {  # zip_names <wheel>: its file names, one a line (no unzip on a bare machine)
+  python -c 'import sys, zipfile; print("\n".join(zipfile.ZipFile(sys.argv[1]).namelist()))' "$1"
+}
+
 find_python() {  # find_python 3.X: the newest such interpreter on this machine, or nothing
   local v=$1 p
   p=$(ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$v".[0-9]*/bin/python 2>/dev/null | sort -V | tail -n 1)
@@ -83,7 +87,7 @@ case $(basename "$wheel") in
 esac
 # (grep the listings from variables: `tar | grep -q` fails under pipefail when grep exits early)
 sdist_files=$(tar tzf "$sdist")
-wheel_files=$(unzip -Z1 "$wheel")
+wheel_files=$(zip_names "$wheel")
 for f in csrc/isstreamer.h csrc/dtoa.h csrc/ring.c; do  # what the sdist needs to compile
   grep -q "/$f\$" <<<"$sdist_files" || { echo "wheels: FAIL: $f missing from the sdist"; exit 1; }
 done
@@ -100,7 +104,7 @@ case $(basename "$wheel") in
   *-cp39-abi3-manylinux*.whl) ;;
   *) echo "wheels: FAIL: the repaired wheel has no manylinux tag"; exit 1 ;;
 esac
-if grafted=$(unzip -Z1 "$wheel" | grep '\.libs/'); then
+if grafted=$(zip_names "$wheel" | grep '\.libs/'); then
   echo "wheels: FAIL: auditwheel grafted shared libraries into the wheel:"; echo "$grafted"; exit 1
 fi
 rm -rf dist && mkdir -p dist && cp "$sdist" "$wheel" dist/
