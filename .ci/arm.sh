@@ -117,5 +117,5 @@ else
 fi
 echo "   (the Python suite is not run in an arm64 Debian root: see README, Development)"
 
-if [ "$status" = 0 ]; then echo "arm: PASS"; else echo "arm: FAIL"; fi
+if [ "$status" = 0 ]; then echo "arm: PASS ($SECONDS s)"; else echo "arm: FAIL ($SECONDS s)"; fi
 exit "$status"

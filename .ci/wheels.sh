@@ -165,5 +165,5 @@ for r in "${results[@]}"; do
   IFS='|' read -r label res secs <<<"$r"
   printf '   %-48s %-34s %4ss\n' "$label" "$res" "$secs"
 done
-if [ "$status" = 0 ]; then echo "wheels: PASS"; else echo "wheels: FAIL"; fi
+if [ "$status" = 0 ]; then echo "wheels: PASS ($SECONDS s)"; else echo "wheels: FAIL ($SECONDS s)"; fi
 exit "$status"
