@@ -2,7 +2,8 @@
 # Install and run isstreamer as users do, not as its developers do (`pip install -e`):
 #
 #   1. `python -m build` on a pristine copy of the checkout: an sdist and a cp39-abi3 wheel;
-#      `auditwheel show` / `repair` give the wheel its manylinux tag (no library grafted).
+#      `auditwheel show` / `repair` give the wheel its manylinux tag (no library grafted);
+#      `abi3audit` checks the extension uses only the stable ABI that the abi3 tag promises.
 #   2. For every Python 3.9..3.13 found (pyenv's ~/.pyenv/versions, else python3.X on PATH;
 #      missing ones are skipped with a message): a fresh venv, the *wheel* installed, then
 #      .ci/smoke_installed.py (a real `isstreamer serve`, the C backend) and the README's main
