@@ -126,11 +126,11 @@ def close_table(table: Table) -> None:
         att = _ATTACH.pop(table.path, None)
         for key in [k for k in _VIEWS if k[0] == table.path]:
             _VIEWS.pop(key).close()
-    if att is not None:
-        att.release(table)
-    with contextlib.suppress(OSError, ValueError):
-        last_one_out(table)
-    table.retire()
+        if att is not None:
+            att.release(table)
+        with contextlib.suppress(OSError, ValueError):  # under _LOCK: no other thread reopens it meanwhile
+            last_one_out(table)
+        table.retire()
 
 
 def last_one_out(table: Table) -> bool:
@@ -329,10 +329,12 @@ def adopt_orphans(directory: str, settings: Callable[[Dict[str, Any]], Optional[
         names = [n for n in os.listdir(directory) if n.startswith("isstreamer-") and n.endswith(".ring")]
     except OSError:
         return 0
+    mine = "isstreamer-%d-" % os.getpid()
     for name in names:
         path = os.path.join(directory, name)
-        if path in _TABLES:
-            continue
+        with _LOCK:  # never open (and close) a ring this process may hold record locks on
+            if path in _TABLES or name.startswith(mine):
+                continue
         try:
             table = Table.open(path)
         except (RingClosed, RingRefused, OSError, ValueError):
@@ -340,7 +342,15 @@ def adopt_orphans(directory: str, settings: Callable[[Dict[str, Any]], Optional[
         try:
             meta = table.meta()
             slots = list(table.slots())
-            if table.sender_alive() or table.closing:
+            if table.sender_alive():
+                continue
+            if table.closing:  # its sender was killed while removing it: finish that
+                for _, _, seg_id, _ in slots:
+                    with contextlib.suppress(OSError):
+                        os.unlink(table.seg_path(seg_id))
+                for p in (table.wake_path, table.path):
+                    with contextlib.suppress(OSError):
+                        os.unlink(p)
                 continue
             # a ring being created has no slot for a moment (its creator registers, then starts the
             # sender): an empty ring is an orphan only once it is old

@@ -52,7 +52,8 @@ class Sender:
         self.t = WatchedTransport(Transport(s.api_base, s.access_key, s.request_timeout, s.use_gzip),
                                   self._while_waiting)
         self.inflight: Optional[Batch] = None  # the ring batch whose request is out
-        self.fp = key_fingerprint(s.access_key)
+        # spool-only (an adopted ring of another key): its events are spooled under the ring's key
+        self.fp = s.fingerprint if s.spool_only and s.fingerprint else key_fingerprint(s.access_key)
         self.spool = SpoolWriter(s.spool_dir, s.spool_max_bytes)
         self.delivery = Delivery(self.t, Policy(**s.policy), os.path.join(s.spool_dir, "rejected.jsonl"), self.report)
         self.created: Set[int] = set()
@@ -77,6 +78,7 @@ class Sender:
         self._sleep_seq = secrets.randbits(62)  # see _sleep (a new sender never repeats the last value)
         self.spilled_path: Optional[str] = None  # the spool file holding the in-flight batch's copy
         self._spilling = False
+        self._open_error_reported = False
 
     # ---- reporting --------------------------------------------------------------------------
     def report(self, msg: str) -> None:
@@ -130,23 +132,25 @@ class Sender:
     def _sleep(self, timeout: float) -> None:
         """Sleep until ``timeout`` or a producer rings (flush(), a put seeing ``sleeping``)."""
         ring = self.ring
-        seen = ring.load(L.H_FLUSH_SEQ)
         if not self.bell.armed():
             time.sleep(min(timeout, 0.02))  # no doorbell: poll
             return
         self._sleep_seq = (self._sleep_seq + 1) & ((1 << 62) - 1) or 1
-        ring.store(L.H_SLEEPING, self._sleep_seq)  # a number new to this sleep: producers ring once
-        ring.add(L.H_SLEEPING, 0)  # a full barrier, then re-check (Dekker with iss_put)
+        ring.sleep_begin(self._sleep_seq)  # a number new to this sleep: producers ring once
         try:
-            if (seen != self.seen_flush and self.delivery.ready()) or self._due_now():
+            # re-check after the barrier (a flush() or put before it did not see us asleep)
+            if (ring.flush_seq != self.seen_flush and self.delivery.ready()) or self._due_now():
                 return
             self.bell.wait(timeout)
             self.wakeups += 1
         finally:
-            ring.store(L.H_SLEEPING, 0)
+            ring.sleep_end()
 
     def _due_now(self) -> bool:
-        """Anything published that this sender has not seen waiting yet, or due by buffer_size."""
+        """Anything published that this sender has not seen waiting yet, or due by buffer_size
+        (never while the delivery must wait: the sleep then lasts until it may send)."""
+        if not self.delivery.ready():
+            return False
         for slot, _, seg_id, _ in self.ring.slots():
             have = self.segs.get(slot)
             if have is None or have[0] != seg_id:
@@ -187,7 +191,7 @@ class Sender:
         ring = self.ring
         with ring.locked():
             for slot, st, seg_id, _ in ring.slots():
-                if st == L.SLOT_OWNED and self._owner_alive(slot, seg_id):
+                if st == L.SLOT_OWNED and self._owner_alive(slot, seg_id, may_free=False):
                     return False
             if not remove:
                 return True
@@ -216,8 +220,11 @@ class Sender:
         self.segs.clear()
 
     # ---- segments ------------------------------------------------------------------------------
-    def _segment(self, slot: int, seg_id: int) -> Optional[Ring]:
-        """The mapping of the segment registered in ``slot`` (opened, and checked, on first use)."""
+    def _segment(self, slot: int, seg_id: int, may_free: bool = True) -> Optional[Ring]:
+        """The mapping of the segment registered in ``slot`` (opened, and checked, on first use).
+
+        A file that is not ours is dropped from the registry (``may_free``: never under the table
+        lock); any other error (no fd left, no memory) leaves the slot alone: None this time."""
         have = self.segs.get(slot)
         if have is not None and have[0] == seg_id:
             return have[1]
@@ -229,22 +236,36 @@ class Sender:
             seg = Ring.open(path, native=self.s.native)
         except RingClosed:
             return None
-        except (RingRefused, OSError) as exc:
-            self.report("isstreamer: %s; that producer slot is dropped" % exc)
-            self.ring.free_slot(slot, seg_id, None)
+        except RingRefused as exc:
+            if may_free:
+                self.report("isstreamer: %s; that producer slot is dropped" % exc)
+                self.ring.free_slot(slot, seg_id, None)
+            return None
+        except OSError as exc:
+            if not self._open_error_reported:
+                self._open_error_reported = True
+                self.report("isstreamer: cannot open segment file %s (%s); retrying" % (path, exc))
             return None
         if seg.nsegs != 1:
-            self.report("isstreamer: refusing segment file %s: not a one-segment ring" % path)
             seg.close()
-            self.ring.free_slot(slot, seg_id, None)
+            if may_free:
+                self.report("isstreamer: refusing segment file %s: not a one-segment ring" % path)
+                self.ring.free_slot(slot, seg_id, None)
             return None
         self.segs[slot] = (seg_id, seg)
         return seg
 
-    def _owner_alive(self, slot: int, seg_id: int) -> bool:
-        """The kernel's word: does a process hold the owner lock of this segment file?"""
-        seg = self._segment(slot, seg_id)
-        return seg is not None and lock_held_elsewhere(seg.fd, L.LOCK_OWNER)
+    def _owner_alive(self, slot: int, seg_id: int, may_free: bool = True) -> bool:
+        """The kernel's word: does a process hold the owner lock of this segment file? (A file that
+        exists but cannot be opened now counts as alive: never reclaim on a doubt.)"""
+        seg = self._segment(slot, seg_id, may_free)
+        if seg is None:
+            return os.path.exists(self.ring.seg_path(seg_id)) and slot in self.ring_slots_owned()
+        return lock_held_elsewhere(seg.fd, L.LOCK_OWNER)
+
+    def ring_slots_owned(self) -> Set[int]:
+        """Slots registered as owned (not released) right now."""
+        return {slot for slot, st, _, _ in self.ring.slots() if st == L.SLOT_OWNED}
 
     def _any_live_owner(self) -> bool:
         alive = False
@@ -269,6 +290,8 @@ class Sender:
 
     # ---- buckets ------------------------------------------------------------------------------
     def _sync_buckets(self) -> None:
+        if self.s.spool_only:
+            return
         used = self.ring.buckets_used()
         if len(self.created) >= used or not self.delivery.ready():
             return
@@ -389,13 +412,17 @@ class Sender:
             if urgent:
                 return self._to_spool([b.body], b.nevents, key, name)
             return False
-        if not self._ensure_bucket(b.bucket):
-            # the bucket creation failed: it counts as a failed attempt at this batch
-            if d.auth_blocked:
-                return self._to_spool([b.body], b.nevents, key, name)
-            return self._failed_attempt(b, [b.body], self._bucket_status == 429, key, name)
-        self.inflight, self.spilled_path = b, None
+        self.inflight, self.spilled_path = b, None  # (the spill path treats it as out from here)
         try:
+            if not self._ensure_bucket(b.bucket):
+                if self.spilled_path is not None:
+                    return True  # spilled while the bucket request was out: the spool has it
+                # the bucket creation failed: it counts as a failed attempt at this batch
+                if d.auth_blocked:
+                    return self._to_spool([b.body], b.nevents, key, name)
+                return self._failed_attempt(b, [b.body], self._bucket_status == 429, key, name)
+            if self.spilled_path is not None:
+                return True
             r = d.send(key, b.body, b.nevents, self._finish_deadline())
         finally:
             self.inflight = None
@@ -413,20 +440,21 @@ class Sender:
         return self._failed_attempt(b, leftover, r.kind is Kind.RATE_LIMITED, key, name)
 
     # ---- the ring keeps moving while a request is out (a hanging API never stalls log()) ----------
-    SPILL_AFTER = 1.0  # seconds a request may be out before the ring is drained to the spool
-    SPILL_FILL = 0.75  # ... or half that time, once a segment is this full
+    SPILL_AFTER = 5.0  # seconds a request may be out before the ring is drained to the spool
+    SPILL_FILL = 0.5  # ... or SPILL_SOON seconds, once a segment is this full (its producer is at risk)
+    SPILL_SOON = 0.25
 
     def _while_waiting(self, started: float) -> None:
         """Called every few ms by the HTTP worker's waiter while a request is out. Once it has been
-        out SPILL_AFTER seconds (half that if a segment passes SPILL_FILL), the in-flight batch is copied to
+        out SPILL_AFTER seconds (SPILL_SOON if a segment passes SPILL_FILL), the in-flight batch is copied to
         a spool file of its own and released, and every segment is drained to the spool: the
         producers never wait on the network. If that request is then delivered after all, its
         copy is removed again (see _after_spill)."""
         if self._spilling:
             return
         out = time.monotonic() - started
-        full = any(self._occupancy(slot) > self.SPILL_FILL for slot in list(self.segs))
-        if out < self.SPILL_AFTER / 2 or (out < self.SPILL_AFTER and not full):
+        if out < self.SPILL_SOON or (out < self.SPILL_AFTER and
+                                     not any(self._occupancy(slot) > self.SPILL_FILL for slot in list(self.segs))):
             return
         self._spilling = True
         try:
@@ -553,6 +581,8 @@ class Sender:
             try:
                 self.spool.write(self.s.api_base, key, name, self.fp, body)
             except SpoolFull as exc:
+                if self._spilling:
+                    return False  # a spill only moves events: with the spool full they wait in the ring
                 if not self._reported_spool_full:
                     self.report("%s; further events are dropped and counted as dropped['spool_full']" % exc)
                     self._reported_spool_full = True
