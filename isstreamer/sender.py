@@ -109,6 +109,8 @@ class Sender:
                 give_up = now > self.exit_deadline + self.GIVE_UP_AFTER
                 if (drained or give_up) and self._close_ring(remove=drained):
                     break
+                if self.stop_requested and (drained or give_up):
+                    break  # SIGTERM: what was logged is out; live producers start a new sender if need be
                 if not self.stop_requested and self._any_live_owner():
                     self.exit_deadline = None  # a producer joined while we were finishing
             if not worked:
