@@ -151,12 +151,11 @@ def last_one_out(table: Table) -> bool:
             except RingRefused:
                 return False
             try:
-                b = seg.seg_offset(0)
-                if seg.load(b + L.S_HEAD) != seg.load(b + L.S_TAIL):
+                if seg.head() != seg.tail():
                     return False
             finally:
                 seg.close()
-        table.store(L.H_CLOSING, 1)
+        table.mark_closing()
         for _, _, seg_id, _ in slots:
             with contextlib.suppress(OSError):
                 os.unlink(table.seg_path(seg_id))
@@ -192,7 +191,6 @@ def segment_counters(table: Table) -> Tuple[int, int, list]:
     """(logged, consumed, drops by reason) over every segment the ring ever had: the live ones,
     plus what the sender folded into the table from freed ones. Read under the table lock, so a
     segment freed meanwhile is never counted twice (once live, once folded in)."""
-    ndrops = len(L.DROP_REASONS)
     with _LOCK, table.locked():  # the order attachment() takes them in
         logged = table.counter("logged_reclaimed")
         consumed = table.counter("consumed_reclaimed")
@@ -202,11 +200,10 @@ def segment_counters(table: Table) -> Tuple[int, int, list]:
             view = own.ring if own is not None and own.seg_id == seg_id else _view(table, seg_id)
             if view is None:
                 continue
-            b = view.seg_offset(0)
-            logged += view.load(b + L.S_LOGGED)
-            consumed += view.load(b + L.S_CONSUMED)
-            for r in range(ndrops):
-                drops[r] += view.load(b + L.S_DROPS + 8 * r)
+            logged += view.logged()
+            consumed += view.consumed()
+            for r, n in enumerate(view.drop_counts()):
+                drops[r] += n
     return logged, consumed, drops
 
 
@@ -292,7 +289,7 @@ def ensure_sender(table: Table, settings: Callable[[], SenderSettings]) -> None:
             return
         if table.closing:
             raise RingClosed(2, "isstreamer: the ring is closed", table.path)
-        if table.load(L.H_SENDER_PID):
+        if table.sender_pid:
             log.warning("isstreamer: the sender process died; starting a new one on the same ring")
         sp = _SenderProcess(settings())
         deadline = time.monotonic() + SENDER_START_WAIT

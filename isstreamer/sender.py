@@ -89,7 +89,7 @@ class Sender:
     def run(self) -> int:
         """Loop until every owner is gone and everything is delivered or spooled."""
         ring = self.ring
-        ring.store(L.H_SENDER_PID, os.getpid())
+        ring.set_sender_pid(os.getpid())
         while True:
             now = time.monotonic()
             if now - self._last_liveness >= self.LIVENESS_EVERY:
@@ -158,18 +158,15 @@ class Sender:
             if have is None or have[0] != seg_id:
                 return True  # a segment new to us
             seg = have[1]
-            b = seg.seg_offset(0)
-            if seg.load(b + L.S_HEAD) != seg.load(b + L.S_TAIL):
-                if slot not in self.first_seen:
-                    return True
-                if seg.load(b + L.S_LOGGED) - seg.load(b + L.S_CONSUMED) >= self.s.buffer_size:
+            if seg.head() != seg.tail():
+                if slot not in self.first_seen or seg.waiting() >= self.s.buffer_size:
                     return True
         return False
 
     def _turn(self) -> Tuple[bool, bool]:
         """One pass: buckets, ring -> API, spool replay, reclaim. Returns (did work, drained)."""
         ring = self.ring
-        flush_seq = ring.load(L.H_FLUSH_SEQ)
+        flush_seq = ring.flush_seq
         force = flush_seq != self.seen_flush or self.exit_deadline is not None
         self._sync_buckets()
         worked, drained = self._pump(force)
@@ -197,7 +194,7 @@ class Sender:
                     return False
             if not remove:
                 return True
-            ring.store(L.H_CLOSING, 1)
+            ring.mark_closing()
             self.bell.close()
             for slot, _, seg_id, _ in list(ring.slots()):
                 try:
@@ -215,8 +212,8 @@ class Sender:
         self.spool.close_all()
         self.t.close()
         ring = self.ring
-        if ring.load(L.H_SENDER_PID) == os.getpid():
-            ring.store(L.H_SENDER_PID, 0)
+        if ring.sender_pid == os.getpid():
+            ring.set_sender_pid(0)
         for _, seg in self.segs.values():
             seg.close()
         self.segs.clear()
@@ -284,8 +281,7 @@ class Sender:
                     self.ring.free_slot(slot, seg_id, None)
                 continue
             if st == L.SLOT_RELEASED or (st == L.SLOT_OWNED and not self._owner_alive(slot, seg_id)):
-                b = seg.seg_offset(0)
-                if seg.load(b + L.S_HEAD) == seg.load(b + L.S_TAIL) and self.ring.free_slot(slot, seg_id, seg):
+                if seg.head() == seg.tail() and self.ring.free_slot(slot, seg_id, seg):
                     self.first_seen.pop(slot, None)
                     self.segs.pop(slot, None)
                     seg.close()
@@ -332,9 +328,8 @@ class Sender:
             seg = self._segment(slot, seg_id)
             if seg is None:
                 continue
-            base = seg.seg_offset(0)
-            pending = seg.load(base + L.S_LOGGED) - seg.load(base + L.S_CONSUMED)
-            if seg.load(base + L.S_HEAD) == seg.load(base + L.S_TAIL):
+            pending = seg.waiting()
+            if seg.head() == seg.tail():
                 self.first_seen.pop(slot, None)
                 continue
             fs = self.first_seen.setdefault(slot, now)
@@ -344,8 +339,8 @@ class Sender:
                 drained = False
                 continue
             while True:
-                tail = seg.load(base + L.S_TAIL)
-                if tail == seg.load(base + L.S_HEAD):
+                tail = seg.tail()
+                if tail == seg.head():
                     self.first_seen.pop(slot, None)
                     break
                 b = self.enc.next_batch(0, tail, s.max_batch_events, ring=seg)
@@ -373,25 +368,18 @@ class Sender:
         if have is None:
             return
         seg = have[1]
-        base = seg.seg_offset(0)
-        if seg.load(base + L.S_TAIL) != b.start:
+        if seg.tail() != b.start:
             return  # released already (spilled while its request was out)
-        if corrupt:
-            consumed = seg.load(base + L.S_LOGGED)
-        else:
-            consumed = seg.load(base + L.S_CONSUMED) + b.nevents + b.skipped
+        consumed = seg.logged() if corrupt else seg.consumed() + b.nevents + b.skipped
         seg.release_pages(0, b.start, b.end)
-        seg.store(base + L.S_CONSUMED, consumed)
-        seg.store(base + L.S_TAIL, b.end)
+        seg.release(0, b.end, consumed)
         self.attempts.pop((b.seg, b.start), None)
 
     def _occupancy(self, slot: int) -> float:
         have = self.segs.get(slot)
         if have is None:
             return 0.0
-        seg = have[1]
-        base = seg.seg_offset(0)
-        return (seg.load(base + L.S_HEAD) - seg.load(base + L.S_TAIL)) / seg.seg_data_size
+        return have[1].fill()
 
     def _handle(self, b: Batch, force: bool) -> bool:
         """Deliver, reject or spool one batch: True when the ring may release it."""
@@ -486,10 +474,9 @@ class Sender:
         seg = self._segment(slot, seg_id)
         if seg is None:
             return
-        base = seg.seg_offset(0)
         while True:
-            tail = seg.load(base + L.S_TAIL)
-            if tail == seg.load(base + L.S_HEAD):
+            tail = seg.tail()
+            if tail == seg.head():
                 return
             b = self.enc.next_batch(0, tail, self.s.max_batch_events, ring=seg)
             b.seg = slot
@@ -540,7 +527,7 @@ class Sender:
         deadline of a producer waiting in close() (the table's close_by), if still ahead."""
         if self.exit_deadline is not None:
             return self.exit_deadline
-        by = self.ring.load(L.H_CLOSE_BY) / 1e9
+        by = self.ring.close_by
         return by if by > time.monotonic() else None
 
     def _exit_budget(self) -> Optional[float]:
@@ -588,7 +575,7 @@ class Sender:
                 if not self._reported_spool_full:
                     self.report("%s; further events are dropped and counted as dropped['spool_full']" % exc)
                     self._reported_spool_full = True
-                self.ring.add(L.H_DROPS + 8 * L.D["spool_full"], n)
+                self.ring.count_drop("spool_full", n)
                 continue
             except OSError as exc:
                 keep = nevents is not None and self.exit_deadline is None
@@ -686,10 +673,8 @@ class Sender:
         """True when no segment holds an event (everything sent or spooled)."""
         for slot, _, seg_id, _ in list(self.ring.slots()):
             seg = self._segment(slot, seg_id)
-            if seg is not None:
-                base = seg.seg_offset(0)
-                if seg.load(base + L.S_HEAD) != seg.load(base + L.S_TAIL):
-                    return False
+            if seg is not None and seg.head() != seg.tail():
+                return False
         return True
 
 

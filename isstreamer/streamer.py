@@ -510,10 +510,7 @@ class Streamer:
 
     def _nudge(self) -> None:
         """Ask the sender to send what waits now (partial batches included), waking it if idle."""
-        ring = self._ring
-        ring.add(L.H_FLUSH_SEQ, 1)
-        if ring.load(L.H_SLEEPING):
-            ring.wake()
+        self._ring.request_flush()
 
     def _wait_delivered(self, timeout: Optional[float]) -> bool:
         """Wait until this process's events logged so far are delivered or on the failure path."""
@@ -559,9 +556,7 @@ class Streamer:
             return
         budget = self._opts["close_timeout"] if timeout is None else timeout
         try:  # the sender retries, rather than spools, while this process waits
-            by = int((time.monotonic() + budget) * 1e9)
-            if self._ring.load(L.H_CLOSE_BY) < by:
-                self._ring.store(L.H_CLOSE_BY, by)
+            self._ring.extend_close_by(time.monotonic() + budget)
         except (ValueError, OSError):
             pass
         self._wait_delivered(budget)
@@ -627,7 +622,7 @@ class Streamer:
         ring = getattr(self, "_ring", None)
         if ring is None or self.IsClosed:
             return None
-        return ring.load(L.H_SENDER_PID) or None
+        return ring.sender_pid or None
 
     def ring_fill(self) -> float:
         """Fraction of this process's segment holding events the sender has not consumed yet."""
