@@ -523,7 +523,7 @@ class Streamer:
                 return True
             self._nudge()
             deadline = None if timeout is None else time.monotonic() + timeout
-            pause = 0.0005
+            pause = 0.0001  # short first: one event is out in about a millisecond
             next_check = time.monotonic() + 0.5
             while att.tail() < target:
                 now = time.monotonic()
@@ -534,7 +534,7 @@ class Streamer:
                     self._nudge()
                     next_check = now + 0.5
                 time.sleep(pause)
-                pause = min(pause * 1.5, 0.02)
+                pause = min(pause * 1.25, 0.005)
             return True
         except (ValueError, OSError):  # the ring went away under us
             return False
