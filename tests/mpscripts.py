@@ -257,7 +257,8 @@ EXIT_WHILE_LOGGING = r'''
 import os, random, sys, threading, time
 from isstreamer import Streamer
 
-s = Streamer(bucket_key="exit-race", access_key="k", close_timeout=1.0, flush_interval=0.05)
+s = Streamer(bucket_key="exit-race", access_key="k", close_timeout=1.0, flush_interval=0.05,
+             spool_max_bytes=1 << 20)
 seed = int(sys.argv[1])
 n = 1 + seed % 3
 
@@ -586,3 +587,59 @@ def last_json(text: str):
             except ValueError:
                 continue
     return None
+
+
+EXIT_FORKED = r'''
+# Many interpreter exits for one sender: each forked child starts daemon threads that log in a
+# tight loop, then leaves with sys.exit() (a normal interpreter exit: the atexit close runs
+# while the threads are still inside log()). The parent reports each child's exit status.
+import json, os, random, signal, sys, threading, time
+from isstreamer import Streamer
+
+runs, first = int(sys.argv[1]), int(sys.argv[2])
+s = Streamer(bucket_key="exit-race-fork", access_key="k", close_timeout=0.3, flush_interval=0.05,
+             spool_max_bytes=1 << 20)
+s.log("parent", 0)
+
+
+def spin(t):
+    i = 0
+    log = s.log
+    while True:
+        log("t%d" % t, i)
+        if t and i % 7 == 0:
+            log("new%d_%d" % (t, i % 500), i)
+        i += 1
+
+
+live = {}
+bad = []
+
+
+def reap(block):
+    while live:
+        for pid in list(live):
+            got, st = os.waitpid(pid, os.WNOHANG)
+            if got:
+                k = live.pop(pid)
+                if not (os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0):
+                    bad.append((k, os.waitstatus_to_exitcode(st)))
+        if not block or len(live) < 2:
+            return
+        time.sleep(0.001)
+
+
+for k in range(first, first + runs):
+    reap(block=len(live) >= 2)
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(30)  # a hang at exit shows as -14
+        for t in range(1 + k % 3):
+            threading.Thread(target=spin, args=(t,), daemon=True).start()
+        time.sleep(random.Random(k).uniform(0.0, 0.05))
+        sys.exit(0)  # normal interpreter exit, no close(), threads still logging
+    live[pid] = k
+while live:
+    reap(block=True)
+print(json.dumps({"bad": bad}), flush=True)
+'''
