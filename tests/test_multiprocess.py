@@ -144,7 +144,7 @@ def test_wide_pool_every_worker_alive_at_once(backend, collector, streamers, met
     s = streamers(bucket_key=bucket)
     ctx = multiprocessing.get_context(method)
     barrier = ctx.Barrier(workers)
-    per = 20
+    per = 10  # on the old code each event of a worker without a segment blocked full_timeout (2 s)
     with ctx.Pool(workers, initializer=poolworkers.init_with_barrier, initargs=(s, barrier)) as pool:
         res = pool.map_async(poolworkers.log_then_meet, [(t, per, 120.0) for t in range(workers)],
                              chunksize=1).get(300)
