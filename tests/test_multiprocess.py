@@ -171,28 +171,33 @@ def test_wide_pool_every_worker_alive_at_once(backend, collector, streamers, met
 
 # --------------------------------------------------------------------------- 2. fork storm
 
-STORM_FORKS = 2000
+STORM_FORKS = {"native": 2000, "python": 600}  # the fallback's share kept small: 2 cores, < 5 min in all
 
 
 def test_fork_storm_while_threads_log_set_bucket_intern_and_create(backend, collector, procs, tmp_path):
-    """Issue 9 items 3, 4: 2000 forks while other threads log, set_bucket (the ring lock),
+    """Issue 9 items 3, 4: 2000 forks (600 on the fallback) while other threads log, set_bucket (the ring lock),
     intern new key names and create new Streamers. Each child logs a new key, set_bucket, logs,
     flushes, under alarm(20): a hung child dies of SIGALRM. No child hangs, the sender keeps
     draining (the parent's flush() every 250 forks succeeds), and every event logged arrives."""
+    forks = STORM_FORKS[backend]
     path = M.script(tmp_path, "storm.py", M.STORM)
-    r = procs.run(M.py(path) + [collector.url, str(STORM_FORKS), "8"], _env(backend), timeout=170)
-    assert not r.timed_out, "the storm script did not finish in 170 s; stderr: %s" % _tail(r.stderr)
+    r = procs.run(M.py(path) + [collector.url, str(forks), "16", "100"], _env(backend), timeout=200)
+    assert not r.timed_out, "the storm script did not finish in 200 s; stderr: %s" % _tail(r.stderr)
     out = M.last_json(r.stdout)
     assert out is not None, "rc=%s stderr: %s" % (r.returncode, _tail(r.stderr))
     st = out["status"]
+    assert out["forks"] == forks and not st["hung"], (
+        "%d of %d forks done in the 100 s budget; %d children hung (killed by their alarm), e.g. child #%s; "
+        "progress: %s" % (out["forks"], forks, len(st["hung"]), st["hung"][:5],
+                          [x for x in r.stderr.splitlines() if x.startswith("storm:")][-3:]))
     assert not st["hung"], "%d of %d children hung (killed by their alarm), e.g. child #%s" % (
-        len(st["hung"]), STORM_FORKS, st["hung"][:5])
+        len(st["hung"]), forks, st["hung"][:5])
     assert not st["failed"], "%d children failed (exit status): %s; stderr: %s" % (
         len(st["failed"]), st["failed"][:5], _tail(r.stderr))
-    assert st["ok"] == STORM_FORKS
+    assert st["ok"] == forks
     assert not out["errors"], out["errors"][:2]
     assert out["alive_threads"] == 0
-    assert all(out["checks"]) and len(out["checks"]) == STORM_FORKS // 250, \
+    assert all(out["checks"]) and len(out["checks"]) == forks // 250, \
         "the sender stopped draining during the storm: %r" % out["checks"]
     assert out["flushed"]
     assert not out["dropped"] and not out["moving_dropped"], (out["dropped"], out["moving_dropped"])
@@ -202,9 +207,9 @@ def test_fork_storm_while_threads_log_set_bucket_intern_and_create(backend, coll
     expect = {
         ("storm-main", "steady"): c["steady"],
         ("storm-main", "key[0-9]*"): c["keys"],
-        ("storm-main", "c[0-9]*"): STORM_FORKS,
+        ("storm-main", "c[0-9]*"): forks,
         ("storm-move-%", None): c["moving"],
-        ("storm-child-%", None): STORM_FORKS,
+        ("storm-child-%", None): forks,
         ("storm-made", None): c["made"],
     }
     wait_until(lambda: all(M.count_events(db, b, k) >= n for (b, k), n in expect.items()), 60)
