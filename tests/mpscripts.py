@@ -411,7 +411,7 @@ out["sender_exit_s"] = time.monotonic() - t0
 d = os.path.dirname(ring_path)
 stem = os.path.basename(ring_path).rsplit(".", 1)[0]
 t1 = time.monotonic()
-while time.monotonic() - t1 < 10 and any(x.startswith(stem) for x in os.listdir(d)):
+while not alive and time.monotonic() - t1 < 10 and any(x.startswith(stem) for x in os.listdir(d)):
     time.sleep(0.1)
 out["leftovers"] = [x for x in os.listdir(d) if x.startswith(stem)]
 out["stats"] = {k: v for k, v in s.stats().items() if k in ("logged", "sent", "dropped")}
