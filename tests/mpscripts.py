@@ -652,3 +652,14 @@ while live:
     reap(block=True)
 print(json.dumps({"bad": bad}), flush=True)
 '''
+
+
+def pid_gone(pid: int) -> bool:
+    """True when ``pid`` is not a running process (a zombie counts as gone); /proc only, so that
+    the tests depend on no isstreamer module but the public API."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            stat = f.read()
+    except OSError:
+        return True
+    return stat[stat.rindex(b")") + 2: stat.rindex(b")") + 3] in (b"Z", b"X")
