@@ -233,7 +233,10 @@ for k in range(n_forks):
             main.log("c%d" % k, k)  # a new key, in the child
             moving.set_bucket(bucket_key="storm-child-%d" % (k % 8))
             moving.log("child", k)
-            code = 0 if (main.flush(15) and moving.flush(15)) else 3
+            # hand over and exit: a dead child's segment is drained by the sender (the final
+            # counts check that every child's events arrived); waiting here would measure the
+            # collector's throughput on a loaded machine, not a hang
+            code = 0 if (main.flush() and moving.flush()) else 3
         except BaseException:
             traceback.print_exc()
             code = 4

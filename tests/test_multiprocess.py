@@ -211,7 +211,7 @@ def test_fork_storm_while_threads_log_set_bucket_intern_and_create(backend, coll
         ("storm-child-%", None): forks,
         ("storm-made", None): c["made"],
     }
-    wait_until(lambda: all(M.count_events(db, b, k) >= n for (b, k), n in expect.items()), 60)
+    wait_until(lambda: all(M.count_events(db, b, k) >= n for (b, k), n in expect.items()), 120)
     got = {bk: M.count_events(db, *bk) for bk in expect}
     assert got == expect
     assert c["made"] > 0 and c["keys"] > 0 and c["moving"] > 0
