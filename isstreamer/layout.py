@@ -97,6 +97,9 @@ COUNTERS = (
     "http_errors",
     "corrupt_records",
     "skipped_records",
+    "folded",  # records folded by a downsampling rule (isstreamer.aggregate)
+    "windows",  # windows closed and sent
+    "aggregated",  # events the rules emitted (window statistics, deadband / change reports)
 )
 C = {name: i for i, name in enumerate(COUNTERS)}
 

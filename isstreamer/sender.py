@@ -20,6 +20,7 @@ from typing import Dict, Optional, Set, Tuple
 
 from . import layout as L
 from .delivery import DELIVERED, REJECTED, Delivery, Kind, Policy, Result
+from .aggregate import Aggregator
 from .encoder import Batch, Encoder
 from .ring import Ring, RingClosed, RingRefused, Table, lock_held_elsewhere
 from .settings import SenderSettings
@@ -65,6 +66,7 @@ class Sender:
         self._bucket_status = 0  # status of the last bucket creation request
         self._errors = 0
         self._spool_error_reported = False
+        self.agg = Aggregator.for_settings(s)  # aggregate: per-key rules (None without rules)
 
     # ---- reporting --------------------------------------------------------------------------
     def report(self, msg: str) -> None:
@@ -112,7 +114,10 @@ class Sender:
         flush_seq = ring.load(L.H_FLUSH_SEQ)
         force = flush_seq != self.seen_flush or self.exit_deadline is not None
         self._sync_buckets()
+        agg_worked = self.agg is not None and self.agg.turn(self, force)  # aggregate: due windows out
         worked, drained = self._pump(force)
+        if self.agg is not None:  # aggregate: its output (and on flush / exit, open windows) pending
+            worked, drained = worked or agg_worked, drained and self.agg.settled(force)
         if flush_seq != self.seen_flush and drained:
             self.seen_flush = flush_seq
         blocked = self.delivery.outage or self.delivery.auth_blocked
@@ -272,7 +277,8 @@ class Sender:
                 if tail == seg.load(base + L.S_HEAD):
                     self.first_seen.pop(slot, None)
                     break
-                b = self.enc.next_batch(0, tail, s.max_batch_events, ring=seg)
+                b = (self.agg.next_batch(seg, tail, s.max_batch_events) if self.agg is not None  # aggregate
+                     else self.enc.next_batch(0, tail, s.max_batch_events, ring=seg))
                 b.seg = slot
                 if b.corrupt:
                     self.ring.count("corrupt_records")
@@ -280,6 +286,9 @@ class Sender:
                     self._commit(b, corrupt=True)
                     continue
                 if b.end == tail:  # no progress possible (cannot happen with max_batch_events >= 1)
+                    drained = False
+                    break
+                if self.agg is not None and not self.agg.before_commit(self, slot, force):  # aggregate
                     drained = False
                     break
                 if b.nevents and not self._handle(b, force):
@@ -301,7 +310,7 @@ class Sender:
         if corrupt:
             consumed = seg.load(base + L.S_LOGGED)
         else:
-            consumed = seg.load(base + L.S_CONSUMED) + b.nevents + b.skipped
+            consumed = seg.load(base + L.S_CONSUMED) + b.nevents + b.skipped + b.folded  # folded: aggregate
         seg.release_pages(0, b.start, b.end)
         seg.store(base + L.S_CONSUMED, consumed)
         seg.store(base + L.S_TAIL, b.end)

@@ -32,6 +32,7 @@ class SenderSettings:
     policy: Dict[str, float] = field(default_factory=dict)
     ring_identity: List[int] = field(default_factory=list)  # (st_dev, st_ino) of the table file
     spool_only: bool = False  # an adopted ring of another access key: spool, never send
+    rules: List[List[Any]] = field(default_factory=list)  # [[key or glob, rule dict]]: isstreamer.rules
 
     def meta(self) -> Dict[str, Any]:
         """What a ring records of these settings for an adopter: everything but the access key

@@ -16,6 +16,7 @@ from . import registry
 from .config import load_config
 from .flatten import flatten_object
 from .ring import Attachment, RingClosed, RingRefused, check_fallback_safe, logs_for, puts_for, use_native
+from .rules import normalize_rules
 from .settings import SenderSettings
 from .spool import DEFAULT_MAX_BYTES, default_spool_dir
 from .values import Skip, coerce_epoch, coerce_key, coerce_value, console_line
@@ -112,6 +113,7 @@ class Streamer:
         backoff_max: float = 30.0,
         auth_retry_interval: float = 30.0,
         use_gzip: bool = False,
+        rules: Any = None,
     ) -> None:
         if on_full not in ("block", "drop"):
             raise ValueError("isstreamer: on_full must be 'block' or 'drop'")
@@ -141,6 +143,7 @@ class Streamer:
             max_batch_events=max_batch_events, max_batch_bytes=max_batch_bytes, request_timeout=request_timeout,
             max_rps=max_rps, max_attempts=max_attempts, backoff_max=backoff_max,
             auth_retry_interval=auth_retry_interval, use_gzip=use_gzip,
+            rules=normalize_rules(rules),  # downsampling (isstreamer.rules), applied by the sender
         )
         self._init_local()
         if self.Offline:
@@ -218,6 +221,7 @@ class Streamer:
             policy={"max_attempts": o["max_attempts"], "backoff_max": o["backoff_max"],
                     "auth_retry_interval": o["auth_retry_interval"], "max_rps": o["max_rps"]},
             ring_identity=list(ring.identity) if ring is not None else [],
+            rules=o.get("rules", []),
         )
 
     def _adopt_settings(self, meta: Dict[str, Any]) -> Optional[SenderSettings]:
@@ -576,6 +580,7 @@ class Streamer:
             out.update(logged=logged, pending=max(0, logged - consumed), producers=sum(1 for _ in ring.slots()))
             for name in L.COUNTERS[2:]:
                 out[name] = ring.counter(name)
+            out["aggregation_ratio"] = out["folded"] / out["aggregated"] if out["aggregated"] else 0.0
         except (ValueError, OSError):  # retired
             pass
         out["dropped"] = dropped
