@@ -528,9 +528,10 @@ class Aggregator:
         """While a flush or exit is pending: True once what the rules emitted is handed over."""
         return not force or self.deliver(sender, slot, True)[1]
 
-    def settled(self, force: bool) -> bool:
-        """Nothing waits to be sent (and, when ``force``, no window is open)."""
-        return not self.held and not self.k.buckets() and not (force and self.k.counts["open"])
+    def settled(self, exiting: bool) -> bool:
+        """Nothing waits to be sent (and, when ``exiting``, no window is open). A flush needs no
+        more: ``turn`` closed every window after folding every segment up to its head."""
+        return not self.held and not self.k.buckets() and not (exiting and self.k.counts["open"])
 
     def count(self, ring: Any) -> None:
         """Move the kernel's tallies to the ring's header counters (stats())."""

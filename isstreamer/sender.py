@@ -116,8 +116,8 @@ class Sender:
         self._sync_buckets()
         agg_worked = self.agg is not None and self.agg.turn(self, force)  # aggregate: due windows out
         worked, drained = self._pump(force)
-        if self.agg is not None:  # aggregate: its output (and on flush / exit, open windows) pending
-            worked, drained = worked or agg_worked, drained and self.agg.settled(force)
+        if self.agg is not None:  # aggregate: its output (and at exit, open windows) pending
+            worked, drained = worked or agg_worked, drained and self.agg.settled(self.exit_deadline is not None)
         if flush_seq != self.seen_flush and drained:
             self.seen_flush = flush_seq
         blocked = self.delivery.outage or self.delivery.auth_blocked
