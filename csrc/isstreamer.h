@@ -77,7 +77,8 @@ typedef struct {
     uint64_t closing;             /* table: set by the sender when it removes the ring */
     uint64_t _reserved0;          /* unused */
     uint64_t flush_seq;           /* bumped by flush(): send partial batches now */
-    uint64_t _reserved1;          /* unused */
+    uint64_t flush_done;          /* the last flush_seq the sender has fully served (downsampling:
+                                     flush() waits for it when its events were folded) */
     uint64_t nbuckets_used;
     uint64_t nslots_used;         /* table: high-water mark of producer slots ever claimed */
     uint8_t _pad0[128 - 96];

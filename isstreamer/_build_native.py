@@ -24,7 +24,7 @@ typedef struct {
 typedef struct {
     uint64_t magic; uint32_t version; uint32_t hdr_size; uint32_t nsegs; uint32_t seg_data_size;
     uint32_t nbuckets; uint32_t bucket_size; uint64_t total_size; uint64_t sender_pid; uint64_t closing;
-    uint64_t flush_seq; uint64_t nbuckets_used; uint64_t nslots_used;
+    uint64_t flush_seq; uint64_t flush_done; uint64_t nbuckets_used; uint64_t nslots_used;
     uint64_t counters[32]; uint64_t drops[16];
     ...;
 } iss_ring_hdr;

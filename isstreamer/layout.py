@@ -32,6 +32,7 @@ H_BUCKET_SIZE = 28
 H_TOTAL_SIZE = 32
 H_SENDER_PID = 40
 H_FLUSH_SEQ = 64
+H_FLUSH_DONE = 72  # the last flush_seq the sender fully served (flush() with downsampling rules waits for it)
 H_NBUCKETS_USED = 80
 H_NSLOTS_USED = 88
 H_CLOSING = 48  # table: set by the sender when it removes the ring

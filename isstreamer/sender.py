@@ -120,6 +120,7 @@ class Sender:
             worked, drained = worked or agg_worked, drained and self.agg.settled(self.exit_deadline is not None)
         if flush_seq != self.seen_flush and drained:
             self.seen_flush = flush_seq
+            ring.store(L.H_FLUSH_DONE, flush_seq)  # aggregate: served (flush() with rules waits for it)
         blocked = self.delivery.outage or self.delivery.auth_blocked
         if self._was_blocked and not blocked:
             self.spool.close_all()  # our own spool files become replayable

@@ -496,14 +496,15 @@ class Streamer:
             return True
         try:
             target = att.head()
-            if att.tail() >= target:
+            rules = bool(self._opts.get("rules"))  # aggregate: folded events leave open windows behind
+            if att.tail() >= target and not rules:
                 return True
             ring = self._ring
-            ring.add(L.H_FLUSH_SEQ, 1)
+            seq = ring.add(L.H_FLUSH_SEQ, 1)
             deadline = None if timeout is None else time.monotonic() + timeout
             pause = 0.0005
             next_check = time.monotonic() + 0.5
-            while att.tail() < target:
+            while att.tail() < target or (rules and ring.load(L.H_FLUSH_DONE) < seq):
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
                     return False

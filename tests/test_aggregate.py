@@ -197,11 +197,16 @@ def _on_change(events, heartbeat):
 # --------------------------------------------------------------------------- flush, close, exit
 
 
-def test_flush_returns_after_the_open_windows_are_delivered(collector, tmp_path, backend):
+@pytest.mark.parametrize("folded_first", [False, True])
+def test_flush_returns_after_the_open_windows_are_delivered(collector, tmp_path, backend, folded_first):
+    """flush() returns once the windows holding its events are delivered: also when the sender had
+    already folded every event (the segment was empty, the windows still open)."""
     s = _streamer(collector, tmp_path, bucket_key="flush", rules={"x": Window(60.0, ("mean", "count"))})
     T0 = 60.0 * 66666667  # a multiple of 60 in 2096: no window here closes by the clock
     for i in range(100):
         s.log("x", float(i), T0 + i)  # windows ending at T0+60 and T0+120
+    if folded_first:
+        assert wait_until(lambda: s.stats()["folded"] == 100 and s.stats()["pending"] == 0, 60)
     assert s.flush(60)
     stored = {(e["key"], e["epoch"]): e["value"] for e in collector.events("flush")}  # no waiting
     assert stored == {("x", T0 + 60): 29.5, ("x_count", T0 + 60): 60, ("x", T0 + 120): 79.5, ("x_count", T0 + 120): 40}
