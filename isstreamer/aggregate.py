@@ -19,16 +19,18 @@ How the sender uses it (see ``Sender._turn`` / ``Sender._pump``, lines marked ``
 """
 from __future__ import annotations
 
+import calendar
 import math
 import struct
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from . import layout as L
 from .encoder import MIN_BATCH_BYTES, WORST_EVENT, Batch, _dumps
 from .ring import Ring, _ffi, _lib
-from .rules import KIND_CHANGE, KIND_DEADBAND, KIND_WINDOW, STATS, Deadband, OnChange, RuleSet, Window
+from .rules import KIND_CHANGE, KIND_DEADBAND, KIND_WINDOW, STATS, Deadband, OnChange, RuleSet, Window, rule_from_dict
 
 _REC = struct.Struct("=IBBHHHId")
 _PADHDR = struct.Struct("=IB")
@@ -409,6 +411,71 @@ class NativeKernel:
 # --------------------------------------------------------------------------- the sender's side
 
 
+class Ceiling:
+    """Does the stream fit? An events-per-second ceiling, a monthly budget (as a sustainable
+    rate: the budget over the seconds of the current UTC month) and the API's rate limit (the
+    sender kept waiting on a 429 / ``X-RateLimit-Remaining: 0`` while a backlog of more than a
+    batch waits in the ring, at three checks at least 5 s apart in all)."""
+
+    SPAN = 10.0  # seconds of sending the rate is measured over
+    MIN_AGE = 2.0  # seconds of measurement before the rate is trusted
+
+    def __init__(self, max_events_per_second: float, monthly_budget: int, batch_events: int) -> None:
+        self.max_eps = float(max_events_per_second or 0.0)
+        self.budget = int(monthly_budget or 0)
+        self.batch_events = batch_events
+        self.t0 = time.monotonic()
+        self.marks: deque = deque()  # (time, events towards the wire in that turn)
+        self.total = 0
+        self.limited: List[float] = []  # times the sender was held by the rate limit with a backlog
+
+    def budget_rate(self, now_wall: float) -> float:
+        """Events per second that spend the monthly budget evenly over this UTC month (0: none)."""
+        if not self.budget:
+            return 0.0
+        tm = time.gmtime(now_wall)
+        days = calendar.monthrange(tm.tm_year, tm.tm_mon)[1]
+        return self.budget / (days * 86400.0)
+
+    def observe(self, n: int) -> None:
+        """``n`` more events would go on the wire."""
+        if n:
+            self.total += n
+            self.marks.append((time.monotonic(), n))
+
+    def rate(self) -> float:
+        """Events per second towards the wire over the last SPAN seconds."""
+        now = time.monotonic()
+        while self.marks and self.marks[0][0] < now - self.SPAN:
+            self.marks.popleft()
+        span = min(self.SPAN, now - self.t0)
+        return sum(n for _, n in self.marks) / span if span > 0 else 0.0
+
+    def unfit(self, sender: Any) -> Optional[str]:
+        """Why the stream does not fit (None while it does)."""
+        now = time.monotonic()
+        d = sender.delivery
+        if d.wait_time() > 0 and not d.auth_blocked and not d.outage and d.last_answer is not None and (
+                d.last_answer.status == 429 or d.last_answer.headers.get("X-RateLimit-Remaining") == "0"):
+            backlog = 0
+            for _, seg in list(sender.segs.values()):
+                base = seg.seg_offset(0)
+                backlog += seg.load(base + L.S_LOGGED) - seg.load(base + L.S_CONSUMED)
+            if backlog > self.batch_events and (not self.limited or now - self.limited[-1] >= 0.5):
+                self.limited.append(now)
+                if len(self.limited) >= 3 and now - self.limited[0] >= 5.0:
+                    return "the API's rate limit holds the sender back while %d events wait" % backlog
+        if now - self.t0 < self.MIN_AGE:
+            return None
+        rate = self.rate()
+        if self.max_eps and rate > self.max_eps:
+            return "%.0f events/s exceed max_events_per_second=%g" % (rate, self.max_eps)
+        brate = self.budget_rate(time.time())
+        if brate and rate > brate:
+            return "%.0f events/s would spend monthly_budget=%d in %.1f days" % (rate, self.budget, self.budget / rate / 86400)
+        return None
+
+
 class Aggregator:
     """The rules of one sender: folds records while it drains, closes and delivers windows."""
 
@@ -416,12 +483,22 @@ class Aggregator:
     COUNTERS = (("folded", "folded"), ("windows", "windows"), ("emitted", "aggregated"))
 
     def __init__(self, rules: List[List[Any]], max_batch_bytes: int, max_batch_events: int,
-                 flush_interval: float, native: bool) -> None:
+                 flush_interval: float, native: bool, ceiling: Optional[Dict[str, Any]] = None) -> None:
         self.rules = RuleSet(rules)
         use_c = bool(native and _lib is not None)
         self.k: Any = NativeKernel(max_batch_bytes) if use_c else PyKernel(max_batch_bytes)
         for r in self.rules.rules:
             self.k.add_rule(*rule_args(r))
+        c = ceiling or {}
+        self.ceiling: Optional[Ceiling] = None
+        if c.get("max_events_per_second") or c.get("monthly_budget") or c.get("fallback"):
+            self.ceiling = Ceiling(c.get("max_events_per_second", 0.0), c.get("monthly_budget", 0), max_batch_events)
+        fb = c.get("fallback")
+        self.fallback_rule = rule_from_dict(fb) if fb else None
+        self.fallback = self.k.add_rule(*rule_args(self.fallback_rule)) if fb else -1  # kernel index
+        self.fallback_on = False
+        self.unfit_reported = False
+        self.passthrough: set = set()  # (bucket, key) bound to no rule: the fallback's, once on
         self.max_events = max(1, int(max_batch_events))
         self.flush_interval = flush_interval
         self.folded_to: Dict[str, int] = {}  # segment file -> position folded up to
@@ -433,13 +510,39 @@ class Aggregator:
     def for_settings(cls, s: Any) -> Optional["Aggregator"]:
         """An aggregator for these sender settings, or None when they have no rule."""
         rules = getattr(s, "rules", None)
-        if not rules:
+        ceiling = getattr(s, "ceiling", None)
+        if not rules and not ceiling:
             return None
-        return cls(rules, s.max_batch_bytes, s.max_batch_events, s.flush_interval, s.native)
+        return cls(rules or [], s.max_batch_bytes, s.max_batch_events, s.flush_interval, s.native, ceiling)
 
     def _bind(self, miss: Tuple[int, bytes]) -> None:
         bucket, kb = miss
-        self.k.bind(bucket, kb, self.rules.lookup(kb.decode("utf-8", "replace")))
+        idx = self.rules.lookup(kb.decode("utf-8", "replace"))
+        if idx < 0 and self.fallback_on:
+            idx = self.fallback
+        elif idx < 0 and len(self.passthrough) < MAX_KEYS:
+            self.passthrough.add((bucket, kb))
+        self.k.bind(bucket, kb, idx)
+
+    def _check_ceiling(self, sender: Any) -> None:
+        """Report once when the stream does not fit; then apply the fallback rule (if any) to
+        every key without a rule, instead of letting a backlog grow."""
+        why = self.ceiling.unfit(sender) if self.ceiling is not None and not self.unfit_reported else None
+        if why is None:
+            return
+        self.unfit_reported = True
+        sender.ring.count("unfit")
+        if self.fallback >= 0:
+            self.fallback_on = True
+            for bucket, kb in self.passthrough:
+                self.k.bind(bucket, kb, self.fallback)
+            self.passthrough.clear()
+            sender.ring.count("fallback")
+            sender.report("isstreamer: the stream does not fit (%s); from now on keys without a rule are sent as %r"
+                          % (why, self.fallback_rule))
+        else:
+            sender.report("isstreamer: the stream does not fit (%s); a backlog will grow (spooled when the ring "
+                          "fills): set rules=, or fallback= to downsample keys without a rule" % why)
 
     # ---- the ring ----------------------------------------------------------------------------
     def next_batch(self, seg: Ring, tail: int, max_events: int) -> Batch:
@@ -455,6 +558,8 @@ class Aggregator:
                 if b.end == tail and not b.nevents and not b.corrupt:
                     continue  # nothing done yet: again, with the key known
             b.folded = taken
+            if self.ceiling is not None:
+                self.ceiling.observe(b.nevents)
             return b
 
     def fold_all(self, sender: Any) -> None:
@@ -489,6 +594,7 @@ class Aggregator:
             worked = self.k.close(cutoff) > 0
         worked |= self.deliver(sender, -1, force)[0]
         self.count(sender.ring)
+        self._check_ceiling(sender)
         if len(self.folded_to) > 4096:  # forget segments that are gone
             live = {sender.ring.seg_path(seg_id) for _, _, seg_id, _ in sender.ring.slots()}
             self.folded_to = {p: v for p, v in self.folded_to.items() if p in live}
@@ -541,3 +647,5 @@ class Aggregator:
             if d:
                 ring.count(counter, d)
                 self._counted[name] = c[name]
+                if name == "emitted" and self.ceiling is not None:
+                    self.ceiling.observe(d)

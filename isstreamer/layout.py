@@ -101,6 +101,8 @@ COUNTERS = (
     "folded",  # records folded by a downsampling rule (isstreamer.aggregate)
     "windows",  # windows closed and sent
     "aggregated",  # events the rules emitted (window statistics, deadband / change reports)
+    "unfit",  # 1 once the stream was found not to fit max_events_per_second / monthly_budget / rate limit
+    "fallback",  # 1 once the fallback rule applies to keys without a rule
 )
 C = {name: i for i, name in enumerate(COUNTERS)}
 

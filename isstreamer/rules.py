@@ -156,3 +156,18 @@ class RuleSet:
 def stat_key(key: str, stat: str) -> str:
     """The key a statistic is sent under: the key itself for ``mean``, ``key_<stat>`` otherwise."""
     return key if stat == "mean" else "%s_%s" % (key, stat)
+
+
+def ceiling_settings(max_events_per_second: float, monthly_budget: int, fallback: Optional[Rule]) -> Dict[str, Any]:
+    """The sender's ``ceiling`` settings (checked): {} when none is set."""
+    _num("max_events_per_second", max_events_per_second, 0.0)
+    if isinstance(monthly_budget, bool) or not isinstance(monthly_budget, int) or monthly_budget < 0:
+        raise ValueError("isstreamer: monthly_budget must be an int >= 0, not %r" % (monthly_budget,))
+    out: Dict[str, Any] = {}
+    if max_events_per_second:
+        out["max_events_per_second"] = float(max_events_per_second)
+    if monthly_budget:
+        out["monthly_budget"] = monthly_budget
+    if fallback is not None:
+        out["fallback"] = rule_to_dict(fallback)
+    return out

@@ -33,6 +33,7 @@ class SenderSettings:
     ring_identity: List[int] = field(default_factory=list)  # (st_dev, st_ino) of the table file
     spool_only: bool = False  # an adopted ring of another access key: spool, never send
     rules: List[List[Any]] = field(default_factory=list)  # [[key or glob, rule dict]]: isstreamer.rules
+    ceiling: Dict[str, Any] = field(default_factory=dict)  # max_events_per_second, monthly_budget, fallback
 
     def meta(self) -> Dict[str, Any]:
         """What a ring records of these settings for an adopter: everything but the access key

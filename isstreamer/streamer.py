@@ -16,7 +16,7 @@ from . import registry
 from .config import load_config
 from .flatten import flatten_object
 from .ring import Attachment, RingClosed, RingRefused, check_fallback_safe, logs_for, puts_for, use_native
-from .rules import normalize_rules
+from .rules import ceiling_settings, normalize_rules
 from .settings import SenderSettings
 from .spool import DEFAULT_MAX_BYTES, default_spool_dir
 from .values import Skip, coerce_epoch, coerce_key, coerce_value, console_line
@@ -114,6 +114,9 @@ class Streamer:
         auth_retry_interval: float = 30.0,
         use_gzip: bool = False,
         rules: Any = None,
+        max_events_per_second: float = 0.0,
+        monthly_budget: int = 0,
+        fallback: Any = None,
     ) -> None:
         if on_full not in ("block", "drop"):
             raise ValueError("isstreamer: on_full must be 'block' or 'drop'")
@@ -144,6 +147,7 @@ class Streamer:
             max_rps=max_rps, max_attempts=max_attempts, backoff_max=backoff_max,
             auth_retry_interval=auth_retry_interval, use_gzip=use_gzip,
             rules=normalize_rules(rules),  # downsampling (isstreamer.rules), applied by the sender
+            ceiling=ceiling_settings(max_events_per_second, monthly_budget, fallback),
         )
         self._init_local()
         if self.Offline:
@@ -221,7 +225,7 @@ class Streamer:
             policy={"max_attempts": o["max_attempts"], "backoff_max": o["backoff_max"],
                     "auth_retry_interval": o["auth_retry_interval"], "max_rps": o["max_rps"]},
             ring_identity=list(ring.identity) if ring is not None else [],
-            rules=o.get("rules", []),
+            rules=o.get("rules", []), ceiling=o.get("ceiling", {}),
         )
 
     def _adopt_settings(self, meta: Dict[str, Any]) -> Optional[SenderSettings]:
