@@ -499,6 +499,9 @@ class Aggregator:
         self.fallback_on = False
         self.unfit_reported = False
         self.passthrough: set = set()  # (bucket, key) bound to no rule: the fallback's, once on
+        # the flush_seq for which every window was closed: 0, the value of a new ring (the sender's
+        # first turn is forced, but closing then would only split the first windows)
+        self._closed_for = 0
         self.max_events = max(1, int(max_batch_events))
         self.flush_interval = flush_interval
         self.folded_to: Dict[str, int] = {}  # segment file -> position folded up to
@@ -588,7 +591,13 @@ class Aggregator:
         """Once per sender turn: close the due windows (every one when ``force``: a flush or exit
         is pending), after folding every segment up to its head; deliver what is due."""
         worked = False
-        cutoff = INF if force else time.time() - self.GRACE
+        # every window closes once per flush request (a flush that takes several turns must not
+        # split the windows opened meanwhile) and at every turn of the exit
+        seq = sender.ring.load(L.H_FLUSH_SEQ)
+        close_all = sender.exit_deadline is not None or (force and seq != self._closed_for)
+        if close_all:
+            self._closed_for = seq
+        cutoff = INF if close_all else time.time() - self.GRACE
         if self.k.next_due() <= cutoff:
             self.fold_all(sender)
             worked = self.k.close(cutoff) > 0

@@ -97,7 +97,8 @@ def test_c_kernel_and_python_twin_emit_the_same_events(tmp_path, seed):
 
 def test_windows_close_by_the_clock(collector, tmp_path, backend):
     """Live epochs (log() stamps them): windows whose end passed arrive while the Streamer is
-    still open; at close() every event is in exactly one window."""
+    still open; at close() every event is in exactly one window, and each window is sent once
+    (neither the sender's first, forced, turn nor close() splits one)."""
     s = isstreamer.Streamer(bucket_key="clock", access_key="k", api_base=collector.url,
                             spool_dir=str(tmp_path / "spool"), flush_interval=0.2,
                             rules={"t": Window(0.5, ("count",))})
@@ -114,4 +115,5 @@ def test_windows_close_by_the_clock(collector, tmp_path, backend):
     assert wait_until(lambda: pid_gone(pid), 120)
     counts = [(e["epoch"], e["value"]) for e in collector.events("clock")]
     assert sum(v for _, v in counts) == n
+    assert len({ep for ep, _ in counts}) == len(counts)  # no window split: each sent once
     assert all(ep * 2 == int(ep * 2) for ep, _ in counts)  # window ends: multiples of 0.5 s
