@@ -462,7 +462,7 @@ class Ceiling:
                 base = seg.seg_offset(0)
                 backlog += seg.load(base + L.S_LOGGED) - seg.load(base + L.S_CONSUMED)
             if backlog > self.batch_events and (not self.limited or now - self.limited[-1] >= 0.5):
-                self.limited.append(now)
+                self.limited = [t for t in self.limited if now - t <= 60.0] + [now]  # one episode
                 if len(self.limited) >= 3 and now - self.limited[0] >= 5.0:
                     return "the API's rate limit holds the sender back while %d events wait" % backlog
         if now - self.t0 < self.MIN_AGE:

@@ -250,3 +250,14 @@ def test_nothing_of_a_closing_window_is_lost(collector, tmp_path, backend, endin
     assert sum(counts.values()) == 5000 and len(counts) == len(stored) // 2
     exp = expected_windows([("v", float(i % 97), 4.0e9 + i * 0.001) for i in range(5000)], 1.0)
     check_windows([{"key": k, "epoch": ep, "value": v} for (k, ep), v in stored.items()], exp, ("count", "sum"))
+
+
+def test_many_rules_still_reach_the_sender(collector, tmp_path, backend):
+    """200 glob rules do not fit the ring header's record of the settings (kept for an adopter):
+    the Streamer still works and its sender applies every rule."""
+    rules = {"key_%03d_*" % i: Window(1.0, ("max",)) for i in range(200)}
+    s = _streamer(collector, tmp_path, bucket_key="many", rules=rules)
+    for i in range(10):
+        s.log("key_199_x", float(i), 4.0e9 + i * 0.01)
+    _close_and_wait(s)
+    assert [(e["key"], e["value"], e["epoch"]) for e in collector.events("many")] == [("key_199_x_max", 9.0, 4.0e9 + 1)]
