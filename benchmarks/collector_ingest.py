@@ -1,10 +1,15 @@
-"""Ingest throughput of the local collector: events stored per second.
+"""Ingest throughput of the local collector (events stored per second), and the server CPU a
+gzip bomb costs per request.
 
 Starts ``isstreamer serve`` in its own process (so client and server do not share a GIL) on a
 temporary database, POSTs batches of events from one ``requests.Session`` loop, and divides the
-events the collector reports stored by the wall time of the loop.
+events the collector reports stored by the wall time of the loop. ``--gzip-bomb N`` instead
+POSTs N bodies of about 0.9 MB that inflate to 900 MiB (with a valid key, and without one) and
+reports the collector process's CPU seconds per request (from /proc) and the slowest answer to a
+health check (``GET /api/versions``) sent meanwhile.
 
     python benchmarks/collector_ingest.py [--batches 200] [--batch-size 1000] [--in-process]
+    python benchmarks/collector_ingest.py --gzip-bomb 10
 """
 from __future__ import annotations
 
@@ -12,11 +17,14 @@ import argparse
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from typing import Tuple
+import zlib
+from typing import Iterator, List, Tuple
 
 import orjson
 import requests
@@ -24,11 +32,13 @@ import requests
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+HEADERS = {"X-IS-AccessKey": "bench", "X-IS-BucketKey": "bench", "Content-Type": "application/json",
+           "Accept-Version": "<=0.0.4"}
 
-def run(url: str, batches: int, batch_size: int) -> Tuple[int, float]:
-    """POST ``batches`` bodies of ``batch_size`` events; return (events stored, seconds)."""
-    headers = {"X-IS-AccessKey": "bench", "X-IS-BucketKey": "bench", "Content-Type": "application/json",
-               "Accept-Version": "<=0.0.4"}
+
+def run(url: str, batches: int, batch_size: int, pid: int = 0) -> Tuple[int, float, float]:
+    """POST ``batches`` bodies of ``batch_size`` events; return (events stored, seconds, server
+    CPU seconds (0 without ``pid``))."""
     base = time.time()
     bodies = [
         orjson.dumps([{"key": "k%d" % (i % 8), "value": (i * 0.5 if i % 3 else "s%d" % i), "epoch": base + b + i / 1e4}
@@ -36,16 +46,118 @@ def run(url: str, batches: int, batch_size: int) -> Tuple[int, float]:
         for b in range(min(batches, 20))
     ]
     with requests.Session() as s:
-        s.post(url + "/api/events", data=bodies[0], headers=headers).raise_for_status()  # warm up
+        s.post(url + "/api/events", data=bodies[0], headers=HEADERS).raise_for_status()  # warm up
         before = s.get(url + "/api/stats").json()["events"]
+        cpu0 = cpu_seconds(pid) if pid else 0.0
         t0 = time.perf_counter()
         for b in range(batches):
-            r = s.post(url + "/api/events", data=bodies[b % len(bodies)], headers=headers)
+            r = s.post(url + "/api/events", data=bodies[b % len(bodies)], headers=HEADERS)
             if r.status_code != 204:
                 raise SystemExit("unexpected %d: %s" % (r.status_code, r.text))
         elapsed = time.perf_counter() - t0
+        cpu = cpu_seconds(pid) - cpu0 if pid else 0.0
         stored = s.get(url + "/api/stats").json()["events"] - before
-    return stored, elapsed
+    return stored, elapsed, cpu
+
+
+def gzip_bomb(inflated: int = 900 * 1024 * 1024) -> bytes:
+    """A gzip body (about 0.9 MB) of a JSON array of ``inflated`` bytes of spaces."""
+    c = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    chunk = b" " * (1024 * 1024)
+    parts = [c.compress(b"[")]
+    for _ in range(inflated // len(chunk)):
+        parts.append(c.compress(chunk))
+    parts.append(c.compress(b"]"))
+    parts.append(c.flush())
+    return b"".join(parts)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc)."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _health_checks(url: str, stop: threading.Event, worst: List[float]) -> None:
+    with requests.Session() as s:
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            s.get(url + "/api/versions", timeout=60)
+            worst[0] = max(worst[0], time.perf_counter() - t0)
+            time.sleep(0.05)
+
+
+def post_and_linger(url: str, body: bytes, headers: dict, linger: float = 2.0, chunked: bool = False) -> str:
+    """POST over a raw socket, read the answer's status line, keep the connection open
+    ``linger`` seconds as an attacker would (a server that reads on after answering pays now).
+    ``chunked``: send the body with ``Transfer-Encoding: chunked`` (no length to refuse up front)."""
+    host, port = re.match(r"http://([^:/]+):(\d+)", url).groups()  # type: ignore[union-attr]
+    head = "POST /api/events HTTP/1.1\r\nHost: %s:%s\r\n" % (host, port)
+    if chunked:
+        head += "Transfer-Encoding: chunked\r\n"
+        body = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 65536]), body[i:i + 65536])
+                        for i in range(0, len(body), 65536)) + b"0\r\n\r\n"
+    else:
+        head += "Content-Length: %d\r\n" % len(body)
+    head += "".join("%s: %s\r\n" % kv for kv in headers.items()) + "\r\n"
+    with socket.create_connection((host, int(port)), timeout=120) as s:
+        try:
+            s.sendall(head.encode() + body)
+            status = s.recv(4096).split(b"\r\n", 1)[0].decode(errors="replace")
+        except OSError as exc:
+            return type(exc).__name__
+        deadline = time.monotonic() + linger
+        s.settimeout(0.2)
+        while time.monotonic() < deadline:
+            try:
+                if not s.recv(65536):
+                    return status + " (closed by server)"
+            except socket.timeout:
+                continue
+            except OSError:
+                return status + " (reset by server)"
+        return status + " (kept open)"
+
+
+def run_bomb(url: str, pid: int, n: int) -> None:
+    """POST the bomb ``n`` times with a key and ``n`` times without; print CPU per request."""
+    bomb = gzip_bomb()
+    headers = dict(HEADERS, **{"Content-Encoding": "gzip"})
+    worst = [0.0]
+    stop = threading.Event()
+    checker = threading.Thread(target=_health_checks, args=(url, stop, worst), daemon=True)
+    checker.start()
+    try:
+        no_key = dict(headers, **{"X-IS-AccessKey": ""})
+        for label, hdr, chunked in (("valid key", headers, False), ("no key", no_key, False),
+                                    ("valid key, chunked", headers, True), ("no key, chunked", no_key, True)):
+            statuses: dict = {}
+            cpu0 = cpu_seconds(pid)
+            for _ in range(n):
+                status = post_and_linger(url, bomb, hdr, chunked=chunked)
+                statuses[status] = statuses.get(status, 0) + 1
+            per = (cpu_seconds(pid) - cpu0) / n
+            print("gzip bomb %d bytes -> %d MiB, %s: %d requests, answers %s, server CPU %.3f s per request"
+                  % (len(bomb), 900, label, n, statuses, per))
+    finally:
+        stop.set()
+        checker.join(60)
+    print("slowest health check during the bombs: %.3f s" % worst[0])
+
+
+def _serve(db: str) -> Iterator[Tuple[str, int]]:
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "isstreamer.cli", "serve", "--port", "0", "--db", db],
+                            stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        m = re.search(r"listening on (http://\S+)", proc.stdout.readline())  # type: ignore[union-attr]
+        if not m:
+            raise SystemExit("collector did not start")
+        yield m.group(1), proc.pid
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
 
 
 def main() -> None:
@@ -53,29 +165,26 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=200)
     ap.add_argument("--batch-size", type=int, default=1000)
     ap.add_argument("--in-process", action="store_true", help="run the collector in a thread of this process")
+    ap.add_argument("--gzip-bomb", type=int, default=0, metavar="N", help="measure N gzip bomb requests instead")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         db = os.path.join(tmp, "bench.db")
+        if args.gzip_bomb:
+            for url, pid in _serve(db):
+                run_bomb(url, pid, args.gzip_bomb)
+            return
         if args.in_process:
             from isstreamer.collector.server import CollectorServer
 
             with CollectorServer(db_path=db) as server:
-                stored, elapsed = run(server.url, args.batches, args.batch_size)
+                stored, elapsed, cpu = run(server.url, args.batches, args.batch_size)
         else:
-            env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-            proc = subprocess.Popen([sys.executable, "-m", "isstreamer.cli", "serve", "--port", "0", "--db", db],
-                                    stdout=subprocess.PIPE, text=True, env=env)
-            try:
-                m = re.search(r"listening on (http://\S+)", proc.stdout.readline())  # type: ignore[union-attr]
-                if not m:
-                    raise SystemExit("collector did not start")
-                stored, elapsed = run(m.group(1), args.batches, args.batch_size)
-            finally:
-                proc.send_signal(signal.SIGINT)
-                proc.wait(30)
+            for url, pid in _serve(db):
+                stored, elapsed, cpu = run(url, args.batches, args.batch_size, pid)
     expected = args.batches * args.batch_size
-    print("%d events in %d POSTs of %d: %.2f s, %.0f events/s stored%s"
+    print("%d events in %d POSTs of %d: %.2f s, %.0f events/s stored%s%s"
           % (stored, args.batches, args.batch_size, elapsed, stored / elapsed,
+             ", server CPU %.2f us per event" % (cpu / stored * 1e6) if cpu else "",
              "" if stored == expected else " (EXPECTED %d)" % expected))
 
 

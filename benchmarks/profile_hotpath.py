@@ -44,7 +44,7 @@ def _paused_streamer(tmp: str, ring_mb: int = 256):
 
     s = isstreamer.Streamer(bucket_name="prof", access_key="k", api_base="http://127.0.0.1:%d" %
                             benchutil.free_port_closed(), spool_dir=os.path.join(tmp, "spool"),
-                            ring_size=ring_mb << 20, max_producers=1, full_timeout=60.0)
+                            ring_size=ring_mb << 20, full_timeout=60.0)
     s.log("temperature", 1.0)
     spid = benchutil.sender_pid(s)
     os.kill(spid, signal.SIGSTOP)
@@ -167,7 +167,7 @@ import os, signal, sys, time
 sys.path[:0] = [%(root)r, %(here)r]
 import benchutil, isstreamer
 s = isstreamer.Streamer(bucket_name="prof", access_key="k", api_base="http://127.0.0.1:9",
-                        spool_dir=%(spool)r, ring_size=256 << 20, max_producers=1, full_timeout=60.0)
+                        spool_dir=%(spool)r, ring_size=256 << 20, full_timeout=60.0)
 s.log("temperature", 1.0)
 os.kill(benchutil.sender_pid(s), signal.SIGSTOP)
 class Noop:

@@ -86,7 +86,7 @@ def _one_producer(benchmark, s, events, rounds, server_count, server_pid, reques
 @pytest.mark.parametrize("config", ["defaults", "ring64M-1producer"])
 @pytest.mark.benchmark(group="e2e-countserver")
 def test_e2e_countserver(benchmark, make_streamer, count_server, quick, config):
-    opts = {} if config == "defaults" else {"ring_size": 64 * 1024 * 1024, "max_producers": 1}
+    opts = {} if config == "defaults" else {"ring_size": 64 * 1024 * 1024}
     s = make_streamer("native", api_base=count_server, **opts)
     events = 200_000 if quick else 1_000_000
     _one_producer(benchmark, s, events, 2 if quick else 5, lambda: benchutil.count_of(count_server),
@@ -136,7 +136,7 @@ def _producer_task(n):
 def test_e2e_producers(benchmark, make_streamer, count_server, quick, producers):
     # 16 MiB per segment: a producer's events of a round fit, so the per-call figures are the
     # producer's own cost, not waits for the sender; the throughput is the delivery rate.
-    s = make_streamer("native", api_base=count_server, ring_size=256 * 1024 * 1024, max_producers=16,
+    s = make_streamer("native", api_base=count_server, ring_size=16 * 1024 * 1024,
                       full_timeout=60.0)
     n = 50_000 if quick else 300_000
     ctx = multiprocessing.get_context()

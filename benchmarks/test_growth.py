@@ -193,7 +193,7 @@ def test_streamer_churn_memory(benchmark, make_streamer, count_server, quick):
 
     def run():
         for _ in range(streamers):
-            s = make_streamer("native", api_base=count_server, ring_size=16 * MB, max_producers=1)
+            s = make_streamer("native", api_base=count_server, ring_size=16 * MB)
             log = s.log
             for _ in range(events):
                 log("temperature", 21.5)

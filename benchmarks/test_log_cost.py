@@ -83,7 +83,7 @@ def _record(benchmark, kind, calls, cpu, **extra):
 
 
 def _streamer(make_streamer, count_server, backend):
-    s = make_streamer(backend, api_base=count_server, ring_size=16 * 1024 * 1024, max_producers=1,
+    s = make_streamer(backend, api_base=count_server, ring_size=16 * 1024 * 1024,
                       full_timeout=60.0)
     benchutil.prefault(s)
     return s

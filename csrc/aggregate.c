@@ -20,6 +20,7 @@ typedef struct {
     double sum, comp; /* Neumaier: the sum is sum + comp */
     double min, max;
     double first, first_ep, last, last_ep;
+    double touched; /* the caller's clock (`now`) at the last event folded in */
 } agg_win;
 
 typedef struct {
@@ -393,6 +394,13 @@ static void emit_window(iss_agg *a, const agg_entry *e, const agg_rule *r, const
     a->c.windows++;
 }
 
+/* A window is due once its end has passed and no event came for it since (a backlog of past
+ * epochs keeps its window open while it is being folded): the later of the two. */
+static double win_due(const agg_win *w)
+{
+    return w->end > w->touched ? w->end : w->touched;
+}
+
 uint32_t iss_agg_close(iss_agg *a, double cutoff)
 {
     if (a == NULL || !(a->next_due <= cutoff))
@@ -408,7 +416,7 @@ uint32_t iss_agg_close(iss_agg *a, double cutoff)
         for (;;) {
             uint32_t best = UINT32_MAX;
             for (uint32_t j = 0; j < e->nwin; j++) {
-                if (e->win[j].end <= cutoff && (best == UINT32_MAX || e->win[j].end < e->win[best].end))
+                if (win_due(&e->win[j]) <= cutoff && (best == UINT32_MAX || e->win[j].end < e->win[best].end))
                     best = j;
             }
             if (best == UINT32_MAX)
@@ -419,8 +427,8 @@ uint32_t iss_agg_close(iss_agg *a, double cutoff)
             closed++;
         }
         for (uint32_t j = 0; j < e->nwin; j++) {
-            if (e->win[j].end < due)
-                due = e->win[j].end;
+            if (win_due(&e->win[j]) < due)
+                due = win_due(&e->win[j]);
         }
     }
     a->next_due = due;
@@ -429,7 +437,7 @@ uint32_t iss_agg_close(iss_agg *a, double cutoff)
 }
 
 /* Fold x (epoch ep) into e's window; 0, or -1 when out of memory (the caller passes it on). */
-static int fold_window(iss_agg *a, agg_entry *e, const agg_rule *r, double x, double ep)
+static int fold_window(iss_agg *a, agg_entry *e, const agg_rule *r, double x, double ep, double now)
 {
     double end = (floor(ep / r->seconds) + 1.0) * r->seconds;
     agg_win *w = NULL;
@@ -453,10 +461,12 @@ static int fold_window(iss_agg *a, agg_entry *e, const agg_rule *r, double x, do
         w->end = end;
         w->min = w->max = w->first = w->last = x;
         w->first_ep = w->last_ep = ep;
-        if (end < a->next_due)
-            a->next_due = end;
+        w->touched = now;
+        if (win_due(w) < a->next_due)
+            a->next_due = win_due(w);
         a->c.open++;
     } else {
+        w->touched = now;
         if (x < w->min)
             w->min = x;
         if (x > w->max)
@@ -566,7 +576,7 @@ static int agg_filter(void *vctx, const iss_rec *r, const uint8_t *key, const ui
     const double x = r->type == ISS_T_F64 ? fv : (double)iv;
     const double ep = (isfinite(r->epoch) && r->epoch > 0.0) ? r->epoch : c->now;
     if (numeric && rule->kind == ISS_AGG_WINDOW) {
-        if (fold_window(a, e, rule, x, ep) != 0)
+        if (fold_window(a, e, rule, x, ep, c->now) != 0)
             return pass;
     } else {
         int send;

@@ -61,6 +61,8 @@ int64_t iss_agg_encode_batch(iss_agg *a, const uint8_t *base, uint64_t map_size,
                              uint64_t from, uint32_t max_events, char *out, size_t out_cap,
                              iss_batch *info, uint64_t fold_from, uint32_t fold_only,
                              uint32_t max_taken, double now, iss_agg_info *ai);
+/* Emit and close the windows whose end and last fold (the `now` of the encode call) are both
+ * <= cutoff (INFINITY: every window); returns how many. */
 uint32_t iss_agg_close(iss_agg *a, double cutoff);
 double iss_agg_next_due(const iss_agg *a);
 uint32_t iss_agg_nbuckets(const iss_agg *a);

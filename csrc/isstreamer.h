@@ -60,6 +60,7 @@
 #define ISS_OK 0
 #define ISS_FULL 1
 #define ISS_DROPPED 2 /* full, and the producer is in a drop episode: counted as ring_full */
+#define ISS_WAKE 3    /* published, and the sender sleeps: the caller should wake it */
 #define ISS_ETOOBIG (-1)
 #define ISS_EINVAL (-2)
 
@@ -75,13 +76,18 @@ typedef struct {
     /* sender control (offset 40) */
     uint64_t sender_pid;          /* informational: liveness is the sender's record lock */
     uint64_t closing;             /* table: set by the sender when it removes the ring */
-    uint64_t _reserved0;          /* unused */
+    uint64_t sleeping;            /* table: nonzero (a number new to each sleep) while the sender
+                                     blocks idle; a producer that publishes while it is set wakes
+                                     it (ISS_WAKE), once per sleep */
     uint64_t flush_seq;           /* bumped by flush(): send partial batches now */
-    uint64_t flush_done;          /* the last flush_seq the sender has fully served (downsampling:
-                                     flush() waits for it when its events were folded) */
+    uint64_t close_by;            /* table: CLOCK_MONOTONIC ns until which a closing producer
+                                     waits; the sender retries until then instead of spooling */
     uint64_t nbuckets_used;
     uint64_t nslots_used;         /* table: high-water mark of producer slots ever claimed */
-    uint8_t _pad0[128 - 96];
+    uint64_t flush_done;          /* table: the last flush_seq the sender fully served (with
+                                     downsampling rules flush() waits for it: its events may be
+                                     folded, with their windows still open) */
+    uint8_t _pad0[128 - 104];
     /* counters written by the sender, or atomically by anyone (offset 128) */
     uint64_t counters[ISS_NCOUNTERS];
     uint64_t drops[ISS_NDROPS]; /* drops folded in from reclaimed segments and global drops */
@@ -147,6 +153,8 @@ typedef struct {
     uint32_t dropping; /* set by the caller after a full-ring wait: ISS_FULL is then counted
                           as a ring_full drop and returned as ISS_DROPPED; cleared by a put */
     uint32_t _pad;
+    const uint64_t *wake; /* the table's `sleeping` flag, or NULL: see ISS_WAKE */
+    uint64_t woke;        /* the last `sleeping` value this handle rang for */
 } iss_producer;
 
 /* Result of one encoded batch. */

@@ -30,6 +30,8 @@ _Static_assert(offsetof(iss_rec, epoch) == 16, "epoch offset");
 _Static_assert(sizeof(iss_slot) == ISS_SLOT_SIZE, "slot layout changed");
 _Static_assert(offsetof(iss_ring_hdr, nslots_used) == 88, "nslots_used offset");
 _Static_assert(offsetof(iss_ring_hdr, closing) == 48, "closing offset");
+_Static_assert(offsetof(iss_ring_hdr, sleeping) == 56, "sleeping offset");
+_Static_assert(offsetof(iss_ring_hdr, close_by) == 72, "close_by offset");
 _Static_assert(offsetof(iss_seg_hdr, lock) == 24, "lock offset");
 
 /* ---- interned keys: a process-local table, chunks never move once allocated ---- */
@@ -114,6 +116,8 @@ int iss_producer_attach(iss_producer *p, uint8_t *base, uint64_t map_size, uint3
     p->cached_tail = LOAD_ACQ(&p->seg->tail);
     p->seg_index = seg_index;
     p->dropping = 0;
+    p->wake = NULL;
+    p->woke = 0;
     if (p->bucket > 65535u) /* records carry a u16 index into the table's buckets */
         p->bucket = 0;
     return ISS_OK;
@@ -225,6 +229,17 @@ static int put(iss_producer *p, uint8_t type, const char *key, size_t keylen, co
     STORE_REL(&seg->head, head + size);
     STORE_REL(&seg->logged, LOAD_RLX(&seg->logged) + 1u);
     seg_unlock(seg);
+    if (p->wake != NULL) {
+        /* Dekker with the sender: it stores `sleeping` then loads every head; we store head then
+         * load `sleeping`. The full fences order each store before the other side's load, so
+         * at least one of us sees the other: an idle sender is never left asleep on an event. */
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        uint64_t sleep = LOAD_RLX(p->wake);
+        if (sleep != 0 && sleep != p->woke) { /* ring once per sleep, not on every put */
+            p->woke = sleep;
+            return ISS_WAKE;
+        }
+    }
     return ISS_OK;
 }
 

@@ -18,13 +18,13 @@ CSRC = os.path.join(os.path.dirname(HERE), "csrc")
 CDEF_TYPES = """
 typedef struct {
     uint8_t *base; uint64_t map_size; uint64_t data_size; uint64_t cached_tail;
-    uint32_t bucket; uint32_t seg_index; uint32_t dropping;
+    uint32_t bucket; uint32_t seg_index; uint32_t dropping; const uint64_t *wake; uint64_t woke;
     ...;
 } iss_producer;
 typedef struct {
     uint64_t magic; uint32_t version; uint32_t hdr_size; uint32_t nsegs; uint32_t seg_data_size;
-    uint32_t nbuckets; uint32_t bucket_size; uint64_t total_size; uint64_t sender_pid; uint64_t closing;
-    uint64_t flush_seq; uint64_t flush_done; uint64_t nbuckets_used; uint64_t nslots_used;
+    uint32_t nbuckets; uint32_t bucket_size; uint64_t total_size; uint64_t sender_pid; uint64_t closing; uint64_t sleeping; uint64_t close_by;
+    uint64_t flush_seq; uint64_t nbuckets_used; uint64_t nslots_used; uint64_t flush_done;
     uint64_t counters[32]; uint64_t drops[16];
     ...;
 } iss_ring_hdr;

@@ -77,6 +77,7 @@ class _Win:
     first_ep: float = 0.0
     last: float = 0.0
     last_ep: float = 0.0
+    touched: float = 0.0  # the sender's clock at the last event folded in
 
 
 @dataclass
@@ -151,7 +152,8 @@ class PyKernel:
         self.counts["emitted"] += 1
 
     def close(self, cutoff: float) -> int:
-        """Close (emit) the windows whose end is <= ``cutoff``; returns how many."""
+        """Close (emit) the windows whose end, and last event folded in (the sender's clock), are
+        both <= ``cutoff``; returns how many."""
         if not self._next_due <= cutoff:
             return 0
         closed = 0
@@ -162,12 +164,12 @@ class PyKernel:
             mask = self.rules[e.rule][1]
             keep = []
             for w in sorted(e.wins, key=lambda w: w.end):
-                if w.end <= cutoff:
+                if max(w.end, w.touched) <= cutoff:
                     self._emit_window(e, mask, w)
                     closed += 1
                 else:
                     keep.append(w)
-                    due = min(due, w.end)
+                    due = min(due, max(w.end, w.touched))
             e.wins = keep
         self._next_due = due
         self.counts["open"] -= closed
@@ -188,10 +190,11 @@ class PyKernel:
             self._emit(e.bucket, e.key, SUFFIX[i], v, w.end)
         self.counts["windows"] += 1
 
-    def _fold_window(self, e: _Entry, seconds: float, x: float, ep: float) -> None:
+    def _fold_window(self, e: _Entry, seconds: float, x: float, ep: float, now: float) -> None:
         end = window_end(ep, seconds)
         for w in e.wins:
             if w.end == end:
+                w.touched = now
                 if x < w.min:
                     w.min = x
                 if x > w.max:
@@ -202,10 +205,10 @@ class PyKernel:
                     w.last, w.last_ep = x, ep
                 break
         else:
-            w = _Win(end, 0, 0.0, 0.0, x, x, x, ep, x, ep)
+            w = _Win(end, 0, 0.0, 0.0, x, x, x, ep, x, ep, now)
             e.wins.append(w)
-            if end < self._next_due:
-                self._next_due = end
+            if max(end, now) < self._next_due:
+                self._next_due = max(end, now)
             self.counts["open"] += 1
         w.count += 1
         s = w.sum
@@ -237,7 +240,7 @@ class PyKernel:
         x = float(value) if numeric else 0.0
         ep = epoch if (math.isfinite(epoch) and epoch > 0.0) else ctx["now"]
         if numeric and kind == KIND_WINDOW:
-            self._fold_window(e, seconds, x, ep)
+            self._fold_window(e, seconds, x, ep, ctx["now"])
         else:
             if numeric and kind == KIND_DEADBAND:
                 was_num = e.last_type in (L.T_F64, L.T_I64)
@@ -642,6 +645,14 @@ class Aggregator:
     def before_commit(self, sender: Any, slot: int, force: bool) -> bool:
         """While a flush or exit is pending: True once what the rules emitted is handed over."""
         return not force or self.deliver(sender, slot, True)[1]
+
+    def due_in(self) -> float:
+        """Seconds until a window is due or the output waiting is due for sending (the idle sleep)."""
+        t = self.k.next_due() + self.GRACE - time.time()
+        if self.held or self.k.buckets():
+            since = self._since if self._since is not None else time.monotonic()
+            t = min(t, since + self.flush_interval - time.monotonic())
+        return max(0.0, t)
 
     def settled(self, exiting: bool) -> bool:
         """Nothing waits to be sent (and, when ``exiting``, no window is open). A flush needs no

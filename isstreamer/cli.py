@@ -62,37 +62,84 @@ class _RateLimit(click.ParamType):
     "--access-key",
     "access_keys",
     multiple=True,
-    help="Accepted access key (repeatable). None given: any non-empty key is accepted.",
+    help="Accepted access key (repeatable; visible in ps: prefer --access-key-file or $ISSTREAMER_COLLECTOR_KEYS). "
+    "No key configured: any non-empty key writes and reads are open.",
 )
+@click.option("--access-key-file", "key_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="File of accepted access keys, one per line (repeatable).")
+@click.option("--admin-key-file", "admin_key_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="File of admin keys (see every bucket, owner=, DELETE any owner's bucket); also "
+              "$ISSTREAMER_COLLECTOR_ADMIN_KEYS.")
+@click.option("--allowed-host", "allowed_hosts", multiple=True,
+              help="Also answer this Host name (NAME or NAME:PORT, repeatable; '*' any), e.g. behind a proxy.")
+@click.option("--allow-origin", "allowed_origins", multiple=True,
+              help="Web origin whose pages may write (e.g. http://localhost:3000; repeatable).")
 @click.option("--rate-limit", type=_RateLimit(), default=None, help="Requests per access key, e.g. 10/10 (429 past it).")
 @click.option("--monthly-quota", type=click.IntRange(min=0), default=None, help="Events per access key per month (402 past it).")
 @click.option("--max-body", type=click.IntRange(min=1), default=1_000_000, show_default=True, help="Largest body in bytes (413 past it).")
 @click.option("--max-key-chars", type=click.IntRange(min=1), default=250, show_default=True, help="Longest event key.")
+@click.option("--max-connections", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Open connections at most.")
+@click.option("--header-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="Seconds a connection may take to send its request head.")
+@click.option("--log-rows", type=click.IntRange(min=0), default=10_000, show_default=True,
+              help="Write requests kept in the request log.")
+@click.option("--log-days", type=click.FloatRange(min=0), default=7.0, show_default=True,
+              help="Days a request stays in the request log.")
 def serve(
     host: str,
     port: int,
     db: Optional[str],
     access_keys: Tuple[str, ...],
+    key_files: Tuple[str, ...],
+    admin_key_files: Tuple[str, ...],
+    allowed_hosts: Tuple[str, ...],
+    allowed_origins: Tuple[str, ...],
     rate_limit: Optional[Tuple[int, float]],
     monthly_quota: Optional[int],
     max_body: int,
     max_key_chars: int,
+    max_connections: int,
+    header_timeout: float,
+    log_rows: int,
+    log_days: float,
 ) -> None:
-    """Run the local Initial State-compatible collector and its dashboard until Ctrl-C."""
-    from isstreamer.collector.server import run_collector
+    """Run the local Initial State-compatible collector and its dashboard until Ctrl-C.
 
-    path = Path(db) if db else default_collector_db()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    Keys also come from $ISSTREAMER_COLLECTOR_KEYS (comma or space separated).
+    """
+    from isstreamer.collector import security
+    from isstreamer.collector.server import run_collector
+    from isstreamer.collector.store import private_dir
+
+    keys = list(access_keys) + security.keys_from_env(security.KEYS_ENV)
+    admin = security.keys_from_env(security.ADMIN_KEYS_ENV)
     try:
+        for f in key_files:
+            keys += security.read_key_file(f)
+        for f in admin_key_files:
+            admin += security.read_key_file(f)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.ClickException("cannot read a key file: %s" % exc) from exc
+    path = Path(db) if db else default_collector_db()
+    try:
+        private_dir(str(path.parent))
         run_collector(
             host=host,
             port=port,
             db=str(path),
-            access_keys=access_keys,
+            access_keys=keys,
             rate_limit=rate_limit,
             monthly_quota=monthly_quota,
             max_body=max_body,
             max_key_chars=max_key_chars,
+            admin_keys=admin,
+            allowed_hosts=allowed_hosts,
+            allowed_origins=allowed_origins,
+            max_connections=max_connections,
+            header_timeout=header_timeout,
+            log_rows=log_rows,
+            log_days=log_days,
         )
     except OSError as exc:  # address in use, unwritable database ...
         raise click.ClickException(str(exc)) from exc
@@ -296,6 +343,19 @@ def _short(text: str, limit: int = 60) -> str:
 # --------------------------------------------------------------------------- replay
 
 
+def _adopt_orphans(access_key: str) -> None:
+    """Rings left in the ring directory by killed programs get a sender (README: the process model)."""
+    from isstreamer import registry
+    from isstreamer.ring import default_ring_dir
+    from isstreamer.settings import SenderSettings
+
+    n = registry.adopt_orphans(default_ring_dir(), lambda meta: SenderSettings.from_meta(meta, access_key),
+                               min_age=5.0)
+    if n:
+        click.echo("isstreamer replay: %d ring(s) left by killed programs now have a sender: their events are "
+                   "delivered, or spooled for a later replay" % n, err=True)
+
+
 @main.command()
 @click.argument("path", required=False, type=click.Path(), default=None)
 @click.option("--access-key", default="", help="Access key [env ISSTREAMER_ACCESS_KEY, isstreamer.ini].")
@@ -337,6 +397,7 @@ def replay(path: Optional[str], access_key: str, api_base: str, ini: Optional[st
     if not cfg.access_key:
         raise click.UsageError("no access key: pass --access-key, set ISSTREAMER_ACCESS_KEY or put access_key "
                                "in isstreamer.ini")
+    _adopt_orphans(cfg.access_key)
     policy = Policy(max_attempts=max_attempts, backoff_max=backoff_max, max_rps=max_rps)
     replayer = Replayer(cfg.access_key, api_base=cfg.api_base if api_base else None, policy=policy,
                         request_timeout=request_timeout, progress=progress,

@@ -30,32 +30,38 @@ ACCESS_KEY = "isstreamer-demo"  # the embedded collector accepts any key
 BURST = 1000  # calls per timed burst of the sensor loop
 EVENTS_PER_STEP = 5  # a worker step: 2 log() calls + log_object() of a 3-item dict
 MIB = 1024 * 1024
+TICK_SECONDS = 1.0  # the sensor loop reads all four sensors once a second
 
-Reading = Tuple[str, Any]
+Reading = Tuple[str, Any, float]
 
 
 def aggregate_rules() -> Dict[str, Any]:
     """The downsampling rules of ``isstreamer demo --aggregate`` (see README, "Downsampling")."""
     from .rules import Deadband, OnChange, Window
 
-    return {"temperature": Window(1.0, ("mean", "min", "max")), "humidity": Window(1.0),
-            "pressure_hpa": Window(1.0), "door_open": OnChange(), "pump_*_rpm": Deadband(absolute=25.0, heartbeat=5.0),
+    # the sensor loop reads once a second (TICK_SECONDS): its windows are a minute long
+    return {"temperature": Window(60.0, ("mean", "min", "max")), "humidity": Window(60.0),
+            "pressure_hpa": Window(60.0), "door_open": OnChange(), "pump_*_rpm": Deadband(absolute=25.0, heartbeat=5.0),
             "pump_*_load": Window(1.0, ("mean", "max")), "pump_*_queue": Window(1.0, ("max",)),
             "pump_*_state": OnChange(), "pump_*_ok": OnChange()}
 
 
-def sensor_readings(n: int, seed: int = 1) -> List[Reading]:
-    """``n`` simulated ``(key, value)`` readings of four sensors, one tick of all four at a time:
-    temperature and humidity follow a sine (period 900 ticks) with noise, pressure a slow drift,
-    the door is open 45 ticks out of 600."""
+def sensor_readings(n: int, seed: int = 1, end: Optional[float] = None) -> List[Reading]:
+    """``n`` simulated ``(key, value, epoch)`` readings of four sensors, one tick of all four at a
+    time, one tick every ``TICK_SECONDS`` with the last at ``end`` (default: now), as a real
+    sensor loop would have logged them: temperature and humidity follow a sine (period 900
+    ticks) with noise, pressure a slow drift, the door is open 45 ticks out of 600."""
     rng = random.Random(seed)
+    ticks = -(-n // 4)
+    start = (time.time() if end is None else end) - (ticks - 1) * TICK_SECONDS
     out: List[Reading] = []
-    for t in range(-(-n // 4)):
+    for t in range(ticks):
         wave = math.sin(2 * math.pi * t / 900)
-        out.append(("temperature", round(21.0 + 3.0 * wave + rng.gauss(0, 0.15), 2)))
-        out.append(("humidity", round(45.0 - 8.0 * wave + rng.gauss(0, 0.6), 1)))
-        out.append(("pressure_hpa", round(1013.25 + 2.5 * math.sin(2 * math.pi * t / 7200) + rng.gauss(0, 0.05), 2)))
-        out.append(("door_open", t % 600 < 45))
+        ep = start + t * TICK_SECONDS
+        out.append(("temperature", round(21.0 + 3.0 * wave + rng.gauss(0, 0.15), 2), ep))
+        out.append(("humidity", round(45.0 - 8.0 * wave + rng.gauss(0, 0.6), 1), ep))
+        out.append(("pressure_hpa", round(1013.25 + 2.5 * math.sin(2 * math.pi * t / 7200) + rng.gauss(0, 0.05), 2), ep))
+        out.append(("door_open", t % 600 < 45, ep))
     del out[n:]
     return out
 
@@ -76,12 +82,14 @@ def _pump_task(task: Tuple[str, int, int]) -> Tuple[int, bool]:
     s = _worker_streamer
     assert s is not None, "pool initializer did not run"
     rng = random.Random(seed)
+    start = time.time() - (steps - 1) * TICK_SECONDS  # one step a second, the last one now
     for t in range(steps):
+        ep = start + t * TICK_SECONDS
         rpm = int(1450 + 120 * math.sin(2 * math.pi * t / 600 + seed) + rng.gauss(0, 8))
-        s.log(name + "_rpm", rpm)
-        s.log(name + "_state", "running" if rpm >= 1340 else "throttled")
+        s.log(name + "_rpm", rpm, ep)
+        s.log(name + "_state", "running" if rpm >= 1340 else "throttled", ep)
         s.log_object({"load": round(0.6 + 0.25 * math.sin(2 * math.pi * t / 1800) + rng.gauss(0, 0.02), 3),
-                      "queue": max(0, int(rng.gauss(12, 4))), "ok": rng.random() > 0.002}, key_prefix=name)
+                      "queue": max(0, int(rng.gauss(12, 4))), "ok": rng.random() > 0.002}, key_prefix=name, epoch=ep)
     return steps * EVENTS_PER_STEP, s.flush(60)
 
 
@@ -180,15 +188,15 @@ def _ring_size(events: int, worker_events: int) -> int:
 
 
 def _timed_loop(log: Callable[..., None], readings: List[Reading]) -> Tuple[List[float], float]:
-    """Call ``log(key, value)`` for every reading; return the per-call ns of each burst, and seconds."""
+    """Call ``log(key, value, epoch)`` for every reading; return the per-call ns of each burst, and seconds."""
     per_call: List[float] = []
     clock = time.perf_counter_ns
     t_start = clock()
     for i in range(0, len(readings), BURST):
         chunk = readings[i:i + BURST]
         t0 = clock()
-        for k, v in chunk:
-            log(k, v)
+        for k, v, ep in chunk:
+            log(k, v, ep)
         per_call.append((clock() - t0) / len(chunk))
     return per_call, (clock() - t_start) / 1e9
 

@@ -32,10 +32,12 @@ H_BUCKET_SIZE = 28
 H_TOTAL_SIZE = 32
 H_SENDER_PID = 40
 H_FLUSH_SEQ = 64
-H_FLUSH_DONE = 72  # the last flush_seq the sender fully served (flush() with downsampling rules waits for it)
+H_FLUSH_DONE = 96  # table: the last flush_seq the sender fully served (flush() with downsampling rules waits for it)
 H_NBUCKETS_USED = 80
 H_NSLOTS_USED = 88
 H_CLOSING = 48  # table: set by the sender when it removes the ring
+H_SLEEPING = 56  # table: set by an idle sender before it blocks (producers then wake it)
+H_CLOSE_BY = 72  # table: CLOCK_MONOTONIC ns until which a closing producer waits for delivery
 H_META = 1024  # table: u32 length + JSON of the non-secret settings (orphan adoption)
 META_MAX = HDR_SIZE - H_META - 4
 H_COUNTERS = 128
@@ -79,6 +81,7 @@ OK = 0
 FULL = 1
 ETOOBIG = -1
 DROPPED = 2  # full, in a drop episode: already counted as ring_full by the put
+WAKE = 3  # published; the sender sleeps and should be woken
 EINVAL = -2
 
 # header counters: index -> name (written by the sender)

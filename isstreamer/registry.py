@@ -276,9 +276,10 @@ def ensure_sender(table: Table, settings: Callable[[], SenderSettings]) -> None:
 
 # ---- orphans --------------------------------------------------------------------------------------------
 
-def adopt_orphans(directory: str, settings: Callable[[Dict[str, Any]], Optional[SenderSettings]]) -> int:
+def adopt_orphans(directory: str, settings: Callable[[Dict[str, Any]], Optional[SenderSettings]],
+                  min_age: float = ORPHAN_MIN_AGE) -> int:
     """Start a sender on every ring of this user in ``directory`` that has no live producer and
-    no live sender (its processes were killed): what they logged is delivered or spooled, then
+    no live sender (its processes were killed; an empty ring only once ``min_age`` old): what they logged is delivered or spooled, then
     the ring is removed. ``settings(meta)`` gives the sender's settings for a ring's recorded meta
     (None: leave it). Once per process. Returns the number of rings adopted."""
     global _ADOPTED
@@ -300,9 +301,14 @@ def adopt_orphans(directory: str, settings: Callable[[Dict[str, Any]], Optional[
             continue
         try:
             meta = table.meta()
-            if time.time() - float(meta.get("created", 0)) < ORPHAN_MIN_AGE or table.sender_alive():
+            slots = list(table.slots())
+            if table.sender_alive() or table.closing:
                 continue
-            if any(_owner_alive(table, seg_id) for _, st, seg_id, _ in table.slots() if st == L.SLOT_OWNED):
+            # a ring being created has no slot for a moment (its creator registers, then starts the
+            # sender): an empty ring is an orphan only once it is old
+            if not slots and time.time() - float(meta.get("created", 0)) < min_age:
+                continue
+            if any(_owner_alive(table, seg_id) for _, st, seg_id, _ in slots if st == L.SLOT_OWNED):
                 continue
             s = settings(meta)
             if s is None:

@@ -95,7 +95,8 @@ class RingRefused(ValueError):
     """A file at a ring path is not ours (owner, mode, type or identity): it is never used."""
 
 
-def _default_dir() -> str:
+def default_ring_dir() -> str:
+    """Where rings are created: ``$ISSTREAMER_RING_DIR``, else /dev/shm, else the temp directory."""
     for d in (os.environ.get("ISSTREAMER_RING_DIR", ""), "/dev/shm"):
         if d and os.path.isdir(d) and os.access(d, os.W_OK):
             return d
@@ -260,6 +261,8 @@ class _Mapped:
         """(fork child) Fresh process-local locks: another thread of the parent may have held them."""
         self._tlock = threading.Lock()
         self._spawn_tlock = threading.Lock()
+        if getattr(self, "_wake_sock", None) is not None:
+            self._wake_sock = None  # the parent's: left open, never shared
 
     def keep(self) -> None:
         """This mapping is used by producers: keep it for the life of the process."""
@@ -315,10 +318,11 @@ class Ring(_Mapped):
             raise ValueError("isstreamer: a ring needs at least one segment")
         seg = max(L.SEG_DATA_MIN, (ring_size // nsegs) // 8 * 8)
         if seg >= 1 << 32:
-            raise ValueError("isstreamer: ring_size %d is too large (at most %d per process)" % (ring_size, (1 << 32) - 8))
+            raise ValueError("isstreamer: ring_size %d is too large (at most %d per process)"
+                             % (ring_size, (1 << 32) - 8))
         size = L.layout_size(nsegs, seg, nbuckets)
         if path is None:
-            path = os.path.join(directory or _default_dir(),
+            path = os.path.join(directory or default_ring_dir(),
                                 "isstreamer-%d-%s.ring" % (os.getpid(), secrets.token_hex(6)))
         fd = open_private(path, create=True)
         try:
@@ -426,6 +430,7 @@ class Table(_Mapped):
         if L.table_size(self.nbuckets, self.nslots) > self.size or self.nbuckets > 65535:
             raise RingRefused("isstreamer: refusing %s: inconsistent table header" % path)
         self.base = path[:-5] if path.endswith(".ring") else path
+        self._wake_sock: Any = None
 
     @classmethod
     def create(cls, seg_data_size: int, meta: Dict[str, Any], directory: Optional[str] = None,
@@ -439,7 +444,7 @@ class Table(_Mapped):
         if len(blob) > L.META_MAX:
             raise ValueError("isstreamer: settings too long to record in the ring")
         size = L.table_size(cls.NBUCKETS, cls.NSLOTS)
-        path = os.path.join(directory or _default_dir(),
+        path = os.path.join(directory or default_ring_dir(),
                             "isstreamer-%d-%s.ring" % (os.getpid(), secrets.token_hex(6)))
         fd = open_private(path, create=True)
         try:
@@ -546,6 +551,28 @@ class Table(_Mapped):
     def seg_path(self, seg_id: int) -> str:
         """Path of the segment file ``seg_id`` (beside the table, named after it)."""
         return "%s.%016x.seg" % (self.base, seg_id)
+
+    @property
+    def wake_path(self) -> str:
+        """Path of the idle sender's datagram socket (producers send one byte there to wake it)."""
+        return self.base + ".wake"
+
+    def wake(self) -> None:
+        """Wake an idle sender (it set ``sleeping``): one datagram, never blocking, never SIGPIPE."""
+        sock = self._wake_sock
+        if sock is None:
+            import socket
+
+            try:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            except OSError:
+                return
+            sock.setblocking(False)
+            self._wake_sock = sock
+        try:
+            sock.sendto(b"\0", self.wake_path)
+        except OSError:  # no sender bound yet, its queue is full, or the path is too long
+            pass
 
     def claim_slot(self, seg_id: int, data_size: int) -> int:
         """Register segment file ``seg_id`` (already created and locked) for this process."""
@@ -661,7 +688,8 @@ class SegmentState:
 class PyProducer:
     """Pure-Python producer on one segment: same bytes as the C ``iss_put_*`` functions."""
 
-    __slots__ = ("ring", "mm", "q", "seg", "data", "ds", "state", "bucket", "cached_tail", "dropping")
+    __slots__ = ("ring", "mm", "q", "seg", "data", "ds", "state", "bucket", "cached_tail", "dropping", "wake_q",
+                 "woke")
 
     def __init__(self, ring: Ring, seg_index: int, state: SegmentState, bucket: int = 0) -> None:
         self.ring = ring
@@ -673,6 +701,8 @@ class PyProducer:
         self.state = state
         self.bucket = bucket
         self.dropping = 0
+        self.wake_q: Any = None  # the table's uint64 view: its ``sleeping`` flag (see iss_producer.wake)
+        self.woke = 0  # the last ``sleeping`` value this handle rang for
         self.cached_tail = self.q[(self.seg + L.S_TAIL) >> 3]
 
     def put(self, rtype: int, key: bytes, num: Optional[bytes], s: bytes, epoch: float) -> int:
@@ -704,7 +734,7 @@ class PyProducer:
                 break
             st.busy.add(me)
             try:
-                if item[0]._write(*item[1:]) != L.OK:
+                if item[0]._write(*item[1:]) not in (L.OK, L.WAKE):
                     item[0].count_drop(L.D["ring_full"])
             finally:
                 st.busy.discard(me)
@@ -749,6 +779,13 @@ class PyProducer:
                 mm[w: w + pad] = bytes(pad)
             q[(seg + L.S_HEAD) >> 3] = head + size  # publish
             q[(seg + L.S_LOGGED) >> 3] += 1
+        # without a fence the flag may be read before the head store is seen: the sender then
+        # wakes at its idle timeout (at most a second) instead of now
+        if self.wake_q is not None:
+            sleep = self.wake_q[L.H_SLEEPING >> 3]
+            if sleep and sleep != self.woke:  # once per sleep
+                self.woke = sleep
+                return L.WAKE
         return L.OK
 
     def count_drop(self, reason: int) -> None:
@@ -785,8 +822,10 @@ class Attachment:
 
     ``slot`` and ``seg_id`` name its registration in the table (None for a bare ring file)."""
 
-    def __init__(self, ring: Ring, seg_index: int = 0, token: int = 0, slot: Optional[int] = None) -> None:
+    def __init__(self, ring: Ring, seg_index: int = 0, token: int = 0, slot: Optional[int] = None,
+                 table: Optional[Table] = None) -> None:
         self.ring = ring
+        self.table = table  # whose ``sleeping`` flag the producers check after each put
         self.seg_index = seg_index
         self.seg_id = token
         self.slot = slot
@@ -812,7 +851,7 @@ class Attachment:
                 os.unlink(path)
             ring.retire()
             raise
-        return cls(ring, 0, seg_id, slot)
+        return cls(ring, 0, seg_id, slot, table)
 
     def new_producer(self, bucket: int):  # -> cdata iss_producer * | PyProducer
         """A producer handle with its own current bucket on this segment."""
@@ -823,8 +862,13 @@ class Attachment:
             rc = _lib.iss_producer_attach(p, self.ring.ptr, self.ring.size, self.seg_index)
             if rc != 0:
                 raise ValueError("isstreamer: cannot attach to ring segment (code %d)" % rc)
+            if self.table is not None and self.table.ptr is not None:
+                p.wake = _ffi.cast("const uint64_t *", self.table.ptr + L.H_SLEEPING)
             return p
-        return PyProducer(self.ring, self.seg_index, self.state, bucket)
+        pp = PyProducer(self.ring, self.seg_index, self.state, bucket)
+        if self.table is not None:
+            pp.wake_q = self.table.q
+        return pp
 
     def count_drop(self, reason: int) -> None:
         """Count one refused event on this segment (reported by stats())."""

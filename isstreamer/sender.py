@@ -12,11 +12,16 @@ key (or by ``isstreamer replay``).
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import queue
+import secrets
+import stat
 import sys
+import threading
 import time
-from typing import Dict, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Optional, Set, Tuple
 
 from . import layout as L
 from .delivery import DELIVERED, REJECTED, Delivery, Kind, Policy, Result
@@ -25,7 +30,7 @@ from .encoder import Batch, Encoder
 from .ring import Ring, RingClosed, RingRefused, Table, lock_held_elsewhere
 from .settings import SenderSettings
 from .replay import Stop, StreamReplay
-from .spool import (SpoolFull, SpoolWriter, StreamMeta, check_root, key_fingerprint,
+from .spool import (ReplayFile, SpoolFull, SpoolWriter, StreamMeta, check_root, key_fingerprint,
                     pending_files, streams)
 from .transport import Transport
 
@@ -35,7 +40,7 @@ log = logging.getLogger("isstreamer")
 class Sender:
     """The drain / deliver / spool / replay loop over one ring."""
 
-    LIVENESS_EVERY = 0.2
+    LIVENESS_EVERY = 1.0
     SPOOL_SCAN_EVERY = 5.0
     REPLAY_BUDGET = 0.05  # seconds of replay per loop turn while live events wait
     GIVE_UP_AFTER = 30.0  # seconds past the exit deadline after which a failing sender exits anyway
@@ -45,7 +50,9 @@ class Sender:
         self.ring = table  # the table file: counters, buckets, producer slots
         self.segs: Dict[int, Tuple[int, Ring]] = {}  # slot -> (segment id, mapping)
         self.enc = Encoder(None, s.max_batch_bytes, s.native)
-        self.t = Transport(s.api_base, s.access_key, s.request_timeout, s.use_gzip)
+        self.t = WatchedTransport(Transport(s.api_base, s.access_key, s.request_timeout, s.use_gzip),
+                                  self._while_waiting)
+        self.inflight: Optional[Batch] = None  # the ring batch whose request is out
         self.fp = key_fingerprint(s.access_key)
         self.spool = SpoolWriter(s.spool_dir, s.spool_max_bytes)
         self.delivery = Delivery(self.t, Policy(**s.policy), os.path.join(s.spool_dir, "rejected.jsonl"), self.report)
@@ -66,6 +73,11 @@ class Sender:
         self._bucket_status = 0  # status of the last bucket creation request
         self._errors = 0
         self._spool_error_reported = False
+        self.bell = Doorbell(table)
+        self.wakeups = 0  # sleeps that ended (woken or timed out): the idle cost
+        self._sleep_seq = secrets.randbits(62)  # see _sleep (a new sender never repeats the last value)
+        self.spilled_path: Optional[str] = None  # the spool file holding the in-flight batch's copy
+        self._spilling = False
         self.agg = Aggregator.for_settings(s)  # aggregate: per-key rules (None without rules)
 
     # ---- reporting --------------------------------------------------------------------------
@@ -78,7 +90,6 @@ class Sender:
         """Loop until every owner is gone and everything is delivered or spooled."""
         ring = self.ring
         ring.store(L.H_SENDER_PID, os.getpid())
-        idle = 0.001
         while True:
             now = time.monotonic()
             if now - self._last_liveness >= self.LIVENESS_EVERY:
@@ -100,13 +111,58 @@ class Sender:
                     break
                 if not self.stop_requested and self._any_live_owner():
                     self.exit_deadline = None  # a producer joined while we were finishing
-            if worked:
-                idle = 0.001
-            else:
-                time.sleep(idle)
-                idle = min(idle * 2, 0.02)
+            if not worked:
+                self._sleep(self._sleep_budget())
         self._shutdown()
         return 0
+
+    IDLE_MAX = 1.0  # the longest sleep: liveness of the producers, spool scans, replay probes
+
+    def _sleep_budget(self) -> float:
+        """Seconds until something is due: the earliest flush_interval of a waiting segment, the
+        delivery's wait (backoff, Retry-After), or IDLE_MAX; a few ms while exiting."""
+        if self.exit_deadline is not None or self.stop_requested:
+            return 0.005
+        t = self.IDLE_MAX
+        if self.first_seen:
+            t = min(t, min(self.first_seen.values()) + self.s.flush_interval - time.monotonic())
+            t = max(t, min(self.delivery.wait_time(), self.IDLE_MAX))
+        if self.agg is not None:  # aggregate: the next window due, or its output's flush_interval
+            t = min(t, max(self.agg.due_in(), min(self.delivery.wait_time(), self.IDLE_MAX)))
+        return max(0.001, t)
+
+    def _sleep(self, timeout: float) -> None:
+        """Sleep until ``timeout`` or a producer rings (flush(), a put seeing ``sleeping``)."""
+        ring = self.ring
+        seen = ring.load(L.H_FLUSH_SEQ)
+        if not self.bell.armed():
+            time.sleep(min(timeout, 0.02))  # no doorbell: poll
+            return
+        self._sleep_seq = (self._sleep_seq + 1) & ((1 << 62) - 1) or 1
+        ring.store(L.H_SLEEPING, self._sleep_seq)  # a number new to this sleep: producers ring once
+        ring.add(L.H_SLEEPING, 0)  # a full barrier, then re-check (Dekker with iss_put)
+        try:
+            if (seen != self.seen_flush and self.delivery.ready()) or self._due_now():
+                return
+            self.bell.wait(timeout)
+            self.wakeups += 1
+        finally:
+            ring.store(L.H_SLEEPING, 0)
+
+    def _due_now(self) -> bool:
+        """Anything published that this sender has not seen waiting yet, or due by buffer_size."""
+        for slot, _, seg_id, _ in self.ring.slots():
+            have = self.segs.get(slot)
+            if have is None or have[0] != seg_id:
+                return True  # a segment new to us
+            seg = have[1]
+            b = seg.seg_offset(0)
+            if seg.load(b + L.S_HEAD) != seg.load(b + L.S_TAIL):
+                if slot not in self.first_seen:
+                    return True
+                if seg.load(b + L.S_LOGGED) - seg.load(b + L.S_CONSUMED) >= self.s.buffer_size:
+                    return True
+        return False
 
     def _turn(self) -> Tuple[bool, bool]:
         """One pass: buckets, ring -> API, spool replay, reclaim. Returns (did work, drained)."""
@@ -144,6 +200,7 @@ class Sender:
             if not remove:
                 return True
             ring.store(L.H_CLOSING, 1)
+            self.bell.close()
             for slot, _, seg_id, _ in list(ring.slots()):
                 try:
                     os.unlink(ring.seg_path(seg_id))
@@ -156,6 +213,7 @@ class Sender:
         return True
 
     def _shutdown(self) -> None:
+        self.bell.close()
         self.spool.close_all()
         self.t.close()
         ring = self.ring
@@ -241,16 +299,11 @@ class Sender:
 
     def _create_bucket(self, key: str, name: str) -> bool:
         """Create a bucket through the delivery policy; True when settled (created or refused)."""
-        r = self.delivery.create_bucket(key, name, self.exit_deadline)
+        r = self.delivery.create_bucket(key, name, self._finish_deadline())
         self._bucket_status = r.answer.status if r.answer is not None else 0
         if r.kind is Kind.DELIVERED:
             self.ring.count("buckets_created")
         return r.kind.settled
-
-    def _timeout(self) -> Optional[float]:
-        if self.exit_deadline is None:
-            return None
-        return max(0.2, self.exit_deadline - time.monotonic())
 
     # ---- ring -> API ----------------------------------------------------------------------------
     def _pump(self, force: bool) -> Tuple[bool, bool]:
@@ -308,6 +361,8 @@ class Sender:
             return
         seg = have[1]
         base = seg.seg_offset(0)
+        if seg.load(base + L.S_TAIL) != b.start:
+            return  # released already (spilled while its request was out)
         if corrupt:
             consumed = seg.load(base + L.S_LOGGED)
         else:
@@ -351,8 +406,14 @@ class Sender:
             if d.auth_blocked:
                 return self._to_spool([b.body], b.nevents, key, name)
             return self._failed_attempt(b, [b.body], self._bucket_status == 429, key, name)
-        r = d.send(key, b.body, b.nevents, self.exit_deadline)
+        self.inflight, self.spilled_path = b, None
+        try:
+            r = d.send(key, b.body, b.nevents, self._finish_deadline())
+        finally:
+            self.inflight = None
         self._account(r)
+        if self.spilled_path is not None:  # the ring let it go while the request was out
+            return self._after_spill(r, self.spilled_path)
         if r.kind.settled:
             return True
         leftover = r.leftover or [b.body]
@@ -362,6 +423,78 @@ class Sender:
         if r.kind is Kind.AUTH or partial:
             return self._to_spool(leftover, None, key, name)
         return self._failed_attempt(b, leftover, r.kind is Kind.RATE_LIMITED, key, name)
+
+    # ---- the ring keeps moving while a request is out (a hanging API never stalls log()) ----------
+    SPILL_AFTER = 1.0  # seconds a request may be out before the ring is drained to the spool
+    SPILL_FILL = 0.75  # ... or half that time, once a segment is this full
+
+    def _while_waiting(self, started: float) -> None:
+        """Called every few ms by the HTTP worker's waiter while a request is out. Once it has been
+        out SPILL_AFTER seconds (half that if a segment passes SPILL_FILL), the in-flight batch is copied to
+        a spool file of its own and released, and every segment is drained to the spool: the
+        producers never wait on the network. If that request is then delivered after all, its
+        copy is removed again (see _after_spill)."""
+        if self._spilling:
+            return
+        out = time.monotonic() - started
+        full = any(self._occupancy(slot) > self.SPILL_FILL for slot in list(self.segs))
+        if out < self.SPILL_AFTER / 2 or (out < self.SPILL_AFTER and not full):
+            return
+        self._spilling = True
+        try:
+            b = self.inflight
+            if b is not None and self.spilled_path is None:
+                bucket = self.ring.bucket(b.bucket)
+                if bucket is not None:
+                    self.spool.close_all()  # the copy gets a file of its own
+                    try:
+                        path = self.spool.write(self.s.api_base, bucket[0], bucket[1], self.fp, b.body)
+                    except OSError:
+                        return  # the spool cannot take it: the batch stays in the ring
+                    self.spool.close_all()
+                    self.ring.count("spooled", b.nevents)
+                    self.spilled_path = path
+                    self._commit(b)
+            for slot, _, seg_id, _ in list(self.ring.slots()):
+                if b is not None and slot == b.seg and self.spilled_path is None:
+                    continue  # its head batch is the one out
+                self._drain_to_spool(slot, seg_id)
+            self._last_scan = -1e9  # replay what was spilled as soon as the API answers
+        finally:
+            self._spilling = False
+
+    def _drain_to_spool(self, slot: int, seg_id: int) -> None:
+        """Spool (and release) what waits in one segment, batch by batch."""
+        seg = self._segment(slot, seg_id)
+        if seg is None:
+            return
+        base = seg.seg_offset(0)
+        while True:
+            tail = seg.load(base + L.S_TAIL)
+            if tail == seg.load(base + L.S_HEAD):
+                return
+            b = (self.agg.next_batch(seg, tail, self.s.max_batch_events) if self.agg is not None  # aggregate
+                 else self.enc.next_batch(0, tail, self.s.max_batch_events, ring=seg))
+            b.seg = slot
+            if b.corrupt or b.end == tail:
+                return  # left to _pump, which reports it
+            bucket = self.ring.bucket(b.bucket)
+            if b.nevents and (bucket is None or not self._to_spool([b.body], b.nevents, bucket[0], bucket[1])):
+                return
+            self._commit(b)
+
+    def _after_spill(self, r: Result, path: str) -> bool:
+        """The in-flight batch was copied to ``path`` and released while its request was out. If the
+        API took it after all, take the copy back (unless a replay already holds it: then it is
+        sent twice, the documented at-least-once case); otherwise the copy waits in the spool."""
+        if r.kind.settled:
+            rf = ReplayFile(path)
+            if rf.acquire():
+                try:
+                    rf.finish()
+                finally:
+                    rf.release()
+        return True  # already released: _commit leaves it alone
 
     def _failed_attempt(self, b: Batch, leftover, rate_limited: bool, key: str, name: str) -> bool:
         """After a failed attempt (nothing delivered): keep the batch in the ring or spool it.
@@ -385,10 +518,18 @@ class Sender:
             return self._to_spool(leftover, None, key, name)
         return False
 
+    def _finish_deadline(self) -> Optional[float]:
+        """The time by which what waits must be delivered: the exit deadline, else the latest
+        deadline of a producer waiting in close() (the table's close_by), if still ahead."""
+        if self.exit_deadline is not None:
+            return self.exit_deadline
+        by = self.ring.load(L.H_CLOSE_BY) / 1e9
+        return by if by > time.monotonic() else None
+
     def _exit_budget(self) -> Optional[float]:
         """Seconds left before the exit deadline (None while not exiting; negative once past),
         keeping the delivery's finish_by deadline in step with it."""
-        deadline = self.exit_deadline
+        deadline = self._finish_deadline()
         if self.delivery.deadline != deadline:
             self.delivery.finish_by(deadline)
         return None if deadline is None else deadline - time.monotonic()
@@ -534,6 +675,147 @@ class Sender:
 
 
 REPLAY_FAULT_PAUSE = 30.0  # seconds without replay after the spool could not record progress
+
+
+class WatchedTransport:
+    """The sender's transport, each request run in a worker thread while the sender's own thread
+    waits for it calling ``while_waiting(started)`` every POLL seconds: the ring keeps moving
+    while a request hangs. One request at a time; the HTTP session lives in the worker."""
+
+    POLL = 0.02
+
+    def __init__(self, inner: Transport, while_waiting: Callable[[float], None]) -> None:
+        self.inner = inner
+        self.api_base = inner.api_base
+        self.while_waiting = while_waiting
+        self._jobs: "queue.Queue[Optional[Callable[[], None]]]" = queue.Queue()
+        self._thread: Optional[threading.Thread] = None
+        self._reported = False
+
+    def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="isstreamer-http", daemon=True)
+            self._thread.start()
+        done = threading.Event()
+        box: Dict[str, Any] = {}
+
+        def job() -> None:
+            try:
+                box["r"] = fn(*args)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                box["e"] = exc
+            finally:
+                done.set()
+
+        self._jobs.put(job)
+        started = time.monotonic()
+        while not done.wait(self.POLL):
+            try:
+                self.while_waiting(started)
+            except Exception:  # noqa: BLE001 - the wait goes on; reported once
+                if not self._reported:
+                    self._reported = True
+                    log.exception("isstreamer: sender error while a request was out")
+        if "e" in box:
+            raise box["e"]
+        return box["r"]
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            job()
+
+    def post_events(self, *args: Any) -> Any:
+        """Transport.post_events, in the worker."""
+        return self._run(self.inner.post_events, *args)
+
+    def create_bucket(self, *args: Any) -> Any:
+        """Transport.create_bucket, in the worker."""
+        return self._run(self.inner.create_bucket, *args)
+
+    def close(self) -> None:
+        """Stop the worker and close the session."""
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread.join(5)
+        self.inner.close()
+
+
+class Doorbell:
+    """The idle sender's datagram socket at ``<ring>.wake``: producers send a byte to wake it
+    (``Table.wake``). No socket (a path too long, or taken by another user): the sender polls."""
+
+    def __init__(self, table: Table) -> None:
+        import socket
+
+        self.path = table.wake_path
+        self.sock: Optional[socket.socket] = None
+        try:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        except OSError:
+            return
+        for _ in range(2):
+            try:
+                old = os.umask(0o177)
+                try:
+                    sock.bind(self.path)
+                finally:
+                    os.umask(old)
+                sock.setblocking(False)
+                self.sock = sock
+                return
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE or not self._remove_stale():
+                    break
+        sock.close()
+
+    def _remove_stale(self) -> bool:
+        """A socket of ours left by a sender that died: remove it (anything else is left alone)."""
+        try:
+            st = os.lstat(self.path)
+        except OSError:
+            return False
+        if not stat.S_ISSOCK(st.st_mode) or st.st_uid != os.geteuid():
+            return False
+        try:
+            os.unlink(self.path)
+        except OSError:
+            return False
+        return True
+
+    def armed(self) -> bool:
+        """True when producers can wake this sender."""
+        return self.sock is not None
+
+    def wait(self, timeout: float) -> bool:
+        """Block until rung or ``timeout``; True when rung (every pending ring is consumed)."""
+        import select
+
+        assert self.sock is not None
+        try:
+            ready, _, _ = select.select([self.sock], [], [], timeout)
+        except (OSError, ValueError):
+            return False
+        rung = False
+        while ready:
+            try:
+                self.sock.recv(64)
+                rung = True
+            except OSError:
+                break
+        return rung
+
+    def close(self) -> None:
+        """Stop listening and remove the socket file."""
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
 
 
 def _count_events(body: bytes) -> int:

@@ -5,6 +5,7 @@ Nothing here imports the HTTP stack, so ``import isstreamer`` and a first ``log(
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List
 
@@ -44,6 +45,7 @@ class SenderSettings:
         for k in ("access_key", "ring_path", "ring_identity", "spool_only"):
             d.pop(k)
         d["fingerprint"] = key_fingerprint(self.access_key)
+        d["created"] = time.time()
         if len(json.dumps(d, sort_keys=True)) > 2900:  # aggregate: too many rules for the ring header;
             d.pop("rules")  # an adopter of this ring (after a crash) sends its events without them
         return d

@@ -50,10 +50,10 @@ def _detached_native():
 
 def _default_ring_memory() -> int:
     """Half the ring directory's file system (at least 64 MiB): the cap on all segments of a ring."""
-    from .ring import _default_dir
+    from .ring import default_ring_dir
 
     try:
-        st = os.statvfs(_default_dir())
+        st = os.statvfs(default_ring_dir())
         return max(64 << 20, st.f_blocks * st.f_frsize // 2)
     except OSError:
         return 1 << 30
@@ -310,8 +310,11 @@ class Streamer:
                 return self._log_slow(key, value, epoch)
         except (KeyError, TypeError, OverflowError, UnicodeEncodeError):
             return self._log_slow(key, value, epoch)
-        if rc and rc != 2:  # 2: dropped on a full ring, already counted by the put
-            self._log_slow(key, value, epoch)
+        if rc:
+            if rc == 3:  # published; the sender sleeps: wake it
+                self._ring.wake()
+            elif rc != 2:  # 2: dropped on a full ring, already counted by the put
+                self._log_slow(key, value, epoch)
 
     def _log_slow(self, key: Any, value: Any, epoch: Any) -> None:
         """Value rules, key cache, attach / full-ring handling.
@@ -376,6 +379,9 @@ class Streamer:
                 rc = self._put_str(p, kb, len(kb), sb, len(sb), ep)
             if rc == L.OK or rc == L.DROPPED:
                 return
+            if rc == L.WAKE:
+                self._ring.wake()
+                return
             if rc == L.EINVAL and self._att is None:
                 try:
                     if self._attach():
@@ -392,7 +398,7 @@ class Streamer:
                     deadline = now + self._opts["full_timeout"]
                 if now >= nudge_at:  # ask the sender to drain now; restart it if it died
                     nudge_at = now + 0.5
-                    self._ring.add(L.H_FLUSH_SEQ, 1)
+                    self._nudge()
                     try:
                         self._ensure_sender()
                     except RingClosed:
@@ -487,16 +493,39 @@ class Streamer:
             self.log(k, v, epoch)
 
     def flush(self, timeout: Optional[float] = None) -> bool:
-        """Wait until every event this process logged so far is delivered or handed to the spool.
+        """Make sure everything logged so far gets sent as soon as possible.
 
-        Returns False if ``timeout`` seconds passed first (the events stay queued).
+        With ``use_async=True`` (the default, as in ISStreamer 2.0.0) and no ``timeout`` it hands
+        the events to the sender for immediate sending and returns True at once, without waiting
+        on the network. With ``timeout=T`` (or ``use_async=False``: no limit) it waits until every
+        event this process logged before the call is delivered or handed to the failure path
+        (spool, rejected file), and returns False if ``T`` seconds passed first.
         """
         if self.Offline:
             if self._csv_file is not None and not self._csv_file.closed:
                 self._csv_file.flush()
             return True
+        if self._att is None or self.IsClosed:
+            return True
+        if self.Async and timeout is None:
+            try:
+                self._nudge()
+            except (ValueError, OSError):
+                pass
+            return True
+        return self._wait_delivered(timeout)
+
+    def _nudge(self) -> None:
+        """Ask the sender to send what waits now (partial batches included), waking it if idle."""
+        ring = self._ring
+        ring.add(L.H_FLUSH_SEQ, 1)
+        if ring.load(L.H_SLEEPING):
+            ring.wake()
+
+    def _wait_delivered(self, timeout: Optional[float]) -> bool:
+        """Wait until this process's events logged so far are delivered or on the failure path."""
         att = self._att
-        if att is None or self.IsClosed:
+        if att is None:
             return True
         try:
             target = att.head()
@@ -504,7 +533,8 @@ class Streamer:
             if att.tail() >= target and not rules:
                 return True
             ring = self._ring
-            seq = ring.add(L.H_FLUSH_SEQ, 1)
+            seq = ring.load(L.H_FLUSH_SEQ) + 1  # aggregate: a flush the sender serves after this point
+            self._nudge()
             deadline = None if timeout is None else time.monotonic() + timeout
             pause = 0.0005
             next_check = time.monotonic() + 0.5
@@ -514,12 +544,12 @@ class Streamer:
                     return False
                 if now >= next_check:
                     self._ensure_sender()
-                    ring.add(L.H_FLUSH_SEQ, 1)
+                    self._nudge()
                     next_check = now + 0.5
                 time.sleep(pause)
                 pause = min(pause * 1.5, 0.02)
             return True
-        except (ValueError, RingClosed):  # the mapping went away under us
+        except (ValueError, OSError):  # the ring went away under us
             return False
 
     def close(self, timeout: Optional[float] = None) -> None:
@@ -537,7 +567,14 @@ class Streamer:
             if self._csv_file is not None:
                 self._csv_file.close()
             return
-        self.flush(self._opts["close_timeout"] if timeout is None else timeout)
+        budget = self._opts["close_timeout"] if timeout is None else timeout
+        try:  # the sender retries, rather than spools, while this process waits
+            by = int((time.monotonic() + budget) * 1e9)
+            if self._ring.load(L.H_CLOSE_BY) < by:
+                self._ring.store(L.H_CLOSE_BY, by)
+        except (ValueError, OSError):
+            pass
+        self._wait_delivered(budget)
         self._final_stats = self.stats()
         self.IsClosed = True
         self._select_log()

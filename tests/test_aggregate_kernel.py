@@ -117,3 +117,29 @@ def test_windows_close_by_the_clock(collector, tmp_path, backend):
     assert sum(v for _, v in counts) == n
     assert len({ep for ep, _ in counts}) == len(counts)  # no window split: each sent once
     assert all(ep * 2 == int(ep * 2) for ep, _ in counts)  # window ends: multiples of 0.5 s
+
+
+def test_a_backlog_of_past_epochs_is_not_cut_into_pieces(collector, tmp_path, backend):
+    """Epochs in the past (a buffered loop catching up): every window's end has passed while its
+    events are still being folded. A window closes only once no event came for it for a moment,
+    so each arrives whole (a producer stalled mid-window for longer than that would cut one: at
+    most a couple are allowed for a loaded machine), and nothing is lost."""
+    import collections
+    import time as _time
+
+    s = isstreamer.Streamer(bucket_key="backlog", access_key="k", api_base=collector.url,
+                            spool_dir=str(tmp_path / "spool"), flush_interval=0.2,
+                            rules={"b": Window(1.0, ("count",))})
+    t0 = float(int(_time.time()) - 300)
+    n = 60000
+    for i in range(n):
+        s.log("b", 1.0, t0 + i * 0.004)  # 240 s of epochs, all in the past
+    pid = s.sender_pid
+    s.close(60)
+    assert wait_until(lambda: pid_gone(pid), 120)
+    got = collections.defaultdict(list)
+    for e in collector.events("backlog"):
+        got[e["epoch"]].append(e["value"])
+    want = collections.Counter(math.floor((t0 + i * 0.004) / 1.0) + 1.0 for i in range(n))
+    assert {ep: sum(v) for ep, v in got.items()} == dict(want)
+    assert sum(len(v) - 1 for v in got.values()) <= 2, {ep: v for ep, v in got.items() if len(v) > 1}

@@ -203,7 +203,8 @@ def test_concurrent_clients(collector: CollectorServer) -> None:
     [
         "not an object", {"value": 1}, {"key": "", "value": 1}, {"key": 5, "value": 1}, {"key": "k" * 251, "value": 1},
         {"key": "k"}, {"key": "k", "value": None}, {"key": "k", "value": {"a": 1}}, {"key": "k", "value": [1]},
-        {"key": "k", "value": "x" * 2001}, {"key": "k", "value": 1, "epoch": "1700000000"},
+        {"key": "k", "value": "x" * 2001}, {"key": "k", "value": 1, "epoch": "soon"},
+        {"key": "k", "value": 1, "epoch": 1e300}, {"key": "k", "value": 1, "epoch": "1e300"},
         {"key": "k", "value": 1, "epoch": True}, {"key": "k", "value": 1, "iso8601": "yesterday"},
         {"key": "k", "value": 1, "iso8601": 1700000000},
     ],
@@ -266,10 +267,10 @@ def test_bucket_removed_400(collector: CollectorServer) -> None:
     assert r.status_code == 400 and error_type(r) == "BUCKET_REMOVED"
     assert create_bucket(collector, {"bucketKey": "b"}).status_code == 400
     assert collector.event_count() == 1 and collector.buckets()[0]["removed"] is True
-    # the admin endpoint does the same
+    # DELETE with the owning key does the same
     assert post_events(collector, {"key": "a", "value": 1}, bucket="c").status_code == 204
-    assert requests.delete(collector.url + "/api/buckets/c").status_code == 204
-    assert requests.delete(collector.url + "/api/buckets/nope").status_code == 404
+    assert requests.delete(collector.url + "/api/buckets/c", headers=headers(None)).status_code == 204
+    assert requests.delete(collector.url + "/api/buckets/nope", headers=headers(None)).status_code == 404
     assert error_type(post_events(collector, {"key": "a", "value": 1}, bucket="c")) == "BUCKET_REMOVED"
 
 
@@ -323,7 +324,10 @@ def test_monthly_quota_402(collector_factory: Any) -> None:
     server = collector_factory(monthly_quota=5)
     assert post_events(server, [{"key": "a", "value": i} for i in range(3)]).status_code == 204
     r = post_events(server, [{"key": "a", "value": i} for i in range(3)])
-    assert r.status_code == 402 and error_type(r) == "MONTHLY_LIMIT_EXCEEDED"
+    assert r.status_code == 402
+    # the hosted API's documented shape: {"message": "Event limit exceeded for current cycle..."}
+    assert list(r.json()) == ["message"] and r.json()["message"].startswith("Event limit exceeded for current cycle")
+    assert r.headers["X-RateLimit-Limit"]
     assert post_events(server, [{"key": "a", "value": i} for i in range(2)]).status_code == 204
     assert post_events(server, {"key": "a", "value": 1}).status_code == 402
     assert post_events(server, {"key": "a", "value": 1}, access_key="other").status_code == 204
@@ -441,7 +445,8 @@ def test_isstreamer_serve_subprocess(tmp_path: Any) -> None:
         assert r.status_code == 204 and r.headers["X-RateLimit-Limit"] == "100"
         assert requests.post(url + "/api/events", json={"key": "x", "value": 1}, headers={**h, "X-IS-AccessKey": "no"}).status_code == 401
         assert requests.post(url + "/api/events", data=b"[" + b" " * 60000 + b"]", headers=h).status_code == 413
-        latest = requests.get(url + "/api/buckets/cli/latest").json()["latest"]
+        assert requests.get(url + "/api/buckets/cli/latest").status_code == 401  # keys configured: reads need one
+        latest = requests.get(url + "/api/buckets/cli/latest", headers=h).json()["latest"]
         assert latest[0]["key"] == "x" and latest[0]["value"] == 1.5
         proc.send_signal(signal.SIGINT)
         assert proc.wait(15) == 0
@@ -452,3 +457,42 @@ def test_isstreamer_serve_subprocess(tmp_path: Any) -> None:
     from isstreamer.collector import store
 
     assert [e["value"] for e in store.read_events(str(db))] == [1.5]
+
+
+def test_dashboard_endpoint_reduces_to_min_max_columns(collector: CollectorServer) -> None:
+    t0 = 1_700_000_000.0
+    body = [{"key": "wave", "value": (i % 10) - (100 if i == 555 else 0), "epoch": t0 + i} for i in range(1000)]
+    body += [{"key": "late", "value": 1.5, "epoch": t0 + 5000}, {"key": "late", "value": 2.5, "epoch": t0 + 5010},
+             {"key": "door", "value": "open", "epoch": t0}]
+    assert post_events(collector, body, bucket="dash").status_code == 204
+    url = collector.url + "/api/buckets/dash/dashboard"
+    d = requests.get(url, params={"columns": 100}).json()
+    assert d["bucket"]["event_count"] == 1003 and d["series_count"] == 1003
+    assert {x["key"] for x in d["latest"]} == {"wave", "late", "door"}
+    assert set(d["series"]) == {"wave", "late"}  # the string key is not charted
+    wave = d["series"]["wave"]
+    assert (wave["t0"], wave["t1"], wave["count"]) == (t0, t0 + 999, 1000)
+    assert len(wave["columns"]) == 100 and sum(c[4] for c in wave["columns"]) == 1000
+    assert all((c[2], c[3]) in ((0, 9), (-95, 9)) for c in wave["columns"])  # every column keeps min and max
+    assert min(c[2] for c in wave["columns"]) == -95  # the one spike survives the reduction
+    late = d["series"]["late"]
+    assert (late["t0"], late["t1"], [c[2:] for c in late["columns"]]) == (t0 + 5000, t0 + 5010, [[1.5, 1.5, 1], [2.5, 2.5, 1]])
+    same = requests.get(url, params={"columns": 100, "known": 1003}).json()
+    assert "series" not in same and len(same["latest"]) == 3
+    assert requests.get(url, params={"columns": "x"}).status_code == 400
+    assert requests.get(collector.url + "/api/buckets/none/dashboard").status_code == 404
+
+
+def test_series_cache_bounds_recomputation() -> None:
+    from isstreamer.collector.app import SeriesCache
+
+    cache = SeriesCache(size=2, min_interval=1.0, cost_factor=4.0)
+    key = ((1,), 600)
+    assert cache.get(key, 10, 100.0) is None
+    cache.put(key, 10, 100.0, 0.5, "s10")
+    assert cache.get(key, 10, 500.0) == (10, "s10")  # same count: always reusable
+    assert cache.get(key, 11, 101.9) == (10, "s10")  # changed, but computed 1.9 s ago at a cost of 0.5 s
+    assert cache.get(key, 11, 102.1) is None  # 4 x 0.5 s passed: recompute
+    cache.put(((2,), 600), 1, 0.0, 0.0, "b")
+    cache.put(((3,), 600), 1, 0.0, 0.0, "c")
+    assert cache.get(key, 10, 100.0) is None  # evicted (size 2)

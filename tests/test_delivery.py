@@ -313,7 +313,7 @@ def test_segment_filled_before_the_sender_runs(server: FaultServer, make_streame
                                                backend: str) -> None:
     """A producer fills its segment at once (long flush_interval, huge buffer_size): it blocks, the
     sender drains the full segment, nothing is dropped (on_full='block')."""
-    s = make_streamer(server.url, ring_size=2 * 1024 * 1024, max_producers=2, flush_interval=30,
+    s = make_streamer(server.url, ring_size=1024 * 1024, flush_interval=30,
                       buffer_size=10**6, full_timeout=5.0)
     n = 100000  # about 4 segments of 1 MiB
     for i in range(n):
@@ -321,6 +321,7 @@ def test_segment_filled_before_the_sender_runs(server: FaultServer, make_streame
     assert s.flush(30)
     st = s.stats()
     assert st["dropped"] == {}, st["dropped"]
+    assert server.wait_events(n, 60)  # (a request that hangs makes the sender spool, then replay)
     assert_exactly_once(server, list(range(n)))
     record("full segment/" + backend, st, server, n)
 

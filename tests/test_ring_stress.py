@@ -332,23 +332,42 @@ def _streamer(gated: GatedProxy, tmp_path, **kw) -> isstreamer.Streamer:
 VALUE = "v" * 200
 
 
+def _stall(s: isstreamer.Streamer, gated: GatedProxy) -> int:
+    """Hold the sender inside a request, then stop it (SIGSTOP): a hanging API alone no longer
+    fills the ring (the sender drains it to the spool while a request is out). Returns its pid."""
+    assert wait_until(lambda: gated.waiting > 0, 60), "the sender never reached the API"
+    pid = s.sender_pid
+    assert pid
+    os.kill(pid, signal.SIGSTOP)
+    return pid
+
+
+def _resume(pid: int, gated: GatedProxy) -> None:
+    os.kill(pid, signal.SIGCONT)
+    gated.gate.set()
+
+
 def test_full_ring_drop_policy(tmp_path, collector, gated, backend):
     """on_full="drop": events that do not fit are dropped at once and counted as ring_full;
     every event that was taken is delivered exactly once when the API answers again."""
     s = _streamer(gated, tmp_path, bucket_key="drop", on_full="drop")
     n = 3000
+    pid = 0
     try:
-        assert wait_until(lambda: gated.waiting > 0, 60), "the sender never reached the API"
+        pid = _stall(s, gated)
         for i in range(n):
             s.log("n", "%d:%s" % (i, VALUE))
         st = s.stats()
         dropped = st["dropped"].get("ring_full", 0)
         assert dropped > 0 and st["logged"] + dropped == n, st
         assert s.ring_fill() > 0.9
-        gated.gate.set()
+        _resume(pid, gated)
         assert s.flush(timeout=120)
     finally:
+        if pid:
+            _resume(pid, gated)
         s.close(timeout=30)
+    assert wait_until(lambda: len(collector.events("drop")) >= n - dropped, 60)
     got = [int(e["value"].split(":")[0]) for e in collector.events("drop")]
     assert len(got) == len(set(got)) == n - dropped
     assert got == sorted(got)  # what was kept is a prefix-ordered subset, in order
@@ -371,24 +390,27 @@ def test_full_ring_block_policy_waits_for_room(tmp_path, collector, gated, backe
             errors.append(exc)
 
     t = threading.Thread(target=work)
+    pid = 0
     try:
-        assert wait_until(lambda: gated.waiting > 0, 60), "the sender never reached the API"
+        pid = _stall(s, gated)
         t.start()
         assert wait_until(lambda: s.ring_fill() > 0.95, 60), "the ring never filled up"
         stuck_at = len(done)
         assert t.is_alive() and stuck_at < n, "log() did not wait for room"
-        gated.gate.set()
+        _resume(pid, gated)
         t.join(300)
         assert not t.is_alive() and not errors, errors
         assert len(done) == n
         assert s.flush(timeout=120)
         assert s.stats()["dropped"].get("ring_full", 0) == 0
     finally:
-        gated.gate.set()
+        if pid:
+            _resume(pid, gated)
         t.join(300)
         s.close(timeout=30)
+    assert wait_until(lambda: len(collector.events("block")) >= n, 60)
     got = [int(e["value"].split(":")[0]) for e in collector.events("block")]
-    assert got == list(range(n))
+    assert sorted(got) == list(range(n))
 
 
 def test_full_ring_block_policy_gives_up_after_full_timeout(tmp_path, collector, gated, backend):
@@ -396,16 +418,44 @@ def test_full_ring_block_policy_gives_up_after_full_timeout(tmp_path, collector,
     counted as ring_full; the caller's loop goes on; the rest is delivered exactly once."""
     s = _streamer(gated, tmp_path, bucket_key="block-timeout", on_full="block", full_timeout=0.01)
     n = 400
+    pid = 0
     try:
-        assert wait_until(lambda: gated.waiting > 0, 60), "the sender never reached the API"
+        pid = _stall(s, gated)
         for i in range(n):
             s.log("n", "%d:%s" % (i, VALUE))
         st = s.stats()
         dropped = st["dropped"].get("ring_full", 0)
         assert dropped > 0 and st["logged"] + dropped == n, st
-        gated.gate.set()
+        _resume(pid, gated)
         assert s.flush(timeout=120)
     finally:
+        if pid:
+            _resume(pid, gated)
         s.close(timeout=30)
+    assert wait_until(lambda: len(collector.events("block-timeout")) >= n - dropped, 60)
     got = [int(e["value"].split(":")[0]) for e in collector.events("block-timeout")]
     assert len(got) == len(set(got)) == n - dropped
+
+
+def test_hanging_api_never_stalls_the_loop(tmp_path, collector, gated, backend):
+    """Issue 10 item 1: the API holds every request for a while (a stalled connection, a captive
+    portal): the sender drains the ring to the spool while its request is out, so a tight loop on
+    a small ring (on_full="block") neither waits out full_timeout nor drops; once the API answers,
+    every event arrives exactly once (the in-flight batch's spool copy is taken back)."""
+    s = _streamer(gated, tmp_path, bucket_key="hang", on_full="block", full_timeout=30.0)
+    n = 20000
+    try:
+        assert wait_until(lambda: gated.waiting > 0, 60), "the sender never reached the API"
+        for i in range(n):
+            s.log("n", "%d:%s" % (i, VALUE))
+        st = s.stats()
+        assert not st["dropped"], st
+        assert st["spooled"] > 0, "nothing was drained to the spool while the request was out"
+        gated.gate.set()
+        assert s.flush(timeout=180)
+    finally:
+        gated.gate.set()
+        s.close(timeout=30)
+    assert wait_until(lambda: len(collector.events("hang")) >= n, 120)
+    got = [int(e["value"].split(":")[0]) for e in collector.events("hang")]
+    assert sorted(got) == list(range(n)), "lost or doubled: %d events for %d" % (len(got), n)

@@ -1,18 +1,29 @@
 """The aiohttp application of the local collector: the Initial State events API, a JSON read
 API and the live dashboard.
 
-Write API (what a streamer client talks to; every request to it is logged in the database):
+Write API (what a streamer client talks to; requests to it are logged in the database, within
+the bounds of :class:`~isstreamer.collector.store.LogBounds`; 401s are only counted):
 
-- ``POST /api/buckets``: 201 created, 204 exists, 400 invalid / ``BUCKET_REMOVED``, 401.
+- ``POST /api/buckets`` (JSON body, or the URL-parameter form
+  ``?accessKey=K&bucketKey=B&bucketName=N``): 201 created, 204 exists, 400, 401.
 - ``POST /api/events`` (one event or an array) and the URL-parameter variant
   ``GET|POST /api/events?accessKey=K&bucketKey=B&name=value...``: 204, 400, 401, 402, 413, 429.
+  Every answer carries ``X-RateLimit-Limit/Remaining/Reset``.
 
-Read API (open): ``GET /api/buckets``, ``GET|DELETE /api/buckets/{key}``,
-``GET /api/buckets/{key}/latest``, ``GET /api/buckets/{key}/events``, ``GET /api/stats``,
-``GET /api/versions``, ``GET /data/v1/events/latest``. Dashboard: ``GET /``,
+Read API: ``GET /api/buckets``, ``GET|DELETE /api/buckets/{key}``,
+``GET /api/buckets/{key}/latest``, ``GET /api/buckets/{key}/events``,
+``GET /api/buckets/{key}/dashboard`` (everything a dashboard refresh needs, one request),
+``GET /api/stats``, ``GET /api/versions``, ``GET /data/v1/events/latest``. Dashboard: ``GET /``,
 ``GET /dashboard/{key}``, ``/static/...``.
 
-Errors are JSON: ``{"message": {"error": {"type": ..., "message": ..., ["index": i]}}}``.
+Security model (see README "The local collector"): with keys configured every API request but
+``/api/versions`` needs one and sees only its own buckets; an admin key sees all and may use
+``owner=``. In any-key mode reads are open and writes take any non-empty key. DELETE always
+needs the owning key (or an admin key) and never crosses owners. Every request must carry an
+allowed ``Host``; writes a browser marks as cross-site are refused.
+
+Errors are JSON: ``{"message": {"error": {"type": ..., "message": ..., ["index": i]}}}``; a 402
+is ``{"message": "Event limit exceeded for current cycle ..."}`` as the hosted API answers.
 """
 from __future__ import annotations
 
@@ -22,6 +33,7 @@ import math
 import re
 import time
 import uuid
+import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,12 +42,9 @@ from typing import Any, Awaitable, Callable, Dict, FrozenSet, Iterable, List, Op
 import orjson
 from aiohttp import web
 
-try:
-    from aiohttp.web_protocol import RequestPayloadError
-except ImportError:  # pragma: no cover - moved in some aiohttp version
-    RequestPayloadError = ValueError  # type: ignore[misc,assignment]
-
 from . import store as st
+from .iso8601 import parse_iso8601
+from .security import HostPolicy, cross_site_reason
 from .store import EventRow, RequestLog, Store
 
 log = logging.getLogger("isstreamer.collector")
@@ -43,21 +52,33 @@ log = logging.getLogger("isstreamer.collector")
 STATIC_DIR = Path(__file__).with_name("static")
 #: Seconds after which a client timestamp is "ten or more years old" and ignored.
 TEN_YEARS = 10 * 365.25 * 86400.0
+#: Accepted epochs: 0001-01-01 to 9999-12-31 (anything else is refused with a 400).
+EPOCH_MIN, EPOCH_MAX = -62135596800.0, 253402300799.0
 API_VERSIONS = ["0.0.1", "0.0.2", "0.0.3", "0.0.4"]
+#: Rate-limit window reported (and enforced when ``rate_limit`` is set): the hosted API's 10 s.
+DEFAULT_RATE_WINDOW = 10.0
+#: ``X-RateLimit-Limit`` reported when no limit is configured (nothing is refused).
+UNLIMITED_RATE = 1_000_000
 _BAD_BUCKET_CHARS = re.compile(r"[:\"']")
 _INT_RE = re.compile(r"-?(?:0|[1-9][0-9]*)")
 _FLOAT_RE = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+_EPOCH_STR_RE = re.compile(r"\s*[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]{1,3})?\s*")
 
 
 @dataclass(frozen=True)
 class CollectorConfig:
     """Behaviour of a collector.
 
-    ``access_keys`` empty means any non-empty key is accepted. ``rate_limit`` is
-    ``(requests, per_seconds)`` per access key on ``/api/events``. ``monthly_quota`` is events per
-    access key per UTC calendar month. ``max_body`` is the largest accepted (decoded) body in
-    bytes. Timestamps ten or more years old are replaced by the receive time when
-    ``ignore_old_timestamps`` (as the real API does).
+    ``access_keys`` and ``admin_keys`` both empty means any-key mode: any non-empty key writes,
+    reads are open. Otherwise every API request needs one of them; an access key sees its own
+    buckets, an admin key every bucket. ``rate_limit`` is ``(requests, per_seconds)`` per access
+    key on ``/api/events``. ``monthly_quota`` is events per access key per UTC calendar month.
+    ``max_body`` is the largest accepted body in bytes, compressed and decompressed. Timestamps
+    ten or more years old are replaced by the receive time when ``ignore_old_timestamps`` (as
+    the real API does). ``allowed_hosts`` adds ``Host`` names to those of the bound address
+    (``*``: any); ``allowed_origins`` are web origins whose pages may write. ``max_connections``,
+    ``header_timeout`` and ``body_timeout`` bound what slow clients hold; ``log_rows`` and
+    ``log_days`` bound the request log.
     """
 
     access_keys: FrozenSet[str] = frozenset()
@@ -67,6 +88,19 @@ class CollectorConfig:
     max_key_chars: int = 250
     max_value_chars: int = 2000
     ignore_old_timestamps: bool = True
+    admin_keys: FrozenSet[str] = frozenset()
+    allowed_hosts: FrozenSet[str] = frozenset()
+    allowed_origins: FrozenSet[str] = frozenset()
+    max_connections: int = 256
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    log_rows: int = 10_000
+    log_days: float = 7.0
+
+    @property
+    def keys_required(self) -> bool:
+        """Whether keys are configured (otherwise: any-key mode)."""
+        return bool(self.access_keys or self.admin_keys)
 
 
 class ApiError(Exception):
@@ -85,7 +119,9 @@ class ApiError(Exception):
         self.headers = headers or {}
 
     def response(self) -> web.Response:
-        """The JSON response for this error."""
+        """The JSON response for this error (a 402 in the hosted API's ``{"message": ...}`` shape)."""
+        if self.status == 402:
+            return json_response({"message": self.message}, status=402, headers=self.headers)
         err: Dict[str, Any] = {"type": self.type, "message": self.message}
         if self.index is not None:
             err["index"] = self.index
@@ -101,46 +137,60 @@ class RateLimiter:
     """Fixed windows per access key, each starting at the key's first request after the last one.
 
     Anchoring the window on the first request (not on wall-clock multiples of the window) makes
-    "N requests then a 429" deterministic in tests.
+    "N requests then a 429" deterministic in tests. ``enforce=False`` only counts (for headers).
     """
 
-    def __init__(self, limit: int, window: float) -> None:
-        self.limit, self.window = int(limit), float(window)
+    def __init__(self, limit: int, window: float, enforce: bool = True) -> None:
+        self.limit, self.window, self.enforce = int(limit), float(window), enforce
         self._windows: Dict[str, List[float]] = {}
 
     def hit(self, owner: str, now: float) -> Tuple[bool, int, float]:
         """Count one request; return ``(allowed, remaining, reset_epoch)``."""
         w = self._windows.get(owner)
         if w is None or now >= w[0] + self.window:
+            if len(self._windows) > 100_000:  # many one-off keys: forget expired windows
+                self._windows = {k: v for k, v in self._windows.items() if now < v[0] + self.window}
             w = self._windows[owner] = [now, 0.0]
         reset = w[0] + self.window
-        if w[1] >= self.limit:
+        if w[1] >= self.limit and self.enforce:
             return False, 0, reset
         w[1] += 1
-        return True, self.limit - int(w[1]), reset
+        return True, max(0, self.limit - int(w[1])), reset
 
 
 # --------------------------------------------------------------------------- validation
 
 
+def _bad(index: int, message: str) -> ApiError:
+    return ApiError(400, "INVALID_EVENT", "event %d: %s" % (index, message), index)
+
+
+def parse_epoch(value: Any, index: int) -> float:
+    """A client ``epoch``: a number, or a string holding one (as Initial State's Node client sends)."""
+    t = type(value)
+    if t is int or t is float:
+        ep = float(value)
+    elif t is str and len(value) <= 64 and _EPOCH_STR_RE.fullmatch(value):
+        ep = float(value)
+    else:
+        raise _bad(index, "epoch must be a number of seconds (or a string holding one)")
+    if not (EPOCH_MIN <= ep <= EPOCH_MAX):  # also false for NaN
+        raise _bad(index, "epoch %r is outside years 1-9999" % (value if t is not str else value[:64]))
+    return ep
+
+
 def parse_timestamp(ev: Dict[str, Any], now: float, index: int, ignore_old: bool) -> float:
     """The event's epoch: ``epoch`` wins over ``iso8601``; none (or too old) means ``now``."""
     if "epoch" in ev:
-        ep = ev["epoch"]
-        if type(ep) not in (int, float):
-            raise ApiError(400, "INVALID_EVENT", "event %d: epoch must be a number of seconds" % index, index)
-        ep = float(ep)
+        ep = parse_epoch(ev["epoch"], index)
     elif "iso8601" in ev:
         iso = ev["iso8601"]
         if type(iso) is not str:
-            raise ApiError(400, "INVALID_EVENT", "event %d: iso8601 must be a string" % index, index)
-        try:
-            dt = datetime.fromisoformat(iso[:-1] + "+00:00" if iso.endswith(("Z", "z")) else iso)
-        except ValueError:
-            raise ApiError(400, "INVALID_EVENT", "event %d: bad iso8601 timestamp %r" % (index, iso), index) from None
-        if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=timezone.utc)
-        ep = dt.timestamp()
+            raise _bad(index, "iso8601 must be a string")
+        parsed = parse_iso8601(iso) if len(iso) <= 64 else None
+        if parsed is None:
+            raise _bad(index, "bad iso8601 timestamp %r" % iso[:64])
+        ep = parsed
     else:
         return now
     if ignore_old and ep <= now - TEN_YEARS:
@@ -153,9 +203,7 @@ def encode_value(value: Any, index: int, max_chars: int) -> Tuple[str, Optional[
     t = type(value)
     if t is str:
         if len(value) > max_chars:
-            raise ApiError(
-                400, "INVALID_EVENT", "event %d: value longer than %d characters" % (index, max_chars), index
-            )
+            raise _bad(index, "value longer than %d characters" % max_chars)
         return orjson.dumps(value).decode(), None
     if t is bool:
         return ("true" if value else "false"), None
@@ -163,12 +211,10 @@ def encode_value(value: Any, index: int, max_chars: int) -> Tuple[str, Optional[
         return str(value), float(value)
     if t is float:
         if not math.isfinite(value):
-            raise ApiError(400, "INVALID_EVENT", "event %d: value is not finite" % index, index)
+            raise _bad(index, "value is not finite")
         return orjson.dumps(value).decode(), value
     kind = "null" if value is None else ("an object" if t is dict else ("an array" if t is list else t.__name__))
-    raise ApiError(
-        400, "INVALID_EVENT", "event %d: value must be a string, boolean or number, not %s" % (index, kind), index
-    )
+    raise _bad(index, "value must be a string, boolean or number, not %s" % kind)
 
 
 def parse_events(payload: Any, now: float, config: CollectorConfig) -> List[EventRow]:
@@ -192,11 +238,11 @@ def parse_events(payload: Any, now: float, config: CollectorConfig) -> List[Even
             raise ApiError(400, "INVALID_EVENT", "event %d is not an object" % i, i)
         key = ev.get("key")
         if type(key) is not str or not key:
-            raise ApiError(400, "INVALID_EVENT", "event %d: key must be a non-empty string" % i, i)
+            raise _bad(i, "key must be a non-empty string")
         if len(key) > max_key:
-            raise ApiError(400, "INVALID_EVENT", "event %d: key longer than %d characters" % (i, max_key), i)
+            raise _bad(i, "key longer than %d characters" % max_key)
         if "value" not in ev:
-            raise ApiError(400, "INVALID_EVENT", "event %d: value is required" % i, i)
+            raise _bad(i, "value is required")
         vj, vn = encode_value(ev["value"], i, max_value)
         if "epoch" in ev or "iso8601" in ev:
             ep = parse_timestamp(ev, now, i, ignore_old)
@@ -207,13 +253,20 @@ def parse_events(payload: Any, now: float, config: CollectorConfig) -> List[Even
 
 
 def parse_url_value(text: str) -> Any:
-    """A URL-parameter value: JSON-style number, ``true``/``false``, else the string itself."""
+    """A URL-parameter value: a JSON-style number that fits (int64, finite float),
+    ``true``/``false``, else the string itself (so 400 digits stay an exact string)."""
     if text == "true":
         return True
     if text == "false":
         return False
+    if len(text) > 400:
+        return text
     if _INT_RE.fullmatch(text):
-        return int(text)
+        if len(text) <= 20:
+            n = int(text)
+            if -(2**63) <= n < 2**63:
+                return n
+        return text
     if _FLOAT_RE.fullmatch(text):
         f = float(text)
         if math.isfinite(f):
@@ -229,23 +282,73 @@ def validate_bucket_key(bucket_key: Any) -> str:
         raise ApiError(400, "INVALID_BUCKET_KEY", "bucketKey longer than 250 characters")
     if _BAD_BUCKET_CHARS.search(bucket_key):
         raise ApiError(400, "INVALID_BUCKET_KEY", "bucketKey must not contain : \" or '")
+    _check_text(bucket_key, "bucketKey")
     return bucket_key
+
+
+def _check_text(value: str, what: str) -> str:
+    """``value`` if it is valid UTF-8 text, else a 400 naming ``what``."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(400, "INVALID_ENCODING", "%s is not valid UTF-8" % what) from None
+    return value
 
 
 # --------------------------------------------------------------------------- the application
 
 CONFIG = web.AppKey("config", CollectorConfig)
 STORE = web.AppKey("store", Store)
-LIMITER = web.AppKey("limiter", object)
+LIMITER = web.AppKey("limiter", RateLimiter)
+HOSTS = web.AppKey("hosts", object)
+SERIES = web.AppKey("series", object)
 _RequestKey = getattr(web, "RequestKey", None)  # aiohttp >= 3.13 wants typed request keys
 _LOG: Any = _RequestKey("isstreamer_log", RequestLog) if _RequestKey else "isstreamer_log"
 _LOGGED: Any = _RequestKey("isstreamer_logged", bool) if _RequestKey else "isstreamer_logged"
 _EXTRA_HEADERS: Any = _RequestKey("isstreamer_headers", dict) if _RequestKey else "isstreamer_headers"
+#: Statuses of requests refused before their key was known: counted, never stored in the log.
+_COUNT_ONLY = (401, 403)
+#: Answers after which the connection is closed (the rest of the body is not worth reading).
+_CLOSE_AFTER = (401, 403, 408, 413)
+#: At most this long is spent reading (and dropping) the rest of a refused body.
+DRAIN_SECONDS = 2.0
 
 
-def _is_write_api(request: web.Request) -> bool:
+def _is_write(request: web.Request) -> bool:
+    path, method = request.path, request.method
+    return path == "/api/events" or (path == "/api/buckets" and method == "POST") or (
+        method == "DELETE" and path.startswith("/api/buckets/")
+    )
+
+
+def _is_logged(request: web.Request) -> bool:
     path = request.path
     return path == "/api/events" or (path == "/api/buckets" and request.method == "POST")
+
+
+@web.middleware
+async def guard_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Refuse unknown ``Host`` headers (DNS rebinding) and writes a browser marks cross-site."""
+    hosts: Optional[HostPolicy] = request.app.get(HOSTS)  # type: ignore[assignment]
+    config = request.app[CONFIG]
+    err: Optional[ApiError] = None
+    if hosts is not None and not hosts.allows(request.headers.get("Host")):
+        err = ApiError(403, "HOST_NOT_ALLOWED", "Host %r is not this collector (start it with --allowed-host NAME)"
+                       % st.cap_text(request.headers.get("Host"), 100))
+    elif _is_write(request):
+        reason = cross_site_reason(request.headers, config.allowed_origins)
+        if reason is not None:
+            err = ApiError(403, "CROSS_SITE_REFUSED", "refused a write from another site (%s); "
+                           "start the collector with --allow-origin ORIGIN to accept it" % reason)
+    if err is None:
+        return await handler(request)
+    resp = err.response()
+    resp.force_close()
+    if _is_logged(request):
+        await asyncio.wrap_future(request.app[STORE].call_write(lambda c: st.count_status(c, 403)))
+    return resp
 
 
 @web.middleware
@@ -255,7 +358,7 @@ async def api_middleware(
     """JSON errors for /api and /data paths, ``X-Request-Id``, and the write-request log."""
     uid = uuid.uuid4().hex
     entry: Optional[RequestLog] = None
-    if _is_write_api(request):
+    if _is_logged(request):
         h = request.headers
         entry = RequestLog(
             request_uid=uid,
@@ -290,36 +393,151 @@ async def api_middleware(
     if extra:
         resp.headers.update(extra)
     resp.headers["X-Request-Id"] = uid
+    if resp.status in _CLOSE_AFTER or not request.content.at_eof():
+        resp.force_close()
+        max_body = request.app[CONFIG].max_body
+        if not request.content.at_eof() and (request.content_length or 0) <= max_body:
+            # read (never inflate) what is left of a body of acceptable size, so that a client
+            # still sending it gets this answer rather than a reset connection
+            await _drain(request, max_body, DRAIN_SECONDS)
     if entry is not None and not request.get(_LOGGED):
-        entry.status = resp.status
-        await asyncio.wrap_future(request.app[STORE].call_write(lambda c: st.log_request(c, entry)))
+        store = request.app[STORE]
+        if resp.status in _COUNT_ONLY:
+            status = resp.status
+            await asyncio.wrap_future(store.call_write(lambda c: st.count_status(c, status)))
+        else:
+            entry.status = resp.status
+            await asyncio.wrap_future(store.call_write(lambda c: st.log_request(c, entry)))
     return resp
 
 
-def _access_key(request: web.Request, required: bool = True) -> Optional[str]:
-    """The request's access key (header or ``accessKey`` parameter), checked against config."""
+# --------------------------------------------------------------------------- keys
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request: ``owner`` (sha256 of the access key, None without a key) and whether
+    the key is an admin key."""
+
+    owner: Optional[str]
+    admin: bool = False
+
+
+def _raw_key(request: web.Request) -> Optional[str]:
     key = request.headers.get("X-IS-AccessKey") or request.query.get("accessKey")
+    return _check_text(key, "the access key") if key else None
+
+
+def _caller(request: web.Request, required: bool) -> Caller:
+    """The request's caller; 401 when a key is needed (``required``, or keys configured) and
+    missing or unknown."""
     config = request.app[CONFIG]
+    key = _raw_key(request)
     if not key:
-        if not required:
-            return None
-        raise ApiError(401, "UNAUTHORIZED", "missing access key (X-IS-AccessKey header or accessKey parameter)")
-    if config.access_keys and key not in config.access_keys:
+        if required or config.keys_required:
+            raise ApiError(401, "UNAUTHORIZED", "missing access key (X-IS-AccessKey header or accessKey parameter)")
+        return Caller(None)
+    if key in config.admin_keys:
+        return Caller(st.hash_access_key(key), admin=True)
+    if config.keys_required and key not in config.access_keys:
         raise ApiError(401, "UNAUTHORIZED", "unknown access key")
-    return key
+    return Caller(st.hash_access_key(key))
+
+
+def _write_caller(request: web.Request) -> Caller:
+    caller = _caller(request, required=True)
+    entry: Optional[RequestLog] = request.get(_LOG)
+    if entry is not None:
+        entry.owner = caller.owner
+    return caller
+
+
+def _read_scope(request: web.Request) -> Optional[str]:
+    """The owner filter of a read: the caller's own buckets; ``owner=`` (a hash prefix) only for
+    an admin key (or in any-key mode, where reads are open anyway)."""
+    caller = _caller(request, required=False)
+    owner = request.query.get("owner")
+    if owner:
+        if request.app[CONFIG].keys_required and not caller.admin:
+            raise ApiError(403, "FORBIDDEN", "owner= needs an admin key")
+        if not re.fullmatch(r"[0-9a-fA-F]{1,64}", owner):
+            raise ApiError(400, "INVALID_PARAMETER", "owner must be a hexadecimal key hash prefix")
+        return owner.lower()
+    if caller.admin:
+        return None
+    return caller.owner
+
+
+# --------------------------------------------------------------------------- bodies
+
+
+async def _drain(request: web.Request, limit: int, timeout: float) -> None:
+    """Read and drop up to ``limit`` more raw bytes of the body (so a short error answer reaches
+    a client still sending), for at most ``timeout`` seconds."""
+    async def drop() -> None:
+        left = limit
+        while left > 0:
+            chunk = await request.content.readany()
+            if not chunk:
+                return
+            left -= len(chunk)
+
+    try:
+        await asyncio.wait_for(drop(), timeout)
+    except Exception:  # noqa: BLE001 - best effort: timeout, reset, payload errors
+        pass
+
+
+def _decompressor(encoding: str) -> Optional[Any]:
+    """A zlib decompressor for the body's ``Content-Encoding`` (None: identity), or a 400."""
+    enc = encoding.strip().lower()
+    if enc in ("", "identity"):
+        return None
+    if enc in ("gzip", "x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if enc == "deflate":
+        return zlib.decompressobj(32 + zlib.MAX_WBITS)  # zlib or gzip header, detected
+    raise ApiError(400, "INVALID_BODY", "unsupported Content-Encoding %r (gzip, deflate or none)" % enc[:40])
+
+
+async def _read_raw(request: web.Request, max_body: int, d: Optional[Any]) -> bytes:
+    """The body, decompressed as it streams in; 413 once it passes ``max_body`` (either side)."""
+    too_big = ApiError(413, "PAYLOAD_TOO_LARGE", "body over %d bytes" % max_body)
+    out = bytearray()
+    raw = 0
+    while True:
+        chunk = await request.content.readany()
+        if not chunk:
+            break
+        raw += len(chunk)
+        if raw > max_body:
+            raise too_big
+        if d is None:
+            out += chunk
+            continue
+        try:
+            out += d.decompress(chunk, max_body + 1 - len(out))
+        except zlib.error as exc:
+            raise ApiError(400, "INVALID_BODY", "cannot decompress the body: %s" % exc) from None
+        if len(out) > max_body or d.unconsumed_tail:
+            raise too_big
+    if d is not None and not d.eof:
+        raise ApiError(400, "INVALID_BODY", "cannot decompress the body: it is truncated")
+    return bytes(out)
 
 
 async def _read_body(request: web.Request) -> bytes:
-    """The (decompressed) body, or a 413 when it is over ``max_body``."""
-    max_body = request.app[CONFIG].max_body
-    if not request.headers.get("Content-Encoding") and (request.content_length or 0) > max_body:
+    """The (decompressed) body: at most ``max_body`` bytes read and produced, within
+    ``body_timeout`` seconds (408 past it)."""
+    config = request.app[CONFIG]
+    max_body = config.max_body
+    if (request.content_length or 0) > max_body:
         raise ApiError(413, "PAYLOAD_TOO_LARGE", "body over %d bytes" % max_body)
+    d = _decompressor(request.headers.get("Content-Encoding", ""))
     try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise ApiError(413, "PAYLOAD_TOO_LARGE", "body over %d bytes" % max_body) from None
-    except RequestPayloadError as exc:  # e.g. Content-Encoding: gzip on a body that is not gzip
-        raise ApiError(400, "INVALID_BODY", "cannot read the body: %s" % str(exc).strip()) from None
+        return await asyncio.wait_for(_read_raw(request, max_body, d), config.body_timeout)
+    except asyncio.TimeoutError:
+        raise ApiError(408, "REQUEST_TIMEOUT", "the body did not arrive within %gs" % config.body_timeout) from None
 
 
 def _loads(body: bytes) -> Any:
@@ -331,13 +549,27 @@ def _loads(body: bytes) -> Any:
         raise ApiError(400, "INVALID_JSON", "body is not valid JSON: %s" % exc) from None
 
 
+# --------------------------------------------------------------------------- write API
+
+
 async def post_buckets(request: web.Request) -> web.Response:
-    """``POST /api/buckets``: create a bucket (201), or 204 when it exists."""
-    access_key = _access_key(request)
-    assert access_key is not None
-    payload = _loads(await _read_body(request))
-    if type(payload) is not dict:
-        raise ApiError(400, "INVALID_JSON", "body must be a JSON object")
+    """``POST /api/buckets``: create a bucket (201), or 204 when it exists.
+
+    The bucket comes from a JSON body or, without one, from the ``bucketKey``, ``bucketName``
+    (and ``tags``, comma separated) URL parameters.
+    """
+    caller = _write_caller(request)
+    assert caller.owner is not None
+    body = await _read_body(request)
+    if body.strip() or "bucketKey" not in request.query:
+        payload = _loads(body)
+        if type(payload) is not dict:
+            raise ApiError(400, "INVALID_JSON", "body must be a JSON object")
+    else:
+        q = request.query
+        payload = {"bucketKey": q.get("bucketKey"), "bucketName": q.get("bucketName", "")}
+        if q.get("tags"):
+            payload["tags"] = [t for t in q["tags"].split(",") if t]
     bucket_key = validate_bucket_key(payload.get("bucketKey"))
     entry: RequestLog = request[_LOG]
     entry.bucket_key = bucket_key
@@ -346,13 +578,13 @@ async def post_buckets(request: web.Request) -> web.Response:
         name = ""
     if type(name) is not str or len(name) > 250:
         raise ApiError(400, "INVALID_BUCKET_NAME", "bucketName must be a string of at most 250 characters")
+    _check_text(name, "bucketName")
     tags = payload.get("tags", [])
     if tags is None:
         tags = []
     if type(tags) is not list or not all(type(t) is str for t in tags):
         raise ApiError(400, "INVALID_TAGS", "tags must be an array of strings")
-    owner = st.hash_access_key(access_key)
-    entry.owner = owner
+    owner = caller.owner
     now = time.time()
     result = await asyncio.wrap_future(
         request.app[STORE].call_write(lambda c: st.create_bucket(c, owner, bucket_key, name, tags, now, entry))
@@ -367,50 +599,58 @@ async def post_buckets(request: web.Request) -> web.Response:
     raise err
 
 
+def _rate_limit(request: web.Request, owner: str, now: float) -> None:
+    """Count the request; set the ``X-RateLimit-*`` headers; 429 past a configured limit."""
+    limiter = request.app[LIMITER]
+    allowed, remaining, reset = limiter.hit(owner, now)
+    request[_EXTRA_HEADERS] = {
+        "X-RateLimit-Limit": str(limiter.limit),
+        "X-RateLimit-Remaining": str(remaining),
+        "X-RateLimit-Reset": str(int(math.ceil(reset))),
+    }
+    if not allowed:
+        retry = max(1, int(math.ceil(reset - now)))
+        raise ApiError(
+            429, "RATE_LIMITED", "rate limit of %d requests per %gs exceeded" % (limiter.limit, limiter.window),
+            headers={"Retry-After": str(retry)},
+        )
+
+
+def _url_events(request: web.Request, base: int, now: float, config: CollectorConfig) -> List[EventRow]:
+    pairs = [(k, v) for k, v in request.query.items() if k not in ("accessKey", "bucketKey")]
+    for k, v in pairs:
+        _check_text(k, "a URL parameter name")
+        _check_text(v, "the value of URL parameter %r" % k[:50])
+    try:
+        return parse_events([{"key": k, "value": parse_url_value(v)} for k, v in pairs], now, config)
+    except ApiError as exc:
+        if exc.index is not None:
+            exc.index += base
+        raise
+
+
 async def events(request: web.Request) -> web.Response:
     """``GET|POST /api/events``: store one event, an array, or URL-parameter events (204)."""
     app = request.app
     config = app[CONFIG]
     entry: RequestLog = request[_LOG]
-    access_key = _access_key(request)
-    assert access_key is not None
-    owner = st.hash_access_key(access_key)
-    entry.owner = owner
+    caller = _write_caller(request)
+    owner = caller.owner
+    assert owner is not None
     now = time.time()
-    limiter: Optional[RateLimiter] = app[LIMITER]  # type: ignore[assignment]
-    if limiter is not None:
-        allowed, remaining, reset = limiter.hit(owner, now)
-        headers = {
-            "X-RateLimit-Limit": str(limiter.limit),
-            "X-RateLimit-Remaining": str(remaining),
-            "X-RateLimit-Reset": str(int(math.ceil(reset))),
-        }
-        request[_EXTRA_HEADERS] = headers
-        if not allowed:
-            retry = max(1, int(math.ceil(reset - now)))
-            raise ApiError(
-                429, "RATE_LIMITED", "rate limit of %d requests per %gs exceeded" % (limiter.limit, limiter.window),
-                headers={"Retry-After": str(retry)},
-            )
+    _rate_limit(request, owner, now)
     bucket_key = validate_bucket_key(request.headers.get("X-IS-BucketKey") or request.query.get("bucketKey"))
     entry.bucket_key = bucket_key
 
     rows: List[EventRow] = []
-    url_pairs = [(k, v) for k, v in request.query.items() if k not in ("accessKey", "bucketKey")]
+    has_url_events = any(k not in ("accessKey", "bucketKey") for k in request.query)
     has_body = request.method == "POST" and (request.can_read_body or (request.content_length or 0) > 0)
-    if has_body or not url_pairs:
+    if has_body or not has_url_events:
         body = await _read_body(request)
-        if body.strip() or not url_pairs:
+        if body.strip() or not has_url_events:
             rows = parse_events(_loads(body), now, config)
-    if url_pairs:
-        base = len(rows)
-        url_events = [{"key": k, "value": parse_url_value(v)} for k, v in url_pairs]
-        try:
-            rows.extend(parse_events(url_events, now, config))
-        except ApiError as exc:
-            if exc.index is not None:
-                exc.index += base
-            raise
+    if has_url_events:
+        rows.extend(_url_events(request, len(rows), now, config))
     received = time.time()
     quota = config.monthly_quota
     result = await asyncio.wrap_future(
@@ -427,19 +667,12 @@ async def events(request: web.Request) -> web.Response:
 # --------------------------------------------------------------------------- read API
 
 
-def _owner_filter(request: web.Request) -> Optional[str]:
-    """Owner filter of a read request: ``owner`` (hash prefix) or an access key."""
-    owner = request.query.get("owner")
-    if owner:
-        return owner.lower()
-    key = request.headers.get("X-IS-AccessKey") or request.query.get("accessKey")
-    return st.hash_access_key(key) if key else None
-
-
 def _float_param(request: web.Request, name: str) -> Optional[float]:
     raw = request.query.get(name)
     if raw is None or raw == "":
         return None
+    if len(raw) > 64:
+        raise ApiError(400, "INVALID_PARAMETER", "%s must be a number" % name)
     try:
         value = float(raw)
     except ValueError:
@@ -463,16 +696,16 @@ def _merge_buckets(found: List[Dict[str, Any]]) -> Dict[str, Any]:
 
 async def _find(request: web.Request) -> Tuple[Dict[str, Any], List[int]]:
     bucket_key = request.match_info["bucketKey"]
-    owner = _owner_filter(request)
+    owner = _read_scope(request)
     found = await asyncio.wrap_future(request.app[STORE].call_read(lambda c: st.find_buckets(c, bucket_key, owner)))
     if not found:
-        raise ApiError(404, "BUCKET_NOT_FOUND", "no bucket %r" % bucket_key)
+        raise ApiError(404, "BUCKET_NOT_FOUND", "no bucket %r" % bucket_key[:250])
     return _merge_buckets(found), [b["id"] for b in found]
 
 
 async def list_buckets(request: web.Request) -> web.Response:
-    """``GET /api/buckets``: every bucket (key, name, created, auto_created, event_count ...)."""
-    owner = _owner_filter(request)
+    """``GET /api/buckets``: the caller's buckets (key, name, created, auto_created, event_count ...)."""
+    owner = _read_scope(request)
     buckets = await asyncio.wrap_future(request.app[STORE].call_read(lambda c: st.list_buckets(c, owner)))
     return json_response({"buckets": buckets})
 
@@ -484,12 +717,24 @@ async def get_bucket(request: web.Request) -> web.Response:
 
 
 async def delete_bucket(request: web.Request) -> web.Response:
-    """``DELETE /api/buckets/{bucketKey}``: mark the bucket removed (admin; 204, or 404)."""
+    """``DELETE /api/buckets/{bucketKey}``: mark the caller's bucket removed (204, or 404).
+
+    Needs the owning access key, or an admin key with ``owner=`` when several owners have a
+    bucket with this key; never removes another owner's bucket.
+    """
     bucket_key = request.match_info["bucketKey"]
-    owner = _owner_filter(request)
-    n = await asyncio.wrap_future(request.app[STORE].call_write(lambda c: st.remove_bucket(c, bucket_key, owner)))
+    caller = _caller(request, required=True)
+    if caller.admin:
+        owner = _read_scope(request)
+    elif request.query.get("owner"):
+        raise ApiError(403, "FORBIDDEN", "owner= needs an admin key")
+    else:
+        owner = caller.owner
+    n = await asyncio.wrap_future(request.app[STORE].call_write(lambda c: st.remove_one_bucket(c, bucket_key, owner)))
+    if n < 0:
+        raise ApiError(409, "AMBIGUOUS_OWNER", "several owners have bucket %r: add owner=" % bucket_key[:250])
     if not n:
-        raise ApiError(404, "BUCKET_NOT_FOUND", "no bucket %r to remove" % bucket_key)
+        raise ApiError(404, "BUCKET_NOT_FOUND", "no bucket %r to remove" % bucket_key[:250])
     return web.Response(status=204)
 
 
@@ -498,6 +743,63 @@ async def bucket_latest(request: web.Request) -> web.Response:
     info, ids = await _find(request)
     latest = await asyncio.wrap_future(request.app[STORE].call_read(lambda c: st.latest_values(c, ids)))
     return json_response({"bucket": info, "latest": latest})
+
+
+class SeriesCache:
+    """The last reduced series of each (buckets, columns), so that dashboards polling a bucket
+    that keeps receiving events cost a bounded share of a core: a series is recomputed at most
+    every ``max(min_interval, cost_factor * seconds the last computation took)``."""
+
+    def __init__(self, size: int = 64, min_interval: float = 1.0, cost_factor: float = 4.0) -> None:
+        self.size, self.min_interval, self.cost_factor = size, min_interval, cost_factor
+        self._entries: Dict[Tuple[Tuple[int, ...], int], Tuple[int, float, float, Any]] = {}
+
+    def get(self, key: Tuple[Tuple[int, ...], int], count: int, now: float) -> Optional[Tuple[int, Any]]:
+        """``(count the series reflect, series)`` if still usable for a bucket holding ``count``."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        done_count, done_at, cost, data = entry
+        if done_count == count or now - done_at < max(self.min_interval, self.cost_factor * cost):
+            return done_count, data
+        return None
+
+    def put(self, key: Tuple[Tuple[int, ...], int], count: int, now: float, cost: float, data: Any) -> None:
+        """Remember a computed series."""
+        if len(self._entries) >= self.size and key not in self._entries:
+            self._entries.pop(next(iter(self._entries)))
+        self._entries[key] = (count, now, cost, data)
+
+
+async def bucket_dashboard(request: web.Request) -> web.Response:
+    """``GET /api/buckets/{bucketKey}/dashboard?columns=N&known=C``: one refresh of a dashboard.
+
+    The bucket, the latest value of each key and, unless the series drawn already reflect the
+    bucket's ``known`` event count, ``series`` (each numeric key reduced to at most ``columns``
+    min/max columns over its time range) with ``series_count``, the event count they reflect.
+    """
+    info, ids = await _find(request)
+    columns_f = _float_param(request, "columns")
+    columns = 600 if columns_f is None else max(2, min(int(columns_f), 4000))
+    known = _float_param(request, "known")
+    count = info["event_count"]
+    store = request.app[STORE]
+    latest = await asyncio.wrap_future(store.call_read(lambda c: st.latest_values(c, ids)))
+    out: Dict[str, Any] = {"bucket": info, "latest": latest}
+    if known is not None and int(known) == count:
+        return json_response(out)
+    cache: SeriesCache = request.app[SERIES]  # type: ignore[assignment]
+    key = (tuple(ids), columns)
+    cached = cache.get(key, count, time.monotonic())
+    if cached is None:
+        t0 = time.monotonic()
+        data = await asyncio.wrap_future(store.call_read(lambda c: st.series(c, ids, columns)))
+        done = time.monotonic()
+        cache.put(key, count, done, done - t0, data)
+        cached = (count, data)
+    if known is None or int(known) != cached[0]:
+        out["series_count"], out["series"] = cached
+    return json_response(out)
 
 
 async def bucket_events(request: web.Request) -> web.Response:
@@ -520,8 +822,13 @@ async def bucket_events(request: web.Request) -> web.Response:
 
 
 async def get_stats(request: web.Request) -> web.Response:
-    """``GET /api/stats``: events stored, buckets, write requests and per-status counts."""
-    data = await asyncio.wrap_future(request.app[STORE].call_read(st.stats))
+    """``GET /api/stats``: events stored and buckets (the caller's), write requests and
+    per-status counts (any-key mode or an admin key)."""
+    owner = _read_scope(request)
+    config = request.app[CONFIG]
+    caller = _caller(request, required=False)
+    everything = not config.keys_required or caller.admin
+    data = await asyncio.wrap_future(request.app[STORE].call_read(lambda c: st.stats(c, owner, everything)))
     return json_response(data)
 
 
@@ -532,10 +839,9 @@ async def versions(request: web.Request) -> web.Response:
 
 async def data_latest(request: web.Request) -> web.Response:
     """``GET /data/v1/events/latest?key=``: ``{key: {"value", "epoch", "date"}}`` (compat read API)."""
-    access_key = _access_key(request)
-    assert access_key is not None
+    caller = _caller(request, required=True)
     bucket_key = validate_bucket_key(request.headers.get("X-IS-BucketKey") or request.query.get("bucketKey"))
-    owner = st.hash_access_key(access_key)
+    owner = caller.owner
     found = await asyncio.wrap_future(request.app[STORE].call_read(lambda c: st.find_buckets(c, bucket_key, owner)))
     if not found:
         raise ApiError(404, "BUCKET_NOT_FOUND", "no bucket %r" % bucket_key)
@@ -575,12 +881,23 @@ async def no_cache_static(
     return resp
 
 
-def create_app(config: CollectorConfig, store: Store) -> web.Application:
-    """Build the collector application over an open :class:`Store`."""
-    app = web.Application(client_max_size=config.max_body, middlewares=[api_middleware, no_cache_static])
+def create_app(config: CollectorConfig, store: Store, bound: Optional[Tuple[str, int]] = None) -> web.Application:
+    """Build the collector application over an open :class:`Store`.
+
+    ``bound`` is the listening ``(host, port)``: requests must then carry a ``Host`` header naming
+    it (or one of ``config.allowed_hosts``).
+    """
+    app = web.Application(client_max_size=config.max_body,
+                          middlewares=[guard_middleware, api_middleware, no_cache_static])
     app[CONFIG] = config
     app[STORE] = store
-    app[LIMITER] = RateLimiter(*config.rate_limit) if config.rate_limit else None  # type: ignore[assignment]
+    if config.rate_limit:
+        app[LIMITER] = RateLimiter(*config.rate_limit)
+    else:
+        app[LIMITER] = RateLimiter(UNLIMITED_RATE, DEFAULT_RATE_WINDOW, enforce=False)
+    if bound is not None:
+        app[HOSTS] = HostPolicy(bound[0], bound[1], config.allowed_hosts)
+    app[SERIES] = SeriesCache()
     r = app.router
     r.add_post("/api/buckets", post_buckets)
     r.add_get("/api/buckets", list_buckets)
@@ -588,6 +905,7 @@ def create_app(config: CollectorConfig, store: Store) -> web.Application:
     r.add_get("/api/stats", get_stats)
     r.add_get("/api/versions", versions)
     r.add_get("/api/buckets/{bucketKey:.+}/latest", bucket_latest)
+    r.add_get("/api/buckets/{bucketKey:.+}/dashboard", bucket_dashboard)
     r.add_get("/api/buckets/{bucketKey:.+}/events", bucket_events)
     r.add_get("/api/buckets/{bucketKey:.+}", get_bucket)
     r.add_delete("/api/buckets/{bucketKey:.+}", delete_bucket)
@@ -605,8 +923,19 @@ def make_config(
     max_body: int = 1_000_000,
     max_key_chars: int = 250,
     ignore_old_timestamps: bool = True,
+    **options: Any,
 ) -> CollectorConfig:
-    """A :class:`CollectorConfig` from plain arguments (as the server and CLI take them)."""
+    """A :class:`CollectorConfig` from plain arguments (as the server and CLI take them).
+
+    ``options`` are the other :class:`CollectorConfig` fields; key, host and origin lists may be
+    any iterable.
+    """
+    for name in ("admin_keys", "allowed_hosts", "allowed_origins"):
+        if name in options:
+            values = (v.strip() for v in options[name] or ())
+            if name == "allowed_origins":
+                values = (v.rstrip("/").lower() for v in values)
+            options[name] = frozenset(v for v in values if v)
     return CollectorConfig(
         access_keys=frozenset(k for k in access_keys if k),
         rate_limit=(int(rate_limit[0]), float(rate_limit[1])) if rate_limit else None,
@@ -614,4 +943,5 @@ def make_config(
         max_body=int(max_body),
         max_key_chars=int(max_key_chars),
         ignore_old_timestamps=ignore_old_timestamps,
+        **options,
     )

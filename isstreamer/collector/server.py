@@ -23,7 +23,8 @@ from aiohttp import web
 
 from . import store as st
 from .app import CollectorConfig, create_app, make_config
-from .store import Store
+from .security import ConnectionGuard, GuardedProtocol
+from .store import LogBounds, Store
 
 __all__ = ["CollectorServer", "run_collector"]
 
@@ -47,23 +48,73 @@ def _url(host: str, port: int) -> str:
     return "http://%s:%d" % (host, port)
 
 
+class _GuardedSite(web.SockSite):
+    """A SockSite whose connections go through a :class:`ConnectionGuard`.
+
+    ``accept_batch`` is how many connections asyncio accepts in one go (its ``backlog``
+    argument); kept small enough that the guard's cap plus one batch fit in the file limit.
+    """
+
+    def __init__(self, runner: web.BaseRunner, sock: socket.socket, guard: ConnectionGuard, accept_batch: int) -> None:
+        super().__init__(runner, sock, backlog=accept_batch)
+        self._guard = guard
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        loop = asyncio.get_running_loop()
+        server = self._runner.server
+        assert server is not None
+        guard = self._guard
+        self._server = await loop.create_server(
+            lambda: GuardedProtocol(server(), guard), sock=self._sock, backlog=self._backlog
+        )
+
+
 async def _start(
     config: CollectorConfig, store: Store, sock: socket.socket, shutdown_timeout: float
 ) -> web.AppRunner:
-    app = create_app(config, store)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout)
+    host, port = sock.getsockname()[:2]
+    app = create_app(config, store, bound=(host, port))
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout,
+        auto_decompress=False,  # bodies are decompressed by the handlers, with a cap
+        keepalive_timeout=max(1.0, config.header_timeout),
+    )
     await runner.setup()
-    site = web.SockSite(runner, sock)
+    cap, batch = _connection_limits(config.max_connections)
+    site = _GuardedSite(runner, sock, ConnectionGuard(cap, config.header_timeout), batch)
     await site.start()
     return runner
+
+
+def _connection_limits(wanted: int) -> Tuple[int, int]:
+    """``(connection cap, accept batch)``: ``wanted`` connections and batches of 128, both
+    lowered so that they fit the process's file limit with room for the database and the
+    listening socket (a connection accepted beyond the limit could not even be refused)."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):  # pragma: no cover - not POSIX
+        return wanted, 128
+    if soft == resource.RLIM_INFINITY:
+        return wanted, 128
+    spare = max(8, soft - 48)
+    cap = max(4, min(wanted, spare * 2 // 3))
+    return cap, max(4, min(128, spare - cap))
+
+
+def _log_bounds(config: CollectorConfig) -> LogBounds:
+    return LogBounds(rows=config.log_rows, max_age=config.log_days * 86400.0)
 
 
 class CollectorServer:
     """A collector running on its own event loop in a background thread.
 
     ``db_path=None`` uses a temporary file that lives as long as this object. ``port=0`` picks a
-    free port (see :attr:`url` after :meth:`start`). The other arguments are those of
-    :class:`~isstreamer.collector.app.CollectorConfig`. The ``events``/``buckets``/... helpers read
+    free port (see :attr:`url` after :meth:`start`). The other arguments (``options``: admin_keys,
+    allowed_hosts, allowed_origins, max_connections, header_timeout, body_timeout, log_rows,
+    log_days) are those of :class:`~isstreamer.collector.app.CollectorConfig`. The ``events``/``buckets``/... helpers read
     the database on a fresh sqlite3 connection and work before and after :meth:`stop`.
     """
 
@@ -80,6 +131,7 @@ class CollectorServer:
         *,
         ignore_old_timestamps: bool = True,
         shutdown_timeout: float = 10.0,
+        **options: Any,
     ) -> None:
         self._tmpdir: Optional[tempfile.TemporaryDirectory] = None
         if db_path is None:
@@ -89,7 +141,7 @@ class CollectorServer:
         self.host = host
         self.port = port
         self.config: CollectorConfig = make_config(
-            access_keys, rate_limit, monthly_quota, max_body, max_key_chars, ignore_old_timestamps
+            access_keys, rate_limit, monthly_quota, max_body, max_key_chars, ignore_old_timestamps, **options
         )
         self.shutdown_timeout = shutdown_timeout
         self._store: Optional[Store] = None
@@ -115,9 +167,10 @@ class CollectorServer:
         """Open the database, start listening in a background thread; return once ready."""
         if self._thread is not None:
             raise RuntimeError("CollectorServer already started")
+        st.private_dir(os.path.dirname(os.path.abspath(self.db_path)))
         sock = _bind(self.host, self.port)
         self.port = sock.getsockname()[1]
-        store = self._store = Store(self.db_path)
+        store = self._store = Store(self.db_path, log_bounds=_log_bounds(self.config))
         loop = asyncio.new_event_loop()
         ready = threading.Event()
         failure: List[BaseException] = []
@@ -236,21 +289,23 @@ def run_collector(
     *,
     shutdown_timeout: float = 10.0,
     announce: Optional[Callable[[str], None]] = None,
+    **options: Any,
 ) -> None:
     """Serve in the foreground until SIGINT or SIGTERM, then shut down gracefully.
 
-    ``db=None`` means ``collector.db`` in the current directory. Once listening, ``announce`` (by
-    default a line on stdout) is called with ``"isstreamer collector listening on URL"``.
+    ``db=None`` means ``collector.db`` in the current directory (created 0600; missing
+    directories 0700). ``options`` are further :class:`CollectorConfig` fields. Once listening,
+    ``announce`` (by default a line on stdout) is called with
+    ``"isstreamer collector listening on URL"``.
     """
-    config = make_config(access_keys, rate_limit, monthly_quota, max_body, max_key_chars)
+    config = make_config(access_keys, rate_limit, monthly_quota, max_body, max_key_chars, **options)
     db_path = db or "collector.db"
-    parent = os.path.dirname(os.path.abspath(db_path))
-    os.makedirs(parent, exist_ok=True)
+    st.private_dir(os.path.dirname(os.path.abspath(db_path)))
 
     async def main() -> None:
         sock = _bind(host, port)
         real_port = sock.getsockname()[1]
-        store = Store(db_path)
+        store = Store(db_path, log_bounds=_log_bounds(config))
         try:
             runner = await _start(config, store, sock, shutdown_timeout)
             stop = asyncio.Event()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import os
 import sqlite3
 import threading
 import time
@@ -114,6 +115,61 @@ def month_of(epoch: float) -> str:
     return time.strftime("%Y-%m", time.gmtime(epoch))
 
 
+#: Longest text kept in a column of the request log (longer values are cut, marked with "…").
+LOG_FIELD_CHARS = 200
+#: The request log is pruned to its bounds every this many rows.
+_PRUNE_EVERY = 256
+
+
+def private_dir(path: str) -> None:
+    """Create ``path`` and its missing parents as 0700; existing directories are left as they are."""
+    path = os.path.abspath(path)
+    missing = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:
+            pass
+        os.chmod(d, 0o700)  # mkdir's mode is reduced by the umask
+
+
+def private_file(path: str) -> None:
+    """Create the database file 0600 if missing; tighten it and its WAL/SHM files to 0600.
+
+    SQLite creates ``-wal`` and ``-shm`` with the database file's permissions, so a 0600
+    database keeps every event and key hash unreadable to other local users.
+    """
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    os.close(fd)
+    for name in (path, path + "-wal", path + "-shm", path + "-journal"):
+        try:
+            if os.stat(name).st_mode & 0o077:
+                os.chmod(name, 0o600)
+        except FileNotFoundError:
+            pass
+        except PermissionError:  # not ours: leave it, SQLite will say if it cannot open it
+            pass
+
+
+def cap_text(value: Optional[str], limit: int = LOG_FIELD_CHARS) -> Optional[str]:
+    """``value`` cut to ``limit`` characters, with anything that is not valid UTF-8 replaced."""
+    if value is None:
+        return None
+    if len(value) > limit:
+        value = value[: limit - 1] + "\u2026"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "replace").decode("utf-8")
+    return value
+
+
 def connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
     """Open an autocommit connection with the collector's pragmas (WAL unless ``readonly``).
 
@@ -147,11 +203,12 @@ class RequestLog:
     user_agent: Optional[str] = None
 
     def row(self) -> tuple:
-        """Return the values in ``requests`` column order (without ``id``)."""
+        """Return the values in ``requests`` column order (without ``id``); text capped."""
+        c = cap_text
         return (
-            self.request_uid, self.time, self.method, self.path, self.status, self.error_type,
-            self.owner, self.bucket_key, self.events, self.body_bytes, self.content_type,
-            self.content_encoding, self.accept_version, self.user_agent,
+            self.request_uid, self.time, c(self.method), c(self.path), self.status, c(self.error_type),
+            self.owner, c(self.bucket_key, 250), self.events, self.body_bytes, c(self.content_type),
+            c(self.content_encoding), c(self.accept_version), c(self.user_agent),
         )
 
 
@@ -181,10 +238,37 @@ class IngestResult:
 # Each takes the writer connection and runs inside the writer thread (see Store.call_write).
 
 
+@dataclass(frozen=True)
+class LogBounds:
+    """How much of the request log is kept: at most ``rows`` rows, none older than ``max_age`` s."""
+
+    rows: int = 10_000
+    max_age: float = 7 * 86400.0
+
+
+#: Bounds of the request log, set by the Store that owns the writer connection.
+_BOUNDS: Dict[int, LogBounds] = {}
+
+
 def _log(conn: sqlite3.Connection, log: RequestLog) -> int:
     cur = conn.execute(_REQUEST_INSERT, log.row())
     conn.execute(_STATUS_UPSERT, (log.status,))
-    return int(cur.lastrowid or 0)
+    rid = int(cur.lastrowid or 0)
+    bounds = _BOUNDS.get(id(conn), LogBounds())
+    if rid % max(1, min(_PRUNE_EVERY, bounds.rows)) == 0:
+        prune_requests(conn, bounds, log.time)
+    return rid
+
+
+def prune_requests(conn: sqlite3.Connection, bounds: LogBounds, now: float) -> None:
+    """Drop request-log rows beyond ``bounds`` (the per-status counts are kept)."""
+    conn.execute("DELETE FROM requests WHERE id <= (SELECT MAX(id) FROM requests) - ?", (max(0, bounds.rows),))
+    conn.execute("DELETE FROM requests WHERE time < ?", (now - bounds.max_age,))
+
+
+def count_status(conn: sqlite3.Connection, status: int) -> None:
+    """Count an answer without logging the request (refused before its key was known)."""
+    conn.execute(_STATUS_UPSERT, (status,))
 
 
 def log_request(conn: sqlite3.Connection, log: RequestLog) -> None:
@@ -279,7 +363,7 @@ def ingest(
                 result = IngestResult(
                     402,
                     "MONTHLY_LIMIT_EXCEEDED",
-                    "monthly event limit of %d exceeded (%d used, %d in this request)"
+                    "Event limit exceeded for current cycle (%d events per month, %d used, %d in this request)"
                     % (monthly_quota, used, n),
                 )
             else:
@@ -333,6 +417,19 @@ def remove_bucket(conn: sqlite3.Connection, bucket_key: str, owner: Optional[str
             sql += " AND owner = ?"
             args.append(owner)
         return conn.execute(sql, args).rowcount
+
+
+def remove_one_bucket(conn: sqlite3.Connection, bucket_key: str, owner: Optional[str]) -> int:
+    """Mark the one live bucket with this key of ``owner`` (a digest or a prefix; None: any)
+    removed. Returns 1, 0 when there is none, -1 when several owners match (nothing removed)."""
+    clause, args = _owner_clause(owner)
+    with _txn(conn):
+        ids = [r[0] for r in conn.execute(
+            "SELECT id FROM buckets WHERE bucket_key = ? AND removed IS NULL" + clause, [bucket_key] + args)]
+        if len(ids) != 1:
+            return -1 if ids else 0
+        conn.execute("UPDATE buckets SET removed = ? WHERE id = ?", (time.time(), ids[0]))
+        return 1
 
 
 # --------------------------------------------------------------------------- read operations
@@ -453,18 +550,53 @@ def query_events(
     return [{"key": k, "value": orjson.loads(vj), "epoch": ep, "received": rc} for k, vj, ep, rc in rows]
 
 
-def stats(conn: sqlite3.Connection) -> Dict[str, Any]:
-    """Totals: events stored, buckets, write requests served and their per-status counts."""
+def stats(conn: sqlite3.Connection, owner: Optional[str] = None, requests: bool = True) -> Dict[str, Any]:
+    """Totals: events stored, buckets (of one owner, or all), and unless ``requests`` is false
+    the write requests served and their per-status counts."""
+    clause, args = _owner_clause(owner)
     events, buckets = conn.execute(
-        "SELECT COALESCE(SUM(event_count), 0), COUNT(*) FROM buckets"
+        "SELECT COALESCE(SUM(event_count), 0), COUNT(*) FROM buckets WHERE 1" + clause, args
     ).fetchone()
-    statuses = {str(s): c for s, c in conn.execute("SELECT status, count FROM status_counts ORDER BY status")}
+    statuses: Dict[str, int] = {}
+    if requests:
+        statuses = {str(s): c for s, c in conn.execute("SELECT status, count FROM status_counts ORDER BY status")}
     return {
         "events": events,
         "buckets": buckets,
         "requests": sum(statuses.values()),
         "statuses": statuses,
     }
+
+
+_SERIES_SQL = (
+    "SELECT MIN(CAST((epoch - ?) * ? AS INTEGER), ?) AS px, MIN(epoch), MAX(epoch), MIN(value_num), "
+    "MAX(value_num), COUNT(*) FROM events WHERE bucket_id IN (%s) AND key = ? AND value_num IS NOT NULL "
+    "GROUP BY px ORDER BY px"
+)
+
+
+def series(conn: sqlite3.Connection, bucket_ids: Sequence[int], columns: int) -> Dict[str, Dict[str, Any]]:
+    """Numeric events of each key reduced to at most ``columns`` columns over the key's time range.
+
+    Returns ``{key: {"t0", "t1", "count", "columns": [[t_first, t_last, min, max, n], ...]}}``
+    for the keys whose latest value is a number: each column keeps the lowest and highest value
+    of the events that fall in it, so a chart one column per pixel wide shows every spike
+    however many events there are.
+    """
+    ids = _ids_sql(bucket_ids)
+    keys = [k for (k,) in conn.execute(  # keys whose latest value is a number: the charted ones
+        "SELECT DISTINCT key FROM latest WHERE bucket_id IN (%s) AND value_num IS NOT NULL ORDER BY key" % ids)]
+    out: Dict[str, Dict[str, Any]] = {}
+    for key in keys:
+        t0, t1 = conn.execute(  # two seeks on the (bucket_id, key, epoch) index
+            "SELECT MIN(epoch), MAX(epoch) FROM events WHERE bucket_id IN (%s) AND key = ?" % ids, (key,)).fetchone()
+        if t0 is None:
+            continue
+        scale = columns / max(t1 - t0, 1e-9)
+        cols = [[ta, tb, lo, hi, n] for _px, ta, tb, lo, hi, n in
+                conn.execute(_SERIES_SQL % ids, (t0, scale, columns - 1, key))]
+        out[key] = {"t0": t0, "t1": t1, "count": sum(c[4] for c in cols), "columns": cols}
+    return out
 
 
 def read_events(path: str, bucket_key: Optional[str] = None) -> List[Dict[str, Any]]:
@@ -545,8 +677,11 @@ class Store:
     on the event loop).
     """
 
-    def __init__(self, path: str, readers: int = 2) -> None:
+    def __init__(self, path: str, readers: int = 2, log_bounds: Optional[LogBounds] = None) -> None:
         self.path = path
+        self.log_bounds = log_bounds or LogBounds()
+        if path != ":memory:" and not path.startswith("file:"):
+            private_file(path)
         self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="collector-writer")
         self._readers = concurrent.futures.ThreadPoolExecutor(readers, thread_name_prefix="collector-reader")
         self._local = threading.local()
@@ -559,6 +694,7 @@ class Store:
     def _open_writer(self) -> None:
         conn = connect(self.path)
         conn.executescript(SCHEMA)
+        _BOUNDS[id(conn)] = self.log_bounds
         self._wconn = conn
 
     def _run_write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -599,5 +735,6 @@ class Store:
                 conn.close()
             self._read_conns.clear()
         if self._wconn is not None:
+            _BOUNDS.pop(id(self._wconn), None)
             self._wconn.close()
             self._wconn = None

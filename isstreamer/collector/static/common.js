@@ -2,12 +2,48 @@
 "use strict";
 
 const IS = {
+  KEY_STORE: "isstreamer-access-key",
+
+  /** The access key of this tab: from "#key=..." once (then removed from the address), else
+   *  sessionStorage. Sent as X-IS-AccessKey; needed when the collector has keys configured. */
+  key() {
+    const m = /(?:^#|&)key=([^&]*)/.exec(location.hash);
+    if (m) {
+      sessionStorage.setItem(IS.KEY_STORE, decodeURIComponent(m[1]));
+      history.replaceState(null, "", location.pathname + location.search);
+    }
+    return sessionStorage.getItem(IS.KEY_STORE) || "";
+  },
+
+  /** Show a small form asking for an access key (the collector answered 401). */
+  askKey(message) {
+    let form = document.getElementById("key-form");
+    if (!form) {
+      const input = IS.el("input", { id: "key-input", type: "password", autocomplete: "off",
+        placeholder: "access key", "aria-label": "access key" });
+      form = IS.el("form", { id: "key-form", class: "panel notice key-form" },
+        IS.el("span", { id: "key-message" }), input, IS.el("button", { type: "submit", text: "Use key" }));
+      form.addEventListener("submit", (e) => {
+        e.preventDefault();
+        sessionStorage.setItem(IS.KEY_STORE, input.value.trim());
+        form.hidden = true;
+      });
+      document.querySelector("main").prepend(form);
+    }
+    document.getElementById("key-message").textContent = message;
+    form.hidden = false;
+  },
+
   /** GET a URL and decode its JSON; rejects with an Error carrying .status. */
   async fetchJSON(url) {
-    const resp = await fetch(url, { cache: "no-store" });
+    const key = IS.key();
+    const resp = await fetch(url, { cache: "no-store", headers: key ? { "X-IS-AccessKey": key } : {} });
     if (!resp.ok) {
       const err = new Error("HTTP " + resp.status + " for " + url);
       err.status = resp.status;
+      if (resp.status === 401) {
+        IS.askKey(key ? "This key is not accepted by the collector. " : "This collector needs an access key. ");
+      }
       throw err;
     }
     return resp.json();

@@ -1,14 +1,19 @@
-/* One bucket: a chart per numeric key, the latest value of string/boolean keys; polls every second. */
+/* One bucket: a chart per numeric key, the latest value of string/boolean keys.
+ *
+ * One request per refresh (GET /api/buckets/{key}/dashboard): the bucket, the latest values,
+ * and, when the bucket's event count differs from the one the drawn series reflect, every
+ * numeric key reduced by the server to one min/max column per pixel of the chart over the
+ * key's own time range. */
 "use strict";
 
 (function () {
   const POLL_MS = 1000;
-  const CHART_POINTS = 500;
   const bucketKey = decodeURIComponent(location.pathname.replace(/^\/dashboard\//, ""));
   const filter = new URLSearchParams(location.search).get("owner");
-  const base = "/api/buckets/" + encodeURIComponent(bucketKey);
-  const suffix = filter ? "&owner=" + encodeURIComponent(filter) : "";
+  const base = "/api/buckets/" + encodeURIComponent(bucketKey) + "/dashboard";
   const cards = new Map(); // key -> {card, kind, count, chart}
+  let known = null; // the bucket's event count whose series are drawn
+  let refreshes = 0;
 
   document.body.dataset.bucketKey = bucketKey;
   document.getElementById("bucket-key").textContent = bucketKey;
@@ -42,17 +47,10 @@
     container.insertBefore(entry.card, next || null);
   }
 
-  async function refreshChart(key, entry) {
-    const url = base + "/events?key=" + encodeURIComponent(key) + "&order=desc&limit=" + CHART_POINTS + suffix;
-    const data = await IS.fetchJSON(url);
-    const pts = data.events.filter((e) => typeof e.value === "number").map((e) => [e.epoch, e.value]);
-    entry.chart.setData(pts);
-  }
-
-  function update(item) {
+  function update(item, series) {
     const kind = IS.kindOf(item.value);
     let entry = cards.get(item.key);
-    if (entry && entry.kind !== kind) { entry.card.remove(); entry = null; }
+    if (entry && entry.kind !== kind) { entry.card.remove(); cards.delete(item.key); entry = null; }
     if (!entry) {
       entry = makeCard(item, kind);
       cards.set(item.key, entry);
@@ -72,27 +70,43 @@
       void entry.card.offsetWidth;
       entry.card.classList.add("flash");
     }
-    const wasCount = entry.count;
     entry.count = item.count;
-    return changed && entry.chart ? refreshChart(item.key, entry).catch(() => { entry.count = wasCount; }) : null;
+    if (entry.chart && series && series[item.key]) entry.chart.setSeries(series[item.key]);
+  }
+
+  function columns() {
+    for (const entry of cards.values()) if (entry.chart) return entry.chart.plotWidth();
+    const charts = document.getElementById("charts");
+    return Math.max(100, Math.round((charts.clientWidth || 1200) / 2 - 90));
+  }
+
+  function showBucket(b, keys) {
+    document.getElementById("bucket-name").textContent = b.name || b.key;
+    document.title = (b.name || b.key) + " · isstreamer collector";
+    document.getElementById("event-count").textContent = b.event_count.toLocaleString("en-US");
+    document.getElementById("key-count").textContent = String(keys);
+    const lu = document.getElementById("last-update");
+    lu.textContent = IS.ago(b.last_update);
+    lu.title = b.last_update ? IS.dateTime(b.last_update) : "";
+    const badges = document.getElementById("bucket-badges");
+    badges.replaceChildren();
+    if (b.auto_created) badges.append(IS.el("span", { class: "badge", text: "auto-created" }));
+    if (b.removed) badges.append(IS.el("span", { class: "badge removed", text: "removed" }));
   }
 
   async function poll() {
+    document.body.dataset.refreshes = String(++refreshes);
     try {
-      const data = await IS.fetchJSON(base + "/latest" + (filter ? "?owner=" + encodeURIComponent(filter) : ""));
+      const cols = columns();
+      let url = base + "?columns=" + cols;
+      if (known !== null) url += "&known=" + known;
+      if (filter) url += "&owner=" + encodeURIComponent(filter);
+      const data = await IS.fetchJSON(url);
       const b = data.bucket;
-      document.getElementById("bucket-name").textContent = b.name || b.key;
-      document.title = (b.name || b.key) + " · isstreamer collector";
-      document.getElementById("event-count").textContent = b.event_count.toLocaleString("en-US");
-      document.getElementById("key-count").textContent = String(data.latest.length);
-      const lu = document.getElementById("last-update");
-      lu.textContent = IS.ago(b.last_update);
-      lu.title = b.last_update ? IS.dateTime(b.last_update) : "";
-      const badges = document.getElementById("bucket-badges");
-      badges.replaceChildren();
-      if (b.auto_created) badges.append(IS.el("span", { class: "badge", text: "auto-created" }));
-      if (b.removed) badges.append(IS.el("span", { class: "badge removed", text: "removed" }));
-      await Promise.all(data.latest.map(update));
+      showBucket(b, data.latest.length);
+      for (const item of data.latest) update(item, data.series);
+      // series drawn at the plot's real width (the first answer came before any chart existed)
+      if (data.series) known = columns() === cols ? data.series_count : null;
       document.getElementById("charts-section").hidden = !document.getElementById("charts").children.length;
       document.getElementById("values-section").hidden = !document.getElementById("values").children.length;
       document.getElementById("missing").hidden = data.latest.length > 0;
@@ -103,6 +117,9 @@
         document.getElementById("missing").hidden = false;
         document.body.dataset.state = "missing";
         IS.setStatus("missing", "waiting for the bucket");
+      } else if (e.status === 401 || e.status === 403) {
+        document.body.dataset.state = "unauthorized";
+        IS.setStatus("offline", "needs an access key");
       } else {
         document.body.dataset.state = "offline";
         IS.setStatus("offline", "collector unreachable");

@@ -4,8 +4,9 @@
 (function () {
   const tbody = document.getElementById("bucket-list");
 
-  function row(b) {
-    const href = "/dashboard/" + encodeURIComponent(b.key);
+  function row(b, shared) {
+    // the same bucket key under several access keys: link to this owner's bucket only
+    const href = "/dashboard/" + encodeURIComponent(b.key) + (shared.has(b.key) ? "?owner=" + b.owner : "");
     const nameCell = IS.el("td", { class: "bucket-name" },
       IS.el("a", { class: "bucket-link", href: href, text: b.name || b.key }));
     if (b.auto_created) nameCell.append(IS.el("span", { class: "badge", title: "created by its first events, not by POST /api/buckets", text: "auto-created" }));
@@ -21,7 +22,9 @@
   async function poll() {
     try {
       const [data, stats] = await Promise.all([IS.fetchJSON("/api/buckets"), IS.fetchJSON("/api/stats")]);
-      tbody.replaceChildren(...data.buckets.map(row));
+      const seen = new Set(), shared = new Set();
+      for (const b of data.buckets) { if (seen.has(b.key)) shared.add(b.key); seen.add(b.key); }
+      tbody.replaceChildren(...data.buckets.map((b) => row(b, shared)));
       document.getElementById("no-buckets").hidden = data.buckets.length > 0;
       document.getElementById("total-buckets").textContent = stats.buckets.toLocaleString("en-US");
       document.getElementById("total-events").textContent = stats.events.toLocaleString("en-US");
