@@ -39,10 +39,10 @@ def aggregate_rules() -> Dict[str, Any]:
     """The downsampling rules of ``isstreamer demo --aggregate`` (see README, "Downsampling")."""
     from .rules import Deadband, OnChange, Window
 
-    # the sensor loop reads once a second (TICK_SECONDS): its windows are a minute long
+    # the loops read once a second (TICK_SECONDS): their windows are a minute long
     return {"temperature": Window(60.0, ("mean", "min", "max")), "humidity": Window(60.0),
-            "pressure_hpa": Window(60.0), "door_open": OnChange(), "pump_*_rpm": Deadband(absolute=25.0, heartbeat=5.0),
-            "pump_*_load": Window(1.0, ("mean", "max")), "pump_*_queue": Window(1.0, ("max",)),
+            "pressure_hpa": Window(60.0), "door_open": OnChange(), "pump_*_rpm": Deadband(absolute=25.0, heartbeat=60.0),
+            "pump_*_load": Window(60.0, ("mean", "max")), "pump_*_queue": Window(60.0, ("max",)),
             "pump_*_state": OnChange(), "pump_*_ok": OnChange()}
 
 
