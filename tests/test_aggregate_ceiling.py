@@ -69,7 +69,7 @@ def test_rate_limited_stream_falls_back(collector_factory, tmp_path, backend):
     _run_until_unfit(s, limit=180.0)
     assert wait_until(lambda: s.stats()["fallback"] == 1, 60)
     pid = s.sender_pid
-    s.close(120)
+    s.close(10)  # what the rate limit holds back then waits in the spool
     assert wait_until(lambda: pid_gone(pid), 240)
     st = s.stats()
     assert st["unfit"] == 1 and st["dropped"] == {}

@@ -143,3 +143,11 @@ def test_a_backlog_of_past_epochs_is_not_cut_into_pieces(collector, tmp_path, ba
     want = collections.Counter(math.floor((t0 + i * 0.004) / 1.0) + 1.0 for i in range(n))
     assert {ep: sum(v) for ep, v in got.items()} == dict(want)
     assert sum(len(v) - 1 for v in got.values()) <= 2, {ep: v for ep, v in got.items() if len(v) > 1}
+
+
+@needs_native
+def test_flush_done_is_where_the_c_header_has_it():
+    from isstreamer import ring as R
+
+    assert R._ffi.offsetof("iss_ring_hdr", "flush_done") == L.H_FLUSH_DONE
+    assert L.H_FLUSH_DONE + 8 <= L.H_COUNTERS and "unfit" in L.COUNTERS and len(L.COUNTERS) <= L.NCOUNTERS
