@@ -128,7 +128,42 @@ def close_table(table: Table) -> None:
             _VIEWS.pop(key).close()
     if att is not None:
         att.release(table)
+    with contextlib.suppress(OSError, ValueError):
+        last_one_out(table)
     table.retire()
+
+
+def last_one_out(table: Table) -> bool:
+    """Remove the ring's files if no live process owns a segment of it and every segment is
+    drained (the sender does the same when it notices; this covers a sender that dies with its
+    program, e.g. the init process of a container exiting). True when it removed them."""
+    with table.locked():
+        if table.closing:
+            return False
+        slots = list(table.slots())
+        for _, st, seg_id, _ in slots:
+            if st == L.SLOT_OWNED and _owner_alive(table, seg_id):
+                return False
+            try:
+                seg = R.Ring.open(table.seg_path(seg_id), native=table.native)
+            except RingClosed:
+                continue
+            except RingRefused:
+                return False
+            try:
+                b = seg.seg_offset(0)
+                if seg.load(b + L.S_HEAD) != seg.load(b + L.S_TAIL):
+                    return False
+            finally:
+                seg.close()
+        table.store(L.H_CLOSING, 1)
+        for _, _, seg_id, _ in slots:
+            with contextlib.suppress(OSError):
+                os.unlink(table.seg_path(seg_id))
+        for path in (table.wake_path, table.path):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+    return True
 
 
 # ---- this process's segment ------------------------------------------------------------------------
@@ -154,11 +189,14 @@ def own_attachment(table: Table) -> Optional[Attachment]:
 
 
 def segment_counters(table: Table) -> Tuple[int, int, list]:
-    """(logged, consumed, drops by reason) over every segment of ``table`` still registered."""
+    """(logged, consumed, drops by reason) over every segment the ring ever had: the live ones,
+    plus what the sender folded into the table from freed ones. Read under the table lock, so a
+    segment freed meanwhile is never counted twice (once live, once folded in)."""
     ndrops = len(L.DROP_REASONS)
-    logged = consumed = 0
-    drops = [0] * ndrops
-    with _LOCK:
+    with _LOCK, table.locked():  # the order attachment() takes them in
+        logged = table.counter("logged_reclaimed")
+        consumed = table.counter("consumed_reclaimed")
+        drops = table.drops()
         own = own_attachment(table)
         for _, _, seg_id, _ in table.slots():
             view = own.ring if own is not None and own.seg_id == seg_id else _view(table, seg_id)

@@ -180,6 +180,7 @@ class Streamer:
         self._slow_threads: set = set()  # threads inside the slow path (signal re-entry guard)
         self._deferred: list = []  # events logged by signal handlers that interrupted the slow path
         self._refused: Optional[str] = None
+        self._ring: Any = None  # the ring's Table (None offline, or when a handle's ring was refused)
         self._att: Optional[Attachment] = None
         self._final_stats: Optional[Dict[str, Any]] = None
         self._sync_count = 0
@@ -606,16 +607,12 @@ class Streamer:
             return out
         out: Dict[str, Any] = {"backend": "native" if self._native else "python"}
         dropped: Dict[str, int] = dict(self._dropped_local)
-        if self.Offline:
+        ring = getattr(self, "_ring", None)
+        if self.Offline or ring is None:  # offline, or a handle whose ring was refused
             out.update(logged=0, sent=0, pending=0, dropped=dropped, converted=dict(self._converted))
             return out
-        ring = self._ring
         try:
             logged, consumed, drops = registry.segment_counters(ring)
-            logged += ring.counter("logged_reclaimed")
-            consumed += ring.counter("consumed_reclaimed")
-            for r, n in enumerate(ring.drops()):
-                drops[r] += n
             for name, n in zip(L.DROP_REASONS, drops):
                 if n:
                     dropped[name] = dropped.get(name, 0) + n
