@@ -81,7 +81,7 @@ def bench_kernel(quick: bool) -> None:
     n = 200_000 if quick else 1_000_000
     with tempfile.TemporaryDirectory() as d:
         ring = _filled_segment(d, n)
-        head = ring.load(ring.seg_offset(0) + L.S_HEAD)
+        head = ring.head(0)
         for kern_cls, count in ((NativeKernel, n), (PyKernel, min(n, 100_000))):
             if kern_cls is NativeKernel and not native_available():
                 continue

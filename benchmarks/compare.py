@@ -41,6 +41,7 @@ TARGETS = {
     "peer_speedup": 15.0,
     "producers4_ratio": 1.5,
     "e2e_events_per_s": 1_000_000.0,
+    "e2e_delivered_over_log": 0.9,
     "producer_rss_mb_per_million": 1.0,
     "sender_rss_slope_mb_per_million": 1.0,
     "sender_rss_spread_mb": 5.0,
@@ -135,6 +136,8 @@ def analyse(data: Dict[str, Any]) -> Dict[str, Any]:
             "server_cpu_s_per_million": e.get("server_cpu_s_per_million"),
             "producer_cpu_s_per_million": e["producer_cpu_s_per_million"],
             "events_per_request": e.get("events_per_request"), "dropped": e.get("dropped"),
+            "delivered_over_log": e.get("delivered_over_log"),
+            "delivered_over_log_per_round": e.get("delivered_over_log_per_round"),
         }
     for b in by_kind.get("producers", []):
         e = b["extra_info"]
@@ -195,6 +198,10 @@ def targets(r: Dict[str, Any]) -> List[Dict[str, Any]]:
     add(">= 1M events/s end to end (1 producer -> counting server, defaults)", v,
         TARGETS["e2e_events_per_s"], v is not None and v >= TARGETS["e2e_events_per_s"] and e2e["all_delivered"],
         "%.0f ev/s", "median of rounds")
+    v = e2e.get("delivered_over_log") if e2e else None
+    add(">= 90% of the producer's log() rate delivered (1 producer -> counting server, same round)", v,
+        TARGETS["e2e_delivered_over_log"], v is not None and v >= TARGETS["e2e_delivered_over_log"], "%.2f",
+        "median of rounds; benchmarks/flush_e2e.py repeats it")
     o = r["growth"].get("outage")
     v = o["producer_rss_growth_mb_per_million"] if o else None
     add("producer RSS growth < 1 MB per million events (outage)", v, TARGETS["producer_rss_mb_per_million"],

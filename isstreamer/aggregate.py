@@ -271,7 +271,7 @@ class PyKernel:
         ds = ring.seg_data_size
         if ring.nsegs < 1 or data + ds > len(mm):
             raise ValueError("isstreamer: encoder refused segment 0 (code %d)" % L.EINVAL)
-        head = ring.load(base + L.S_HEAD)
+        head = ring.head(0)
         if start > head or head - start > ds or start % 8:
             return Batch(b"[]", 0, start, head, 0, 0, True, 0), 0, None
         ctx: Dict[str, Any] = {"fold_only": fold_only, "fold_from": fold_from, "max_taken": max_taken,
@@ -462,8 +462,7 @@ class Ceiling:
                 d.last_answer.status == 429 or d.last_answer.headers.get("X-RateLimit-Remaining") == "0"):
             backlog = 0
             for _, seg in list(sender.segs.values()):
-                base = seg.seg_offset(0)
-                backlog += seg.load(base + L.S_LOGGED) - seg.load(base + L.S_CONSUMED)
+                backlog += seg.waiting()
             if backlog > self.batch_events and (not self.limited or now - self.limited[-1] >= 0.5):
                 self.limited = [t for t in self.limited if now - t <= 60.0] + [now]  # one episode
                 if len(self.limited) >= 3 and now - self.limited[0] >= 5.0:
@@ -483,6 +482,7 @@ class Aggregator:
     """The rules of one sender: folds records while it drains, closes and delivers windows."""
 
     GRACE = 0.25  # seconds past a window's end before it closes (a producer's time-to-publish)
+    TICK = 0.1  # seconds between the checks of _tick while the sender drains without a pause
     COUNTERS = (("folded", "folded"), ("windows", "windows"), ("emitted", "aggregated"))
 
     def __init__(self, rules: List[List[Any]], max_batch_bytes: int, max_batch_events: int,
@@ -511,6 +511,8 @@ class Aggregator:
         self.held: List[Batch] = []  # emitted batches the sender could not hand over yet
         self._since: Optional[float] = None  # when output started waiting
         self._counted = {name: 0 for name, _ in self.COUNTERS}
+        self._sender: Any = None  # set by the first turn (for _tick)
+        self._next_tick = 0.0
 
     @classmethod
     def for_settings(cls, s: Any) -> Optional["Aggregator"]:
@@ -566,7 +568,22 @@ class Aggregator:
             b.folded = taken
             if self.ceiling is not None:
                 self.ceiling.observe(b.nevents)
+            self._tick()
             return b
+
+    def _tick(self) -> None:
+        """While the sender drains without a pause (a producer as fast as it), every TICK: what
+        ``turn`` would do between turns (close the due windows, check the ceiling)."""
+        now = time.monotonic()
+        if now < self._next_tick or self._sender is None:
+            return
+        self._next_tick = now + self.TICK
+        cutoff = time.time() - self.GRACE
+        if self.k.next_due() <= cutoff:
+            self.fold_all(self._sender)
+            self.k.close(cutoff)
+        self.count(self._sender.ring)
+        self._check_ceiling(self._sender)
 
     def fold_all(self, sender: Any) -> None:
         """Fold every segment's ruled records up to its head (nothing is released)."""
@@ -575,9 +592,8 @@ class Aggregator:
             seg = sender._segment(slot, seg_id)
             if seg is None:
                 continue
-            base = seg.seg_offset(0)
-            head = seg.load(base + L.S_HEAD)
-            pos = max(seg.load(base + L.S_TAIL), self.folded_to.get(seg.path, 0))
+            head = seg.head()
+            pos = max(seg.tail(), self.folded_to.get(seg.path, 0))
             while pos < head:
                 b, _taken, miss = self.k.encode(seg, pos, 1, pos, True, 1 << 31, now)
                 if miss is not None:
@@ -594,9 +610,11 @@ class Aggregator:
         """Once per sender turn: close the due windows (every one when ``force``: a flush or exit
         is pending), after folding every segment up to its head; deliver what is due."""
         worked = False
+        self._sender = sender
+        self._next_tick = time.monotonic() + self.TICK
         # every window closes once per flush request (a flush that takes several turns must not
         # split the windows opened meanwhile) and at every turn of the exit
-        seq = sender.ring.load(L.H_FLUSH_SEQ)
+        seq = sender.ring.flush_seq
         close_all = sender.exit_deadline is not None or (force and seq != self._closed_for)
         if close_all:
             self._closed_for = seq
@@ -643,8 +661,11 @@ class Aggregator:
         return worked, True
 
     def before_commit(self, sender: Any, slot: int, force: bool) -> bool:
-        """While a flush or exit is pending: True once what the rules emitted is handed over."""
-        return not force or self.deliver(sender, slot, True)[1]
+        """Before a batch is released: what the rules emitted goes out when due (so it also flows
+        while the sender drains without a pause); while a flush or exit is pending, True only
+        once all of it is handed over."""
+        done = self.deliver(sender, slot, force)[1]
+        return done or not force
 
     def due_in(self) -> float:
         """Seconds until a window is due or the output waiting is due for sending (the idle sleep)."""

@@ -126,11 +126,11 @@ def close_table(table: Table) -> None:
         att = _ATTACH.pop(table.path, None)
         for key in [k for k in _VIEWS if k[0] == table.path]:
             _VIEWS.pop(key).close()
-    if att is not None:
-        att.release(table)
-    with contextlib.suppress(OSError, ValueError):
-        last_one_out(table)
-    table.retire()
+        if att is not None:
+            att.release(table)
+        with contextlib.suppress(OSError, ValueError):  # under _LOCK: no other thread reopens it meanwhile
+            last_one_out(table)
+        table.retire()
 
 
 def last_one_out(table: Table) -> bool:
@@ -151,12 +151,11 @@ def last_one_out(table: Table) -> bool:
             except RingRefused:
                 return False
             try:
-                b = seg.seg_offset(0)
-                if seg.load(b + L.S_HEAD) != seg.load(b + L.S_TAIL):
+                if seg.head() != seg.tail():
                     return False
             finally:
                 seg.close()
-        table.store(L.H_CLOSING, 1)
+        table.mark_closing()
         for _, _, seg_id, _ in slots:
             with contextlib.suppress(OSError):
                 os.unlink(table.seg_path(seg_id))
@@ -192,7 +191,6 @@ def segment_counters(table: Table) -> Tuple[int, int, list]:
     """(logged, consumed, drops by reason) over every segment the ring ever had: the live ones,
     plus what the sender folded into the table from freed ones. Read under the table lock, so a
     segment freed meanwhile is never counted twice (once live, once folded in)."""
-    ndrops = len(L.DROP_REASONS)
     with _LOCK, table.locked():  # the order attachment() takes them in
         logged = table.counter("logged_reclaimed")
         consumed = table.counter("consumed_reclaimed")
@@ -202,11 +200,10 @@ def segment_counters(table: Table) -> Tuple[int, int, list]:
             view = own.ring if own is not None and own.seg_id == seg_id else _view(table, seg_id)
             if view is None:
                 continue
-            b = view.seg_offset(0)
-            logged += view.load(b + L.S_LOGGED)
-            consumed += view.load(b + L.S_CONSUMED)
-            for r in range(ndrops):
-                drops[r] += view.load(b + L.S_DROPS + 8 * r)
+            logged += view.logged()
+            consumed += view.consumed()
+            for r, n in enumerate(view.drop_counts()):
+                drops[r] += n
     return logged, consumed, drops
 
 
@@ -292,7 +289,7 @@ def ensure_sender(table: Table, settings: Callable[[], SenderSettings]) -> None:
             return
         if table.closing:
             raise RingClosed(2, "isstreamer: the ring is closed", table.path)
-        if table.load(L.H_SENDER_PID):
+        if table.sender_pid:
             log.warning("isstreamer: the sender process died; starting a new one on the same ring")
         sp = _SenderProcess(settings())
         deadline = time.monotonic() + SENDER_START_WAIT
@@ -329,10 +326,12 @@ def adopt_orphans(directory: str, settings: Callable[[Dict[str, Any]], Optional[
         names = [n for n in os.listdir(directory) if n.startswith("isstreamer-") and n.endswith(".ring")]
     except OSError:
         return 0
+    mine = "isstreamer-%d-" % os.getpid()
     for name in names:
         path = os.path.join(directory, name)
-        if path in _TABLES:
-            continue
+        with _LOCK:  # never open (and close) a ring this process may hold record locks on
+            if path in _TABLES or name.startswith(mine):
+                continue
         try:
             table = Table.open(path)
         except (RingClosed, RingRefused, OSError, ValueError):
@@ -340,7 +339,15 @@ def adopt_orphans(directory: str, settings: Callable[[Dict[str, Any]], Optional[
         try:
             meta = table.meta()
             slots = list(table.slots())
-            if table.sender_alive() or table.closing:
+            if table.sender_alive():
+                continue
+            if table.closing:  # its sender was killed while removing it: finish that
+                for _, _, seg_id, _ in slots:
+                    with contextlib.suppress(OSError):
+                        os.unlink(table.seg_path(seg_id))
+                for p in (table.wake_path, table.path):
+                    with contextlib.suppress(OSError):
+                        os.unlink(p)
                 continue
             # a ring being created has no slot for a moment (its creator registers, then starts the
             # sender): an empty ring is an orphan only once it is old

@@ -338,6 +338,10 @@ class Ring(_Mapped):
             with _ffi.from_buffer(mm) as buf:
                 rc = _lib.iss_ring_init(_ffi.cast("uint8_t *", buf), size, nsegs, seg, nbuckets)
             if rc != 0:
+                mm.close()
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
                 raise ValueError("isstreamer: cannot initialise ring (code %d)" % rc)
         else:
             struct.pack_into("=IIIIIIQ", mm, L.H_VERSION, L.LAYOUT_VERSION, L.HDR_SIZE,
@@ -366,6 +370,42 @@ class Ring(_Mapped):
     def seg_field(self, index: int, field: int) -> int:
         """Read a 64-bit field of a segment header."""
         return self.load(self.seg_offset(index) + field)
+
+    def head(self, index: int = 0) -> int:
+        """Bytes published on segment ``index`` (acquire: the records before it are readable)."""
+        return self.load(self.seg_offset(index) + L.S_HEAD)
+
+    def tail(self, index: int = 0) -> int:
+        """Bytes of segment ``index`` the sender is done with."""
+        return self.load(self.seg_offset(index) + L.S_TAIL)
+
+    def logged(self, index: int = 0) -> int:
+        """Records published on segment ``index``."""
+        return self.load(self.seg_offset(index) + L.S_LOGGED)
+
+    def consumed(self, index: int = 0) -> int:
+        """Records of segment ``index`` the sender is done with."""
+        return self.load(self.seg_offset(index) + L.S_CONSUMED)
+
+    def drop_counts(self, index: int = 0) -> List[int]:
+        """Events refused by the producer of segment ``index``, by reason (layout.DROP_REASONS)."""
+        base = self.seg_offset(index) + L.S_DROPS
+        return [self.load(base + 8 * r) for r in range(len(L.DROP_REASONS))]
+
+    def waiting(self, index: int = 0) -> int:
+        """Records published and not yet consumed."""
+        return self.logged(index) - self.consumed(index)
+
+    def fill(self, index: int = 0) -> float:
+        """Fraction of segment ``index``'s data area holding unconsumed records."""
+        return (self.head(index) - self.tail(index)) / self.seg_data_size
+
+    def release(self, index: int, end: int, consumed: int) -> None:
+        """(Sender) hand bytes up to ``end`` back to the producer: ``consumed`` first, then ``tail``
+        (a release store: the producer sees the count before it reuses the space)."""
+        base = self.seg_offset(index)
+        self.store(base + L.S_CONSUMED, consumed)
+        self.store(base + L.S_TAIL, end)
 
     def counter(self, name: str) -> int:
         """Value of a header counter (see layout.COUNTERS)."""
@@ -489,6 +529,68 @@ class Table(_Mapped):
         """Drops folded in from reclaimed segments (and drops counted on the ring), by reason."""
         return [self.load(L.H_DROPS + 8 * i) for i in range(len(L.DROP_REASONS))]
 
+    def count_drop(self, reason: str, n: int = 1) -> None:
+        """Count events dropped by the sender (e.g. spool_full) where every stats() sees them."""
+        if n:
+            self.add(L.H_DROPS + 8 * L.D[reason], n)
+
+    # ---- scheduling words ------------------------------------------------------------------------
+    @property
+    def flush_seq(self) -> int:
+        """Bumped by every flush() (and full-ring nudge): send partial batches now."""
+        return self.load(L.H_FLUSH_SEQ)
+
+    def request_flush(self) -> None:
+        """Ask the sender to send what waits now, waking it if it sleeps."""
+        self.add(L.H_FLUSH_SEQ, 1)
+        if self.load(L.H_SLEEPING):
+            self.wake()
+
+    @property
+    def flush_done(self) -> int:
+        """The last flush_seq the sender fully served: with downsampling rules, flush() waits
+        for it (its events may all be folded while their windows are still open)."""
+        return self.load(L.H_FLUSH_DONE)
+
+    def set_flush_done(self, seq: int) -> None:
+        """(Sender) every event and window of flush request ``seq`` is out."""
+        self.store(L.H_FLUSH_DONE, seq)
+
+    def sleep_begin(self, seq: int) -> None:
+        """(Sender) announce an idle sleep numbered ``seq`` (nonzero, new to each sleep), then a
+        full barrier: the sender's re-check of the heads cannot be ordered before this store
+        (Dekker with the producers' put: see csrc/ring.c)."""
+        self.store(L.H_SLEEPING, seq)
+        self.add(L.H_SLEEPING, 0)
+
+    def sleep_end(self) -> None:
+        """(Sender) awake again."""
+        self.store(L.H_SLEEPING, 0)
+
+    @property
+    def close_by(self) -> float:
+        """The latest CLOCK_MONOTONIC time (seconds) until which a closing producer waits."""
+        return self.load(L.H_CLOSE_BY) / 1e9
+
+    def extend_close_by(self, until: float) -> None:
+        """(A closing producer) the sender should keep retrying, not spool, until ``until``."""
+        ns = int(until * 1e9)
+        if self.load(L.H_CLOSE_BY) < ns:
+            self.store(L.H_CLOSE_BY, ns)
+
+    @property
+    def sender_pid(self) -> int:
+        """Pid the live sender recorded (informational: liveness is its lock), 0 if none."""
+        return self.load(L.H_SENDER_PID)
+
+    def set_sender_pid(self, pid: int) -> None:
+        """(Sender) record its pid (``0``: clear)."""
+        self.store(L.H_SENDER_PID, pid)
+
+    def mark_closing(self) -> None:
+        """(Under :meth:`locked`) no producer may join any more: the ring's files are going."""
+        self.store(L.H_CLOSING, 1)
+
     def meta(self) -> Dict[str, Any]:
         """The non-secret settings recorded at creation (for an adopter of an orphaned ring)."""
         n = _I.unpack_from(self.mm, L.H_META)[0]
@@ -554,8 +656,11 @@ class Table(_Mapped):
 
     @property
     def wake_path(self) -> str:
-        """Path of the idle sender's datagram socket (producers send one byte there to wake it)."""
-        return self.base + ".wake"
+        """Path of the idle sender's datagram socket (producers send one byte there to wake it);
+        its name carries a random token recorded in the (private) table, so no other user can
+        take the name before the sender binds it."""
+        token = self.meta().get("wake", "")
+        return "%s.%s.wake" % (self.base, token) if token else self.base + ".wake"
 
     def wake(self) -> None:
         """Wake an idle sender (it set ``sleeping``): one datagram, never blocking, never SIGPIPE."""
@@ -677,12 +782,13 @@ class SegmentState:
     threads, the threads inside a put (a signal handler interrupting one must not wait for it)
     and the records such handlers left to write."""
 
-    __slots__ = ("lock", "busy", "deferred")
+    __slots__ = ("lock", "busy", "deferred", "deferred_drops")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.busy: set = set()
         self.deferred: List[Tuple[Any, ...]] = []
+        self.deferred_drops: List[Tuple[Any, int]] = []  # (producer, reason) counted by a handler
 
 
 class PyProducer:
@@ -727,6 +833,12 @@ class PyProducer:
             rc = self._write(rtype, key, num, s, epoch)
         finally:
             st.busy.discard(me)
+        while st.deferred_drops and me not in st.busy:
+            try:
+                owner, reason = st.deferred_drops.pop(0)
+            except IndexError:
+                break
+            owner.count_drop(reason)
         while st.deferred and me not in st.busy:
             try:
                 item = st.deferred.pop(0)
@@ -789,7 +901,11 @@ class PyProducer:
         return L.OK
 
     def count_drop(self, reason: int) -> None:
-        """Count one event refused by this producer."""
+        """Count one event refused by this producer (deferred when a signal handler interrupted a
+        put of this thread, which holds the lock)."""
+        if threading.get_ident() in self.state.busy:
+            self.state.deferred_drops.append((self, reason))
+            return
         off = self.seg + L.S_DROPS + 8 * reason
         with self.state.lock:
             self.q[off >> 3] += 1
@@ -875,6 +991,8 @@ class Attachment:
         off = self.ring.seg_offset(self.seg_index) + L.S_DROPS + 8 * reason
         if self.ring.native:
             self.ring.add(off, 1)
+        elif threading.get_ident() in self.state.busy:  # a signal handler inside a put of ours
+            self.state.deferred_drops.append((PyProducer(self.ring, self.seg_index, self.state), reason))
         else:
             with self.state.lock:
                 self.ring.store(off, self.ring.load(off) + 1)

@@ -53,7 +53,8 @@ class Sender:
         self.t = WatchedTransport(Transport(s.api_base, s.access_key, s.request_timeout, s.use_gzip),
                                   self._while_waiting)
         self.inflight: Optional[Batch] = None  # the ring batch whose request is out
-        self.fp = key_fingerprint(s.access_key)
+        # spool-only (an adopted ring of another key): its events are spooled under the ring's key
+        self.fp = s.fingerprint if s.spool_only and s.fingerprint else key_fingerprint(s.access_key)
         self.spool = SpoolWriter(s.spool_dir, s.spool_max_bytes)
         self.delivery = Delivery(self.t, Policy(**s.policy), os.path.join(s.spool_dir, "rejected.jsonl"), self.report)
         self.created: Set[int] = set()
@@ -78,6 +79,7 @@ class Sender:
         self._sleep_seq = secrets.randbits(62)  # see _sleep (a new sender never repeats the last value)
         self.spilled_path: Optional[str] = None  # the spool file holding the in-flight batch's copy
         self._spilling = False
+        self._open_error_reported = False
         self.agg = Aggregator.for_settings(s)  # aggregate: per-key rules (None without rules)
 
     # ---- reporting --------------------------------------------------------------------------
@@ -89,7 +91,7 @@ class Sender:
     def run(self) -> int:
         """Loop until every owner is gone and everything is delivered or spooled."""
         ring = self.ring
-        ring.store(L.H_SENDER_PID, os.getpid())
+        ring.set_sender_pid(os.getpid())
         while True:
             now = time.monotonic()
             if now - self._last_liveness >= self.LIVENESS_EVERY:
@@ -109,6 +111,8 @@ class Sender:
                 give_up = now > self.exit_deadline + self.GIVE_UP_AFTER
                 if (drained or give_up) and self._close_ring(remove=drained):
                     break
+                if self.stop_requested and (drained or give_up):
+                    break  # SIGTERM: what was logged is out; live producers start a new sender if need be
                 if not self.stop_requested and self._any_live_owner():
                     self.exit_deadline = None  # a producer joined while we were finishing
             if not worked:
@@ -134,40 +138,39 @@ class Sender:
     def _sleep(self, timeout: float) -> None:
         """Sleep until ``timeout`` or a producer rings (flush(), a put seeing ``sleeping``)."""
         ring = self.ring
-        seen = ring.load(L.H_FLUSH_SEQ)
         if not self.bell.armed():
             time.sleep(min(timeout, 0.02))  # no doorbell: poll
             return
         self._sleep_seq = (self._sleep_seq + 1) & ((1 << 62) - 1) or 1
-        ring.store(L.H_SLEEPING, self._sleep_seq)  # a number new to this sleep: producers ring once
-        ring.add(L.H_SLEEPING, 0)  # a full barrier, then re-check (Dekker with iss_put)
+        ring.sleep_begin(self._sleep_seq)  # a number new to this sleep: producers ring once
         try:
-            if (seen != self.seen_flush and self.delivery.ready()) or self._due_now():
+            # re-check after the barrier (a flush() or put before it did not see us asleep)
+            if (ring.flush_seq != self.seen_flush and self.delivery.ready()) or self._due_now():
                 return
             self.bell.wait(timeout)
             self.wakeups += 1
         finally:
-            ring.store(L.H_SLEEPING, 0)
+            ring.sleep_end()
 
     def _due_now(self) -> bool:
-        """Anything published that this sender has not seen waiting yet, or due by buffer_size."""
+        """Anything published that this sender has not seen waiting yet, or due by buffer_size
+        (never while the delivery must wait: the sleep then lasts until it may send)."""
+        if not self.delivery.ready():
+            return False
         for slot, _, seg_id, _ in self.ring.slots():
             have = self.segs.get(slot)
             if have is None or have[0] != seg_id:
                 return True  # a segment new to us
             seg = have[1]
-            b = seg.seg_offset(0)
-            if seg.load(b + L.S_HEAD) != seg.load(b + L.S_TAIL):
-                if slot not in self.first_seen:
-                    return True
-                if seg.load(b + L.S_LOGGED) - seg.load(b + L.S_CONSUMED) >= self.s.buffer_size:
+            if seg.head() != seg.tail():
+                if slot not in self.first_seen or seg.waiting() >= self.s.buffer_size:
                     return True
         return False
 
     def _turn(self) -> Tuple[bool, bool]:
         """One pass: buckets, ring -> API, spool replay, reclaim. Returns (did work, drained)."""
         ring = self.ring
-        flush_seq = ring.load(L.H_FLUSH_SEQ)
+        flush_seq = ring.flush_seq
         force = flush_seq != self.seen_flush or self.exit_deadline is not None
         self._sync_buckets()
         agg_worked = self.agg is not None and self.agg.turn(self, force)  # aggregate: due windows out
@@ -176,7 +179,7 @@ class Sender:
             worked, drained = worked or agg_worked, drained and self.agg.settled(self.exit_deadline is not None)
         if flush_seq != self.seen_flush and drained:
             self.seen_flush = flush_seq
-            ring.store(L.H_FLUSH_DONE, flush_seq)  # aggregate: served (flush() with rules waits for it)
+            ring.set_flush_done(flush_seq)  # aggregate: served (flush() with rules waits for it)
         blocked = self.delivery.outage or self.delivery.auth_blocked
         if self._was_blocked and not blocked:
             self.spool.close_all()  # our own spool files become replayable
@@ -195,11 +198,11 @@ class Sender:
         ring = self.ring
         with ring.locked():
             for slot, st, seg_id, _ in ring.slots():
-                if st == L.SLOT_OWNED and self._owner_alive(slot, seg_id):
+                if st == L.SLOT_OWNED and self._owner_alive(slot, seg_id, may_free=False):
                     return False
             if not remove:
                 return True
-            ring.store(L.H_CLOSING, 1)
+            ring.mark_closing()
             self.bell.close()
             for slot, _, seg_id, _ in list(ring.slots()):
                 try:
@@ -217,15 +220,18 @@ class Sender:
         self.spool.close_all()
         self.t.close()
         ring = self.ring
-        if ring.load(L.H_SENDER_PID) == os.getpid():
-            ring.store(L.H_SENDER_PID, 0)
+        if ring.sender_pid == os.getpid():
+            ring.set_sender_pid(0)
         for _, seg in self.segs.values():
             seg.close()
         self.segs.clear()
 
     # ---- segments ------------------------------------------------------------------------------
-    def _segment(self, slot: int, seg_id: int) -> Optional[Ring]:
-        """The mapping of the segment registered in ``slot`` (opened, and checked, on first use)."""
+    def _segment(self, slot: int, seg_id: int, may_free: bool = True) -> Optional[Ring]:
+        """The mapping of the segment registered in ``slot`` (opened, and checked, on first use).
+
+        A file that is not ours is dropped from the registry (``may_free``: never under the table
+        lock); any other error (no fd left, no memory) leaves the slot alone: None this time."""
         have = self.segs.get(slot)
         if have is not None and have[0] == seg_id:
             return have[1]
@@ -237,22 +243,36 @@ class Sender:
             seg = Ring.open(path, native=self.s.native)
         except RingClosed:
             return None
-        except (RingRefused, OSError) as exc:
-            self.report("isstreamer: %s; that producer slot is dropped" % exc)
-            self.ring.free_slot(slot, seg_id, None)
+        except RingRefused as exc:
+            if may_free:
+                self.report("isstreamer: %s; that producer slot is dropped" % exc)
+                self.ring.free_slot(slot, seg_id, None)
+            return None
+        except OSError as exc:
+            if not self._open_error_reported:
+                self._open_error_reported = True
+                self.report("isstreamer: cannot open segment file %s (%s); retrying" % (path, exc))
             return None
         if seg.nsegs != 1:
-            self.report("isstreamer: refusing segment file %s: not a one-segment ring" % path)
             seg.close()
-            self.ring.free_slot(slot, seg_id, None)
+            if may_free:
+                self.report("isstreamer: refusing segment file %s: not a one-segment ring" % path)
+                self.ring.free_slot(slot, seg_id, None)
             return None
         self.segs[slot] = (seg_id, seg)
         return seg
 
-    def _owner_alive(self, slot: int, seg_id: int) -> bool:
-        """The kernel's word: does a process hold the owner lock of this segment file?"""
-        seg = self._segment(slot, seg_id)
-        return seg is not None and lock_held_elsewhere(seg.fd, L.LOCK_OWNER)
+    def _owner_alive(self, slot: int, seg_id: int, may_free: bool = True) -> bool:
+        """The kernel's word: does a process hold the owner lock of this segment file? (A file that
+        exists but cannot be opened now counts as alive: never reclaim on a doubt.)"""
+        seg = self._segment(slot, seg_id, may_free)
+        if seg is None:
+            return os.path.exists(self.ring.seg_path(seg_id)) and slot in self.ring_slots_owned()
+        return lock_held_elsewhere(seg.fd, L.LOCK_OWNER)
+
+    def ring_slots_owned(self) -> Set[int]:
+        """Slots registered as owned (not released) right now."""
+        return {slot for slot, st, _, _ in self.ring.slots() if st == L.SLOT_OWNED}
 
     def _any_live_owner(self) -> bool:
         alive = False
@@ -269,14 +289,15 @@ class Sender:
                     self.ring.free_slot(slot, seg_id, None)
                 continue
             if st == L.SLOT_RELEASED or (st == L.SLOT_OWNED and not self._owner_alive(slot, seg_id)):
-                b = seg.seg_offset(0)
-                if seg.load(b + L.S_HEAD) == seg.load(b + L.S_TAIL) and self.ring.free_slot(slot, seg_id, seg):
+                if seg.head() == seg.tail() and self.ring.free_slot(slot, seg_id, seg):
                     self.first_seen.pop(slot, None)
                     self.segs.pop(slot, None)
                     seg.close()
 
     # ---- buckets ------------------------------------------------------------------------------
     def _sync_buckets(self) -> None:
+        if self.s.spool_only:
+            return
         used = self.ring.buckets_used()
         if len(self.created) >= used or not self.delivery.ready():
             return
@@ -315,9 +336,8 @@ class Sender:
             seg = self._segment(slot, seg_id)
             if seg is None:
                 continue
-            base = seg.seg_offset(0)
-            pending = seg.load(base + L.S_LOGGED) - seg.load(base + L.S_CONSUMED)
-            if seg.load(base + L.S_HEAD) == seg.load(base + L.S_TAIL):
+            pending = seg.waiting()
+            if seg.head() == seg.tail():
                 self.first_seen.pop(slot, None)
                 continue
             fs = self.first_seen.setdefault(slot, now)
@@ -327,8 +347,8 @@ class Sender:
                 drained = False
                 continue
             while True:
-                tail = seg.load(base + L.S_TAIL)
-                if tail == seg.load(base + L.S_HEAD):
+                tail = seg.tail()
+                if tail == seg.head():
                     self.first_seen.pop(slot, None)
                     break
                 b = (self.agg.next_batch(seg, tail, s.max_batch_events) if self.agg is not None  # aggregate
@@ -360,25 +380,18 @@ class Sender:
         if have is None:
             return
         seg = have[1]
-        base = seg.seg_offset(0)
-        if seg.load(base + L.S_TAIL) != b.start:
+        if seg.tail() != b.start:
             return  # released already (spilled while its request was out)
-        if corrupt:
-            consumed = seg.load(base + L.S_LOGGED)
-        else:
-            consumed = seg.load(base + L.S_CONSUMED) + b.nevents + b.skipped + b.folded  # folded: aggregate
+        consumed = seg.logged() if corrupt else seg.consumed() + b.nevents + b.skipped + b.folded  # folded: aggregate
         seg.release_pages(0, b.start, b.end)
-        seg.store(base + L.S_CONSUMED, consumed)
-        seg.store(base + L.S_TAIL, b.end)
+        seg.release(0, b.end, consumed)
         self.attempts.pop((b.seg, b.start), None)
 
     def _occupancy(self, slot: int) -> float:
         have = self.segs.get(slot)
         if have is None:
             return 0.0
-        seg = have[1]
-        base = seg.seg_offset(0)
-        return (seg.load(base + L.S_HEAD) - seg.load(base + L.S_TAIL)) / seg.seg_data_size
+        return have[1].fill()
 
     def _handle(self, b: Batch, force: bool) -> bool:
         """Deliver, reject or spool one batch: True when the ring may release it."""
@@ -401,13 +414,17 @@ class Sender:
             if urgent:
                 return self._to_spool([b.body], b.nevents, key, name)
             return False
-        if not self._ensure_bucket(b.bucket):
-            # the bucket creation failed: it counts as a failed attempt at this batch
-            if d.auth_blocked:
-                return self._to_spool([b.body], b.nevents, key, name)
-            return self._failed_attempt(b, [b.body], self._bucket_status == 429, key, name)
-        self.inflight, self.spilled_path = b, None
+        self.inflight, self.spilled_path = b, None  # (the spill path treats it as out from here)
         try:
+            if not self._ensure_bucket(b.bucket):
+                if self.spilled_path is not None:
+                    return True  # spilled while the bucket request was out: the spool has it
+                # the bucket creation failed: it counts as a failed attempt at this batch
+                if d.auth_blocked:
+                    return self._to_spool([b.body], b.nevents, key, name)
+                return self._failed_attempt(b, [b.body], self._bucket_status == 429, key, name)
+            if self.spilled_path is not None:
+                return True
             r = d.send(key, b.body, b.nevents, self._finish_deadline())
         finally:
             self.inflight = None
@@ -425,20 +442,21 @@ class Sender:
         return self._failed_attempt(b, leftover, r.kind is Kind.RATE_LIMITED, key, name)
 
     # ---- the ring keeps moving while a request is out (a hanging API never stalls log()) ----------
-    SPILL_AFTER = 1.0  # seconds a request may be out before the ring is drained to the spool
-    SPILL_FILL = 0.75  # ... or half that time, once a segment is this full
+    SPILL_AFTER = 5.0  # seconds a request may be out before the ring is drained to the spool
+    SPILL_FILL = 0.5  # ... or SPILL_SOON seconds, once a segment is this full (its producer is at risk)
+    SPILL_SOON = 0.25
 
     def _while_waiting(self, started: float) -> None:
         """Called every few ms by the HTTP worker's waiter while a request is out. Once it has been
-        out SPILL_AFTER seconds (half that if a segment passes SPILL_FILL), the in-flight batch is copied to
+        out SPILL_AFTER seconds (SPILL_SOON if a segment passes SPILL_FILL), the in-flight batch is copied to
         a spool file of its own and released, and every segment is drained to the spool: the
         producers never wait on the network. If that request is then delivered after all, its
         copy is removed again (see _after_spill)."""
         if self._spilling:
             return
         out = time.monotonic() - started
-        full = any(self._occupancy(slot) > self.SPILL_FILL for slot in list(self.segs))
-        if out < self.SPILL_AFTER / 2 or (out < self.SPILL_AFTER and not full):
+        if out < self.SPILL_SOON or (out < self.SPILL_AFTER and
+                                     not any(self._occupancy(slot) > self.SPILL_FILL for slot in list(self.segs))):
             return
         self._spilling = True
         try:
@@ -468,10 +486,9 @@ class Sender:
         seg = self._segment(slot, seg_id)
         if seg is None:
             return
-        base = seg.seg_offset(0)
         while True:
-            tail = seg.load(base + L.S_TAIL)
-            if tail == seg.load(base + L.S_HEAD):
+            tail = seg.tail()
+            if tail == seg.head():
                 return
             b = (self.agg.next_batch(seg, tail, self.s.max_batch_events) if self.agg is not None  # aggregate
                  else self.enc.next_batch(0, tail, self.s.max_batch_events, ring=seg))
@@ -523,7 +540,7 @@ class Sender:
         deadline of a producer waiting in close() (the table's close_by), if still ahead."""
         if self.exit_deadline is not None:
             return self.exit_deadline
-        by = self.ring.load(L.H_CLOSE_BY) / 1e9
+        by = self.ring.close_by
         return by if by > time.monotonic() else None
 
     def _exit_budget(self) -> Optional[float]:
@@ -566,10 +583,12 @@ class Sender:
             try:
                 self.spool.write(self.s.api_base, key, name, self.fp, body)
             except SpoolFull as exc:
+                if self._spilling:
+                    return False  # a spill only moves events: with the spool full they wait in the ring
                 if not self._reported_spool_full:
                     self.report("%s; further events are dropped and counted as dropped['spool_full']" % exc)
                     self._reported_spool_full = True
-                self.ring.add(L.H_DROPS + 8 * L.D["spool_full"], n)
+                self.ring.count_drop("spool_full", n)
                 continue
             except OSError as exc:
                 keep = nevents is not None and self.exit_deadline is None
@@ -667,10 +686,8 @@ class Sender:
         """True when no segment holds an event (everything sent or spooled)."""
         for slot, _, seg_id, _ in list(self.ring.slots()):
             seg = self._segment(slot, seg_id)
-            if seg is not None:
-                base = seg.seg_offset(0)
-                if seg.load(base + L.S_HEAD) != seg.load(base + L.S_TAIL):
-                    return False
+            if seg is not None and seg.head() != seg.tail():
+                return False
         return True
 
 

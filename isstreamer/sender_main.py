@@ -11,7 +11,6 @@ import os
 import signal
 import sys
 
-from . import layout as L
 from .ring import RingClosed, RingRefused, Table
 from .settings import SenderSettings
 
@@ -34,7 +33,7 @@ def main() -> int:
         return 2
     if not table.hold_sender_lock():
         return 0  # another sender serves this ring
-    table.store(L.H_SENDER_PID, os.getpid())  # informational (stats, tests); liveness is the lock
+    table.set_sender_pid(os.getpid())  # informational (stats, tests); liveness is the lock
     from .sender import Sender  # the HTTP stack: only now
 
     sender = Sender(settings, table)

@@ -5,6 +5,7 @@ Nothing here imports the HTTP stack, so ``import isstreamer`` and a first ``log(
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List
@@ -33,6 +34,7 @@ class SenderSettings:
     policy: Dict[str, float] = field(default_factory=dict)
     ring_identity: List[int] = field(default_factory=list)  # (st_dev, st_ino) of the table file
     spool_only: bool = False  # an adopted ring of another access key: spool, never send
+    fingerprint: str = ""  # with spool_only: the ring's key fingerprint (its spool stream)
     rules: List[List[Any]] = field(default_factory=list)  # [[key or glob, rule dict]]: isstreamer.rules
     ceiling: Dict[str, Any] = field(default_factory=dict)  # max_events_per_second, monthly_budget, fallback
 
@@ -42,10 +44,11 @@ class SenderSettings:
         from .spool import key_fingerprint
 
         d = asdict(self)
-        for k in ("access_key", "ring_path", "ring_identity", "spool_only"):
+        for k in ("access_key", "ring_path", "ring_identity", "spool_only", "fingerprint"):
             d.pop(k)
         d["fingerprint"] = key_fingerprint(self.access_key)
         d["created"] = time.time()
+        d["wake"] = secrets.token_hex(8)  # names the sender's wake socket (see Table.wake_path)
         if len(json.dumps(d, sort_keys=True)) > 2900:  # aggregate: too many rules for the ring header;
             d.pop("rules")  # an adopter of this ring (after a crash) sends its events without them
         return d
@@ -56,10 +59,11 @@ class SenderSettings:
         key the ring was made with, else spool-only (the events wait for their own key)."""
         from .spool import key_fingerprint
 
-        known = {f for f in cls.__dataclass_fields__}
+        known = {f for f in cls.__dataclass_fields__} - {"fingerprint", "spool_only", "access_key"}
         d = {k: v for k, v in meta.items() if k in known}
-        same = bool(access_key) and meta.get("fingerprint") == key_fingerprint(access_key)
-        return cls(ring_path="", access_key=access_key if same else "", spool_only=not same, **d)
+        fp = str(meta.get("fingerprint", ""))
+        same = bool(access_key) and fp == key_fingerprint(access_key)
+        return cls(ring_path="", access_key=access_key if same else "", spool_only=not same, fingerprint=fp, **d)
 
     def to_json(self) -> bytes:
         """Serialise for the child's stdin: one line (the reader stops at the newline)."""

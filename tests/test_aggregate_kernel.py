@@ -57,7 +57,7 @@ def _run(kern: Any, ring: Ring, rules, reread: bool) -> List[Any]:
     rs = RuleSet(normalize_rules(rules))
     for r in rs.rules:
         kern.add_rule(*rule_args(r))
-    head = ring.load(ring.seg_offset(0) + L.S_HEAD)
+    head = ring.head(0)
     pos, folded_to, passed = 0, 0, []
     while pos < head:
         b, taken, miss = kern.encode(ring, pos, 7, max(pos, folded_to), False, MAX_TAKEN, 1.0)

@@ -228,3 +228,26 @@ def test_sender_imports_its_parents_package_whatever_the_working_directory(tmp_p
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["True", "100", backend], out.stdout + out.stderr
     assert "working directory" not in out.stderr
+
+
+LIGHT = """
+import sys
+import isstreamer
+from isstreamer import Streamer
+s = Streamer(bucket_key="light", access_key="k", api_base=sys.argv[1])
+s.log("t", 1.5)
+heavy = sorted(m for m in ("requests", "aiohttp", "click", "tqdm", "urllib3") if m in sys.modules)
+print(",".join(heavy) or "none", flush=True)
+s.close(10)
+"""
+
+
+def test_a_producer_imports_no_http_stack(tmp_path, collector, backend):
+    """Issue 11 item 4: import isstreamer, Streamer(...) and the first log() import none of
+    requests, aiohttp, click or tqdm (only the sender and the CLI do): every pool worker pays
+    the import."""
+    script = write_script(tmp_path, "light.py", LIGHT)
+    out = subprocess.run([sys.executable, script, collector.url], env=script_env(backend), capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "none", "a producer imported %s" % out.stdout.strip()

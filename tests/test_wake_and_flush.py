@@ -77,6 +77,7 @@ def test_async_flush_returns_before_a_slow_api_answers(server, tmp_path, backend
         s.log("x", 2)
         assert s.flush(timeout=0.2) is False  # the API takes 3 s: the timeout passes first
         assert s.flush(timeout=60) is True
+        assert wait_until(lambda: len(server.values("x")) >= 2, 60)
         assert sorted(server.values("x")) == [1, 2]
     finally:
         server.slow(0)

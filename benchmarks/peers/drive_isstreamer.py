@@ -24,6 +24,8 @@ def main() -> int:
     ap.add_argument("--value", default="float", choices=["float", "int", "str", "bool"])
     ap.add_argument("--object", action="store_true",
                     help="time log_object(a 10-key dict) instead of log(key, value)")
+    ap.add_argument("--flush-each", action="store_true",
+                    help="with --object: call flush() after every log_object (2.0.0's flush() POSTs in the caller's thread)")
     args = ap.parse_args()
 
     import ISStreamer
@@ -59,12 +61,20 @@ def main() -> int:
                 log_object(obj)
         return loop
 
+    def make_object_flush_loop(log_object, flush, obj):
+        def loop(n):
+            for _ in range(n):
+                log_object(obj)
+                flush()
+        return loop
+
     info = {"peer": "ISStreamer", "version": isv.__version__, "buffer_size": args.buffer_size,
-            "python": sys.version.split()[0], "call": "log_object" if args.object else "log"}
+            "python": sys.version.split()[0], "call": ("log_object+flush" if args.flush_each else "log_object") if args.object else "log"}
     if args.object:  # the same dict as benchmarks/test_log_cost.py's OBJECT
         obj = {"temp": 21.5, "humidity": 40.25, "pressure": 1013.2, "count": 7, "ok": True, "state": "idle",
                "voltage": 3.3, "current": 0.25, "rpm": 1200, "errors": 0}
-        loop = make_object_loop(streamer.log_object, obj)
+        loop = (make_object_flush_loop(streamer.log_object, streamer.flush, obj) if args.flush_each
+                else make_object_loop(streamer.log_object, obj))
     else:
         loop = make_loop(streamer.log, value)
     if args.worker:
