@@ -443,8 +443,8 @@ class Sender:
 
     # ---- the ring keeps moving while a request is out (a hanging API never stalls log()) ----------
     SPILL_AFTER = 5.0  # seconds a request may be out before the ring is drained to the spool
-    SPILL_FILL = 0.5  # ... or SPILL_SOON seconds, once a segment is this full (its producer is at risk)
-    SPILL_SOON = 0.25
+    SPILL_FILL = 0.9  # ... or SPILL_SOON seconds, once a segment is this full (its producer is at risk)
+    SPILL_SOON = 1.0
 
     def _while_waiting(self, started: float) -> None:
         """Called every few ms by the HTTP worker's waiter while a request is out. Once it has been
