@@ -138,8 +138,10 @@ class Sender:
     def _sleep(self, timeout: float) -> None:
         """Sleep until ``timeout`` or a producer rings (flush(), a put seeing ``sleeping``)."""
         ring = self.ring
-        if not self.bell.armed():
-            time.sleep(min(timeout, 0.02))  # no doorbell: poll
+        if not self.bell.armed() or self.first_seen:
+            # no doorbell, or events already wait (due by buffer_size or flush_interval): poll, so
+            # that producers ring only the first event after an idle stretch, not every event
+            time.sleep(min(timeout, 0.02))
             return
         self._sleep_seq = (self._sleep_seq + 1) & ((1 << 62) - 1) or 1
         ring.sleep_begin(self._sleep_seq)  # a number new to this sleep: producers ring once
