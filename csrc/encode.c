@@ -11,6 +11,7 @@
  */
 #include "isstreamer.h"
 #include "dtoa.h"
+#include "encode_filter.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -153,9 +154,28 @@ static uint64_t seg_in_map(const iss_ring_hdr *h, uint64_t map_size, uint32_t i)
     return first + (uint64_t)i * stride;
 }
 
+size_t iss_json_string(char *out, const uint8_t *s, size_t n)
+{
+    return put_json_string(out, s, n);
+}
+
+size_t iss_json_i64(char *out, int64_t v)
+{
+    return put_i64(out, v);
+}
+
 int64_t iss_encode_batch(const uint8_t *base, uint64_t map_size, uint32_t seg_index,
                          uint64_t from, uint32_t max_events, char *out, size_t out_cap,
                          iss_batch *info)
+{
+    return iss_encode_batch_filtered(base, map_size, seg_index, from, max_events, out, out_cap,
+                                     info, NULL, NULL);
+}
+
+/* The encoder loop; `filter` (may be NULL) decides per record (see encode_filter.h). */
+int64_t iss_encode_batch_filtered(const uint8_t *base, uint64_t map_size, uint32_t seg_index,
+                                  uint64_t from, uint32_t max_events, char *out, size_t out_cap,
+                                  iss_batch *info, iss_rec_filter filter, void *ctx)
 {
     if (info == NULL || out == NULL || iss_ring_check(base, map_size) != ISS_OK)
         return ISS_EINVAL;
@@ -212,16 +232,11 @@ int64_t iss_encode_batch(const uint8_t *base, uint64_t map_size, uint32_t seg_in
             r.keylen > ISS_KEY_MAX || r.vallen > ISS_STR_MAX || body > size ||
             (r.type != ISS_T_STR && r.vallen != 0))
             goto corrupt;
-        if (have_bucket && r.bucket != info->bucket)
-            break;
-        if (w + worst + 1u > out_cap)
-            break;
         const uint8_t *p = d + off + ISS_REC_HDR_SIZE;
         double fv = 0.0;
         int64_t iv = 0;
         if (numeric) {
             memcpy(r.type == ISS_T_F64 ? (void *)&fv : (void *)&iv, p, 8);
-            p += 8;
             if (r.type == ISS_T_F64 && !isfinite(fv)) {
                 /* never produce NaN/Infinity: skip this one record, count it */
                 info->skipped++;
@@ -229,6 +244,22 @@ int64_t iss_encode_batch(const uint8_t *base, uint64_t map_size, uint32_t seg_in
                 continue;
             }
         }
+        if (filter != NULL) {
+            const uint8_t *kp = p + (numeric ? 8u : 0u);
+            int fr = filter(ctx, &r, kp, kp + r.keylen, fv, iv, pos);
+            if (fr == ISS_FILTER_STOP)
+                break;
+            if (fr == ISS_FILTER_TAKE || fr == ISS_FILTER_SKIP) {
+                pos += size;
+                continue;
+            }
+        }
+        if (have_bucket && r.bucket != info->bucket)
+            break;
+        if (w + worst + 1u > out_cap)
+            break;
+        if (numeric)
+            p += 8;
         if (!have_bucket) {
             info->bucket = r.bucket;
             have_bucket = 1;

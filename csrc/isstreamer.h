@@ -84,7 +84,10 @@ typedef struct {
                                      waits; the sender retries until then instead of spooling */
     uint64_t nbuckets_used;
     uint64_t nslots_used;         /* table: high-water mark of producer slots ever claimed */
-    uint8_t _pad0[128 - 96];
+    uint64_t flush_done;          /* table: the last flush_seq the sender fully served (with
+                                     downsampling rules flush() waits for it: its events may be
+                                     folded, with their windows still open) */
+    uint8_t _pad0[128 - 104];
     /* counters written by the sender, or atomically by anyone (offset 128) */
     uint64_t counters[ISS_NCOUNTERS];
     uint64_t drops[ISS_NDROPS]; /* drops folded in from reclaimed segments and global drops */

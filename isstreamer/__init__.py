@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 __version__ = "3.0.0"
-__all__ = ["Streamer", "StreamerClosedError", "__version__"]
+__all__ = ["Streamer", "StreamerClosedError", "Window", "Deadband", "OnChange", "__version__"]
 
 
 def __getattr__(name: str):
@@ -15,4 +15,8 @@ def __getattr__(name: str):
         from . import streamer
 
         return getattr(streamer, name)
+    if name in ("Window", "Deadband", "OnChange"):  # downsampling rules
+        from . import rules
+
+        return getattr(rules, name)
     raise AttributeError(name)

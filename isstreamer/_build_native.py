@@ -24,7 +24,7 @@ typedef struct {
 typedef struct {
     uint64_t magic; uint32_t version; uint32_t hdr_size; uint32_t nsegs; uint32_t seg_data_size;
     uint32_t nbuckets; uint32_t bucket_size; uint64_t total_size; uint64_t sender_pid; uint64_t closing; uint64_t sleeping; uint64_t close_by;
-    uint64_t flush_seq; uint64_t nbuckets_used; uint64_t nslots_used;
+    uint64_t flush_seq; uint64_t nbuckets_used; uint64_t nslots_used; uint64_t flush_done;
     uint64_t counters[32]; uint64_t drops[16];
     ...;
 } iss_ring_hdr;
@@ -41,6 +41,13 @@ typedef struct {
 typedef struct {
     uint64_t end; uint32_t nevents; uint32_t bucket; uint32_t corrupt; uint32_t skipped;
 } iss_batch;
+typedef struct iss_agg iss_agg;
+typedef struct {
+    uint32_t taken; uint32_t miss; uint32_t miss_bucket; uint32_t miss_keylen; char miss_key[1024];
+} iss_agg_info;
+typedef struct {
+    uint64_t folded; uint64_t windows; uint64_t emitted; uint64_t dropped; uint64_t open;
+} iss_agg_counters;
 
 """
 
@@ -56,14 +63,14 @@ def _prototypes(*headers: str) -> str:
     return "\n".join(out)
 
 
-CDEF = CDEF_TYPES + _prototypes("isstreamer.h", "dtoa.h")
+CDEF = CDEF_TYPES + _prototypes("isstreamer.h", "dtoa.h", "aggregate.h")
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 _extra = shlex.split(os.environ.get("ISSTREAMER_CFLAGS", ""))
 ffibuilder.set_source(
     "isstreamer._native",
-    '#include "isstreamer.h"\n#include "dtoa.h"',
-    sources=[os.path.relpath(os.path.join(CSRC, f)) for f in ("ring.c", "encode.c", "dtoa.c")],
+    '#include "isstreamer.h"\n#include "dtoa.h"\n#include "aggregate.h"',
+    sources=[os.path.relpath(os.path.join(CSRC, f)) for f in ("ring.c", "encode.c", "dtoa.c", "aggregate.c")],
     include_dirs=[os.path.relpath(CSRC)],
     extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra"] + _extra,
     extra_link_args=[f for f in _extra if f.startswith("-fsanitize")],

@@ -158,7 +158,9 @@ def serve(
               help="Keep the collector database in this file [default: a temporary one].")
 @click.option("--exit", "exit_after", is_flag=True, help="Exit after the summary instead of serving the dashboard.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars [default: when stderr is a terminal].")
-def demo(events: int, workers: int, port: int, db: Optional[str], exit_after: bool, progress: Optional[bool]) -> None:
+@click.option("--aggregate", is_flag=True, help="The same workload with downsampling rules on (1 s windows, deadband, on change).")
+def demo(events: int, workers: int, port: int, db: Optional[str], exit_after: bool, progress: Optional[bool],
+         aggregate: bool) -> None:
     """Stream a sensor loop and a process pool through one Streamer into the embedded collector.
 
     Prints what was logged, delivered and dropped, the cost of log() and the dashboard URL, then
@@ -167,7 +169,8 @@ def demo(events: int, workers: int, port: int, db: Optional[str], exit_after: bo
     from isstreamer.demo import run_demo
 
     try:
-        code = run_demo(events=events, workers=workers, port=port, db=db, serve=not exit_after, progress=progress)
+        code = run_demo(events=events, workers=workers, port=port, db=db, serve=not exit_after, progress=progress,
+                        aggregate=aggregate)
     except OSError as exc:  # port in use, unwritable database ...
         raise click.ClickException(str(exc)) from exc
     raise SystemExit(code)

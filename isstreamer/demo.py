@@ -35,6 +35,17 @@ TICK_SECONDS = 1.0  # the sensor loop reads all four sensors once a second
 Reading = Tuple[str, Any, float]
 
 
+def aggregate_rules() -> Dict[str, Any]:
+    """The downsampling rules of ``isstreamer demo --aggregate`` (see README, "Downsampling")."""
+    from .rules import Deadband, OnChange, Window
+
+    # the loops read once a second (TICK_SECONDS): their windows are a minute long
+    return {"temperature": Window(60.0, ("mean", "min", "max")), "humidity": Window(60.0),
+            "pressure_hpa": Window(60.0), "door_open": OnChange(), "pump_*_rpm": Deadband(absolute=25.0, heartbeat=60.0),
+            "pump_*_load": Window(60.0, ("mean", "max")), "pump_*_queue": Window(60.0, ("max",)),
+            "pump_*_state": OnChange(), "pump_*_ok": OnChange()}
+
+
 def sensor_readings(n: int, seed: int = 1, end: Optional[float] = None) -> List[Reading]:
     """``n`` simulated ``(key, value, epoch)`` readings of four sensors, one tick of all four at a
     time, one tick every ``TICK_SECONDS`` with the last at ``end`` (default: now), as a real
@@ -155,6 +166,8 @@ class DemoResult:
     seconds: float
     spooled: int = 0
     problems: List[str] = field(default_factory=list)
+    folded: int = 0  # --aggregate: events folded by the rules
+    aggregated: int = 0  # --aggregate: events the rules sent instead
 
     @property
     def dashboard_url(self) -> str:
@@ -165,7 +178,8 @@ class DemoResult:
     def ok(self) -> bool:
         """Every logged event was delivered and stored, none dropped."""
         expected = self.sensor_events + self.worker_events
-        return not self.problems and self.logged == self.delivered == expected and not sum(self.dropped.values())
+        return (not self.problems and self.logged == expected and self.delivered == expected - self.folded + self.aggregated
+                and not sum(self.dropped.values()))
 
 
 def _ring_size(events: int, worker_events: int) -> int:
@@ -223,7 +237,7 @@ def _wait_stored(server: Any, bucket_key: str, expected: int, timeout: float) ->
 
 
 def run_workload(server: Any, events: int, workers: int, work_dir: str, progress: Optional[bool],
-                 echo: Callable[[str], None]) -> DemoResult:
+                 echo: Callable[[str], None], aggregate: bool = False) -> DemoResult:
     """Stream the sensor loop and the pool's events through one Streamer into ``server``."""
     import multiprocessing
 
@@ -244,7 +258,8 @@ def run_workload(server: Any, events: int, workers: int, work_dir: str, progress
         echo("")
     streamer = Streamer(bucket_name=BUCKET_NAME, bucket_key=bucket_key, access_key=ACCESS_KEY, api_base=server.url,
                         spool_dir=os.path.join(work_dir, "spool"), close_timeout=1.0,
-                        ring_size=_ring_size(events, worker_events // max(1, workers)))
+                        ring_size=_ring_size(events, worker_events // max(1, workers)),
+                        rules=aggregate_rules() if aggregate else None)
     pool = None
     bar: Optional[_Progress] = None
     completed = False
@@ -265,7 +280,8 @@ def run_workload(server: Any, events: int, workers: int, work_dir: str, progress
                 problems.append("a pool worker could not flush within 60 s")
         if not streamer.flush(120):
             problems.append("the main process could not flush within 120 s")
-        delivered = _wait_stored(server, bucket_key, total, 30)
+        st = streamer.stats()  # after flush(): the rules' windows are out too (--aggregate)
+        delivered = _wait_stored(server, bucket_key, total - st.get("folded", 0) + st.get("aggregated", 0), 30)
         seconds = time.perf_counter() - t_start
         bar.close()
         bar = None
@@ -287,7 +303,8 @@ def run_workload(server: Any, events: int, workers: int, work_dir: str, progress
         backend=st["backend"], ns_per_call=statistics.median(per_call) if per_call else 0.0,
         ns_per_call_mean=loop_seconds * 1e9 / max(1, events), loop_seconds=loop_seconds,
         requests=st.get("requests", 0), batches=st.get("batches", 0), seconds=seconds,
-        spooled=st.get("spooled", 0), problems=problems,
+        spooled=st.get("spooled", 0), problems=problems, folded=st.get("folded", 0),
+        aggregated=st.get("aggregated", 0),
     )
 
 
@@ -303,12 +320,15 @@ def format_summary(r: DemoResult) -> str:
     """The human-readable summary of a run: ``label  value  meaning`` rows, then the dashboard URL."""
     rows: List[Tuple[str, str, str]] = []
     dropped = sum(r.dropped.values())
-    missing = r.logged - r.delivered
+    missing = r.logged - r.folded + r.aggregated - r.delivered
     rows.append(("logged", _n(r.logged), "events: %s sensor readings + %s from %s"
                  % (_n(r.sensor_events), _n(r.worker_events), _plural(r.workers, "worker"))
                  if r.workers else "events (sensor readings)"))
     rows.append(("delivered", _n(r.delivered), "events read back from the collector database"
                  + ("  <-- %s MISSING" % _n(missing) if missing else "")))
+    if r.folded:
+        rows.append(("downsampled", _n(r.folded), "events folded by the rules (--aggregate), sent as %s events: "
+                     "%.0fx fewer on the wire" % (_n(r.aggregated), r.folded / max(1, r.aggregated))))
     if dropped:
         detail = "DROPPED: " + ", ".join("%s %s" % (k, _n(v)) for k, v in sorted(r.dropped.items()))
     else:
@@ -348,7 +368,7 @@ def _serve_until_interrupted(echo: Callable[[str], None]) -> None:
 
 def run_demo(events: int = 200_000, workers: int = 2, port: int = 0, db: Optional[str] = None,
              serve: bool = True, progress: Optional[bool] = None,
-             echo: Callable[[str], None] = lambda s: print(s, flush=True)) -> int:
+             echo: Callable[[str], None] = lambda s: print(s, flush=True), aggregate: bool = False) -> int:
     """Run the demo; return the exit status (0 when every event was delivered, else 1).
 
     ``db=None`` keeps the collector database in a temporary directory removed at the end.
@@ -367,7 +387,7 @@ def run_demo(events: int = 200_000, workers: int = 2, port: int = 0, db: Optiona
             echo("  collector    %s  (in this process; it accepts any access key)" % server.url)
             echo("  database     %s%s" % (db_path, "" if db else "  (temporary: --db PATH keeps it)"))
             try:
-                result = run_workload(server, events, workers, work_dir, progress, echo)
+                result = run_workload(server, events, workers, work_dir, progress, echo, aggregate)
             except KeyboardInterrupt:
                 echo("\nInterrupted.")
                 return 130

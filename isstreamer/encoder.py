@@ -50,6 +50,7 @@ class Batch:
     bucket: int
     corrupt: bool
     skipped: int
+    folded: int = 0  # records taken by a downsampling rule (isstreamer.aggregate), released with it
 
 
 class Encoder:

@@ -32,6 +32,7 @@ H_BUCKET_SIZE = 28
 H_TOTAL_SIZE = 32
 H_SENDER_PID = 40
 H_FLUSH_SEQ = 64
+H_FLUSH_DONE = 96  # table: the last flush_seq the sender fully served (flush() with downsampling rules waits for it)
 H_NBUCKETS_USED = 80
 H_NSLOTS_USED = 88
 H_CLOSING = 48  # table: set by the sender when it removes the ring
@@ -100,6 +101,11 @@ COUNTERS = (
     "http_errors",
     "corrupt_records",
     "skipped_records",
+    "folded",  # records folded by a downsampling rule (isstreamer.aggregate)
+    "windows",  # windows closed and sent
+    "aggregated",  # events the rules emitted (window statistics, deadband / change reports)
+    "unfit",  # 1 once the stream was found not to fit max_events_per_second / monthly_budget / rate limit
+    "fallback",  # 1 once the fallback rule applies to keys without a rule
 )
 C = {name: i for i, name in enumerate(COUNTERS)}
 

@@ -546,6 +546,16 @@ class Table(_Mapped):
         if self.load(L.H_SLEEPING):
             self.wake()
 
+    @property
+    def flush_done(self) -> int:
+        """The last flush_seq the sender fully served: with downsampling rules, flush() waits
+        for it (its events may all be folded while their windows are still open)."""
+        return self.load(L.H_FLUSH_DONE)
+
+    def set_flush_done(self, seq: int) -> None:
+        """(Sender) every event and window of flush request ``seq`` is out."""
+        self.store(L.H_FLUSH_DONE, seq)
+
     def sleep_begin(self, seq: int) -> None:
         """(Sender) announce an idle sleep numbered ``seq`` (nonzero, new to each sleep), then a
         full barrier: the sender's re-check of the heads cannot be ordered before this store

@@ -25,6 +25,7 @@ from typing import Any, Callable, Dict, Optional, Set, Tuple
 
 from . import layout as L
 from .delivery import DELIVERED, REJECTED, Delivery, Kind, Policy, Result
+from .aggregate import Aggregator
 from .encoder import Batch, Encoder
 from .ring import Ring, RingClosed, RingRefused, Table, lock_held_elsewhere
 from .settings import SenderSettings
@@ -79,6 +80,7 @@ class Sender:
         self.spilled_path: Optional[str] = None  # the spool file holding the in-flight batch's copy
         self._spilling = False
         self._open_error_reported = False
+        self.agg = Aggregator.for_settings(s)  # aggregate: per-key rules (None without rules)
 
     # ---- reporting --------------------------------------------------------------------------
     def report(self, msg: str) -> None:
@@ -129,6 +131,8 @@ class Sender:
         if self.first_seen:
             t = min(t, min(self.first_seen.values()) + self.s.flush_interval - time.monotonic())
             t = max(t, min(self.delivery.wait_time(), self.IDLE_MAX))
+        if self.agg is not None:  # aggregate: the next window due, or its output's flush_interval
+            t = min(t, max(self.agg.due_in(), min(self.delivery.wait_time(), self.IDLE_MAX)))
         return max(0.001, t)
 
     def _sleep(self, timeout: float) -> None:
@@ -171,9 +175,13 @@ class Sender:
         flush_seq = ring.flush_seq
         force = flush_seq != self.seen_flush or self.exit_deadline is not None
         self._sync_buckets()
+        agg_worked = self.agg is not None and self.agg.turn(self, force)  # aggregate: due windows out
         worked, drained = self._pump(force)
+        if self.agg is not None:  # aggregate: its output (and at exit, open windows) pending
+            worked, drained = worked or agg_worked, drained and self.agg.settled(self.exit_deadline is not None)
         if flush_seq != self.seen_flush and drained:
             self.seen_flush = flush_seq
+            ring.set_flush_done(flush_seq)  # aggregate: served (flush() with rules waits for it)
         blocked = self.delivery.outage or self.delivery.auth_blocked
         if self._was_blocked and not blocked:
             self.spool.close_all()  # our own spool files become replayable
@@ -345,7 +353,8 @@ class Sender:
                 if tail == seg.head():
                     self.first_seen.pop(slot, None)
                     break
-                b = self.enc.next_batch(0, tail, s.max_batch_events, ring=seg)
+                b = (self.agg.next_batch(seg, tail, s.max_batch_events) if self.agg is not None  # aggregate
+                     else self.enc.next_batch(0, tail, s.max_batch_events, ring=seg))
                 b.seg = slot
                 if b.corrupt:
                     self.ring.count("corrupt_records")
@@ -353,6 +362,9 @@ class Sender:
                     self._commit(b, corrupt=True)
                     continue
                 if b.end == tail:  # no progress possible (cannot happen with max_batch_events >= 1)
+                    drained = False
+                    break
+                if self.agg is not None and not self.agg.before_commit(self, slot, force):  # aggregate
                     drained = False
                     break
                 if b.nevents and not self._handle(b, force):
@@ -372,7 +384,7 @@ class Sender:
         seg = have[1]
         if seg.tail() != b.start:
             return  # released already (spilled while its request was out)
-        consumed = seg.logged() if corrupt else seg.consumed() + b.nevents + b.skipped
+        consumed = seg.logged() if corrupt else seg.consumed() + b.nevents + b.skipped + b.folded  # folded: aggregate
         seg.release_pages(0, b.start, b.end)
         seg.release(0, b.end, consumed)
         self.attempts.pop((b.seg, b.start), None)
@@ -480,7 +492,8 @@ class Sender:
             tail = seg.tail()
             if tail == seg.head():
                 return
-            b = self.enc.next_batch(0, tail, self.s.max_batch_events, ring=seg)
+            b = (self.agg.next_batch(seg, tail, self.s.max_batch_events) if self.agg is not None  # aggregate
+                 else self.enc.next_batch(0, tail, self.s.max_batch_events, ring=seg))
             b.seg = slot
             if b.corrupt or b.end == tail:
                 return  # left to _pump, which reports it

@@ -35,6 +35,8 @@ class SenderSettings:
     ring_identity: List[int] = field(default_factory=list)  # (st_dev, st_ino) of the table file
     spool_only: bool = False  # an adopted ring of another access key: spool, never send
     fingerprint: str = ""  # with spool_only: the ring's key fingerprint (its spool stream)
+    rules: List[List[Any]] = field(default_factory=list)  # [[key or glob, rule dict]]: isstreamer.rules
+    ceiling: Dict[str, Any] = field(default_factory=dict)  # max_events_per_second, monthly_budget, fallback
 
     def meta(self) -> Dict[str, Any]:
         """What a ring records of these settings for an adopter: everything but the access key
@@ -47,6 +49,8 @@ class SenderSettings:
         d["fingerprint"] = key_fingerprint(self.access_key)
         d["created"] = time.time()
         d["wake"] = secrets.token_hex(8)  # names the sender's wake socket (see Table.wake_path)
+        if len(json.dumps(d, sort_keys=True)) > 2900:  # aggregate: too many rules for the ring header;
+            d.pop("rules")  # an adopter of this ring (after a crash) sends its events without them
         return d
 
     @classmethod

@@ -16,6 +16,7 @@ from . import registry
 from .config import load_config
 from .flatten import flatten_object
 from .ring import Attachment, RingClosed, RingRefused, check_fallback_safe, logs_for, puts_for, use_native
+from .rules import ceiling_settings, normalize_rules
 from .settings import SenderSettings
 from .spool import DEFAULT_MAX_BYTES, default_spool_dir
 from .values import Skip, coerce_epoch, coerce_key, coerce_value, console_line
@@ -112,6 +113,10 @@ class Streamer:
         backoff_max: float = 30.0,
         auth_retry_interval: float = 30.0,
         use_gzip: bool = False,
+        rules: Any = None,
+        max_events_per_second: float = 0.0,
+        monthly_budget: int = 0,
+        fallback: Any = None,
     ) -> None:
         if on_full not in ("block", "drop"):
             raise ValueError("isstreamer: on_full must be 'block' or 'drop'")
@@ -141,6 +146,8 @@ class Streamer:
             max_batch_events=max_batch_events, max_batch_bytes=max_batch_bytes, request_timeout=request_timeout,
             max_rps=max_rps, max_attempts=max_attempts, backoff_max=backoff_max,
             auth_retry_interval=auth_retry_interval, use_gzip=use_gzip,
+            rules=normalize_rules(rules),  # downsampling (isstreamer.rules), applied by the sender
+            ceiling=ceiling_settings(max_events_per_second, monthly_budget, fallback),
         )
         self._init_local()
         if self.Offline:
@@ -219,6 +226,7 @@ class Streamer:
             policy={"max_attempts": o["max_attempts"], "backoff_max": o["backoff_max"],
                     "auth_retry_interval": o["auth_retry_interval"], "max_rps": o["max_rps"]},
             ring_identity=list(ring.identity) if ring is not None else [],
+            rules=o.get("rules", []), ceiling=o.get("ceiling", {}),
         )
 
     def _adopt_settings(self, meta: Dict[str, Any]) -> Optional[SenderSettings]:
@@ -519,13 +527,16 @@ class Streamer:
             return True
         try:
             target = att.head()
-            if att.tail() >= target:
+            rules = bool(self._opts.get("rules"))  # aggregate: folded events leave open windows behind
+            if att.tail() >= target and not rules:
                 return True
+            ring = self._ring
+            seq = ring.flush_seq + 1  # aggregate: a flush the sender serves after this point
             self._nudge()
             deadline = None if timeout is None else time.monotonic() + timeout
             pause = 0.0001  # short first: one event is out in about a millisecond
             next_check = time.monotonic() + 0.5
-            while att.tail() < target:
+            while att.tail() < target or (rules and ring.flush_done < seq):
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
                     return False
@@ -603,6 +614,7 @@ class Streamer:
             out.update(logged=logged, pending=max(0, logged - consumed), producers=sum(1 for _ in ring.slots()))
             for name in L.COUNTERS[2:]:
                 out[name] = ring.counter(name)
+            out["aggregation_ratio"] = out["folded"] / out["aggregated"] if out["aggregated"] else 0.0
         except (ValueError, OSError):  # retired
             pass
         out["dropped"] = dropped
