@@ -25,6 +25,7 @@ on weakly ordered CPUs unless forced (see :func:`check_fallback_safe`).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import json
@@ -32,14 +33,20 @@ import mmap
 import os
 import platform
 import secrets
+import socket
 import stat
 import struct
 import sys
 import tempfile
 import threading
+import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from . import layout as L
+
+# Every module this one needs is imported here, never inside a function: a fork child whose
+# parent was importing a module in another thread at the fork would wait forever on that
+# module's import lock.
 
 try:  # the C extension is optional
     from ._native import ffi as _ffi, lib as _lib  # type: ignore[import-not-found]
@@ -182,10 +189,8 @@ def _keep_forever(obj: Any) -> None:
     otherwise unmap a ring under a daemon thread that is inside a C put)."""
     _IMMORTAL.append(obj)
     try:
-        import ctypes
-
         ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
-    except (ImportError, AttributeError, OSError):  # pragma: no cover - not CPython
+    except (AttributeError, OSError):  # pragma: no cover - not CPython
         pass
 
 
@@ -197,8 +202,6 @@ def _retire_pages(mm: mmap.mmap) -> bool:
     if not sys.platform.startswith("linux") or len(mm) == 0:
         return False
     try:
-        import ctypes
-
         libc = ctypes.CDLL(None, use_errno=True)
         libc.mmap.restype = ctypes.c_void_p
         libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
@@ -209,7 +212,7 @@ def _retire_pages(mm: mmap.mmap) -> bool:
         got = libc.mmap(addr, len(mm), mmap.PROT_READ | mmap.PROT_WRITE,
                         mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_FIXED | _MAP_NORESERVE, -1, 0)
         return got == addr
-    except (ImportError, AttributeError, OSError, TypeError, ValueError):  # pragma: no cover
+    except (AttributeError, OSError, TypeError, ValueError):  # pragma: no cover
         return False
 
 
@@ -626,8 +629,6 @@ class Table(_Mapped):
     def hold_sender_lock(self, patience: float = 1.0) -> bool:
         """(Sender) take the sender lock for the life of this process; False if another sender
         holds it (``patience`` seconds of retries outlast any momentary holder)."""
-        import time
-
         deadline = time.monotonic() + patience
         while not _lock(self.fd, L.LOCK_SENDER, wait=False):
             if time.monotonic() > deadline:
@@ -666,8 +667,6 @@ class Table(_Mapped):
         """Wake an idle sender (it set ``sleeping``): one datagram, never blocking, never SIGPIPE."""
         sock = self._wake_sock
         if sock is None:
-            import socket
-
             try:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             except OSError:
@@ -820,8 +819,6 @@ class PyProducer:
         if klen == 0 or klen > L.KEY_MAX or slen > L.STR_MAX:
             return L.ETOOBIG
         if epoch != epoch:
-            import time
-
             epoch = time.time()
         st = self.state
         me = threading.get_ident()

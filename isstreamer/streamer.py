@@ -15,7 +15,8 @@ from . import layout as L
 from . import registry
 from .config import load_config
 from .flatten import flatten_object
-from .ring import Attachment, RingClosed, RingRefused, check_fallback_safe, logs_for, puts_for, use_native
+from .ring import (Attachment, RingClosed, RingRefused, _ffi, check_fallback_safe, default_ring_dir, logs_for,
+                   puts_for, use_native)
 from .rules import ceiling_settings, normalize_rules
 from .settings import SenderSettings
 from .spool import DEFAULT_MAX_BYTES, default_spool_dir
@@ -43,15 +44,11 @@ class _Detached:
 
 
 def _detached_native():
-    from .ring import _ffi
-
     return _ffi.new("iss_producer *") if _ffi is not None else _Detached()
 
 
 def _default_ring_memory() -> int:
     """Half the ring directory's file system (at least 64 MiB): the cap on all segments of a ring."""
-    from .ring import default_ring_dir
-
     try:
         st = os.statvfs(default_ring_dir())
         return max(64 << 20, st.f_blocks * st.f_frsize // 2)
