@@ -156,12 +156,7 @@ def last_one_out(table: Table) -> bool:
             finally:
                 seg.close()
         table.mark_closing()
-        for _, _, seg_id, _ in slots:
-            with contextlib.suppress(OSError):
-                os.unlink(table.seg_path(seg_id))
-        for path in (table.wake_path, table.path):
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+        table.remove_files()
     return True
 
 
@@ -342,12 +337,8 @@ def adopt_orphans(directory: str, settings: Callable[[Dict[str, Any]], Optional[
             if table.sender_alive():
                 continue
             if table.closing:  # its sender was killed while removing it: finish that
-                for _, _, seg_id, _ in slots:
-                    with contextlib.suppress(OSError):
-                        os.unlink(table.seg_path(seg_id))
-                for p in (table.wake_path, table.path):
-                    with contextlib.suppress(OSError):
-                        os.unlink(p)
+                with table.locked():
+                    table.remove_files()
                 continue
             # a ring being created has no slot for a moment (its creator registers, then starts the
             # sender): an empty ring is an orphan only once it is old

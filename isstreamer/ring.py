@@ -734,6 +734,16 @@ class Table(_Mapped):
             if st != L.SLOT_FREE:
                 yield i, st, self.load(off + L.SL_SEG_ID), self.load(off + L.SL_DATA_SIZE)
 
+    def remove_files(self) -> None:
+        """(Under :meth:`locked`, with the ring marked closing) remove every file of the ring:
+        registered segment files, the wake socket, the table itself."""
+        for _, _, seg_id, _ in list(self.slots()):
+            with contextlib.suppress(OSError):
+                os.unlink(self.seg_path(seg_id))
+        for path in (self.wake_path, self.path):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
     def data_in_use(self) -> int:
         """Bytes of segment data registered (the cap a new producer's segment must fit in)."""
         return sum(size for _, _, _, size in self.slots())

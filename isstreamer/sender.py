@@ -206,15 +206,7 @@ class Sender:
                 return True
             ring.mark_closing()
             self.bell.close()
-            for slot, _, seg_id, _ in list(ring.slots()):
-                try:
-                    os.unlink(ring.seg_path(seg_id))
-                except OSError:
-                    pass
-            try:
-                os.unlink(ring.path)
-            except OSError:
-                pass
+            ring.remove_files()
         return True
 
     def _shutdown(self) -> None:

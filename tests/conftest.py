@@ -59,3 +59,13 @@ def collector_factory(tmp_path: Any) -> Iterator[Callable[..., Any]]:
 def collector(collector_factory: Callable[..., Any]) -> Any:
     """A running local collector with default settings (any access key accepted)."""
     return collector_factory()
+
+
+@pytest.fixture
+def gated(collector: Any) -> Iterator[Any]:
+    """A closed gate in front of the collector (support.GatedProxy): requests wait until it opens."""
+    from support import GatedProxy
+
+    proxy = GatedProxy(collector.url).start()
+    yield proxy
+    proxy.stop()

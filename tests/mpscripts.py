@@ -10,10 +10,9 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from typing import Dict, List, Optional, Sequence
 
-from support import write_script
+from support import wait_until, write_script
 
 
 class Procs:
@@ -112,13 +111,8 @@ def duplicates(db_path: str, bucket_like: str) -> int:
 
 
 def wait_for(cond, timeout: float, every: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if cond():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(every)
+    """Poll ``cond`` until true or ``timeout`` seconds pass (support.wait_until)."""
+    return wait_until(cond, timeout, every)
 
 
 # --------------------------------------------------------------------------- 2. fork storm

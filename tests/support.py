@@ -1,11 +1,13 @@
 """Helpers for the tests: subprocess scripts, bounded waits, the repo root."""
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from typing import Callable, Dict, Optional, Tuple
 
@@ -135,3 +137,27 @@ class ProxyServer:
         if self._loop is not None and self._thread is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(30)
+
+
+class GatedProxy(ProxyServer):
+    """Forwards every request to ``target`` once ``gate`` is set; until then requests wait.
+
+    While closed it stalls the sender inside its HTTP request, so the ring fills up."""
+
+    def __init__(self, target: str) -> None:
+        super().__init__(target)
+        self.gate = threading.Event()
+        self.waiting = 0
+
+    async def handle(self, request):  # -> web.Response
+        await request.read()
+        self.waiting += 1
+        while not self.gate.is_set():
+            await asyncio.sleep(0.01)
+        self.waiting -= 1
+        return await self.forward(request, self.target + request.path)
+
+    def stop(self) -> None:
+        """Open the gate and stop serving."""
+        self.gate.set()
+        super().stop()

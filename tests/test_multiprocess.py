@@ -13,7 +13,6 @@ per-producer segment files whose names start with the ring file's name minus its
 """
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import multiprocessing
 import os
@@ -22,7 +21,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import threading
 import time
 
 import pytest
@@ -30,7 +28,7 @@ import pytest
 import mpscripts as M
 from faultserver import free_port
 from mpscripts import pid_gone
-from support import ProxyServer, int_values_summary, script_env, wait_until
+from support import int_values_summary, script_env, wait_until
 
 import isstreamer
 
@@ -75,35 +73,6 @@ def streamers(backend, collector, tmp_path):
             s.close(timeout=10)
         except Exception:  # noqa: BLE001 - teardown must go on
             pass
-
-
-class GatedProxy(ProxyServer):
-    """Forwards to ``target`` once ``gate`` is set; until then requests wait (the sender stalls
-    inside its HTTP request, so nothing leaves the ring)."""
-
-    def __init__(self, target: str) -> None:
-        super().__init__(target)
-        self.gate = threading.Event()
-        self.waiting = 0
-
-    async def handle(self, request):
-        await request.read()
-        self.waiting += 1
-        while not self.gate.is_set():
-            await asyncio.sleep(0.01)
-        self.waiting -= 1
-        return await self.forward(request, self.target + request.path)
-
-    def stop(self) -> None:
-        self.gate.set()
-        super().stop()
-
-
-@pytest.fixture
-def gated(collector):
-    proxy = GatedProxy(collector.url).start()
-    yield proxy
-    proxy.stop()
 
 
 def _env(backend, **extra):
@@ -510,6 +479,23 @@ def test_full_ring_block_waits_once_then_drops_at_log_speed(backend, collector, 
     s = streamers(bucket_key="full", api_base=gated.url, on_full="block", full_timeout=0.5,
                   ring_size=1 << 20, request_timeout=120.0, flush_interval=0.01)
     assert wait_until(lambda: gated.waiting > 0, 60), "the sender never reached the API"
+    # a hanging API alone no longer fills the ring (the sender spills it to the spool): stop the
+    # sender too, inside its request
+    sender = s.sender_pid
+    os.kill(sender, signal.SIGSTOP)
+    try:
+        _fill_then_drop(s)
+    finally:
+        os.kill(sender, signal.SIGCONT)
+    gated.gate.set()
+    assert s.flush(120)
+    logged = s.stats()["logged"]
+    assert wait_until(lambda: collector.event_count("full") >= logged, 60)
+    assert collector.event_count("full") == logged
+    assert M.duplicates(collector.db_path, "full") == 0
+
+
+def _fill_then_drop(s) -> None:
     value = "v" * 200
     i = 0
     t0 = time.monotonic()
@@ -528,12 +514,6 @@ def test_full_ring_block_waits_once_then_drops_at_log_speed(backend, collector, 
         done, took)
     after = s.stats()["dropped"]["ring_full"]
     assert after - before == 2000, "drops counted: %d of 2000" % (after - before)
-    gated.gate.set()
-    assert s.flush(120)
-    logged = s.stats()["logged"]
-    assert wait_until(lambda: collector.event_count("full") >= logged, 30)
-    assert collector.event_count("full") == logged
-    assert M.duplicates(collector.db_path, "full") == 0
 
 
 # --------------------------------------------------------------------------- 8. signals

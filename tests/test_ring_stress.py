@@ -3,7 +3,6 @@ ring under each overflow policy. Both backends; real processes, real mappings, r
 """
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 import signal
@@ -15,7 +14,7 @@ from typing import Dict, List, Tuple
 import orjson
 import pytest
 
-from support import ProxyServer, script_env, wait_until, write_script
+from support import GatedProxy, script_env, wait_until, write_script
 
 import isstreamer
 from isstreamer import layout as L
@@ -288,38 +287,6 @@ def test_wraparound_with_every_record_size(tmp_path, backend):
 
 
 # --------------------------------------------------------------------------- full ring policies
-
-
-class GatedProxy(ProxyServer):
-    """Forwards every request to ``target`` once ``gate`` is set; until then requests wait.
-
-    While closed it stalls the sender inside its HTTP request, so the ring fills up."""
-
-    def __init__(self, target: str) -> None:
-        super().__init__(target)
-        self.gate = threading.Event()
-        self.waiting = 0
-
-    async def handle(self, request):  # -> web.Response
-        await request.read()
-        self.waiting += 1
-        while not self.gate.is_set():
-            await asyncio.sleep(0.01)
-        self.waiting -= 1
-        return await self.forward(request, self.target + request.path)
-
-    def stop(self) -> None:
-        """Open the gate and stop serving."""
-        self.gate.set()
-        super().stop()
-
-
-@pytest.fixture
-def gated(collector):
-    """A closed gate in front of the collector."""
-    proxy = GatedProxy(collector.url).start()
-    yield proxy
-    proxy.stop()
 
 
 def _streamer(gated: GatedProxy, tmp_path, **kw) -> isstreamer.Streamer:
