@@ -13,7 +13,7 @@ How the sender uses it (see ``Sender._turn`` / ``Sender._pump``, lines marked ``
 * ``turn`` (once per sender turn, before the ring is pumped): when a window is due (its end
   passed, plus :attr:`Aggregator.GRACE`) or a flush / exit is pending, every segment is folded
   up to its head first, then the due windows (all of them on flush / exit) are closed; what the
-  rules emitted is delivered through ``Sender._handle`` (so: retried, paced, spooled as usual).
+  rules emitted is delivered through ``Sender.handle`` (so: retried, paced, spooled as usual).
 * ``before_commit``: while a flush / exit is pending, a batch is released only after what the
   rules emitted is delivered or spooled, so ``flush()`` returning means the windows are out.
 """
@@ -589,7 +589,7 @@ class Aggregator:
         """Fold every segment's ruled records up to its head (nothing is released)."""
         now = time.time()
         for slot, _st, seg_id, _ in list(sender.ring.slots()):
-            seg = sender._segment(slot, seg_id)
+            seg = sender.segment(slot, seg_id)
             if seg is None:
                 continue
             head = seg.head()
@@ -631,7 +631,7 @@ class Aggregator:
         return worked
 
     def deliver(self, sender: Any, slot: int, force: bool) -> Tuple[bool, bool]:
-        """Hand what the rules emitted to ``sender._handle`` when due. (did work, nothing left)."""
+        """Hand what the rules emitted to ``sender.handle`` when due. (did work, nothing left)."""
         pending = self.held or self.k.buckets()
         if not pending:
             self._since = None
@@ -652,7 +652,7 @@ class Aggregator:
                 self.held.append(Batch(body, slot, -1, -1, n, buckets[0], False, 0))
             b = self.held[0]
             b.seg = slot
-            if not sender._handle(b, force):
+            if not sender.handle(b, force):
                 return worked, False
             sender.attempts.pop((slot, -1), None)
             self.held.pop(0)

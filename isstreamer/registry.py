@@ -63,7 +63,7 @@ def _after_fork_in_child() -> None:
     for table in _TABLES.values():
         table.reset_after_fork()
     for s in list(_LIVE):
-        s._on_fork()
+        s.detach_after_fork()
 
 
 if hasattr(os, "register_at_fork"):

@@ -221,7 +221,7 @@ class Sender:
         self.segs.clear()
 
     # ---- segments ------------------------------------------------------------------------------
-    def _segment(self, slot: int, seg_id: int, may_free: bool = True) -> Optional[Ring]:
+    def segment(self, slot: int, seg_id: int, may_free: bool = True) -> Optional[Ring]:
         """The mapping of the segment registered in ``slot`` (opened, and checked, on first use).
 
         A file that is not ours is dropped from the registry (``may_free``: never under the table
@@ -259,7 +259,7 @@ class Sender:
     def _owner_alive(self, slot: int, seg_id: int, may_free: bool = True) -> bool:
         """The kernel's word: does a process hold the owner lock of this segment file? (A file that
         exists but cannot be opened now counts as alive: never reclaim on a doubt.)"""
-        seg = self._segment(slot, seg_id, may_free)
+        seg = self.segment(slot, seg_id, may_free)
         if seg is None:
             return os.path.exists(self.ring.seg_path(seg_id)) and slot in self.ring_slots_owned()
         return lock_held_elsewhere(seg.fd, L.LOCK_OWNER)
@@ -277,7 +277,7 @@ class Sender:
 
     def _reclaim(self) -> None:
         for slot, st, seg_id, _ in list(self.ring.slots()):
-            seg = self._segment(slot, seg_id)
+            seg = self.segment(slot, seg_id)
             if seg is None:
                 if not os.path.exists(self.ring.seg_path(seg_id)):
                     self.ring.free_slot(slot, seg_id, None)
@@ -327,7 +327,7 @@ class Sender:
         now = time.monotonic()
         worked, drained = False, True
         for slot, st, seg_id, _ in list(self.ring.slots()):
-            seg = self._segment(slot, seg_id)
+            seg = self.segment(slot, seg_id)
             if seg is None:
                 continue
             pending = seg.waiting()
@@ -359,7 +359,7 @@ class Sender:
                 if self.agg is not None and not self.agg.before_commit(self, slot, force):  # aggregate
                     drained = False
                     break
-                if b.nevents and not self._handle(b, force):
+                if b.nevents and not self.handle(b, force):
                     drained = False
                     break
                 self._commit(b)
@@ -387,7 +387,7 @@ class Sender:
             return 0.0
         return have[1].fill()
 
-    def _handle(self, b: Batch, force: bool) -> bool:
+    def handle(self, b: Batch, force: bool) -> bool:
         """Deliver, reject or spool one batch: True when the ring may release it."""
         bucket = self.ring.bucket(b.bucket)
         if bucket is None:
@@ -477,7 +477,7 @@ class Sender:
 
     def _drain_to_spool(self, slot: int, seg_id: int) -> None:
         """Spool (and release) what waits in one segment, batch by batch."""
-        seg = self._segment(slot, seg_id)
+        seg = self.segment(slot, seg_id)
         if seg is None:
             return
         while True:
@@ -679,7 +679,7 @@ class Sender:
     def _ring_empty(self) -> bool:
         """True when no segment holds an event (everything sent or spooled)."""
         for slot, _, seg_id, _ in list(self.ring.slots()):
-            seg = self._segment(slot, seg_id)
+            seg = self.segment(slot, seg_id)
             if seg is not None and seg.head() != seg.tail():
                 return False
         return True

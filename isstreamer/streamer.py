@@ -261,8 +261,9 @@ class Streamer:
             self._ensure_sender()  # a process new to the ring: make sure its sender lives
         return True
 
-    def _on_fork(self) -> None:
-        """(fork child) Detach: the first event claims this process's own segment."""
+    def detach_after_fork(self) -> None:
+        """(Called in a fork child, by the registry) Detach: the child's first event claims its own
+        segment of the ring; the parent's segment is never written by the child."""
         self._stats_lock = threading.Lock()
         self._slow_threads = set()
         self._att = None

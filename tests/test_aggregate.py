@@ -17,7 +17,7 @@ import aggworkers
 import isstreamer
 from isstreamer import Deadband, OnChange, Window
 from isstreamer.rules import STATS, RuleSet, normalize_rules, stat_key
-from support import pid_gone, run_script, script_env, wait_until, write_script
+from support import pid_gone, script_env, wait_until, write_script
 
 W = 0.5
 ALL = ("mean", "min", "max", "last", "first", "count", "sum")

@@ -225,7 +225,7 @@ def test_max_batch_events_zero_is_refused_or_works(tmp_path, collector, backend)
     except ValueError as exc:
         assert "max_batch_events" in str(exc)
         return
-    pid = s._proc.pid
+    pid = s.sender_pid
     try:
         s.log("n", 1)
         delivered = s.flush(timeout=5)

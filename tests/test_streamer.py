@@ -22,7 +22,6 @@ import pytest
 from support import int_values_summary, pid_gone, run_script, script_env, wait_until, write_script
 
 import isstreamer
-from isstreamer import layout as L
 
 
 
