@@ -494,9 +494,9 @@ class Streamer:
     def flush(self, timeout: Optional[float] = None) -> bool:
         """Make sure everything logged so far gets sent as soon as possible.
 
-        With ``use_async=True`` (the default, as in ISStreamer 2.0.0) and no ``timeout`` it hands
-        the events to the sender for immediate sending and returns True at once, without waiting
-        on the network. With ``timeout=T`` (or ``use_async=False``: no limit) it waits until every
+        With ``use_async=True`` (the default) and no ``timeout`` it hands the events to the sender
+        for immediate sending ("will get sent asap", as the 2.0.0 README puts it) and returns True
+        at once, without waiting on the network. With ``timeout=T`` (or ``use_async=False``: no limit) it waits until every
         event this process logged before the call is delivered or handed to the failure path
         (spool, rejected file), and returns False if ``T`` seconds passed first.
         """
