@@ -165,8 +165,8 @@ def last_one_out(table: Table) -> bool:
 def attachment(table: Table, data_size: int, total_max: int) -> Attachment:
     """This process's segment of ``table``, created on first use (RingClosed once the ring is gone)."""
     with _LOCK:
-        att = _ATTACH.get(table.path)
-        if att is not None and att.pid == os.getpid():
+        att = own_attachment(table)
+        if att is not None:
             return att
         size = data_size
         if total_max:

@@ -260,13 +260,9 @@ class Sender:
         """The kernel's word: does a process hold the owner lock of this segment file? (A file that
         exists but cannot be opened now counts as alive: never reclaim on a doubt.)"""
         seg = self.segment(slot, seg_id, may_free)
-        if seg is None:
-            return os.path.exists(self.ring.seg_path(seg_id)) and slot in self.ring_slots_owned()
+        if seg is None:  # (callers ask only about slots registered as owned)
+            return os.path.exists(self.ring.seg_path(seg_id))
         return lock_held_elsewhere(seg.fd, L.LOCK_OWNER)
-
-    def ring_slots_owned(self) -> Set[int]:
-        """Slots registered as owned (not released) right now."""
-        return {slot for slot, st, _, _ in self.ring.slots() if st == L.SLOT_OWNED}
 
     def _any_live_owner(self) -> bool:
         alive = False

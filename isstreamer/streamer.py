@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import csv
 import logging
 import os
@@ -240,12 +241,10 @@ class Streamer:
     def _remove_ring(self) -> None:
         """Undo a failed construction: no file of this ring is left behind."""
         ring = self._ring
-        att = registry.own_attachment(ring)
-        for path in ([ring.seg_path(att.seg_id)] if att is not None else []) + [ring.path]:
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
+        with contextlib.suppress(OSError):
+            with ring.locked():
+                ring.mark_closing()
+                ring.remove_files()
         registry.close_table(ring)
 
     def _attach(self, start_sender: bool = True) -> bool:
