@@ -335,7 +335,7 @@ class Delivery:
         return res
 
     def _reject(self, bucket_key: str, events: list, answer: Answer) -> None:
-        from .spool import append_private  # the spool owns safe file creation
+        from .safefile import append_private
 
         data = b"".join(orjson.dumps({"time": self.wall(), "api_base": self.t.api_base, "bucket_key": bucket_key,
                                       "status": answer.status, "answer": answer.text[:1000], "event": ev}) + b"\n"

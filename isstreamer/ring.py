@@ -34,7 +34,6 @@ import os
 import platform
 import secrets
 import socket
-import stat
 import struct
 import sys
 import tempfile
@@ -43,6 +42,7 @@ import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from . import layout as L
+from . import safefile
 
 # Every module this one needs is imported here, never inside a function: a fork child whose
 # parent was importing a module in another thread at the fork would wait forever on that
@@ -64,8 +64,6 @@ _BUCKET_HDR = struct.Struct("=IHH")
 ENV_NO_EXTENSION = "ISSTREAMER_NO_EXTENSION"
 ENV_FORCE_FALLBACK = "ISSTREAMER_FORCE_FALLBACK"
 _STRONGLY_ORDERED = ("x86_64", "amd64", "i386", "i686", "x86")
-_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def native_available() -> bool:
@@ -114,32 +112,13 @@ def open_private(path: str, create: bool = False) -> int:
     """Open a ring file without following symlinks; refuse anything but a 0600 regular file of ours.
 
     ``create``: make a new one (``O_EXCL``). Raises :class:`RingClosed` when it does not exist and
-    :class:`RingRefused` when it is not ours.
-    """
-    flags = os.O_RDWR | _O_CLOEXEC | _O_NOFOLLOW | ((os.O_CREAT | os.O_EXCL) if create else 0)
+    :class:`RingRefused` when it is not ours (see :mod:`isstreamer.safefile`)."""
     try:
-        fd = os.open(path, flags, 0o600)
+        return safefile.open_private(path, os.O_RDWR, create=create)
     except FileNotFoundError as exc:
         raise RingClosed(errno.ENOENT, "isstreamer: the ring is closed", path) from exc
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise RingRefused("isstreamer: refusing ring file %s: it is a symbolic link" % path) from exc
-        raise
-    try:
-        st = os.fstat(fd)
-        why = None
-        if not stat.S_ISREG(st.st_mode):
-            why = "not a regular file"
-        elif st.st_uid != os.geteuid():
-            why = "owned by uid %d, not by this user (%d)" % (st.st_uid, os.geteuid())
-        elif st.st_mode & 0o077:
-            why = "mode %o lets other users in (0600 expected)" % (st.st_mode & 0o777)
-        if why:
-            raise RingRefused("isstreamer: refusing ring file %s: %s" % (path, why))
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    except safefile.Refused as exc:
+        raise RingRefused(str(exc).replace("refusing ", "refusing ring file ", 1)) from None
 
 
 def _lock(fd: int, start: int, wait: bool) -> bool:

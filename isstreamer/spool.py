@@ -14,7 +14,6 @@ another user or writable by others is refused (:func:`check_root`).
 """
 from __future__ import annotations
 
-import errno
 import fcntl
 import hashlib
 import json
@@ -23,6 +22,8 @@ import stat
 import time
 from dataclasses import dataclass
 from typing import Callable, Generator, List, Optional, Tuple
+
+from . import safefile
 
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
 ROTATE_BYTES = 4 * 1024 * 1024
@@ -83,111 +84,21 @@ class SpoolBackoff(OSError):
     """A spool write failed moments ago; writes are paused for a while (nothing was touched)."""
 
 
-# ---- files the spool creates: 0600, never through a symlink, temporary files exclusive --------
+# ---- files the spool creates: see isstreamer.safefile ------------------------------------------
 
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
-
-
-def open_nofollow(path: str, flags: int, mode: int = 0o600) -> int:
-    """``os.open`` with O_NOFOLLOW and O_CLOEXEC; a read-only open must find a regular file
-    (a planted FIFO or device is refused instead of blocking)."""
-    readonly = (flags & (os.O_WRONLY | os.O_RDWR)) == 0
-    fd = os.open(path, flags | _NOFOLLOW | _CLOEXEC | (_NONBLOCK if readonly else 0), mode)
-    if readonly:
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise OSError(errno.EINVAL, "not a regular file", path)
-            if _NONBLOCK:
-                fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~_NONBLOCK)
-        except OSError:
-            os.close(fd)
-            raise
-    return fd
-
-
-def _create_exclusive(path: str) -> int:
-    """Create ``path`` anew (O_EXCL, 0600); a stale file or planted symlink there is removed
-    first (unlinking a symlink never touches its target)."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
-    try:
-        return open_nofollow(path, flags)
-    except FileExistsError:
-        os.unlink(path)
-        return open_nofollow(path, flags)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    done = 0
-    while done < len(data):
-        done += os.write(fd, data[done:])
-
-
-def replace_private(path: str, data: bytes) -> None:
-    """Atomically make ``path`` hold ``data`` (0600, fsynced): an exclusive temporary file
-    renamed over it. The temporary file is removed on failure."""
-    tmp = "%s.%d.tmp" % (path, os.getpid())
-    fd = _create_exclusive(tmp)
-    try:
-        _write_all(fd, data)
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        os.replace(tmp, path)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def append_private(path: str, data: bytes) -> None:
-    """Append ``data`` to ``path`` (created 0600, never through a symlink; its directory is
-    checked like a spool root, and created 0700 when missing)."""
-    ensure_root(os.path.dirname(path) or ".")
-    fd = open_nofollow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-    try:
-        st = os.fstat(fd)
-        if stat.S_IMODE(st.st_mode) & 0o077 and st.st_uid == os.geteuid():
-            os.fchmod(fd, 0o600)  # made by an older version: 0644
-        _write_all(fd, data)
-    finally:
-        os.close(fd)
-
-
-def makedirs_private(path: str) -> None:
-    """``os.makedirs`` where every directory created is 0700 (not only the last one)."""
-    if os.path.isdir(path):
-        return
-    parent = os.path.dirname(path)
-    if parent and parent != path and not os.path.lexists(parent):
-        makedirs_private(parent)
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        if not os.path.isdir(path):
-            raise
+open_nofollow = safefile.open_nofollow
+replace_private = safefile.replace_private
+append_private = safefile.append_private
+makedirs_private = safefile.makedirs_private
 
 
 def check_root(root: str) -> None:
     """Refuse (SpoolUnsafe, a clear message) a spool root that is a symlink, is owned by another
     user or is writable by group or others; NotADirectoryError when it is something else."""
-    st = os.lstat(root)
-    why = ""
-    if stat.S_ISLNK(st.st_mode):
-        why = "it is a symbolic link (give the real directory)"
-    elif not stat.S_ISDIR(st.st_mode):
-        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), root)
-    elif st.st_uid != os.geteuid():
-        why = "it is owned by uid %d, not by this user (uid %d)" % (st.st_uid, os.geteuid())
-    elif st.st_mode & 0o022:
-        why = "it is writable by other users (mode %04o; chmod go-w it)" % stat.S_IMODE(st.st_mode)
-    if why:
-        raise SpoolUnsafe("refusing spool directory %s: %s" % (root, why))
+    try:
+        safefile.check_private_dir(root, "spool directory")
+    except safefile.Refused as exc:
+        raise SpoolUnsafe(str(exc)) from None
 
 
 def ensure_root(root: str) -> None:
@@ -271,7 +182,7 @@ class SpoolWriter:
         fd, path, n = entry
         line = body.replace(b"\n", b"") + b"\n"
         try:
-            _write_all(fd, line)
+            safefile.write_all(fd, line)
             os.fsync(fd)
         except OSError:
             # disk full, file size limit...: nothing may stay behind. A file opened for this

@@ -1,0 +1,201 @@
+"""Files that hold user data, opened safely: the one module every writer of private files uses.
+
+Rules (the ring, the spool, the rejected-events file, the collector's database, the offline
+CSV all follow them):
+
+* every open uses ``O_NOFOLLOW`` and ``O_CLOEXEC``: a planted symbolic link is never followed;
+* new files are created ``0600`` (exclusively where a name could be planted), directories
+  ``0700``, parents included;
+* an existing file is used only when it is a regular file of this user that no other user can
+  read or write (:func:`check_private_fd`); a directory only when it is ours and not writable by
+  group or others (:func:`check_private_dir`). Anything else is refused with a message that says
+  why (:class:`Refused`).
+"""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from typing import Optional
+
+try:  # POSIX only: a read-only open is made non-blocking to refuse FIFOs, then made blocking again
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+
+
+class Refused(ValueError):
+    """A path is not a private file or directory of this user (symlink, owner, mode, type)."""
+
+
+def _euid() -> int:
+    return os.geteuid() if hasattr(os, "geteuid") else -1
+
+
+def open_nofollow(path: str, flags: int, mode: int = 0o600) -> int:
+    """``os.open`` with O_NOFOLLOW and O_CLOEXEC; a read-only open must find a regular file
+    (a planted FIFO or device is refused instead of blocking)."""
+    readonly = (flags & (os.O_WRONLY | os.O_RDWR)) == 0
+    nonblock = _NONBLOCK if readonly and fcntl is not None else 0
+    fd = os.open(path, flags | NOFOLLOW | CLOEXEC | nonblock, mode)
+    if readonly:
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, "not a regular file", path)
+            if nonblock:
+                fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~nonblock)
+        except OSError:
+            os.close(fd)
+            raise
+    return fd
+
+
+def why_not_private(st: os.stat_result) -> Optional[str]:
+    """Why a file with this ``stat`` is not a private file of ours (None when it is)."""
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    uid = _euid()
+    if uid >= 0 and st.st_uid != uid:
+        return "owned by uid %d, not by this user (%d)" % (st.st_uid, uid)
+    if st.st_mode & 0o077:
+        return "mode %o lets other users in (0600 expected)" % (st.st_mode & 0o777)
+    return None
+
+
+def check_private_fd(fd: int, path: str) -> None:
+    """Raise :class:`Refused` unless ``fd`` is a regular 0600 file of this user."""
+    why = why_not_private(os.fstat(fd))
+    if why:
+        raise Refused("isstreamer: refusing %s: %s" % (path, why))
+
+
+def open_private(path: str, flags: int = os.O_RDWR, create: bool = False) -> int:
+    """Open a private file: never through a symlink; ``create`` makes a new one (``O_EXCL``,
+    0600); an existing one must pass :func:`check_private_fd`. ``FileNotFoundError`` when it
+    does not exist (and ``create`` is False); :class:`Refused` when it is not ours."""
+    flags |= (os.O_CREAT | os.O_EXCL) if create else 0
+    try:
+        fd = open_nofollow(path, flags, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise Refused("isstreamer: refusing %s: it is a symbolic link" % path) from exc
+        raise
+    try:
+        check_private_fd(fd, path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_or_create_private(path: str, flags: int = os.O_RDWR) -> int:
+    """Open ``path`` if it is a private file of ours, else create it (0600, exclusively, so a
+    name planted meanwhile is never used); :class:`Refused` for a file that is not ours."""
+    for _ in range(3):
+        try:
+            return open_private(path, flags)
+        except FileNotFoundError:
+            pass
+        try:
+            return open_private(path, flags, create=True)
+        except FileExistsError:
+            continue
+    raise Refused("isstreamer: refusing %s: it keeps appearing and disappearing" % path)
+
+
+def create_exclusive(path: str) -> int:
+    """Create ``path`` anew for writing (O_EXCL, 0600); a stale file or planted symlink there is
+    removed first (unlinking a symlink never touches its target)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    try:
+        return open_nofollow(path, flags)
+    except FileExistsError:
+        os.unlink(path)
+        return open_nofollow(path, flags)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until every byte is written."""
+    view = memoryview(data)
+    done = 0
+    while done < len(view):
+        done += os.write(fd, view[done:])
+
+
+def replace_private(path: str, data: bytes) -> None:
+    """Atomically make ``path`` hold ``data`` (0600, fsynced): an exclusive temporary file
+    renamed over it. The temporary file is removed on failure."""
+    tmp = "%s.%d.tmp" % (path, os.getpid())
+    fd = create_exclusive(tmp)
+    try:
+        write_all(fd, data)
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        os.replace(tmp, path)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def append_private(path: str, data: bytes) -> None:
+    """Append ``data`` to ``path`` (created 0600, never through a symlink; its directory is
+    checked by :func:`ensure_private_dir`, and created 0700 when missing)."""
+    ensure_private_dir(os.path.dirname(path) or ".")
+    fd = open_nofollow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise Refused("isstreamer: refusing %s: not a regular file" % path)
+        if stat.S_IMODE(st.st_mode) & 0o077 and st.st_uid == _euid():
+            os.fchmod(fd, 0o600)  # made by an older version: 0644
+        write_all(fd, data)
+    finally:
+        os.close(fd)
+
+
+def makedirs_private(path: str) -> None:
+    """``os.makedirs`` where every directory created is 0700 (not only the last one)."""
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    if parent and parent != path and not os.path.lexists(parent):
+        makedirs_private(parent)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
+
+
+def check_private_dir(path: str, what: str = "directory") -> None:
+    """Refuse (:class:`Refused`, a clear message) a directory that is a symlink, is owned by
+    another user or is writable by group or others; NotADirectoryError when it is something else."""
+    st = os.lstat(path)
+    why = ""
+    uid = _euid()
+    if stat.S_ISLNK(st.st_mode):
+        why = "it is a symbolic link (give the real directory)"
+    elif not stat.S_ISDIR(st.st_mode):
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
+    elif uid >= 0 and st.st_uid != uid:
+        why = "it is owned by uid %d, not by this user (uid %d)" % (st.st_uid, uid)
+    elif st.st_mode & 0o022:
+        why = "it is writable by other users (mode %04o; chmod go-w it)" % stat.S_IMODE(st.st_mode)
+    if why:
+        raise Refused("refusing %s %s: %s" % (what, path, why))
+
+
+def ensure_private_dir(path: str, what: str = "directory") -> None:
+    """Create ``path`` (0700, parents too) if missing, then :func:`check_private_dir` it."""
+    makedirs_private(path)
+    check_private_dir(path, what)
