@@ -12,13 +12,14 @@
 #include "isstreamer.h"
 #include "dtoa.h"
 #include "encode_filter.h"
+#include "atomics.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define LOAD_ACQ(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define LOAD_ACQ(p) ISS_LOAD_ACQ(p)
 
 static const char HEX[] = "0123456789abcdef";
 

@@ -16,7 +16,7 @@
  * when the process dies; fork children do not inherit it): see isstreamer/ring.py.
  *
  * Every cross-process field is fixed-width and naturally aligned; 64-bit fields are accessed
- * with __atomic builtins only (lock-free on x86-64, aarch64 and ARMv7 with LDREXD/STREXD).
+ * through csrc/atomics.h only (lock-free on x86-64, aarch64 and ARMv7 with LDREXD/STREXD).
  * The Python side (isstreamer/layout.py) mirrors these offsets; a test checks they agree.
  */
 #ifndef ISSTREAMER_H
@@ -27,7 +27,7 @@
 
 #define ISS_MAGIC UINT64_C(0x315347524e525349) /* "ISRNRGS1" little-endian */
 #define ISS_TABLE_MAGIC UINT64_C(0x3142415452525349) /* "ISRRTAB1" little-endian */
-#define ISS_LAYOUT_VERSION 2u
+#define ISS_LAYOUT_VERSION 3u
 
 #define ISS_HDR_SIZE 4096u
 #define ISS_BUCKET_SIZE 2048u
@@ -59,10 +59,17 @@
 /* put() return codes */
 #define ISS_OK 0
 #define ISS_FULL 1
-#define ISS_DROPPED 2 /* full, and the producer is in a drop episode: counted as ring_full */
+#define ISS_DROPPED 2 /* full or out of reserved pages, in a drop episode: counted by the put */
 #define ISS_WAKE 3    /* published, and the sender sleeps: the caller should wake it */
+#define ISS_CHECK 4   /* published; check_every passed: the caller should check the sender lives */
+#define ISS_RESERVE 5 /* not written: the pages ahead of head are not reserved yet (see reserved) */
+#define ISS_CLOSED 6  /* not written: the handle's guard is closed (the segment is being released) */
 #define ISS_ETOOBIG (-1)
 #define ISS_EINVAL (-2)
+
+/* drop reasons the C side counts itself (indices into drops[], see isstreamer/layout.py) */
+#define ISS_DROP_RING_FULL 0u
+#define ISS_DROP_NO_SPACE 11u
 
 typedef struct {
     uint64_t magic;
@@ -104,19 +111,26 @@ typedef struct {
 } iss_bucket;
 
 typedef struct {
-    /* cache line 0 */
-    uint64_t _reserved0[3]; /* unused: ownership is a record lock on the file, see iss_slot */
-    uint64_t lock;          /* spinlock of the owner's threads */
-    uint8_t _pad0[64 - 32];
+    /* cache line 0: unused (ownership is a record lock on the file, the threads' lock is
+       process-local: see iss_guard) */
+    uint8_t _pad0[64];
     /* producer, offset 64 */
     uint64_t head;    /* bytes published (monotonic) */
     uint64_t logged;  /* records published */
     uint64_t drops[ISS_NDROPS]; /* events refused by the producer, by reason */
-    uint8_t _pad1[256 - 64 - 16 - 8 * ISS_NDROPS];
+    uint64_t reserved; /* position up to which the data pages are allocated (fallocate): a put
+                          never writes at or past it, so a full file system is never a SIGBUS */
+    uint8_t _pad1[256 - 64 - 16 - 8 * ISS_NDROPS - 8];
     /* consumer, offset 256 */
     uint64_t tail;     /* bytes released back by the sender */
     uint64_t consumed; /* records released back */
-    uint8_t _pad2[ISS_SEG_HDR_SIZE - 256 - 16];
+    /* the commit journal: the sender stores rel_consumed, then rel_end (release), then returns
+       the pages of [tail, rel_end), then stores consumed and tail. A sender that finds
+       rel_end > tail finishes that commit: its successor never reads returned (zeroed) pages. */
+    uint64_t rel_end;
+    uint64_t rel_consumed;
+    uint64_t lost; /* records the sender found unreadable and skipped (counted as dropped) */
+    uint8_t _pad2[ISS_SEG_HDR_SIZE - 256 - 40];
 } iss_seg_hdr;
 
 typedef struct {
@@ -140,6 +154,15 @@ typedef struct {
     uint64_t _reserved[4];
 } iss_slot;
 
+/* Process-local: the lock of the threads writing one segment, and whether the segment is
+ * closed. Every put takes the lock and checks `closed` before it touches the mapping, so once
+ * iss_guard_close() returned no put of this process reads or writes the segment (or the
+ * table's `sleeping` word) again: the mappings can then be unmapped. */
+typedef struct {
+    uint64_t lock;
+    uint64_t closed;
+} iss_guard;
+
 /* Process-local producer handle (not shared). */
 typedef struct {
     uint8_t *base;       /* start of the mapping */
@@ -150,11 +173,19 @@ typedef struct {
     uint64_t cached_tail;
     uint32_t bucket;
     uint32_t seg_index;
-    uint32_t dropping; /* set by the caller after a full-ring wait: ISS_FULL is then counted
-                          as a ring_full drop and returned as ISS_DROPPED; cleared by a put */
-    uint32_t _pad;
+    uint32_t dropping; /* set by the caller after a full-ring (or no-space) wait: ISS_FULL is
+                          then counted as a ring_full drop (ISS_RESERVE as no_space, except once
+                          per retry_ns) and returned as ISS_DROPPED; cleared by a put */
+    uint32_t reserve;  /* 1: honour seg->reserved (set by the library, which reserves pages) */
     const uint64_t *wake; /* the table's `sleeping` flag, or NULL: see ISS_WAKE */
     uint64_t woke;        /* the last `sleeping` value this handle rang for */
+    iss_guard *guard;     /* the segment's guard (shared by the process's handles on it) */
+    iss_guard own_guard;  /* the guard of a handle used alone (iss_producer_attach sets it) */
+    uint64_t cached_reserved;
+    uint64_t check_every; /* ns; nonzero: ISS_CHECK once per interval (monotonic clock) */
+    uint64_t check_at;
+    uint64_t retry_ns;    /* while dropping for want of reserved pages: ISS_RESERVE once per */
+    uint64_t retry_at;
 } iss_producer;
 
 /* Result of one encoded batch. */
@@ -174,6 +205,7 @@ int iss_ring_check(const uint8_t *base, uint64_t map_size);
 
 /* --- producer --- */
 int iss_producer_attach(iss_producer *p, uint8_t *base, uint64_t map_size, uint32_t seg_index);
+void iss_guard_close(iss_guard *g);
 int iss_put_f64(iss_producer *p, const char *key, size_t keylen, double v, double epoch);
 int iss_put_i64(iss_producer *p, const char *key, size_t keylen, int64_t v, double epoch);
 int iss_put_bool(iss_producer *p, const char *key, size_t keylen, int v, double epoch);

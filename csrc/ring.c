@@ -6,6 +6,7 @@
 #define _GNU_SOURCE
 #endif
 #include "isstreamer.h"
+#include "atomics.h"
 
 #include <math.h>
 #include <sched.h>
@@ -32,7 +33,11 @@ _Static_assert(offsetof(iss_ring_hdr, nslots_used) == 88, "nslots_used offset");
 _Static_assert(offsetof(iss_ring_hdr, closing) == 48, "closing offset");
 _Static_assert(offsetof(iss_ring_hdr, sleeping) == 56, "sleeping offset");
 _Static_assert(offsetof(iss_ring_hdr, close_by) == 72, "close_by offset");
-_Static_assert(offsetof(iss_seg_hdr, lock) == 24, "lock offset");
+_Static_assert(offsetof(iss_seg_hdr, reserved) == 208, "reserved offset");
+_Static_assert(offsetof(iss_seg_hdr, rel_end) == 272, "rel_end offset");
+_Static_assert(offsetof(iss_seg_hdr, rel_consumed) == 280, "rel_consumed offset");
+_Static_assert(offsetof(iss_seg_hdr, lost) == 288, "lost offset");
+_Static_assert(ISS_DROP_NO_SPACE < ISS_NDROPS, "drop reason index");
 
 /* ---- interned keys: a process-local table, chunks never move once allocated ---- */
 typedef struct {
@@ -44,9 +49,9 @@ static iss_key **keytab[ISS_KEYTAB_CHUNKS];
 static uint32_t keytab_n;
 static uint32_t keytab_lock;
 
-#define LOAD_ACQ(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
-#define LOAD_RLX(p) __atomic_load_n((p), __ATOMIC_RELAXED)
-#define STORE_REL(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+#define LOAD_ACQ(p) ISS_LOAD_ACQ(p)
+#define LOAD_RLX(p) ISS_LOAD_RLX(p)
+#define STORE_REL(p, v) ISS_STORE_REL(p, v)
 
 uint64_t iss_layout_size(uint32_t nsegs, uint32_t seg_data_size, uint32_t nbuckets)
 {
@@ -116,8 +121,17 @@ int iss_producer_attach(iss_producer *p, uint8_t *base, uint64_t map_size, uint3
     p->cached_tail = LOAD_ACQ(&p->seg->tail);
     p->seg_index = seg_index;
     p->dropping = 0;
+    p->reserve = 0;
     p->wake = NULL;
     p->woke = 0;
+    p->own_guard.lock = 0;
+    p->own_guard.closed = 0;
+    p->guard = &p->own_guard;
+    p->cached_reserved = 0;
+    p->check_every = 0;
+    p->check_at = 0;
+    p->retry_ns = 0;
+    p->retry_at = 0;
     if (p->bucket > 65535u) /* records carry a u16 index into the table's buckets */
         p->bucket = 0;
     return ISS_OK;
@@ -128,19 +142,21 @@ int iss_producer_attach(iss_producer *p, uint8_t *base, uint64_t map_size, uint3
  * means no child starts with it held and the table is never copied half-updated. */
 void iss_before_fork(void)
 {
-    while (__atomic_exchange_n(&keytab_lock, 1u, __ATOMIC_ACQUIRE) != 0)
+    while (ISS_XCHG_ACQ(&keytab_lock, 1u) != 0)
         sched_yield();
 }
 
-void iss_after_fork_parent(void) { __atomic_store_n(&keytab_lock, 0u, __ATOMIC_RELEASE); }
+void iss_after_fork_parent(void) { STORE_REL(&keytab_lock, 0u); }
 
-void iss_after_fork_child(void) { __atomic_store_n(&keytab_lock, 0u, __ATOMIC_RELEASE); }
+void iss_after_fork_child(void) { STORE_REL(&keytab_lock, 0u); }
 
-static void seg_lock(iss_seg_hdr *s)
+/* The guard's lock: held only inside a C call (never across Python code, so a Python signal
+ * handler never waits for it), for the few hundred nanoseconds of one put. */
+static void guard_lock(iss_guard *g)
 {
     unsigned spins = 0;
-    while (__atomic_exchange_n(&s->lock, (uint64_t)1, __ATOMIC_ACQUIRE) != 0) {
-        while (LOAD_RLX(&s->lock) != 0) {
+    while (ISS_XCHG_ACQ(&g->lock, (uint64_t)1) != 0) {
+        while (LOAD_RLX(&g->lock) != 0) {
             if (++spins >= 64u) {
                 sched_yield();
                 spins = 0;
@@ -149,7 +165,28 @@ static void seg_lock(iss_seg_hdr *s)
     }
 }
 
-static void seg_unlock(iss_seg_hdr *s) { STORE_REL(&s->lock, (uint64_t)0); }
+static void guard_unlock(iss_guard *g) { STORE_REL(&g->lock, (uint64_t)0); }
+
+void iss_guard_close(iss_guard *g)
+{
+    if (g == NULL)
+        return;
+    guard_lock(g); /* waits for a put in progress: after this, none touches the segment */
+    ISS_STORE_RLX(&g->closed, (uint64_t)1);
+    guard_unlock(g);
+}
+
+static uint64_t now_mono_ns(void)
+{
+    struct timespec ts;
+#ifdef CLOCK_MONOTONIC_COARSE
+    if (clock_gettime(CLOCK_MONOTONIC_COARSE, &ts) != 0)
+#else
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0)
+#endif
+        return 0;
+    return (uint64_t)ts.tv_sec * UINT64_C(1000000000) + (uint64_t)ts.tv_nsec;
+}
 
 static double now_realtime(void)
 {
@@ -159,11 +196,17 @@ static double now_realtime(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-/* Append one record. num: the 8 value bytes of F64/I64, or NULL. */
+/* Append one record. num: the 8 value bytes of F64/I64, or NULL.
+ *
+ * Under the guard's lock: refuse if closed; room (tail) and reserved pages (reserved) ahead of
+ * head, else ISS_FULL / ISS_RESERVE (or, in a drop episode, count the drop: ISS_DROPPED); write
+ * the record; publish head (release: the consumer's acquire load of head sees the record);
+ * then the Dekker check of the sender's `sleeping` word (ISS_WAKE) and the liveness interval
+ * (ISS_CHECK). Nothing is read or written outside the lock: see iss_guard. */
 static int put(iss_producer *p, uint8_t type, const char *key, size_t keylen, const void *num,
                const char *s, size_t slen, double epoch)
 {
-    if (p == NULL || p->seg == NULL || key == NULL)
+    if (p == NULL || p->seg == NULL || p->guard == NULL || key == NULL)
         return ISS_EINVAL;
     if (keylen == 0 || keylen > ISS_KEY_MAX || slen > ISS_STR_MAX || (slen > 0 && s == NULL))
         return ISS_ETOOBIG;
@@ -172,9 +215,14 @@ static int put(iss_producer *p, uint8_t type, const char *key, size_t keylen, co
     if (isnan(epoch))
         epoch = now_realtime();
 
+    iss_guard *g = p->guard;
+    guard_lock(g);
+    if (LOAD_RLX(&g->closed)) {
+        guard_unlock(g);
+        return ISS_CLOSED;
+    }
     iss_seg_hdr *seg = p->seg;
     const uint64_t ds = p->data_size;
-    seg_lock(seg);
     uint64_t head = LOAD_RLX(&seg->head);
     uint64_t off = head % ds;
     uint64_t contig = ds - off;
@@ -182,12 +230,30 @@ static int put(iss_producer *p, uint8_t type, const char *key, size_t keylen, co
     if (head + need - p->cached_tail > ds) {
         p->cached_tail = LOAD_ACQ(&seg->tail);
         if (head + need - p->cached_tail > ds) {
-            seg_unlock(seg);
+            int rc = ISS_FULL;
             if (p->dropping) { /* one wait per full episode; after it, drops cost a put */
-                __atomic_add_fetch(&seg->drops[0], (uint64_t)1, __ATOMIC_RELAXED);
-                return ISS_DROPPED;
+                ISS_ADD_RLX(&seg->drops[ISS_DROP_RING_FULL], (uint64_t)1);
+                rc = ISS_DROPPED;
             }
-            return ISS_FULL;
+            guard_unlock(g);
+            return rc;
+        }
+    }
+    if (p->reserve && head + need > p->cached_reserved) {
+        p->cached_reserved = LOAD_ACQ(&seg->reserved);
+        if (head + need > p->cached_reserved) {
+            int rc = ISS_RESERVE;
+            if (p->dropping) { /* no space to reserve: drops cost a put, a retry once per retry_ns */
+                uint64_t now = now_mono_ns();
+                if (now < p->retry_at) {
+                    ISS_ADD_RLX(&seg->drops[ISS_DROP_NO_SPACE], (uint64_t)1);
+                    rc = ISS_DROPPED;
+                } else {
+                    p->retry_at = now + p->retry_ns;
+                }
+            }
+            guard_unlock(g);
+            return rc;
         }
     }
     p->dropping = 0;
@@ -226,21 +292,30 @@ static int put(iss_producer *p, uint8_t type, const char *key, size_t keylen, co
     size_t padbytes = (size_t)(size - body);
     if (padbytes > 0)
         memset(w, 0, padbytes);
+    /* publish: pairs with the consumer's acquire load of head (encode.c) */
     STORE_REL(&seg->head, head + size);
     STORE_REL(&seg->logged, LOAD_RLX(&seg->logged) + 1u);
-    seg_unlock(seg);
+    int rc = ISS_OK;
     if (p->wake != NULL) {
         /* Dekker with the sender: it stores `sleeping` then loads every head; we store head then
          * load `sleeping`. The full fences order each store before the other side's load, so
          * at least one of us sees the other: an idle sender is never left asleep on an event. */
-        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        ISS_FENCE_SEQ();
         uint64_t sleep = LOAD_RLX(p->wake);
         if (sleep != 0 && sleep != p->woke) { /* ring once per sleep, not on every put */
             p->woke = sleep;
-            return ISS_WAKE;
+            rc = ISS_WAKE;
         }
     }
-    return ISS_OK;
+    if (rc == ISS_OK && p->check_every != 0) {
+        uint64_t now = now_mono_ns();
+        if (now >= p->check_at) {
+            p->check_at = now + p->check_every;
+            rc = ISS_CHECK;
+        }
+    }
+    guard_unlock(g);
+    return rc;
 }
 
 int iss_put_f64(iss_producer *p, const char *key, size_t keylen, double v, double epoch)
@@ -275,7 +350,7 @@ int32_t iss_key_intern(const char *key, size_t keylen)
         return ISS_EINVAL;
     k->len = (uint16_t)keylen;
     memcpy(k->bytes, key, keylen);
-    while (__atomic_exchange_n(&keytab_lock, 1u, __ATOMIC_ACQUIRE) != 0)
+    while (ISS_XCHG_ACQ(&keytab_lock, 1u) != 0)
         sched_yield();
     int32_t id = ISS_EINVAL;
     uint32_t n = keytab_n;
@@ -284,12 +359,12 @@ int32_t iss_key_intern(const char *key, size_t keylen)
         if (keytab[c] == NULL)
             keytab[c] = calloc(ISS_KEYTAB_CHUNK, sizeof(iss_key *));
         if (keytab[c] != NULL) {
-            __atomic_store_n(&keytab[c][n % ISS_KEYTAB_CHUNK], k, __ATOMIC_RELEASE);
-            __atomic_store_n(&keytab_n, n + 1u, __ATOMIC_RELEASE);
+            STORE_REL(&keytab[c][n % ISS_KEYTAB_CHUNK], k);
+            STORE_REL(&keytab_n, n + 1u);
             id = (int32_t)n;
         }
     }
-    __atomic_store_n(&keytab_lock, 0u, __ATOMIC_RELEASE);
+    STORE_REL(&keytab_lock, 0u);
     if (id < 0)
         free(k);
     return id;
@@ -297,10 +372,10 @@ int32_t iss_key_intern(const char *key, size_t keylen)
 
 static const iss_key *key_get(uint32_t id)
 {
-    if (id >= __atomic_load_n(&keytab_n, __ATOMIC_ACQUIRE))
+    if (id >= LOAD_ACQ(&keytab_n))
         return NULL;
     iss_key **chunk = keytab[id / ISS_KEYTAB_CHUNK];
-    return chunk ? __atomic_load_n(&chunk[id % ISS_KEYTAB_CHUNK], __ATOMIC_ACQUIRE) : NULL;
+    return chunk ? LOAD_ACQ(&chunk[id % ISS_KEYTAB_CHUNK]) : NULL;
 }
 
 int iss_log_f64_at(iss_producer *p, uint32_t key_id, double v, double epoch)
@@ -360,5 +435,5 @@ void iss_store64(uint8_t *base, uint64_t map_size, uint64_t off, uint64_t v)
 uint64_t iss_add64(uint8_t *base, uint64_t map_size, uint64_t off, uint64_t v)
 {
     uint64_t *f = field(base, map_size, off);
-    return f ? __atomic_add_fetch(f, v, __ATOMIC_ACQ_REL) : 0;
+    return f ? ISS_ADD_ACQREL(f, v) : 0;
 }

@@ -16,9 +16,12 @@ CSRC = os.path.join(os.path.dirname(HERE), "csrc")
 
 # Structs the Python side allocates or reads; the functions come from the headers.
 CDEF_TYPES = """
+typedef struct { uint64_t lock; uint64_t closed; } iss_guard;
 typedef struct {
     uint8_t *base; uint64_t map_size; uint64_t data_size; uint64_t cached_tail;
-    uint32_t bucket; uint32_t seg_index; uint32_t dropping; const uint64_t *wake; uint64_t woke;
+    uint32_t bucket; uint32_t seg_index; uint32_t dropping; uint32_t reserve; const uint64_t *wake; uint64_t woke;
+    iss_guard *guard; uint64_t cached_reserved; uint64_t check_every; uint64_t check_at; uint64_t retry_ns;
+    uint64_t retry_at;
     ...;
 } iss_producer;
 typedef struct {
@@ -29,7 +32,8 @@ typedef struct {
     ...;
 } iss_ring_hdr;
 typedef struct {
-    uint64_t lock; uint64_t head; uint64_t logged; uint64_t drops[16]; uint64_t tail; uint64_t consumed;
+    uint64_t head; uint64_t logged; uint64_t drops[16]; uint64_t reserved; uint64_t tail; uint64_t consumed;
+    uint64_t rel_end; uint64_t rel_consumed; uint64_t lost;
     ...;
 } iss_seg_hdr;
 typedef struct { uint64_t state; uint64_t seg_id; uint64_t owner_pid; uint64_t data_size; ...; } iss_slot;

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 MAGIC = 0x315347524E525349  # a ring-format file (a producer's segment file)
 TABLE_MAGIC = 0x3142415452525349  # a Streamer's table file
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 
 HDR_SIZE = 4096
 BUCKET_SIZE = 2048
@@ -44,12 +44,15 @@ H_COUNTERS = 128
 H_DROPS = 384
 
 # segment header field offsets (relative to the segment)
-S_LOCK = 24
 S_HEAD = 64
 S_LOGGED = 72
 S_DROPS = 80
+S_RESERVED = 208  # producer: position up to which the data pages are allocated (no SIGBUS)
 S_TAIL = 256
 S_CONSUMED = 264
+S_REL_END = 272  # the sender's commit journal (see csrc/isstreamer.h, iss_seg_hdr)
+S_REL_CONSUMED = 280
+S_LOST = 288  # records the sender found unreadable and skipped
 
 # producer slots of the table file (after the bucket table)
 SLOT_SIZE = 64
@@ -80,8 +83,11 @@ T_FALSE = 6
 OK = 0
 FULL = 1
 ETOOBIG = -1
-DROPPED = 2  # full, in a drop episode: already counted as ring_full by the put
+DROPPED = 2  # full (or no reserved pages), in a drop episode: already counted by the put
 WAKE = 3  # published; the sender sleeps and should be woken
+CHECK = 4  # published; time to check that the sender lives
+RESERVE = 5  # not written: reserve the pages ahead of head first
+CLOSED = 6  # not written: the segment is being released (close() raced this put)
 EINVAL = -2
 
 # header counters: index -> name (written by the sender)
@@ -106,6 +112,8 @@ COUNTERS = (
     "aggregated",  # events the rules emitted (window statistics, deadband / change reports)
     "unfit",  # 1 once the stream was found not to fit max_events_per_second / monthly_budget / rate limit
     "fallback",  # 1 once the fallback rule applies to keys without a rule
+    "space_short",  # times a producer found the ring directory full (no page to reserve): spool now
+    "recovered_commits",  # commits a killed sender left half done, finished by its successor
 )
 C = {name: i for i, name in enumerate(COUNTERS)}
 
@@ -122,9 +130,11 @@ DROP_REASONS = (
     "invalid_input",
     "too_large",
     "spool_full",
+    "no_space",  # the ring directory's file system is full: no page could be reserved (csrc: 11)
+    "corrupt",  # records the sender found unreadable (counted with their number, never skipped silently)
 )
 D = {name: i for i, name in enumerate(DROP_REASONS)}
-assert len(DROP_REASONS) <= NDROPS and len(COUNTERS) <= NCOUNTERS
+assert len(DROP_REASONS) <= NDROPS and len(COUNTERS) <= NCOUNTERS and D["no_space"] == 11
 
 
 def layout_size(nsegs: int, seg_data_size: int, nbuckets: int) -> int:

@@ -14,14 +14,16 @@ import collections
 import contextlib
 import logging
 import os
+import stat
 import subprocess
 import sys
 import threading
 import time
 import weakref
-from typing import Any, Callable, Deque, Dict, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, Iterator, Optional, Tuple
 
 from . import layout as L
+from . import reentry
 from . import ring as R
 from .ring import Attachment, RingClosed, RingRefused, Table
 from .settings import SenderSettings
@@ -35,10 +37,14 @@ _ATTACH: Dict[str, Attachment] = {}
 _VIEWS: Dict[Tuple[str, int], R.Ring] = {}
 _LIVE: "weakref.WeakSet[Any]" = weakref.WeakSet()
 _START_FAILURES: Dict[str, int] = {}
+_ATTACH_FAILED: Dict[str, Tuple[float, str]] = {}  # ring path -> (retry time, why): no attach before
 _ADOPTED = False
 MAX_START_FAILURES = 3
 SENDER_START_WAIT = 10.0
 ORPHAN_MIN_AGE = 60.0
+ORPHAN_SCAN_BUDGET = 0.2  # seconds the orphan scan may take at a Streamer's creation, however many names
+ATTACH_RETRY = 1.0  # seconds before a process whose attach failed (no slot, no space) tries again
+SEGMENT_MIN = 1 << 20  # a new producer's segment is at least this large (while ring_size allows)
 
 
 # ---- fork hooks ----------------------------------------------------------------------------------
@@ -52,18 +58,26 @@ def _after_fork_in_parent() -> None:
 
 
 def _after_fork_in_child() -> None:
-    """A fork child owns no segment and holds no lock: reset every process-local lock, forget the
-    parent's segments, detach every Streamer (each claims its own segment on first use)."""
+    """A fork child owns no segment and holds no lock: reset every process-local lock, detach
+    every Streamer (each claims its own segment on first use), unmap the parent's segments and
+    views (nothing here uses them again: no descriptor or mapping of the parent's is kept)."""
     global _LOCK
     R.after_fork_in_child()
+    reentry.after_fork_in_child()
     _LOCK = threading.Lock()
-    _ATTACH.clear()
-    _VIEWS.clear()  # the parent's views: left mapped, never used again
     _START_FAILURES.clear()
+    _ATTACH_FAILED.clear()
     for table in _TABLES.values():
         table.reset_after_fork()
     for s in list(_LIVE):
         s.detach_after_fork()
+    for att in _ATTACH.values():
+        att.forget_after_fork()
+    _ATTACH.clear()
+    for view in _VIEWS.values():
+        view.reset_after_fork()
+        view.close()
+    _VIEWS.clear()
 
 
 if hasattr(os, "register_at_fork"):
@@ -91,8 +105,7 @@ def live_streamers() -> list:
 def create_table(seg_data_size: int, meta: Dict[str, Any], native: bool) -> Table:
     """A new ring for a new Streamer (one user in this process)."""
     table = Table.create(seg_data_size, meta, native=native)
-    table.keep()
-    with _LOCK:
+    with reentry.held(_LOCK):
         _TABLES[table.path] = table
         _USERS[table.path] = 1
     return table
@@ -100,11 +113,10 @@ def create_table(seg_data_size: int, meta: Dict[str, Any], native: bool) -> Tabl
 
 def open_table(path: str, native: bool, identity: Optional[Tuple[int, int]]) -> Table:
     """The mapping of ring ``path`` in this process (one more user); checked against ``identity``."""
-    with _LOCK:
+    with reentry.held(_LOCK):
         table = _TABLES.get(path)
         if table is None:
             table = Table.open(path, native=native, identity=identity)
-            table.keep()
             _TABLES[path] = table
             _USERS[path] = 0
         elif identity is not None and tuple(identity) != table.identity:
@@ -114,8 +126,9 @@ def open_table(path: str, native: bool, identity: Optional[Tuple[int, int]]) -> 
 
 
 def close_table(table: Table) -> None:
-    """One user less; the last one releases this process's segment and retires the mapping."""
-    with _LOCK:
+    """One user less; the last one releases this process's segment (it is unmapped once no put
+    of this process can touch it) and unmaps the table: nothing of the ring stays mapped or open."""
+    with reentry.held(_LOCK):
         n = _USERS.get(table.path, 0) - 1
         if n > 0:
             _USERS[table.path] = n
@@ -123,14 +136,15 @@ def close_table(table: Table) -> None:
         _USERS.pop(table.path, None)
         if _TABLES.get(table.path) is table:
             del _TABLES[table.path]
+        _ATTACH_FAILED.pop(table.path, None)
         att = _ATTACH.pop(table.path, None)
         for key in [k for k in _VIEWS if k[0] == table.path]:
             _VIEWS.pop(key).close()
-        if att is not None:
-            att.release(table)
+        unmapped = att.close(table) if att is not None else True
         with contextlib.suppress(OSError, ValueError):  # under _LOCK: no other thread reopens it meanwhile
             last_one_out(table)
-        table.retire()
+        if unmapped:  # (else a fallback put this close interrupted reads the table when it resumes)
+            table.close()
 
 
 def last_one_out(table: Table) -> bool:
@@ -142,10 +156,10 @@ def last_one_out(table: Table) -> bool:
             return False
         slots = list(table.slots())
         for _, st, seg_id, _ in slots:
-            if st == L.SLOT_OWNED and _owner_alive(table, seg_id):
+            if st == L.SLOT_OWNED and R.segment_owner_alive(table, seg_id):
                 return False
             try:
-                seg = R.Ring.open(table.seg_path(seg_id), native=table.native)
+                seg = R.Ring.open(table.seg_path(seg_id), native=table.native, keep_fd=False)
             except RingClosed:
                 continue
             except RingRefused:
@@ -162,16 +176,40 @@ def last_one_out(table: Table) -> bool:
 
 # ---- this process's segment ------------------------------------------------------------------------
 
+def segment_size(ring_size: int, total_max: int, in_use: int) -> int:
+    """Data bytes of a new producer's segment: ``ring_size``, but no more than a quarter of
+    ``total_max`` (so the first processes do not take it all) or what is left of it, and never
+    less than SEGMENT_MIN (or ``ring_size``, if smaller). Pages are reserved only as events
+    wait, so the cap bounds the worst case, not the memory in use."""
+    size = ring_size
+    if total_max:
+        size = min(size, max(total_max // 4, L.SEG_DATA_MIN), max(total_max - in_use, 0))
+    return max(size, min(ring_size, SEGMENT_MIN), L.SEG_DATA_MIN) // 8 * 8
+
+
 def attachment(table: Table, data_size: int, total_max: int) -> Attachment:
-    """This process's segment of ``table``, created on first use (RingClosed once the ring is gone)."""
-    with _LOCK:
+    """This process's segment of ``table``, created on first use (RingClosed once the ring is gone).
+
+    A process that could not get one (every slot taken, no space for the file) fails fast with
+    the same error until ATTACH_RETRY has passed: no file is made and removed on every call."""
+    with reentry.held(_LOCK):
         att = own_attachment(table)
         if att is not None:
             return att
-        size = data_size
-        if total_max:
-            size = max(L.SEG_DATA_MIN, min(data_size, total_max - table.data_in_use()))
-        att = Attachment.create(table, size // 8 * 8, table.native)
+        failed = _ATTACH_FAILED.get(table.path)
+        now = time.monotonic()
+        if failed is not None and now < failed[0]:
+            raise RingRefused(failed[1])
+        try:
+            if not table.free_slot_left():
+                raise RingRefused("isstreamer: every one of the ring's %d producer slots is in use" % table.nslots)
+            size = segment_size(data_size, total_max, table.data_in_use())
+            att = Attachment.create(table, size, table.native)
+        except (RingRefused, OSError, ValueError) as exc:
+            if not isinstance(exc, RingClosed):
+                _ATTACH_FAILED[table.path] = (now + ATTACH_RETRY, str(exc))
+            raise
+        _ATTACH_FAILED.pop(table.path, None)
         _ATTACH[table.path] = att
         return att
 
@@ -186,12 +224,14 @@ def segment_counters(table: Table) -> Tuple[int, int, list]:
     """(logged, consumed, drops by reason) over every segment the ring ever had: the live ones,
     plus what the sender folded into the table from freed ones. Read under the table lock, so a
     segment freed meanwhile is never counted twice (once live, once folded in)."""
-    with _LOCK, table.locked():  # the order attachment() takes them in
+    with reentry.held(_LOCK), table.locked():  # the order attachment() takes them in
         logged = table.counter("logged_reclaimed")
         consumed = table.counter("consumed_reclaimed")
         drops = table.drops()
         own = own_attachment(table)
+        seen = set()
         for _, _, seg_id, _ in table.slots():
+            seen.add(seg_id)
             view = own.ring if own is not None and own.seg_id == seg_id else _view(table, seg_id)
             if view is None:
                 continue
@@ -199,21 +239,22 @@ def segment_counters(table: Table) -> Tuple[int, int, list]:
             consumed += view.consumed()
             for r, n in enumerate(view.drop_counts()):
                 drops[r] += n
+        for key in [k for k in _VIEWS if k[0] == table.path and k[1] not in seen]:
+            _VIEWS.pop(key).close()  # a segment freed since: its mapping goes too
     return logged, consumed, drops
 
 
 def _view(table: Table, seg_id: int) -> Optional[R.Ring]:
-    """Another process's segment, mapped for reading its counters (cached; under _LOCK)."""
+    """Another process's segment, mapped for reading its counters (cached while the segment is
+    registered; under _LOCK). It holds no descriptor (never one of our own segments: no lock of
+    ours is dropped by closing it)."""
     key = (table.path, seg_id)
     view = _VIEWS.get(key)
     if view is None:
         try:
-            view = R.Ring.open(table.seg_path(seg_id), native=table.native)
+            view = R.Ring.open(table.seg_path(seg_id), native=table.native, keep_fd=False)
         except (RingClosed, RingRefused, OSError):
             return None
-        with contextlib.suppress(OSError):
-            os.close(view.fd)  # never one of our own segments: no lock of ours to drop
-        view.fd = -1
         _VIEWS[key] = view
     return view
 
@@ -225,14 +266,65 @@ def package_parent() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(R.__file__)))
 
 
+# The modules the sender process imports beyond the standard library (a fallback for a source
+# tree that is not installed, whose distribution metadata cannot say).
+SENDER_IMPORTS = ("requests", "urllib3", "idna", "charset_normalizer", "chardet", "certifi", "orjson",
+                  "_cffi_backend", "cffi")
+
+
+def _script_dirs() -> set:
+    """The directories a program's own imports come from first: the working directory and the
+    directory of the script (``sys.path[0]`` as Python set it)."""
+    out = {os.path.abspath(os.getcwd())}
+    argv0 = (getattr(sys, "argv", None) or [""])[0]
+    if argv0 and argv0 not in ("-c", "-m") and os.path.exists(argv0):
+        out.add(os.path.dirname(os.path.abspath(argv0)))
+    return out
+
+
+def _writable_by_others(path: str) -> bool:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return True
+    return bool(st.st_mode & 0o022) or st.st_uid not in (0, os.geteuid())
+
+
+def _holds_module(directory: str, names: Tuple[str, ...]) -> bool:
+    """True when ``directory`` holds one of these top-level modules (a package or a module file)."""
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return False
+    for entry in entries:
+        stem = entry.split(".", 1)[0]
+        if stem in names and (entry == stem or entry.endswith((".py", ".so", ".pyd"))):
+            return True
+    return False
+
+
+def sender_path() -> list:
+    """The sender's import path, before its own site directories: the directory of the package
+    this process imported, then the entries of this process's path that hold a module the sender
+    imports (``PYTHONPATH`` or ``--target`` installs of its dependencies), never the working
+    directory, the script's directory or a directory other users may write to: a module planted
+    there would run inside the sender."""
+    parent = package_parent()
+    banned = _script_dirs()
+    out = [parent]
+    for p in sys.path:
+        a = os.path.abspath(p) if p else ""
+        if (a and a not in banned and a not in out and os.path.isdir(a) and not _writable_by_others(a)
+                and _holds_module(a, SENDER_IMPORTS)):
+            out.append(a)
+    return out
+
+
 def sender_command() -> list:
     """The sender's command line: isolated (``-I``: no working directory, no PYTHON* variables, no
-    user site) with this process's package directory first, then the rest of its import path."""
-    parent = package_parent()
-    cwd = os.getcwd()
-    rest = [p for p in sys.path if p and p != parent and os.path.abspath(p) != cwd and os.path.isdir(p)]
+    user site), with :func:`sender_path` put first on its import path."""
     boot = "import sys; sys.path[:0] = sys.argv[1:]; from isstreamer.sender_main import main; sys.exit(main())"
-    return [sys.executable, "-I", "-c", boot, parent] + rest
+    return [sys.executable, "-I", "-c", boot] + sender_path()
 
 
 class _SenderProcess:
@@ -271,8 +363,9 @@ def ensure_sender(table: Table, settings: Callable[[], SenderSettings]) -> None:
     """Start a sender on ``table`` unless one holds its sender lock (RingClosed once the ring is gone).
 
     One starter at a time (the spawn lock); the new sender takes its lock before heavy imports,
-    and the starter waits for that (or for it to exit). A sender that exits with an error is
-    reported with its last output; after a few such failures this process stops trying."""
+    and the starter waits for that (or for it to exit). A sender that exits with an error (or does
+    not answer) is reported with its last output; after a few such failures this process stops
+    trying. One killed by a signal is not a failure to start: it is simply started again."""
     if table.sender_alive():
         return
     if table.closing or not os.path.exists(table.path):
@@ -291,7 +384,9 @@ def ensure_sender(table: Table, settings: Callable[[], SenderSettings]) -> None:
         while not table.sender_alive():
             rc = sp.proc.poll()
             if rc is not None or time.monotonic() > deadline:
-                if rc == 0 and table.sender_alive():
+                if rc is not None and rc <= 0:
+                    # it exited cleanly (another sender serves the ring, or the ring is gone) or was
+                    # killed: not a failure to start (the next check starts another if need be)
                     return
                 if rc is not None:
                     sp.thread.join(1.0)
@@ -317,16 +412,7 @@ def adopt_orphans(directory: str, settings: Callable[[Dict[str, Any]], Optional[
         return 0
     _ADOPTED = True
     adopted = 0
-    try:
-        names = [n for n in os.listdir(directory) if n.startswith("isstreamer-") and n.endswith(".ring")]
-    except OSError:
-        return 0
-    mine = "isstreamer-%d-" % os.getpid()
-    for name in names:
-        path = os.path.join(directory, name)
-        with _LOCK:  # never open (and close) a ring this process may hold record locks on
-            if path in _TABLES or name.startswith(mine):
-                continue
+    for path in _candidate_rings(directory, time.monotonic() + ORPHAN_SCAN_BUDGET):
         try:
             table = Table.open(path)
         except (RingClosed, RingRefused, OSError, ValueError):
@@ -344,7 +430,7 @@ def adopt_orphans(directory: str, settings: Callable[[Dict[str, Any]], Optional[
             # sender): an empty ring is an orphan only once it is old
             if not slots and time.time() - float(meta.get("created", 0)) < min_age:
                 continue
-            if any(_owner_alive(table, seg_id) for _, st, seg_id, _ in slots if st == L.SLOT_OWNED):
+            if any(R.segment_owner_alive(table, seg_id) for _, st, seg_id, _ in slots if st == L.SLOT_OWNED):
                 continue
             s = settings(meta)
             if s is None:
@@ -363,13 +449,30 @@ def adopt_orphans(directory: str, settings: Callable[[Dict[str, Any]], Optional[
     return adopted
 
 
-def _owner_alive(table: Table, seg_id: int) -> bool:
-    """True when a process holds the owner lock of segment ``seg_id`` (not of this process)."""
+def _candidate_rings(directory: str, deadline: float) -> Iterator[str]:
+    """Paths of table files in ``directory`` that may be this user's orphans: regular files of
+    ours named like a ring, not this process's own. The scan stops at ``deadline`` (a directory
+    holding any number of planted names costs a Streamer at most ORPHAN_SCAN_BUDGET)."""
+    mine = "isstreamer-%d-" % os.getpid()
+    uid = os.geteuid()
     try:
-        fd = R.open_private(table.seg_path(seg_id))
-    except (RingClosed, RingRefused, OSError):
-        return False
-    try:
-        return R.lock_held_elsewhere(fd, L.LOCK_OWNER)
-    finally:
-        os.close(fd)
+        it = os.scandir(directory)
+    except OSError:
+        return
+    with it:
+        for entry in it:
+            if time.monotonic() > deadline:
+                return
+            name = entry.name
+            if not (name.startswith("isstreamer-") and name.endswith(".ring")) or name.startswith(mine):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != uid:
+                continue
+            with reentry.held(_LOCK):  # never open (and close) a ring this process may hold record locks on
+                if entry.path in _TABLES:
+                    continue
+            yield entry.path

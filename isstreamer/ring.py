@@ -7,16 +7,18 @@ module is the only reader of those bytes. A Streamer's ring is
   and the non-secret settings an adopter of an orphaned ring needs;
 - one **segment** file per producer process (a one-segment :class:`Ring`), created on demand, so
   the number of producers has no fixed limit and one producer alone can use the whole
-  ``ring_size``. Its pages are committed as they are written and returned by the sender
-  (``MADV_REMOVE``) once consumed.
+  ``ring_size``. Its pages are reserved (``fallocate``) by its producer ahead of the head, so a
+  full file system is a counted drop, never a SIGBUS, and returned by the sender
+  (``MADV_REMOVE``) once consumed, behind a commit journal that survives its death.
 
 Ownership is what the kernel says: a producer holds a POSIX record lock on its segment file for
 as long as it lives (dropped by the kernel when the process dies, never inherited by a fork
 child, immune to pid reuse and pid namespaces); the sender holds one on the table for its life.
 Every file is created ``O_EXCL`` and opened ``O_NOFOLLOW``, then checked (a regular file of ours,
-mode 0600, and for pickled handles the same inode). Mappings used by producers are never
-unmapped while the process lives (a C call may be running in another thread with the GIL
-released): closing one replaces its pages with anonymous memory instead.
+mode 0600, and for pickled handles the same inode). Mappings hold no file descriptor
+(:mod:`isstreamer.mapping`); a producer's segment is unmapped only after its guard is closed
+(no put of the process touches it after that) and Python-side access goes through a gate, so
+closing a Streamer while another thread uses it fails that use, never faults.
 
 Two backends write the same bytes: the cffi extension (``isstreamer._native``) and a
 pure-Python one (``struct`` and a uint64 memoryview) for installs without a compiler, refused
@@ -25,11 +27,9 @@ on weakly ordered CPUs unless forced (see :func:`check_fallback_safe`).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import fcntl
 import json
-import mmap
 import os
 import platform
 import secrets
@@ -41,18 +41,21 @@ import threading
 import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+from . import faults, reentry, safefile
 from . import layout as L
-from . import safefile
+from . import mapping as M
 
 # Every module this one needs is imported here, never inside a function: a fork child whose
 # parent was importing a module in another thread at the fork would wait forever on that
 # module's import lock.
 
+_NATIVE_ERROR = ""
 try:  # the C extension is optional
     from ._native import ffi as _ffi, lib as _lib  # type: ignore[import-not-found]
-except ImportError:  # pragma: no cover - exercised by installs without a compiler
+except ImportError as _exc:  # pragma: no cover - exercised by installs without a compiler
     _ffi = None
     _lib = None
+    _NATIVE_ERROR = str(_exc)
 
 _Q = struct.Struct("=Q")
 _I = struct.Struct("=I")
@@ -74,6 +77,37 @@ def native_available() -> bool:
 def use_native() -> bool:
     """True when the C extension should be used (built, and not disabled by the environment)."""
     return _lib is not None and os.environ.get(ENV_NO_EXTENSION, "") in ("", "0")
+
+
+_FALLBACK_TOLD = False
+
+
+def fallback_reason() -> str:
+    """Why log() runs on the pure-Python fallback, with the fix: said once per process (the first
+    call), "" afterwards, with the extension, or when the fallback was asked for
+    (``ISSTREAMER_NO_EXTENSION=1``). A source tree in the working directory that shadows an
+    installed copy with a built extension is named as such."""
+    global _FALLBACK_TOLD
+    if _lib is not None or _FALLBACK_TOLD or os.environ.get(ENV_NO_EXTENSION, "") not in ("", "0"):
+        return ""
+    _FALLBACK_TOLD = True
+    here = os.path.dirname(os.path.abspath(__file__))
+    for entry in sys.path:
+        other = os.path.join(os.path.abspath(entry or "."), "isstreamer")
+        try:
+            built = other != here and any(n.startswith("_native.") for n in os.listdir(other))
+        except OSError:
+            continue
+        if built:
+            return ("isstreamer: imported from %s, a source tree without the compiled C extension, which shadows "
+                    "the installed copy in %s: log() runs on the pure-Python fallback, about 10x slower "
+                    "(stats()['backend'] == 'python'). Run the program from another directory, or build the "
+                    "extension in place: python %s" % (here, other, os.path.join(here, "_build_native.py")))
+    return ("isstreamer: the C extension is not available in %s (%s): log() runs on the pure-Python fallback, "
+            "about 10x slower (stats()['backend'] == 'python'). Install with a C compiler and the Python headers "
+            "(e.g. apt install build-essential python3-dev, then pip install --force-reinstall isstreamer), or "
+            "build it in place: python %s" % (here, _NATIVE_ERROR or "not built",
+                                              os.path.join(here, "_build_native.py")))
 
 
 def check_fallback_safe() -> None:
@@ -156,132 +190,145 @@ def lock_held_elsewhere(fd: int, start: int) -> bool:
     return _FLOCK.unpack_from(got)[0] != fcntl.F_UNLCK
 
 
-# ---- mappings that live as long as the process ------------------------------------------------
+def segment_owner_alive(table: "Table", seg_id: int) -> bool:
+    """The kernel's word: does a process hold the owner lock of segment file ``seg_id``?
 
-_IMMORTAL: List[Any] = []
-_MAP_FIXED = 0x10  # Linux, every architecture we build for
-_MAP_NORESERVE = 0x4000
-
-
-def _keep_forever(obj: Any) -> None:
-    """Never deallocate ``obj``, not even during interpreter finalisation (module teardown would
-    otherwise unmap a ring under a daemon thread that is inside a C put)."""
-    _IMMORTAL.append(obj)
+    The file is opened for the question and closed again (no descriptor is kept per segment).
+    Gone, or not a file of ours: no owner. Any other error (no descriptor left, no memory):
+    alive, since a segment is never reclaimed on a doubt. Never ask about a segment of this
+    process: closing the descriptor would drop its owner lock."""
     try:
-        ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
-    except (AttributeError, OSError):  # pragma: no cover - not CPython
-        pass
-
-
-def _retire_pages(mm: mmap.mmap) -> bool:
-    """Replace a shared mapping's pages by private anonymous memory at the same address.
-
-    The shared pages are released (the file may be unlinked and its memory freed), while a
-    thread still inside a put writes harmlessly into the anonymous pages instead of faulting."""
-    if not sys.platform.startswith("linux") or len(mm) == 0:
+        fd = open_private(table.seg_path(seg_id))
+    except (RingClosed, RingRefused):
         return False
+    except OSError:
+        return True
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.mmap.restype = ctypes.c_void_p
-        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                              ctypes.c_long]
-        buf = (ctypes.c_char * len(mm)).from_buffer(mm)
-        _IMMORTAL.append(buf)  # the buffer export also keeps mm from ever being closed
-        addr = ctypes.addressof(buf)
-        got = libc.mmap(addr, len(mm), mmap.PROT_READ | mmap.PROT_WRITE,
-                        mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_FIXED | _MAP_NORESERVE, -1, 0)
-        return got == addr
-    except (AttributeError, OSError, TypeError, ValueError):  # pragma: no cover
-        return False
+        return lock_held_elsewhere(fd, L.LOCK_OWNER)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
+# ---- mappings ----------------------------------------------------------------------------------
 
 
 class _Mapped:
-    """64-bit field access on a mapping: acquire / release atomics with the extension, one 8-byte
-    access each through a uint64 memoryview without it."""
+    """64-bit field access on a shared mapping: acquire / release atomics with the extension, one
+    8-byte access each through a uint64 memoryview without it.
 
-    def __init__(self, path: str, fd: int, mm: mmap.mmap, native: bool) -> None:
+    The mapping holds no descriptor (``fd`` is the caller's, -1 once closed). Python-side access
+    goes through a gate (a re-entrant lock and a ``closed`` flag): :meth:`close` from another
+    thread makes a later access raise :class:`RingClosed` instead of touching unmapped memory."""
+
+    def __init__(self, path: str, fd: int, mp: M.Mapping, native: bool) -> None:
         self.path = path
         self.fd = fd
-        self.mm = mm
-        self.size = len(mm)
+        self.map = mp
+        self.mm = mp.mm
+        self.q = mp.q
+        self.size = mp.size
         self.native = native
+        self.closed = False
+        self._gate = threading.RLock()
         self._tlock = threading.Lock()
         self._spawn_tlock = threading.Lock()
-        self.q = memoryview(mm).cast("Q")
-        self._buf = None
-        self.ptr = None
+        self.ptr: Any = None
         if native:
             assert _ffi is not None
-            self._buf = _ffi.from_buffer(mm)
-            self.ptr = _ffi.cast("uint8_t *", self._buf)
+            self.ptr = _ffi.cast("uint8_t *", mp.addr)
         st = os.fstat(fd)
         self.identity: Tuple[int, int] = (st.st_dev, st.st_ino)
 
+    @contextlib.contextmanager
+    def live(self) -> Iterator[None]:
+        """Held while Python reads or writes the mapping: it is not unmapped meanwhile."""
+        with self._gate:
+            if self.closed:
+                raise RingClosed(errno.EBADF, "isstreamer: the ring is closed", self.path)
+            yield
+
     def load(self, off: int) -> int:
         """Read a 64-bit field (acquire with the extension)."""
-        if self.ptr is not None:
-            return _lib.iss_load64(self.ptr, self.size, off)  # type: ignore[union-attr]
-        return self.q[off >> 3]
+        with self._gate:
+            if self.closed:
+                raise RingClosed(errno.EBADF, "isstreamer: the ring is closed", self.path)
+            if self.ptr is not None:
+                return _lib.iss_load64(self.ptr, self.size, off)  # type: ignore[union-attr]
+            return self.q[off >> 3]
 
     def store(self, off: int, value: int) -> None:
         """Write a 64-bit field (release with the extension)."""
-        if self.ptr is not None:
-            _lib.iss_store64(self.ptr, self.size, off, value)  # type: ignore[union-attr]
-        else:
-            self.q[off >> 3] = value & 0xFFFFFFFFFFFFFFFF
+        with self._gate:
+            if self.closed:
+                raise RingClosed(errno.EBADF, "isstreamer: the ring is closed", self.path)
+            if self.ptr is not None:
+                _lib.iss_store64(self.ptr, self.size, off, value)  # type: ignore[union-attr]
+            else:
+                self.q[off >> 3] = value & 0xFFFFFFFFFFFFFFFF
 
     def add(self, off: int, value: int) -> int:
         """Add to a 64-bit field: atomic with the extension; without it a plain read-modify-write,
         used only on single-writer fields or where a lost increment is harmless (flush nudges)."""
-        if self.ptr is not None:
-            return _lib.iss_add64(self.ptr, self.size, off, value)  # type: ignore[union-attr]
-        v = (self.q[off >> 3] + value) & 0xFFFFFFFFFFFFFFFF
-        self.q[off >> 3] = v
-        return v
+        with self._gate:
+            if self.closed:
+                raise RingClosed(errno.EBADF, "isstreamer: the ring is closed", self.path)
+            if self.ptr is not None:
+                return _lib.iss_add64(self.ptr, self.size, off, value)  # type: ignore[union-attr]
+            v = (self.q[off >> 3] + value) & 0xFFFFFFFFFFFFFFFF
+            self.q[off >> 3] = v
+            return v
 
     def reset_after_fork(self) -> None:
         """(fork child) Fresh process-local locks: another thread of the parent may have held them."""
+        self._gate = threading.RLock()
         self._tlock = threading.Lock()
         self._spawn_tlock = threading.Lock()
-        if getattr(self, "_wake_sock", None) is not None:
-            self._wake_sock = None  # the parent's: left open, never shared
 
-    def keep(self) -> None:
-        """This mapping is used by producers: keep it for the life of the process."""
-        _keep_forever(self)
-
-    def retire(self) -> None:
-        """Close the file (dropping this process's record locks on it) and release the shared pages
-        without unmapping: a concurrent put in another thread never faults."""
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
-        self.fd = -1
-        _retire_pages(self.mm)
-
-    def close(self) -> None:
-        """Unmap and close. Only for single-threaded users (the sender, tools, tests)."""
-        self.ptr = None
-        self.q.release()
-        if self._buf is not None:
-            _ffi.release(self._buf)  # type: ignore[union-attr]
-            self._buf = None
-        with contextlib.suppress(BufferError, ValueError):
-            self.mm.close()
+    def drop_fd(self) -> None:
+        """Close the descriptor, keeping the mapping (a reader holding no record lock of the file)."""
         if self.fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(self.fd)
             self.fd = -1
+
+    def close(self) -> None:
+        """Unmap and close the descriptor (idempotent; this process's record locks on the file go
+        with it). A producer's segment is closed only after its guard (see Attachment.close)."""
+        with self._gate:
+            if self.closed:
+                return
+            self.closed = True
+            self.ptr = None
+            self.map.close()
+            self.drop_fd()
+
+
+def _create_file(path: str, size: int, reserve: int) -> int:
+    """A new private file of ``size`` bytes (sparse), its first ``reserve`` bytes allocated:
+    ENOSPC is an OSError here, never a SIGBUS at the first write. Removed again on failure."""
+    fd = open_private(path, create=True)
+    try:
+        os.ftruncate(fd, size)
+        M.reserve(fd, 0, min(size, reserve))
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+    return fd
 
 
 class Ring(_Mapped):
     """A mapped ring-format file: header, bucket slots and segments (a producer's segment file is
     a ring with one segment and one unused bucket slot; tests and fuzz replays use more)."""
 
-    def __init__(self, path: str, fd: int, mm: mmap.mmap, native: bool) -> None:
-        super().__init__(path, fd, mm, native)
-        self.nsegs = _I.unpack_from(mm, L.H_NSEGS)[0]
-        self.seg_data_size = _I.unpack_from(mm, L.H_SEG_DATA_SIZE)[0]
-        self.nbuckets = _I.unpack_from(mm, L.H_NBUCKETS)[0]
+    def __init__(self, path: str, fd: int, mp: M.Mapping, native: bool) -> None:
+        super().__init__(path, fd, mp, native)
+        self.nsegs = _I.unpack_from(self.mm, L.H_NSEGS)[0]
+        self.seg_data_size = _I.unpack_from(self.mm, L.H_SEG_DATA_SIZE)[0]
+        self.nbuckets = _I.unpack_from(self.mm, L.H_NBUCKETS)[0]
 
     @classmethod
     def create(
@@ -294,7 +341,9 @@ class Ring(_Mapped):
         path: Optional[str] = None,
     ) -> "Ring":
         """Create and initialise a new ring-format file of ``nsegs`` segments sharing ``ring_size``
-        bytes of data (``path``: that name, else a fresh one in ``directory``)."""
+        bytes of data (``path``: that name, else a fresh one in ``directory``). Its headers are
+        allocated before they are written (a full file system raises ENOSPC); data pages are
+        reserved by the producer (:meth:`Attachment.reserve`)."""
         native = use_native() if native is None else native
         if nsegs < 1:
             raise ValueError("isstreamer: a ring needs at least one segment")
@@ -306,10 +355,9 @@ class Ring(_Mapped):
         if path is None:
             path = os.path.join(directory or default_ring_dir(),
                                 "isstreamer-%d-%s.ring" % (os.getpid(), secrets.token_hex(6)))
-        fd = open_private(path, create=True)
+        fd = _create_file(path, size, L.seg_offset(nbuckets, seg, 0) + L.SEG_HDR_SIZE)
         try:
-            os.ftruncate(fd, size)
-            mm = mmap.mmap(fd, size)
+            mp = M.Mapping(fd, size)
         except BaseException:
             os.close(fd)
             with contextlib.suppress(OSError):
@@ -317,33 +365,36 @@ class Ring(_Mapped):
             raise
         if native:
             assert _ffi is not None and _lib is not None
-            with _ffi.from_buffer(mm) as buf:
-                rc = _lib.iss_ring_init(_ffi.cast("uint8_t *", buf), size, nsegs, seg, nbuckets)
+            rc = _lib.iss_ring_init(_ffi.cast("uint8_t *", mp.addr), size, nsegs, seg, nbuckets)
             if rc != 0:
-                mm.close()
+                mp.close()
                 os.close(fd)
                 with contextlib.suppress(OSError):
                     os.unlink(path)
                 raise ValueError("isstreamer: cannot initialise ring (code %d)" % rc)
         else:
-            struct.pack_into("=IIIIIIQ", mm, L.H_VERSION, L.LAYOUT_VERSION, L.HDR_SIZE,
+            struct.pack_into("=IIIIIIQ", mp.mm, L.H_VERSION, L.LAYOUT_VERSION, L.HDR_SIZE,
                              nsegs, seg, nbuckets, L.BUCKET_SIZE, size)
-            _Q.pack_into(mm, L.H_MAGIC, L.MAGIC)
-        return cls(path, fd, mm, native)
+            _Q.pack_into(mp.mm, L.H_MAGIC, L.MAGIC)
+        return cls(path, fd, mp, native)
 
     @classmethod
     def open(cls, path: str, native: Optional[bool] = None,
-             identity: Optional[Tuple[int, int]] = None) -> "Ring":
+             identity: Optional[Tuple[int, int]] = None, keep_fd: bool = True) -> "Ring":
         """Map an existing ring-format file of ours (see :func:`open_private`); raises RingClosed
-        when it no longer exists, RingRefused when it is not ours or not the file expected."""
+        when it no longer exists, RingRefused when it is not ours or not the file expected.
+        ``keep_fd=False``: the descriptor is closed once mapped (a reader: the sender, stats())."""
         native = use_native() if native is None else native
         fd = open_private(path)
         try:
-            mm = _map_checked(fd, path, L.MAGIC, identity)
+            mp = _map_checked(fd, path, L.MAGIC, identity)
+            ring = cls(path, fd, mp, native)
         except BaseException:
             os.close(fd)
             raise
-        return cls(path, fd, mm, native)
+        if not keep_fd:
+            ring.drop_fd()
+        return ring
 
     def seg_offset(self, index: int) -> int:
         """Byte offset of segment ``index``."""
@@ -369,10 +420,17 @@ class Ring(_Mapped):
         """Records of segment ``index`` the sender is done with."""
         return self.load(self.seg_offset(index) + L.S_CONSUMED)
 
+    def lost(self, index: int = 0) -> int:
+        """Records of segment ``index`` the sender found unreadable (counted as dropped)."""
+        return self.load(self.seg_offset(index) + L.S_LOST)
+
     def drop_counts(self, index: int = 0) -> List[int]:
-        """Events refused by the producer of segment ``index``, by reason (layout.DROP_REASONS)."""
+        """Events refused by the producer of segment ``index`` (and records the sender found
+        unreadable, as ``corrupt``), by reason (layout.DROP_REASONS)."""
         base = self.seg_offset(index) + L.S_DROPS
-        return [self.load(base + 8 * r) for r in range(len(L.DROP_REASONS))]
+        out = [self.load(base + 8 * r) for r in range(len(L.DROP_REASONS))]
+        out[L.D["corrupt"]] += self.lost(index)
+        return out
 
     def waiting(self, index: int = 0) -> int:
         """Records published and not yet consumed."""
@@ -382,12 +440,42 @@ class Ring(_Mapped):
         """Fraction of segment ``index``'s data area holding unconsumed records."""
         return (self.head(index) - self.tail(index)) / self.seg_data_size
 
-    def release(self, index: int, end: int, consumed: int) -> None:
-        """(Sender) hand bytes up to ``end`` back to the producer: ``consumed`` first, then ``tail``
-        (a release store: the producer sees the count before it reuses the space)."""
+    def release(self, index: int, start: int, end: int, consumed: int) -> None:
+        """(Sender) hand bytes ``[start, end)`` of segment ``index`` back to its producer, in an
+        order that survives the sender's death at any step (see ``iss_seg_hdr`` in
+        csrc/isstreamer.h): the journal (``rel_consumed``, then ``rel_end``), the pages, then
+        ``consumed`` and ``tail`` (release: the producer sees the count before it reuses the
+        space). A sender that dies anywhere in between leaves :meth:`recover` a state to finish."""
         base = self.seg_offset(index)
+        faults.point("commit.begin")
+        self.store(base + L.S_REL_CONSUMED, consumed)
+        faults.point("commit.journal_consumed")
+        self.store(base + L.S_REL_END, end)
+        faults.point("commit.journal_end")
+        self.release_pages(index, start, end)
+        faults.point("commit.pages")
         self.store(base + L.S_CONSUMED, consumed)
+        faults.point("commit.consumed")
         self.store(base + L.S_TAIL, end)
+        faults.point("commit.tail")
+
+    def recover(self, index: int = 0) -> bool:
+        """(Sender, on first use of a segment) finish a commit that a killed sender left half done:
+        its batch was delivered or spooled and its pages may be gone, so the records up to
+        ``rel_end`` are released, never read again. True when there was one to finish."""
+        base = self.seg_offset(index)
+        tail = self.load(base + L.S_TAIL)
+        end = self.load(base + L.S_REL_END)
+        if end <= tail or end - tail > self.seg_data_size or end > self.load(base + L.S_HEAD):
+            return False
+        self.store(base + L.S_CONSUMED, self.load(base + L.S_REL_CONSUMED))
+        self.store(base + L.S_TAIL, end)
+        return True
+
+    def count_lost(self, index: int, n: int) -> None:
+        """(Sender) ``n`` records found unreadable and released: counted as dropped (``corrupt``)."""
+        if n:
+            self.add(self.seg_offset(index) + L.S_LOST, n)
 
     def counter(self, name: str) -> int:
         """Value of a header counter (see layout.COUNTERS)."""
@@ -400,28 +488,26 @@ class Ring(_Mapped):
 
     def release_pages(self, index: int, start: int, end: int) -> None:
         """(Sender) give the memory of consumed bytes [start, end) of segment ``index`` back to the
-        system (whole pages only). Call before publishing ``tail = end``: until then the
-        producer cannot write there, so a page is never punched under a write."""
+        system (whole pages only). Called inside :meth:`release`, before ``tail = end``: until
+        then the producer cannot write or reserve there, so a page is never punched under it."""
         ds = self.seg_data_size
-        if end - start < mmap.PAGESIZE or getattr(self, "_no_punch", False):
+        if end - start < M.PAGE or getattr(self, "_no_punch", False):
             return
         data = self.seg_offset(index) + L.SEG_HDR_SIZE
         a, b = start % ds, end % ds
         spans = [(a, b)] if a < b else [(a, ds), (0, b)]
         if end - start >= ds:
             spans = [(0, ds)]
-        for lo, hi in spans:
-            lo = -(-(data + lo) // mmap.PAGESIZE) * mmap.PAGESIZE
-            hi = (data + hi) // mmap.PAGESIZE * mmap.PAGESIZE
-            if hi > lo:
-                try:
-                    self.mm.madvise(mmap.MADV_REMOVE, lo, hi - lo)
-                except (AttributeError, OSError, ValueError):
+        with self.live():
+            for lo, hi in spans:
+                lo = -(-(data + lo) // M.PAGE) * M.PAGE
+                hi = (data + hi) // M.PAGE * M.PAGE
+                if hi > lo and not self.map.remove_pages(lo, hi - lo):
                     self._no_punch = True  # a file system without hole punching: keep the pages
                     return
 
 
-def _map_checked(fd: int, path: str, magic: int, identity: Optional[Tuple[int, int]]) -> mmap.mmap:
+def _map_checked(fd: int, path: str, magic: int, identity: Optional[Tuple[int, int]]) -> M.Mapping:
     """Map ``fd`` after checking its identity, size and header magic / version."""
     st = os.fstat(fd)
     if identity is not None and (st.st_dev, st.st_ino) != tuple(identity):
@@ -429,11 +515,11 @@ def _map_checked(fd: int, path: str, magic: int, identity: Optional[Tuple[int, i
                           "(replaced since)" % path)
     if st.st_size < L.HDR_SIZE or st.st_size % 8:
         raise RingRefused("isstreamer: refusing %s: not a ring file" % path)
-    mm = mmap.mmap(fd, st.st_size)
-    if _Q.unpack_from(mm, L.H_MAGIC)[0] != magic or _I.unpack_from(mm, L.H_VERSION)[0] != L.LAYOUT_VERSION:
-        mm.close()
+    mp = M.Mapping(fd, st.st_size)
+    if _Q.unpack_from(mp.mm, L.H_MAGIC)[0] != magic or _I.unpack_from(mp.mm, L.H_VERSION)[0] != L.LAYOUT_VERSION:
+        mp.close()
         raise RingRefused("isstreamer: refusing %s: not a ring file of this version" % path)
-    return mm
+    return mp
 
 
 class Table(_Mapped):
@@ -444,20 +530,25 @@ class Table(_Mapped):
     NSLOTS = 4096
     NBUCKETS = 1024
 
-    def __init__(self, path: str, fd: int, mm: mmap.mmap, native: bool) -> None:
-        super().__init__(path, fd, mm, native)
-        self.nslots = _I.unpack_from(mm, L.H_NSEGS)[0]
-        self.seg_data_size = _I.unpack_from(mm, L.H_SEG_DATA_SIZE)[0]
-        self.nbuckets = _I.unpack_from(mm, L.H_NBUCKETS)[0]
+    def __init__(self, path: str, fd: int, mp: M.Mapping, native: bool) -> None:
+        super().__init__(path, fd, mp, native)
+        self.nslots = _I.unpack_from(self.mm, L.H_NSEGS)[0]
+        self.seg_data_size = _I.unpack_from(self.mm, L.H_SEG_DATA_SIZE)[0]
+        self.nbuckets = _I.unpack_from(self.mm, L.H_NBUCKETS)[0]
         if L.table_size(self.nbuckets, self.nslots) > self.size or self.nbuckets > 65535:
             raise RingRefused("isstreamer: refusing %s: inconsistent table header" % path)
         self.base = path[:-5] if path.endswith(".ring") else path
+        token = self.meta().get("wake", "")
+        # the idle sender's datagram socket: its name carries a random token recorded in the
+        # (private) table, so no other user can take the name before the sender binds it
+        self.wake_path = "%s.%s.wake" % (self.base, token) if token else self.base + ".wake"
         self._wake_sock: Any = None
 
     @classmethod
     def create(cls, seg_data_size: int, meta: Dict[str, Any], directory: Optional[str] = None,
                native: Optional[bool] = None) -> "Table":
-        """Create a new table file (0600, ``O_EXCL``) in ``directory`` (default /dev/shm)."""
+        """Create a new table file (0600, ``O_EXCL``, every page allocated first: a full file
+        system raises ENOSPC, never a SIGBUS) in ``directory`` (default /dev/shm)."""
         native = use_native() if native is None else native
         if not L.SEG_DATA_MIN <= seg_data_size < 1 << 32:
             raise ValueError("isstreamer: ring_size must be between %d and %d bytes, not %d"
@@ -468,16 +559,15 @@ class Table(_Mapped):
         size = L.table_size(cls.NBUCKETS, cls.NSLOTS)
         path = os.path.join(directory or default_ring_dir(),
                             "isstreamer-%d-%s.ring" % (os.getpid(), secrets.token_hex(6)))
-        fd = open_private(path, create=True)
+        fd = _create_file(path, size, size)
         try:
-            os.ftruncate(fd, size)
-            mm = mmap.mmap(fd, size)
-            struct.pack_into("=IIIIIIQ", mm, L.H_VERSION, L.LAYOUT_VERSION, L.HDR_SIZE, cls.NSLOTS,
+            mp = M.Mapping(fd, size)
+            struct.pack_into("=IIIIIIQ", mp.mm, L.H_VERSION, L.LAYOUT_VERSION, L.HDR_SIZE, cls.NSLOTS,
                              seg_data_size // 8 * 8, cls.NBUCKETS, L.BUCKET_SIZE, size)
-            struct.pack_into("=I", mm, L.H_META, len(blob))
-            mm[L.H_META + 4: L.H_META + 4 + len(blob)] = blob
-            _Q.pack_into(mm, L.H_MAGIC, L.TABLE_MAGIC)
-            return cls(path, fd, mm, native)
+            struct.pack_into("=I", mp.mm, L.H_META, len(blob))
+            mp.mm[L.H_META + 4: L.H_META + 4 + len(blob)] = blob
+            _Q.pack_into(mp.mm, L.H_MAGIC, L.TABLE_MAGIC)
+            return cls(path, fd, mp, native)
         except BaseException:
             os.close(fd)
             with contextlib.suppress(OSError):
@@ -491,9 +581,14 @@ class Table(_Mapped):
         native = use_native() if native is None else native
         fd = open_private(path)
         try:
-            mm = _map_checked(fd, path, L.TABLE_MAGIC, identity)
-            return cls(path, fd, mm, native)
+            mp = _map_checked(fd, path, L.TABLE_MAGIC, identity)
         except BaseException:
+            os.close(fd)
+            raise
+        try:
+            return cls(path, fd, mp, native)
+        except BaseException:
+            mp.close()
             os.close(fd)
             raise
 
@@ -512,7 +607,8 @@ class Table(_Mapped):
         return [self.load(L.H_DROPS + 8 * i) for i in range(len(L.DROP_REASONS))]
 
     def count_drop(self, reason: str, n: int = 1) -> None:
-        """Count events dropped by the sender (e.g. spool_full) where every stats() sees them."""
+        """Count events dropped where every stats() sees them (the sender's spool_full, a producer
+        that got no segment)."""
         if n:
             self.add(L.H_DROPS + 8 * L.D[reason], n)
 
@@ -575,9 +671,11 @@ class Table(_Mapped):
 
     def meta(self) -> Dict[str, Any]:
         """The non-secret settings recorded at creation (for an adopter of an orphaned ring)."""
-        n = _I.unpack_from(self.mm, L.H_META)[0]
+        with self.live():
+            n = _I.unpack_from(self.mm, L.H_META)[0]
+            blob = bytes(self.mm[L.H_META + 4: L.H_META + 4 + min(n, L.META_MAX)])
         try:
-            out = json.loads(bytes(self.mm[L.H_META + 4: L.H_META + 4 + min(n, L.META_MAX)]))
+            out = json.loads(blob)
         except ValueError:
             return {}
         return out if isinstance(out, dict) else {}
@@ -591,8 +689,9 @@ class Table(_Mapped):
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Exclusive across threads (a process-local lock, reset in fork children) and processes (a
-        record lock: never inherited by a fork child, dropped by the kernel if the holder dies)."""
-        with self._tlock:
+        record lock: never inherited by a fork child, dropped by the kernel if the holder dies).
+        A signal handler that logs while this thread holds it has its event deferred (reentry)."""
+        with reentry.held(self._tlock):
             if self.fd < 0:
                 raise RingClosed(errno.EBADF, "isstreamer: the ring is closed", self.path)
             _lock(self.fd, L.LOCK_TABLE, wait=True)
@@ -603,7 +702,8 @@ class Table(_Mapped):
 
     def sender_alive(self) -> bool:
         """True when a sender process holds the sender lock (the kernel's word, not a pid)."""
-        return self.fd >= 0 and lock_held_elsewhere(self.fd, L.LOCK_SENDER)
+        fd = self.fd
+        return fd >= 0 and lock_held_elsewhere(fd, L.LOCK_SENDER)
 
     def hold_sender_lock(self, patience: float = 1.0) -> bool:
         """(Sender) take the sender lock for the life of this process; False if another sender
@@ -618,7 +718,9 @@ class Table(_Mapped):
     @contextlib.contextmanager
     def spawning(self) -> Iterator[None]:
         """Held while checking for a sender and starting one: one starter at a time."""
-        with self._spawn_tlock:
+        with reentry.held(self._spawn_tlock):
+            if self.fd < 0:
+                raise RingClosed(errno.EBADF, "isstreamer: the ring is closed", self.path)
             _lock(self.fd, L.LOCK_SPAWN, wait=True)
             try:
                 yield
@@ -634,28 +736,38 @@ class Table(_Mapped):
         """Path of the segment file ``seg_id`` (beside the table, named after it)."""
         return "%s.%016x.seg" % (self.base, seg_id)
 
-    @property
-    def wake_path(self) -> str:
-        """Path of the idle sender's datagram socket (producers send one byte there to wake it);
-        its name carries a random token recorded in the (private) table, so no other user can
-        take the name before the sender binds it."""
-        token = self.meta().get("wake", "")
-        return "%s.%s.wake" % (self.base, token) if token else self.base + ".wake"
-
-    def wake(self) -> None:
-        """Wake an idle sender (it set ``sleeping``): one datagram, never blocking, never SIGPIPE."""
+    def wake(self) -> bool:
+        """Wake an idle sender (it set ``sleeping``): one datagram, never blocking, never SIGPIPE.
+        False when nobody listens (no sender bound, or it died): the caller may check on it."""
         sock = self._wake_sock
         if sock is None:
             try:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             except OSError:
-                return
+                return True
             sock.setblocking(False)
             self._wake_sock = sock
         try:
             sock.sendto(b"\0", self.wake_path)
-        except OSError:  # no sender bound yet, its queue is full, or the path is too long
+        except (ConnectionRefusedError, FileNotFoundError):  # nobody bound there
+            return False
+        except OSError:  # its queue is full, or the path is too long
             pass
+        return True
+
+    def close(self) -> None:
+        """Unmap, close the descriptor (dropping this process's locks) and the wake socket."""
+        if self._wake_sock is not None:
+            with contextlib.suppress(OSError):
+                self._wake_sock.close()
+            self._wake_sock = None
+        super().close()
+
+    def free_slot_left(self) -> bool:
+        """True when a producer slot is free now (a cheap look before a segment file is made)."""
+        if self.load(L.H_NSLOTS_USED) < self.nslots:
+            return True
+        return any(self.load(self.slot_offset(i) + L.SL_STATE) == L.SLOT_FREE for i in range(self.nslots))
 
     def claim_slot(self, seg_id: int, data_size: int) -> int:
         """Register segment file ``seg_id`` (already created and locked) for this process."""
@@ -689,13 +801,11 @@ class Table(_Mapped):
             if self.load(off + L.SL_SEG_ID) != seg_id or self.load(off + L.SL_STATE) == L.SLOT_FREE:
                 return False
             if seg is not None:
-                b = seg.seg_offset(0)
-                if seg.load(b + L.S_HEAD) != seg.load(b + L.S_TAIL):
+                if seg.head() != seg.tail():
                     return False
-                self.count("logged_reclaimed", seg.load(b + L.S_LOGGED))
-                self.count("consumed_reclaimed", seg.load(b + L.S_CONSUMED))
-                for r in range(L.NDROPS):
-                    n = seg.load(b + L.S_DROPS + 8 * r)
+                self.count("logged_reclaimed", seg.logged())
+                self.count("consumed_reclaimed", seg.consumed())
+                for r, n in enumerate(seg.drop_counts()):
                     if n:
                         self.add(L.H_DROPS + 8 * r, n)
             with contextlib.suppress(OSError):
@@ -740,9 +850,10 @@ class Table(_Mapped):
             if used >= self.nbuckets:
                 raise RuntimeError("isstreamer: too many buckets for this Streamer (%d)" % self.nbuckets)
             off = L.bucket_offset(used)
-            self.mm[off + 16: off + 16 + len(kb)] = kb
-            self.mm[off + 16 + L.BUCKET_KEY_MAX: off + 16 + L.BUCKET_KEY_MAX + len(nb)] = nb
-            _BUCKET_HDR.pack_into(self.mm, off, 2, len(kb), len(nb))
+            with self.live():
+                self.mm[off + 16: off + 16 + len(kb)] = kb
+                self.mm[off + 16 + L.BUCKET_KEY_MAX: off + 16 + L.BUCKET_KEY_MAX + len(nb)] = nb
+                _BUCKET_HDR.pack_into(self.mm, off, 2, len(kb), len(nb))
             self.store(L.H_NBUCKETS_USED, used + 1)
             return used
 
@@ -751,11 +862,13 @@ class Table(_Mapped):
         if not 0 <= index < self.nbuckets:
             return None
         off = L.bucket_offset(index)
-        state, klen, nlen = _BUCKET_HDR.unpack_from(self.mm, off)
-        if state != 2 or klen > L.BUCKET_KEY_MAX or nlen > L.BUCKET_NAME_MAX:
-            return None
-        key = bytes(self.mm[off + 16: off + 16 + klen]).decode("utf-8", "replace")
-        name = bytes(self.mm[off + 16 + L.BUCKET_KEY_MAX: off + 16 + L.BUCKET_KEY_MAX + nlen]).decode("utf-8", "replace")
+        with self.live():
+            state, klen, nlen = _BUCKET_HDR.unpack_from(self.mm, off)
+            if state != 2 or klen > L.BUCKET_KEY_MAX or nlen > L.BUCKET_NAME_MAX:
+                return None
+            key = bytes(self.mm[off + 16: off + 16 + klen]).decode("utf-8", "replace")
+            name = bytes(self.mm[off + 16 + L.BUCKET_KEY_MAX: off + 16 + L.BUCKET_KEY_MAX + nlen]).decode(
+                "utf-8", "replace")
         return key, name
 
     def buckets_used(self) -> int:
@@ -767,23 +880,52 @@ class Table(_Mapped):
 
 class SegmentState:
     """Process-local state shared by the pure-Python producers of one segment: the lock of its
-    threads, the threads inside a put (a signal handler interrupting one must not wait for it)
-    and the records such handlers left to write."""
+    threads, whether the segment is closed (checked under the lock: the fallback's iss_guard),
+    the threads holding the lock (a signal handler interrupting one must not wait for it: its
+    record or drop is deferred) and what such handlers deferred."""
 
-    __slots__ = ("lock", "busy", "deferred", "deferred_drops")
+    __slots__ = ("lock", "closed", "busy", "deferred")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
+        self.closed = False
         self.busy: set = set()
-        self.deferred: List[Tuple[Any, ...]] = []
-        self.deferred_drops: List[Tuple[Any, int]] = []  # (producer, reason) counted by a handler
+        self.deferred: List[Tuple[Any, ...]] = []  # (function, args) to run once the lock is free
+
+    def interrupted(self) -> bool:
+        """True when this thread holds the lock (we are in a signal handler that interrupted it)."""
+        return threading.get_ident() in self.busy
+
+    def run(self, fn: Any, *args: Any) -> Any:
+        """``fn(*args)`` under the lock, this thread marked busy; then, the lock released, what
+        signal handlers deferred meanwhile (in order, each under the lock in turn)."""
+        me = threading.get_ident()
+        self.busy.add(me)
+        try:
+            with self.lock:
+                out = fn(*args)
+        finally:
+            self.busy.discard(me)
+        while self.deferred and me not in self.busy:
+            try:
+                item = self.deferred.pop(0)
+            except IndexError:
+                break
+            self.busy.add(me)
+            try:
+                with self.lock:
+                    item[0](*item[1:])
+            finally:
+                self.busy.discard(me)
+        return out
 
 
 class PyProducer:
-    """Pure-Python producer on one segment: same bytes as the C ``iss_put_*`` functions."""
+    """Pure-Python producer on one segment: same bytes and return codes as the C ``iss_put_*``
+    functions (see ``put`` in csrc/ring.c)."""
 
     __slots__ = ("ring", "mm", "q", "seg", "data", "ds", "state", "bucket", "cached_tail", "dropping", "wake_q",
-                 "woke")
+                 "woke", "reserve", "cached_reserved", "check_every", "check_at", "retry_s", "retry_at")
 
     def __init__(self, ring: Ring, seg_index: int, state: SegmentState, bucket: int = 0) -> None:
         self.ring = ring
@@ -798,6 +940,12 @@ class PyProducer:
         self.wake_q: Any = None  # the table's uint64 view: its ``sleeping`` flag (see iss_producer.wake)
         self.woke = 0  # the last ``sleeping`` value this handle rang for
         self.cached_tail = self.q[(self.seg + L.S_TAIL) >> 3]
+        self.reserve = False  # honour the segment's ``reserved`` (see iss_producer.reserve)
+        self.cached_reserved = 0
+        self.check_every = 0.0  # seconds; nonzero: CHECK once per interval
+        self.check_at = 0.0
+        self.retry_s = 0.0
+        self.retry_at = 0.0
 
     def put(self, rtype: int, key: bytes, num: Optional[bytes], s: bytes, epoch: float) -> int:
         """Append one record; returns an ``iss_put_*`` code.
@@ -810,73 +958,69 @@ class PyProducer:
         if epoch != epoch:
             epoch = time.time()
         st = self.state
-        me = threading.get_ident()
-        if me in st.busy:
-            st.deferred.append((self, rtype, key, num, s, epoch))
+        if st.interrupted():
+            st.deferred.append((self._write_deferred, rtype, key, num, s, epoch))
             return L.OK
-        st.busy.add(me)
-        try:
-            rc = self._write(rtype, key, num, s, epoch)
-        finally:
-            st.busy.discard(me)
-        while st.deferred_drops and me not in st.busy:
-            try:
-                owner, reason = st.deferred_drops.pop(0)
-            except IndexError:
-                break
-            owner.count_drop(reason)
-        while st.deferred and me not in st.busy:
-            try:
-                item = st.deferred.pop(0)
-            except IndexError:
-                break
-            st.busy.add(me)
-            try:
-                if item[0]._write(*item[1:]) not in (L.OK, L.WAKE):
-                    item[0].count_drop(L.D["ring_full"])
-            finally:
-                st.busy.discard(me)
-        return rc
+        return st.run(self._write, rtype, key, num, s, epoch)
+
+    def _write_deferred(self, rtype: int, key: bytes, num: Optional[bytes], s: bytes, epoch: float) -> None:
+        """A record a signal handler logged while this thread held the lock: written now, or
+        counted (a closed segment, a full one: the handler could not wait)."""
+        rc = self._write(rtype, key, num, s, epoch)
+        if rc not in (L.OK, L.WAKE, L.CHECK, L.DROPPED) and not self.state.closed:
+            self._count(L.D["ring_full"])
 
     def _write(self, rtype: int, key: bytes, num: Optional[bytes], s: bytes, epoch: float) -> int:
+        """(Under the state's lock) the put itself."""
         klen, slen = len(key), len(s)
         body = L.REC_HDR_SIZE + (8 if num is not None else 0) + klen + slen
         size = (body + 7) & ~7
         mm, q, ds, seg = self.mm, self.q, self.ds, self.seg
-        with self.state.lock:
-            head = q[(seg + L.S_HEAD) >> 3]
-            off = head % ds
-            contig = ds - off
-            need = size if size <= contig else contig + size
+        if self.state.closed:
+            return L.CLOSED
+        head = q[(seg + L.S_HEAD) >> 3]
+        off = head % ds
+        contig = ds - off
+        need = size if size <= contig else contig + size
+        if head + need - self.cached_tail > ds:
+            self.cached_tail = q[(seg + L.S_TAIL) >> 3]
             if head + need - self.cached_tail > ds:
-                self.cached_tail = q[(seg + L.S_TAIL) >> 3]
-                if head + need - self.cached_tail > ds:
-                    if self.dropping:  # one wait per full episode; after it, drops cost a put
-                        q[(seg + L.S_DROPS + 8 * L.D["ring_full"]) >> 3] += 1
+                if self.dropping:  # one wait per full episode; after it, drops cost a put
+                    q[(seg + L.S_DROPS + 8 * L.D["ring_full"]) >> 3] += 1
+                    return L.DROPPED
+                return L.FULL
+        if self.reserve and head + need > self.cached_reserved:
+            self.cached_reserved = q[(seg + L.S_RESERVED) >> 3]
+            if head + need > self.cached_reserved:
+                if self.dropping:  # no space to reserve: drops cost a put, a retry once per retry_s
+                    now = time.monotonic()
+                    if now < self.retry_at:
+                        q[(seg + L.S_DROPS + 8 * L.D["no_space"]) >> 3] += 1
                         return L.DROPPED
-                    return L.FULL
-            self.dropping = 0
-            base = self.data
-            if size > contig:
-                struct.pack_into("=IBxxx", mm, base + off, contig, L.T_PAD)
-                head += contig
-                off = 0
-            w = base + off
-            _REC.pack_into(mm, w, size, rtype, 0, self.bucket, klen, 0, slen, epoch)
-            w += L.REC_HDR_SIZE
-            if num is not None:
-                mm[w: w + 8] = num
-                w += 8
-            mm[w: w + klen] = key
-            w += klen
-            if slen:
-                mm[w: w + slen] = s
-                w += slen
-            pad = size - body
-            if pad:
-                mm[w: w + pad] = bytes(pad)
-            q[(seg + L.S_HEAD) >> 3] = head + size  # publish
-            q[(seg + L.S_LOGGED) >> 3] += 1
+                    self.retry_at = now + self.retry_s
+                return L.RESERVE
+        self.dropping = 0
+        base = self.data
+        if size > contig:
+            struct.pack_into("=IBxxx", mm, base + off, contig, L.T_PAD)
+            head += contig
+            off = 0
+        w = base + off
+        _REC.pack_into(mm, w, size, rtype, 0, self.bucket, klen, 0, slen, epoch)
+        w += L.REC_HDR_SIZE
+        if num is not None:
+            mm[w: w + 8] = num
+            w += 8
+        mm[w: w + klen] = key
+        w += klen
+        if slen:
+            mm[w: w + slen] = s
+            w += slen
+        pad = size - body
+        if pad:
+            mm[w: w + pad] = bytes(pad)
+        q[(seg + L.S_HEAD) >> 3] = head + size  # publish
+        q[(seg + L.S_LOGGED) >> 3] += 1
         # without a fence the flag may be read before the head store is seen: the sender then
         # wakes at its idle timeout (at most a second) instead of now
         if self.wake_q is not None:
@@ -884,17 +1028,25 @@ class PyProducer:
             if sleep and sleep != self.woke:  # once per sleep
                 self.woke = sleep
                 return L.WAKE
+        if self.check_every:
+            now = time.monotonic()
+            if now >= self.check_at:
+                self.check_at = now + self.check_every
+                return L.CHECK
         return L.OK
 
     def count_drop(self, reason: int) -> None:
-        """Count one event refused by this producer (deferred when a signal handler interrupted a
-        put of this thread, which holds the lock)."""
-        if threading.get_ident() in self.state.busy:
-            self.state.deferred_drops.append((self, reason))
-            return
-        off = self.seg + L.S_DROPS + 8 * reason
-        with self.state.lock:
-            self.q[off >> 3] += 1
+        """Count one event refused by this producer (deferred when a signal handler interrupted
+        this thread while it holds the lock)."""
+        st = self.state
+        if st.interrupted():
+            st.deferred.append((self._count, reason))
+        else:
+            st.run(self._count, reason)
+
+    def _count(self, reason: int) -> None:
+        if not self.state.closed:
+            self.q[(self.seg + L.S_DROPS + 8 * reason) >> 3] += 1
 
 
 def py_put_f64(p: PyProducer, key: bytes, keylen: int, v: float, epoch: float) -> int:
@@ -919,10 +1071,17 @@ def py_put_str(p: PyProducer, key: bytes, keylen: int, s: bytes, slen: int, epoc
     return p.put(L.T_STR, key, None, s, epoch)
 
 
+RESERVE_CHUNK = 256 * 1024  # bytes of a segment's pages reserved ahead of its head at a time
+RESERVE_RETRY = 0.1  # seconds between reservation attempts while the file system is full
+_GUARDS: List[Any] = []  # every iss_guard ever made: a stale handle in another thread may point at one
+
+
 class Attachment:
     """This process's segment of a ring, shared by every Streamer object of the process.
 
-    ``slot`` and ``seg_id`` name its registration in the table (None for a bare ring file)."""
+    ``slot`` and ``seg_id`` name its registration in the table (None for a bare ring file). The
+    guard (C: ``iss_guard``; fallback: ``state``) lets :meth:`close` wait out a put in progress
+    and refuse the later ones, so the mapping can then be unmapped."""
 
     def __init__(self, ring: Ring, seg_index: int = 0, token: int = 0, slot: Optional[int] = None,
                  table: Optional[Table] = None) -> None:
@@ -934,54 +1093,110 @@ class Attachment:
         self.pid = os.getpid()
         self.refs = 0
         self.state = SegmentState()  # pure-Python producers' lock and re-entry guard
+        self.guard: Any = None
+        if ring.native:
+            assert _ffi is not None
+            self.guard = _ffi.new("iss_guard *")
+            _GUARDS.append(self.guard)
+        self._reserve_lock = threading.Lock()
+        self.chunk = min(ring.seg_data_size, RESERVE_CHUNK)
 
     @classmethod
     def create(cls, table: Table, data_size: int, native: bool) -> "Attachment":
-        """A new segment file for this process: created 0600 ``O_EXCL``, owner-locked, registered."""
+        """A new segment file for this process: created 0600 ``O_EXCL``, owner-locked, its first
+        pages reserved, registered. ENOSPC (or any OSError) leaves nothing behind."""
         if data_size >= 1 << 32:
             data_size = (1 << 32) - 8
         seg_id = secrets.randbits(63) | 1
         path = table.seg_path(seg_id)
         ring = Ring.create(data_size, 1, nbuckets=1, native=native, path=path)
+        att = None
         try:
             if not _lock(ring.fd, L.LOCK_OWNER, wait=False):
                 raise RingRefused("isstreamer: refusing %s: locked by another process" % path)
-            ring.keep()
-            slot = table.claim_slot(seg_id, ring.seg_data_size)
+            att = cls(ring, 0, seg_id, None, table)
+            if not att.reserve():
+                raise OSError(errno.ENOSPC, "no space to reserve the segment's first pages", path)
+            att.slot = table.claim_slot(seg_id, ring.seg_data_size)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(path)
-            ring.retire()
+            ring.close()
             raise
-        return cls(ring, 0, seg_id, slot, table)
+        return att
 
-    def new_producer(self, bucket: int):  # -> cdata iss_producer * | PyProducer
-        """A producer handle with its own current bucket on this segment."""
+    def new_producer(self, bucket: int, check_every: float = 0.0):  # -> cdata iss_producer * | PyProducer
+        """A producer handle with its own current bucket on this segment; ``check_every``
+        seconds: the put returns CHECK once per interval (the caller checks the sender lives)."""
+        reserve = self.slot is not None
         if self.ring.native:
             assert _ffi is not None and _lib is not None
             p = _ffi.new("iss_producer *")
             p.bucket = bucket
-            rc = _lib.iss_producer_attach(p, self.ring.ptr, self.ring.size, self.seg_index)
+            with self.ring.live():
+                rc = _lib.iss_producer_attach(p, self.ring.ptr, self.ring.size, self.seg_index)
             if rc != 0:
                 raise ValueError("isstreamer: cannot attach to ring segment (code %d)" % rc)
+            p.guard = self.guard
+            p.reserve = 1 if reserve else 0
+            p.check_every = int(check_every * 1e9)
+            p.check_at = int((time.monotonic() + check_every) * 1e9)
+            p.retry_ns = int(RESERVE_RETRY * 1e9)
             if self.table is not None and self.table.ptr is not None:
                 p.wake = _ffi.cast("const uint64_t *", self.table.ptr + L.H_SLEEPING)
             return p
         pp = PyProducer(self.ring, self.seg_index, self.state, bucket)
+        pp.reserve = reserve
+        pp.check_every = check_every
+        pp.check_at = time.monotonic() + check_every
+        pp.retry_s = RESERVE_RETRY
         if self.table is not None:
             pp.wake_q = self.table.q
         return pp
 
+    def reserve(self) -> Optional[bool]:
+        """(Slow path, after a put returned RESERVE) allocate the segment's pages ahead of its
+        head, up to RESERVE_CHUNK (never past ``tail + data size``), then publish ``reserved``.
+        True when done (or nothing to do), False when the file system is full, None when another
+        thread of this process is reserving right now (try again shortly).
+
+        Only bytes no put writes before ``reserved`` moves past them are touched (their previous
+        lap is consumed), and the sender returns only pages behind ``tail``: see
+        ``Ring.release``."""
+        if not self._reserve_lock.acquire(blocking=False):
+            return None
+        try:
+            ring = self.ring
+            base = ring.seg_offset(self.seg_index)
+            ds = ring.seg_data_size
+            with ring.live():
+                tail = ring.load(base + L.S_TAIL)
+                have = ring.load(base + L.S_RESERVED)
+                target = min(tail + ds, max(have, ring.load(base + L.S_HEAD)) + self.chunk)
+                if target <= have:
+                    return True
+                data = base + L.SEG_HDR_SIZE
+                at, n = have % ds, target - have
+                first = min(n, ds - at)
+                try:
+                    M.reserve(ring.fd, data + at, first)
+                    if n > first:
+                        M.reserve(ring.fd, data, n - first)
+                except OSError:
+                    return False
+                ring.store(base + L.S_RESERVED, target)
+            return True
+        except RingClosed:
+            return True  # closed meanwhile: the put that follows says so
+        finally:
+            self._reserve_lock.release()
+
     def count_drop(self, reason: int) -> None:
         """Count one refused event on this segment (reported by stats())."""
-        off = self.ring.seg_offset(self.seg_index) + L.S_DROPS + 8 * reason
         if self.ring.native:
-            self.ring.add(off, 1)
-        elif threading.get_ident() in self.state.busy:  # a signal handler inside a put of ours
-            self.state.deferred_drops.append((PyProducer(self.ring, self.seg_index, self.state), reason))
+            self.ring.add(self.ring.seg_offset(self.seg_index) + L.S_DROPS + 8 * reason, 1)
         else:
-            with self.state.lock:
-                self.ring.store(off, self.ring.load(off) + 1)
+            PyProducer(self.ring, self.seg_index, self.state).count_drop(reason)
 
     def head(self) -> int:
         """Bytes published on this segment so far."""
@@ -991,17 +1206,46 @@ class Attachment:
         """Bytes the sender has finished with (delivered or handed to the failure path)."""
         return self.ring.seg_field(self.seg_index, L.S_TAIL)
 
+    def lost(self) -> int:
+        """Records of this segment the sender found unreadable (counted as dropped)."""
+        return self.ring.lost(self.seg_index)
+
     def fill(self) -> float:
         """Fraction of the segment's data area holding events not yet consumed."""
         return (self.head() - self.tail()) / self.ring.seg_data_size
 
-    def release(self, table: Optional[Table]) -> None:
-        """Hand the segment back to the sender (close): its slot is marked released, the owner
-        lock dropped and the pages retired (never unmapped under a running put)."""
+    def close(self, table: Optional[Table]) -> bool:
+        """Close the guard (a put in progress finishes first, later ones get CLOSED and are
+        counted by the caller), then hand the segment back to the sender (its slot marked
+        released: it drains and removes it; no event can land after that), unmap it and close
+        its file (dropping the owner lock). True when unmapped.
+
+        A signal handler that closes while its thread is inside a fallback put cannot wait for
+        that put: the segment (and its table) are then left mapped, closed to every later put."""
+        if self.guard is not None:
+            _lib.iss_guard_close(self.guard)  # type: ignore[union-attr]
+        st = self.state
+        interrupted = st.interrupted()
+        if interrupted:
+            st.closed = True  # (read under the lock by the interrupted put's successors)
+        else:
+            st.run(setattr, st, "closed", True)
         if table is not None and self.slot is not None:
             with contextlib.suppress(RingClosed, OSError):
                 table.release_slot(self.slot, self.seg_id)
-        self.ring.retire()
+        if interrupted:
+            self.ring.drop_fd()
+            return False
+        self.ring.close()
+        return True
+
+    def forget_after_fork(self) -> None:
+        """(fork child) The parent's segment: never written here; unmap it and close the file
+        (the owner lock is the parent's: a child never holds it, closing changes nothing)."""
+        self.state = SegmentState()
+        self.state.closed = True
+        self.ring.reset_after_fork()
+        self.ring.close()
 
 
 _PY_KEYS: list = []

@@ -27,7 +27,7 @@ from . import layout as L
 from .delivery import DELIVERED, REJECTED, Delivery, Kind, Policy, Result
 from .aggregate import Aggregator
 from .encoder import Batch, Encoder
-from .ring import Ring, RingClosed, RingRefused, Table, lock_held_elsewhere
+from .ring import Ring, RingClosed, RingRefused, Table, segment_owner_alive
 from .settings import SenderSettings
 from .replay import Stop, StreamReplay
 from .spool import (ReplayFile, SpoolFull, SpoolWriter, StreamMeta, check_root, key_fingerprint,
@@ -81,6 +81,7 @@ class Sender:
         self._spilling = False
         self._open_error_reported = False
         self.agg = Aggregator.for_settings(s)  # aggregate: per-key rules (None without rules)
+        self._space_seen = table.counter("space_short")
 
     # ---- reporting --------------------------------------------------------------------------
     def report(self, msg: str) -> None:
@@ -177,6 +178,8 @@ class Sender:
         self._sync_buckets()
         agg_worked = self.agg is not None and self.agg.turn(self, force)  # aggregate: due windows out
         worked, drained = self._pump(force)
+        if drained:
+            self._space_seen = ring.counter("space_short")
         if self.agg is not None:  # aggregate: its output (and at exit, open windows) pending
             worked, drained = worked or agg_worked, drained and self.agg.settled(self.exit_deadline is not None)
         if flush_seq != self.seen_flush and drained:
@@ -234,7 +237,7 @@ class Sender:
             del self.segs[slot]
         path = self.ring.seg_path(seg_id)
         try:
-            seg = Ring.open(path, native=self.s.native)
+            seg = Ring.open(path, native=self.s.native, keep_fd=False)  # mapped: no descriptor kept
         except RingClosed:
             return None
         except RingRefused as exc:
@@ -253,16 +256,16 @@ class Sender:
                 self.report("isstreamer: refusing segment file %s: not a one-segment ring" % path)
                 self.ring.free_slot(slot, seg_id, None)
             return None
+        if seg.recover():  # a commit a killed sender left half done: finished, never read again
+            self.ring.count("recovered_commits")
         self.segs[slot] = (seg_id, seg)
         return seg
 
     def _owner_alive(self, slot: int, seg_id: int, may_free: bool = True) -> bool:
         """The kernel's word: does a process hold the owner lock of this segment file? (A file that
         exists but cannot be opened now counts as alive: never reclaim on a doubt.)"""
-        seg = self.segment(slot, seg_id, may_free)
-        if seg is None:  # (callers ask only about slots registered as owned)
-            return os.path.exists(self.ring.seg_path(seg_id))
-        return lock_held_elsewhere(seg.fd, L.LOCK_OWNER)
+        self.segment(slot, seg_id, may_free)  # a file that is not ours is dropped from the registry
+        return segment_owner_alive(self.ring, seg_id)
 
     def _any_live_owner(self) -> bool:
         alive = False
@@ -345,8 +348,6 @@ class Sender:
                      else self.enc.next_batch(0, tail, s.max_batch_events, ring=seg))
                 b.seg = slot
                 if b.corrupt:
-                    self.ring.count("corrupt_records")
-                    self.report("isstreamer: unreadable record in ring segment %d; skipped to its end" % slot)
                     self._commit(b, corrupt=True)
                     continue
                 if b.end == tail:  # no progress possible (cannot happen with max_batch_events >= 1)
@@ -363,7 +364,12 @@ class Sender:
         return worked, drained
 
     def _commit(self, b: Batch, corrupt: bool = False) -> None:
-        """Release a handled batch back to its producer: pages returned first, then ``tail``."""
+        """Release a handled batch back to its producer (``Ring.release``: a journal, the pages,
+        then ``tail``, safe against this process's death at any step).
+
+        ``corrupt``: the records from the batch's start to the head cannot be read; they are
+        counted as dropped (``corrupt``, with their number) before they are released, never
+        skipped silently (a death in between counts them twice, never zero times)."""
         if b.skipped:
             self.ring.count("skipped_records", b.skipped)
         have = self.segs.get(b.seg)
@@ -372,9 +378,16 @@ class Sender:
         seg = have[1]
         if seg.tail() != b.start:
             return  # released already (spilled while its request was out)
-        consumed = seg.logged() if corrupt else seg.consumed() + b.nevents + b.skipped + b.folded  # folded: aggregate
-        seg.release_pages(0, b.start, b.end)
-        seg.release(0, b.end, consumed)
+        if corrupt:
+            consumed = seg.logged()
+            lost = consumed - seg.consumed()
+            seg.count_lost(lost)
+            self.ring.count("corrupt_records")
+            self.report("isstreamer: unreadable record in ring segment %d: %d bytes holding %d event(s) skipped, "
+                        "counted in stats()['dropped']['corrupt']" % (b.seg, b.end - b.start, lost))
+        else:
+            consumed = seg.consumed() + b.nevents + b.skipped + b.folded  # folded: aggregate
+        seg.release(0, b.start, b.end, consumed)
         self.attempts.pop((b.seg, b.start), None)
 
     def _occupancy(self, slot: int) -> float:
@@ -400,7 +413,8 @@ class Sender:
             if left is not None:
                 urgent = d.wait_time() >= left
             else:
-                urgent = self._occupancy(b.seg) > 0.5 or (force and d.wait_time() > 1.0)
+                urgent = (self._occupancy(b.seg) > 0.5 or self._space_pressure()
+                          or (force and d.wait_time() > 1.0))
             if urgent:
                 return self._to_spool([b.body], b.nevents, key, name)
             return False
@@ -445,7 +459,7 @@ class Sender:
         if self._spilling:
             return
         out = time.monotonic() - started
-        if out < self.SPILL_SOON or (out < self.SPILL_AFTER and
+        if out < self.SPILL_SOON or (out < self.SPILL_AFTER and not self._space_pressure() and
                                      not any(self._occupancy(slot) > self.SPILL_FILL for slot in list(self.segs))):
             return
         self._spilling = True
@@ -521,9 +535,14 @@ class Sender:
         if not rate_limited and (d.outage or n >= d.policy.max_attempts):
             d.enter_outage()
             return self._to_spool(leftover, None, key, name)
-        if self._occupancy(b.seg) > 0.5:
+        if self._occupancy(b.seg) > 0.5 or self._space_pressure():
             return self._to_spool(leftover, None, key, name)
         return False
+
+    def _space_pressure(self) -> bool:
+        """A producer found the ring directory too full to reserve pages since the ring was last
+        drained: what waits goes to the spool now (its pages are returned as it is released)."""
+        return self.ring.counter("space_short") != self._space_seen
 
     def _finish_deadline(self) -> Optional[float]:
         """The time by which what waits must be delivered: the exit deadline, else the latest

@@ -11,13 +11,32 @@ import os
 import signal
 import sys
 
+try:
+    import resource
+except ImportError:  # pragma: no cover - not POSIX
+    resource = None  # type: ignore[assignment]
+
 from .ring import RingClosed, RingRefused, Table
 from .settings import SenderSettings
+
+
+def raise_fd_limit() -> None:
+    """Raise the soft limit on open files to the hard limit (the sender keeps no descriptor per
+    segment, but opens each one briefly to ask the kernel whether its owner lives)."""
+    if resource is None:
+        return
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != hard and (hard == resource.RLIM_INFINITY or soft < hard):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError):
+        pass
 
 
 def main() -> int:
     """Run a sender for the ring named in the settings read from stdin (JSON)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the terminal: the sender still drains
+    raise_fd_limit()
     # one line, not to EOF: a fork child of the starter may hold the pipe's write end for a while
     settings = SenderSettings.from_json(sys.stdin.buffer.readline())
     logging.raiseExceptions = False  # our stderr may be a pipe whose reader has exited

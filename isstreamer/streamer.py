@@ -4,6 +4,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import csv
+import errno
 import logging
 import os
 import sys
@@ -13,11 +14,11 @@ import uuid
 from typing import Any, Dict, Optional, Tuple
 
 from . import layout as L
-from . import registry
+from . import reentry, registry
 from .config import load_config
 from .flatten import flatten_object
-from .ring import (Attachment, RingClosed, RingRefused, _ffi, check_fallback_safe, default_ring_dir, logs_for,
-                   puts_for, use_native)
+from .ring import (Attachment, RingClosed, RingRefused, _ffi, check_fallback_safe, default_ring_dir, fallback_reason,
+                   logs_for, puts_for, use_native)
 from .rules import ceiling_settings, normalize_rules
 from .settings import SenderSettings
 from .spool import DEFAULT_MAX_BYTES, default_spool_dir
@@ -28,6 +29,15 @@ log = logging.getLogger("isstreamer")
 _NAN = float("nan")
 _KEY_CACHE_MAX = 65536
 DEFAULT_RING_SIZE = (64 if sys.maxsize > 2**32 else 8) * 1024 * 1024
+
+
+_RESOURCE_DROPS = ("ring_full", "no_space", "no_segment", "closed")  # never raised: not the caller's input
+_FULL_MESSAGES = {
+    "ring_full": "isstreamer: the ring is full (the API drains slower than you log); events dropped until it "
+                 "has room, see stats()['dropped']['ring_full']",
+    "no_space": "isstreamer: the ring directory's file system is full (no page can be reserved for the ring); "
+                "events dropped until there is room, see stats()['dropped']['no_space']",
+}
 
 
 class StreamerClosedError(RuntimeError):
@@ -49,12 +59,16 @@ def _detached_native():
 
 
 def _default_ring_memory() -> int:
-    """Half the ring directory's file system (at least 64 MiB): the cap on all segments of a ring."""
+    """A quarter of the ring directory's file system (at least 16 MiB): the cap on all segments
+    of a ring, leaving room for other rings and other users of a small /dev/shm (Docker: 64 MB)."""
     try:
         st = os.statvfs(default_ring_dir())
-        return max(64 << 20, st.f_blocks * st.f_frsize // 2)
+        return max(16 << 20, st.f_blocks * st.f_frsize // 4)
     except OSError:
         return 1 << 30
+
+
+RING_RETRY = 5.0  # seconds between attempts at making the ring of a Streamer that could not make it
 
 
 def _check_options(**options: Tuple[Any, float]) -> None:
@@ -156,29 +170,26 @@ class Streamer:
                             "the events API will refuse the events, which are kept in the spool")
             if not self._native:
                 check_fallback_safe()
-            self._ring = registry.create_table(max(L.SEG_DATA_MIN, int(ring_size)), self._sender_settings().meta(),
-                                               native=self._native)
-            try:
-                self._bucket = self._ring.add_bucket(self.BucketKey, self.BucketName)
-                self._attach(start_sender=False)  # the creator owns a segment before the sender starts
-                self._ensure_sender()
-            except BaseException:
-                self._remove_ring()
-                raise
-            registry.adopt_orphans(os.path.dirname(self._ring.path), self._adopt_settings)
+                why = fallback_reason()
+                if why:
+                    log.warning("%s", why)
+            registry.adopt_orphans(default_ring_dir(), self._adopt_settings)
+            self._make_ring = True  # this process made the Streamer: it may retry making the ring
+            self._open_ring()
         self._select_log()
         registry.track(self)
 
     # ---- construction helpers ------------------------------------------------------------
     def _init_local(self) -> None:
         self._stats_lock = threading.Lock()
+        self._attach_lock = threading.Lock()  # attach and set_bucket: one producer, in the right bucket
         self._converted: Dict[str, int] = {}
         self._dropped_local: Dict[str, int] = {}
         self._warned: set = set()
-        self._slow_threads: set = set()  # threads inside the slow path (signal re-entry guard)
-        self._deferred: list = []  # events logged by signal handlers that interrupted the slow path
         self._refused: Optional[str] = None
         self._ring: Any = None  # the ring's Table (None offline, or when a handle's ring was refused)
+        self._make_ring = False
+        self._ring_retry_at = 0.0
         self._att: Optional[Attachment] = None
         self._final_stats: Optional[Dict[str, Any]] = None
         self._sync_count = 0
@@ -238,33 +249,94 @@ class Streamer:
         """Start a sender if none serves this ring (the kernel's lock says; RingClosed once gone)."""
         registry.ensure_sender(self._ring, self._sender_settings)
 
-    def _remove_ring(self) -> None:
-        """Undo a failed construction: no file of this ring is left behind."""
-        ring = self._ring
+    def _open_ring(self) -> None:
+        """Make this Streamer's ring, its bucket, this process's segment and the sender. Where the
+        ring directory is full (or out of descriptors), the Streamer still works: it says so once,
+        counts what is logged as dropped (``no_space``), and tries again every RING_RETRY s."""
+        self._ring_retry_at = time.monotonic() + RING_RETRY
+        try:
+            ring = registry.create_table(max(L.SEG_DATA_MIN, int(self._opts["ring_size"])),
+                                         self._sender_settings().meta(), native=self._native)
+        except OSError as exc:
+            self._refused = "cannot make the ring in %s (%s)" % (default_ring_dir(), exc)
+            self._warn_once("no_ring", "isstreamer: %s; events are counted as dropped['no_space'] until it "
+                                       "can be made" % self._refused)
+            return
+        self._ring = ring
+        self._refused = None
+        try:
+            self._bucket = ring.add_bucket(self.BucketKey, self.BucketName)
+            self._p.bucket = self._bucket
+            try:  # the creator owns a segment before the sender starts (else it would find no owner)
+                self._attach(start_sender=False)
+            except (RingRefused, OSError, ValueError) as exc:  # counted at the first log(); retried then,
+                self._warn_once("no_segment", "isstreamer: cannot get a ring segment (%s)" % exc)
+                return  # and the attach that succeeds starts the sender
+            self._ensure_sender()
+        except BaseException:
+            self._ring = None
+            self._remove_ring_of(ring)
+            raise
+
+    @staticmethod
+    def _remove_ring_of(ring: Any) -> None:
         with contextlib.suppress(OSError):
             with ring.locked():
                 ring.mark_closing()
                 ring.remove_files()
         registry.close_table(ring)
 
-    def _attach(self, start_sender: bool = True) -> bool:
-        """Get this process's segment of the ring (created on first use in each process)."""
-        ring = self._ring
-        new = registry.own_attachment(ring) is None
-        att = registry.attachment(ring, self._opts["ring_size"], self._opts["max_ring_memory"])
-        att.refs += 1
-        self._att = att
-        p = att.new_producer(self._bucket)
-        self._p = p
+    def _attach(self, start_sender: bool = True) -> Any:
+        """This process's producer on the ring, attaching first if needed: its segment (created on
+        first use in each process), a handle in the current bucket. Under the Streamer's lock, so
+        threads making their first calls at once attach exactly once. Raises RingClosed once the
+        ring is gone, RingRefused / OSError when no segment can be had (retried later)."""
+        with reentry.held(self._attach_lock):
+            if self._att is not None:
+                return self._p
+            ring = self._ring
+            if ring is None:
+                if self._make_ring and not self.IsClosed and time.monotonic() >= self._ring_retry_at:
+                    self._open_ring()
+                    if self._att is not None:
+                        return self._p
+                raise RingRefused("isstreamer: %s" % (self._refused or "no ring"))
+            new = registry.own_attachment(ring) is None
+            att = registry.attachment(ring, self._opts["ring_size"], self._opts["max_ring_memory"])
+            att.refs += 1
+            p = att.new_producer(self._bucket, check_every=self._opts["flush_interval"] / 2)
+            self._p = p
+            self._att = att
         if new and start_sender:
             self._ensure_sender()  # a process new to the ring: make sure its sender lives
-        return True
+        return p
+
+    def _check_sender(self) -> None:
+        """(A put said: once per flush_interval / 2) the sender lives, else a new one starts, so a
+        sender that died while the program logs slowly is replaced within the interval."""
+        if reentry.busy():
+            reentry.defer(self._check_sender_now)
+            return
+        self._check_sender_now()
+
+    def _check_sender_now(self) -> None:
+        ring = self._ring
+        if ring is None or self.IsClosed:
+            return
+        try:
+            if not ring.sender_alive():
+                self._ensure_sender()
+        except RingClosed:
+            self._mark_closed_remotely()
+        except (OSError, ValueError):
+            pass
 
     def detach_after_fork(self) -> None:
         """(Called in a fork child, by the registry) Detach: the child's first event claims its own
         segment of the ring; the parent's segment is never written by the child."""
         self._stats_lock = threading.Lock()
-        self._slow_threads = set()
+        self._attach_lock = threading.Lock()
+        self._make_ring = False
         self._att = None
         self._p = _detached_native() if self._native else _Detached()
         self._p.bucket = self._bucket
@@ -275,10 +347,11 @@ class Streamer:
                                                "StreamApiBase", "BucketName", "BucketKey")}
         state["_opts"] = self._opts
         state["IsClosed"] = self.IsClosed
-        if not self.Offline and not self.IsClosed:
+        if not self.Offline and not self.IsClosed and self._ring is not None:
             state["ring_path"] = self._ring.path
             state["ring_identity"] = list(self._ring.identity)
             state["bucket"] = self._bucket
+        state["refused"] = self._refused
         return (_restore, (state,))
 
     # ---- the hot path ------------------------------------------------------------------------------
@@ -309,31 +382,31 @@ class Streamer:
         except (KeyError, TypeError, OverflowError, UnicodeEncodeError):
             return self._log_slow(key, value, epoch)
         if rc:
-            if rc == 3:  # published; the sender sleeps: wake it
-                self._ring.wake()
-            elif rc != 2:  # 2: dropped on a full ring, already counted by the put
-                self._log_slow(key, value, epoch)
+            if rc == 2:  # dropped on a full ring, already counted by the put
+                return
+            self._after_put(rc, key, value, epoch)
+
+    def _after_put(self, rc: int, key: Any, value: Any, epoch: Any) -> None:
+        """A put that did not simply succeed: published but the sender sleeps (wake it) or is due
+        a liveness check; else not written (slow path: attach, reserve, full ring, refusal)."""
+        if rc == L.WAKE:
+            if not self._ring.wake():  # nobody listens: the sender may have died
+                self._check_sender()
+        elif rc == L.CHECK:
+            self._check_sender()
+        else:
+            self._log_slow(key, value, epoch)
 
     def _log_slow(self, key: Any, value: Any, epoch: Any) -> None:
         """Value rules, key cache, attach / full-ring handling.
 
-        Re-entry guard: a signal handler that logs while this thread is in here (possibly holding a
-        lock) has its event kept and written when the interrupted call finishes."""
-        me = threading.get_ident()
-        if me in self._slow_threads:
-            self._deferred.append((key, value, epoch))
+        Re-entry guard: a signal handler that logs while this thread holds a lock of ours has its
+        event kept and written when the thread leaves the lock (see isstreamer.reentry)."""
+        if reentry.busy():
+            reentry.defer(self._log_slow_body, key, value, epoch)
             return
-        self._slow_threads.add(me)
-        try:
+        with reentry.section():
             self._log_slow_body(key, value, epoch)
-            while self._deferred:
-                try:
-                    k, v, e = self._deferred.pop(0)
-                except IndexError:
-                    break
-                self._log_slow_body(k, v, e)
-        finally:
-            self._slow_threads.discard(me)
 
     def _log_slow_body(self, key: Any, value: Any, epoch: Any) -> None:
         strict = self.DebugLevel >= 2
@@ -356,11 +429,12 @@ class Streamer:
         self._put(kb, v, _NAN if e is None else e)
 
     def _put(self, kb: bytes, v: Any, ep: float) -> None:
-        """Write a normalized event, handling detach, a full ring and refusals.
+        """Write a normalized event, handling detach, reservation, a full ring and refusals.
 
-        A full ring: one wait of at most ``full_timeout`` (none with ``on_full="drop"``), then the
-        producer is in a drop episode: every put that finds no room is counted as ``ring_full`` by
-        the put itself, at the cost of a normal call, until one succeeds."""
+        A full ring, or a file system too full to reserve the segment's next pages: one wait of
+        at most ``full_timeout`` (none with ``on_full="drop"``), then the producer is in a drop
+        episode: every put that finds no room is counted (``ring_full`` / ``no_space``) by the
+        put itself, at the cost of a normal call, until one succeeds."""
         deadline = nudge_at = 0.0
         pause = 0.00005
         while True:
@@ -377,19 +451,36 @@ class Streamer:
                 rc = self._put_str(p, kb, len(kb), sb, len(sb), ep)
             if rc == L.OK or rc == L.DROPPED:
                 return
-            if rc == L.WAKE:
-                self._ring.wake()
-                return
-            if rc == L.EINVAL and self._att is None:
+            if rc == L.WAKE or rc == L.CHECK:
+                return self._after_put(rc, kb, v, ep)
+            if rc == L.CLOSED or (rc == L.EINVAL and self.IsClosed):
+                return self._log_closed(kb.decode("utf-8", "replace"), v)
+            if rc == L.EINVAL:
                 try:
-                    if self._attach():
-                        continue
+                    if self._attach() is not p:
+                        continue  # attached now (or by another thread meanwhile): write it there
                 except RingClosed:
                     self._mark_closed_remotely()
-                    return self._log_closed(kb.decode(), v)
+                    return self._log_closed(kb.decode("utf-8", "replace"), v)
                 except (RingRefused, OSError, ValueError) as exc:
-                    self._drop("no_segment", "isstreamer: cannot get a ring segment (%s); event dropped" % exc)
+                    no_space = self._ring is None or getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
+                    self._drop("no_space" if no_space else "no_segment",
+                               "isstreamer: cannot get a ring segment (%s); events dropped" % exc)
                     return
+            reason = "ring_full"
+            if rc == L.RESERVE:
+                att = self._att
+                ok = att.reserve() if att is not None else True
+                if ok:
+                    continue
+                if ok is False:
+                    if p.dropping:  # a retry in a drop episode that still found no space
+                        self._drop("no_space", "")
+                        return
+                    with contextlib.suppress(OSError, ValueError):
+                        self._ring.count("space_short")  # the sender spools promptly, freeing pages
+                reason = "no_space"
+                rc = L.FULL
             if rc == L.FULL:
                 now = time.monotonic()
                 if deadline == 0.0:
@@ -404,9 +495,7 @@ class Streamer:
                         return self._log_closed(kb.decode(), v)
                 if self._opts["on_full"] == "drop" or now >= deadline:
                     p.dropping = 1
-                    self._drop("ring_full", "isstreamer: the ring is full (the API drains slower than you "
-                                            "log); events dropped until it has room, see "
-                                            "stats()['dropped']['ring_full']")
+                    self._drop(reason, _FULL_MESSAGES[reason])
                     return
                 time.sleep(pause)
                 pause = min(pause * 2, 0.005)
@@ -416,22 +505,33 @@ class Streamer:
             return
 
     def _drop(self, reason: str, message: str) -> None:
-        if self.DebugLevel >= 2 and reason not in ("ring_full", "no_segment", "closed"):
+        """Count one event that is not sent (where every process's stats() sees it: this
+        process's segment, else the ring's header; locally without a ring) and warn once."""
+        if self.DebugLevel >= 2 and reason not in _RESOURCE_DROPS:
             raise ValueError(message)
-        idx = L.D.get(reason, L.D["invalid_input"])
-        if self._att is None and not self.Offline and not self.IsClosed and reason != "no_segment":
-            try:  # count it where every process's stats() sees it: this process's segment
-                self._attach()
-            except (RingClosed, RingRefused, OSError, ValueError):
-                pass
-        if self._att is not None:
-            self._att.count_drop(idx)
-        else:
-            self._count_local(self._dropped_local, L.DROP_REASONS[idx])
-        self._warn_once("drop:" + reason, message)
+        name = L.DROP_REASONS[L.D.get(reason, L.D["invalid_input"])]
+        att, ring = self._att, self._ring
+        try:
+            if att is not None:
+                att.count_drop(L.D[name])
+            elif ring is not None:
+                ring.count_drop(name)
+            else:
+                self._count_local(self._dropped_local, name)
+        except (OSError, ValueError):  # closed meanwhile
+            self._count_local(self._dropped_local, name)
+        if message:
+            self._warn_once("drop:" + reason, message)
 
     def _count_local(self, counters: Dict[str, int], name: str) -> None:
-        with self._stats_lock:
+        """Count in this process (a lock of ours may be held by this thread: then deferred)."""
+        if reentry.busy():
+            reentry.defer(self._count_now, counters, name)
+            return
+        self._count_now(counters, name)
+
+    def _count_now(self, counters: Dict[str, int], name: str) -> None:
+        with reentry.held(self._stats_lock):
             counters[name] = counters.get(name, 0) + 1
 
     def _warn_once(self, tag: str, message: str) -> None:
@@ -463,8 +563,14 @@ class Streamer:
         e = time.time() if e is None else e
         if self.DebugLevel >= 1:
             print(console_line(k, v, e))
-        with self._csv_lock:
-            self._csv.writerow([repr(e), k, v])  # type: ignore[union-attr]
+        if reentry.busy():  # a signal handler interrupting this thread, which may hold the lock
+            reentry.defer(self._write_row, [repr(e), k, v])
+            return
+        self._write_row([repr(e), k, v])
+
+    def _write_row(self, row: list) -> None:
+        with reentry.held(self._csv_lock):
+            self._csv.writerow(row)  # type: ignore[union-attr]
 
     def _log_closed(self, key: Any, value: Any = None, epoch: Any = None) -> None:
         """log() after close(): an error at debug_level >= 2, counted otherwise."""
@@ -497,7 +603,8 @@ class Streamer:
         for immediate sending ("will get sent asap", as the 2.0.0 README puts it) and returns True
         at once, without waiting on the network. With ``timeout=T`` (or ``use_async=False``: no limit) it waits until every
         event this process logged before the call is delivered or handed to the failure path
-        (spool, rejected file), and returns False if ``T`` seconds passed first.
+        (spool, rejected file), and returns False if ``T`` seconds passed first, or if the sender
+        found records it could not read meanwhile (counted in ``stats()["dropped"]["corrupt"]``).
         """
         if self.Offline:
             if self._csv_file is not None and not self._csv_file.closed:
@@ -518,11 +625,13 @@ class Streamer:
         self._ring.request_flush()
 
     def _wait_delivered(self, timeout: Optional[float]) -> bool:
-        """Wait until this process's events logged so far are delivered or on the failure path."""
+        """Wait until this process's events logged so far are delivered or on the failure path
+        (False when ``timeout`` passes first, or the sender skipped unreadable records)."""
         att = self._att
         if att is None:
             return True
         try:
+            lost = att.lost()
             target = att.head()
             rules = bool(self._opts.get("rules"))  # aggregate: folded events leave open windows behind
             if att.tail() >= target and not rules:
@@ -543,7 +652,7 @@ class Streamer:
                     next_check = now + 0.5
                 time.sleep(pause)
                 pause = min(pause * 1.25, 0.005)
-            return True
+            return att.lost() == lost
         except (ValueError, OSError):  # the ring went away under us
             return False
 
@@ -563,19 +672,23 @@ class Streamer:
                 self._csv_file.close()
             return
         budget = self._opts["close_timeout"] if timeout is None else timeout
-        try:  # the sender retries, rather than spools, while this process waits
-            self._ring.extend_close_by(time.monotonic() + budget)
-        except (ValueError, OSError):
-            pass
-        self._wait_delivered(budget)
+        ring = self._ring
+        if ring is not None:
+            try:  # the sender retries, rather than spools, while this process waits
+                ring.extend_close_by(time.monotonic() + budget)
+            except (ValueError, OSError):
+                pass
+            self._wait_delivered(budget)
         self._final_stats = self.stats()
-        self.IsClosed = True
-        self._select_log()
-        self._p = _detached_native() if self._native else _Detached()
-        att, self._att = self._att, None
+        with reentry.held(self._attach_lock):  # no attach after this (see _attach)
+            self.IsClosed = True
+            self._select_log()
+            self._p = _detached_native() if self._native else _Detached()
+            att, self._att = self._att, None
         if att is not None:
             att.refs -= 1
-        registry.close_table(self._ring)
+        if ring is not None:
+            registry.close_table(ring)  # a put racing this in another thread is counted as closed
         registry.untrack(self)
 
     def set_bucket(self, bucket_name: str = "", bucket_key: str = "", retries: int = 3) -> None:  # noqa: ARG002
@@ -584,9 +697,11 @@ class Streamer:
         A new uuid4 key is used when ``bucket_key`` is empty; the bucket is created before its events.
         """
         key = _validate_bucket_key(bucket_key or str(uuid.uuid4()))
-        if not self.Offline and not self.IsClosed:
-            self._bucket = self._ring.add_bucket(key, bucket_name)
-            self._p.bucket = self._bucket  # one store: a racing log() goes to the old or the new one
+        if not self.Offline and not self.IsClosed and self._ring is not None:
+            index = self._ring.add_bucket(key, bucket_name)
+            with reentry.held(self._attach_lock):  # a first log() attaching meanwhile takes the new one
+                self._bucket = index
+                self._p.bucket = index  # one store: a racing log() goes to the old or the new one
         self.BucketKey, self.BucketName = key, bucket_name
 
     def stats(self) -> Dict[str, Any]:
@@ -603,6 +718,7 @@ class Streamer:
         if self.Offline or ring is None:  # offline, or a handle whose ring was refused
             out.update(logged=0, sent=0, pending=0, dropped=dropped, converted=dict(self._converted))
             return out
+        out["mode"] = "process"
         try:
             logged, consumed, drops = registry.segment_counters(ring)
             for name, n in zip(L.DROP_REASONS, drops):
@@ -636,7 +752,10 @@ class Streamer:
     def ring_fill(self) -> float:
         """Fraction of this process's segment holding events the sender has not consumed yet."""
         att = self._att
-        return 0.0 if att is None or self.IsClosed else att.fill()
+        try:
+            return 0.0 if att is None or self.IsClosed else att.fill()
+        except (OSError, ValueError):  # closed by another thread meanwhile
+            return 0.0
 
     # ---- context manager and finalisation ----------------------------------------------------------
     def __enter__(self) -> "Streamer":
@@ -671,6 +790,8 @@ def _restore(state: Dict[str, Any]) -> Streamer:
     s._init_local()
     if s.Offline and not s.IsClosed:
         s._open_offline("a")
+    elif not s.IsClosed and "ring_path" not in state:  # a Streamer that could not make its ring
+        s._refused = state.get("refused") or "no ring"
     elif not s.IsClosed:
         path = state["ring_path"]
         ident = state.get("ring_identity")

@@ -34,8 +34,9 @@ def test_layout_matches_the_c_structs():
            "nslots_used": L.H_NSLOTS_USED, "counters": L.H_COUNTERS, "drops": L.H_DROPS}
     for field, off in hdr.items():
         assert ffi.offsetof("iss_ring_hdr", field) == off, field
-    seg = {"lock": L.S_LOCK, "head": L.S_HEAD, "logged": L.S_LOGGED, "drops": L.S_DROPS, "tail": L.S_TAIL,
-           "consumed": L.S_CONSUMED}
+    seg = {"head": L.S_HEAD, "logged": L.S_LOGGED, "drops": L.S_DROPS, "reserved": L.S_RESERVED,
+           "tail": L.S_TAIL, "consumed": L.S_CONSUMED, "rel_end": L.S_REL_END, "rel_consumed": L.S_REL_CONSUMED,
+           "lost": L.S_LOST}
     for field, off in seg.items():
         assert ffi.offsetof("iss_seg_hdr", field) == off, field
     slot = {"state": L.SL_STATE, "seg_id": L.SL_SEG_ID, "owner_pid": L.SL_OWNER_PID, "data_size": L.SL_DATA_SIZE}
