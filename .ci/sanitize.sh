@@ -59,7 +59,7 @@ cd "$scratch"
 python - <<'EOF'
 import os, sys
 sys.path.insert(0, os.getcwd())
-from isstreamer.ring import native_available, _lib
+from isstreamer.ring import native_available, lib as _lib
 import isstreamer._native as n
 assert native_available(), "the sanitized extension did not import"
 assert n.__file__.startswith(os.getcwd()), n.__file__

@@ -28,10 +28,10 @@ for _p in (ROOT, HERE):
 import benchutil  # noqa: E402
 import isstreamer  # noqa: E402
 from isstreamer import Window  # noqa: E402
-from isstreamer import layout as L  # noqa: E402
-from isstreamer.procutil import pid_alive  # noqa: E402
-from isstreamer.aggregate import MAX_TAKEN, NativeKernel, PyKernel, rule_args  # noqa: E402
-from isstreamer.ring import Attachment, Ring, native_available, puts_for  # noqa: E402
+from isstreamer.ring import layout as L  # noqa: E402
+from procutil import pid_alive  # noqa: E402
+from isstreamer.sender.aggregate import MAX_TAKEN, NativeKernel, PyKernel, rule_args  # noqa: E402
+from isstreamer.ring import Attachment, Segment, native_available, puts_for  # noqa: E402
 
 KEYS100 = ["sensor_%03d" % i for i in range(100)]
 
@@ -63,8 +63,8 @@ def bench_log_cost(url: str, spool: str, quick: bool) -> None:
                                            statistics.median(res["off"]), statistics.median(res["on"])))
 
 
-def _filled_segment(directory: str, n: int) -> Ring:
-    ring = Ring.create(max(L.SEG_DATA_MIN, n * 48 + (1 << 20)), 1, directory=directory, native=True)
+def _filled_segment(directory: str, n: int) -> Segment:
+    ring = Segment.create(max(L.SEG_DATA_MIN, n * 48 + (1 << 20)), 1, directory=directory, native=True)
     att = Attachment(ring, 0, 1)
     p = att.new_producer(0)
     put_f64 = puts_for(True)[0]

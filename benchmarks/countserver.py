@@ -57,7 +57,7 @@ async def _main(port: int) -> None:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
-    real = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    real = runner.addresses[0][1]
     print("http://127.0.0.1:%d" % real, flush=True)
     await asyncio.Event().wait()
 

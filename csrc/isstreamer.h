@@ -13,11 +13,11 @@
  * producer publishes a record by a release store of `head` after writing it, so a producer
  * killed mid-write never publishes a torn record and never wedges the consumer. Ownership is
  * a POSIX record lock on the segment file held by the producer process (the kernel drops it
- * when the process dies; fork children do not inherit it): see isstreamer/ring.py.
+ * when the process dies; fork children do not inherit it): see isstreamer/ring/.
  *
  * Every cross-process field is fixed-width and naturally aligned; 64-bit fields are accessed
  * through csrc/atomics.h only (lock-free on x86-64, aarch64 and ARMv7 with LDREXD/STREXD).
- * The Python side (isstreamer/layout.py) mirrors these offsets; a test checks they agree.
+ * The Python side (isstreamer/ring/layout.py) mirrors these offsets; a test checks they agree.
  */
 #ifndef ISSTREAMER_H
 #define ISSTREAMER_H
@@ -67,7 +67,7 @@
 #define ISS_ETOOBIG (-1)
 #define ISS_EINVAL (-2)
 
-/* drop reasons the C side counts itself (indices into drops[], see isstreamer/layout.py) */
+/* drop reasons the C side counts itself (indices into drops[], see isstreamer/ring/layout.py) */
 #define ISS_DROP_RING_FULL 0u
 #define ISS_DROP_NO_SPACE 11u
 

@@ -381,9 +381,9 @@ def replay(path: Optional[str], access_key: str, api_base: str, ini: Optional[st
     rejected.jsonl. Exit status 1 when events are left in the spool.
     """
     from isstreamer.config import ConfigError, load_config
-    from isstreamer.delivery import Policy
-    from isstreamer.replay import Replayer, ReplayError
-    from isstreamer.spool import default_spool_dir
+    from isstreamer.replay_command import Replayer, ReplayError
+    from isstreamer.sender.delivery import Policy
+    from isstreamer.sender.spool import default_spool_dir
 
     if path is None:
         path = default_spool_dir()

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import Mapping
 from urllib.parse import urlsplit
 
+from .options import API_BASE, OFFLINE_FILE
+
 __all__ = [
     "DEFAULT_API_BASE",
     "DEFAULT_OFFLINE_FILE",
@@ -26,10 +28,10 @@ __all__ = [
     "normalize_api_base",
 ]
 
-DEFAULT_API_BASE = "https://groker.init.st"
+DEFAULT_API_BASE = API_BASE
 """Events API base used when nothing else is configured (as in ISStreamer 2.0.0)."""
 
-DEFAULT_OFFLINE_FILE = "isstreamer_out.csv"
+DEFAULT_OFFLINE_FILE = OFFLINE_FILE
 """Offline-mode CSV file, relative to the current working directory."""
 
 INI_FILE_NAME = "isstreamer.ini"

@@ -14,7 +14,6 @@ import random
 import secrets
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -22,6 +21,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 from urllib.parse import quote
+
+from .ring import RingClosed, RingRefused, Table
 
 __all__ = ["DemoResult", "run_demo", "sensor_readings", "format_summary"]
 
@@ -201,29 +202,32 @@ def _timed_loop(log: Callable[..., None], readings: List[Reading]) -> Tuple[List
     return per_call, (clock() - t_start) / 1e9
 
 
-def _stop_sender(streamer: Any, grace: float) -> None:
-    """Make sure the Streamer's sender process is gone before its spool directory is removed.
+def _stop_sender(ring_path: Optional[str], grace: float) -> None:
+    """Make sure the ring's sender is gone before the demo's spool directory is removed.
 
     After a complete run it has nothing left and exits at once; after Ctrl-C it gets ``grace``
-    seconds, then it is killed and its ring file removed.
-    """
-    proc = getattr(streamer, "_proc", None)
-    if proc is None or proc.poll() is not None:
+    seconds to drain, then it is stopped (SIGTERM, then SIGKILL) and the ring's files removed."""
+    if not ring_path:
         return
-    proc.terminate()
     try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        path = streamer.ring_path
-        if path and os.path.exists(path):  # the sender is gone: its files would be adopted later
-            base = os.path.basename(path)[: -len(".ring")]
-            d = os.path.dirname(path)
-            for name in os.listdir(d):
-                if name == base + ".ring" or (name.startswith(base + ".") and name.endswith(".seg")):
-                    with contextlib.suppress(OSError):
-                        os.unlink(os.path.join(d, name))
+        table = Table.open(ring_path)
+    except (RingClosed, RingRefused, OSError):
+        return  # removed by its sender already
+    try:
+        for sig in (None, signal.SIGTERM, signal.SIGKILL):
+            if sig is not None and table.sender_pid:  # the pid the live sender recorded (its lock says it lives)
+                with contextlib.suppress(OSError):
+                    os.kill(table.sender_pid, sig)
+            deadline = time.monotonic() + (grace if sig is None else 2.0)
+            while table.sender_alive() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not table.sender_alive():
+                break
+        with contextlib.suppress(OSError), table.locked():
+            table.mark_closing()  # its files would be adopted by a later Streamer otherwise
+            table.remove_files()
+    finally:
+        table.close()
 
 
 def _wait_stored(server: Any, bucket_key: str, expected: int, timeout: float) -> int:
@@ -294,8 +298,9 @@ def run_workload(server: Any, events: int, workers: int, work_dir: str, progress
         if pool is not None:
             pool.terminate()
             pool.join()
+        ring_path = streamer.ring_path
         streamer.close(timeout=1)
-        _stop_sender(streamer, 10.0 if completed else 1.0)
+        _stop_sender(ring_path, 10.0 if completed else 1.0)
     return DemoResult(
         url=server.url, db_path=server.db_path, bucket_key=bucket_key, bucket_name=BUCKET_NAME,
         sensor_events=events, worker_events=worker_events, workers=workers, logged=st.get("logged", 0),

@@ -10,39 +10,51 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List
 
-from .spool import DEFAULT_MAX_BYTES
+from .options import BUFFER_SIZE, DEFAULTS, Options
+from .sender.spool import key_fingerprint
+
+# the options the sender needs (the others are the producers')
+SENDER_OPTIONS = ("spool_dir", "flush_interval", "max_batch_events", "max_batch_bytes", "request_timeout",
+                  "close_timeout", "spool_max_bytes", "use_gzip", "max_attempts", "backoff_max",
+                  "auth_retry_interval", "max_rps")
 
 
 @dataclass
 class SenderSettings:
-    """Everything the sender process needs; sent as JSON on its stdin."""
+    """Everything the sender process needs; sent as JSON on its stdin. Defaults: options.DEFAULTS."""
 
     ring_path: str
     api_base: str
     access_key: str = field(repr=False)
     spool_dir: str
-    buffer_size: int = 10
-    flush_interval: float = 1.0
-    max_batch_events: int = 1000
-    max_batch_bytes: int = 900_000
-    request_timeout: float = 10.0
-    close_timeout: float = 5.0
-    spool_max_bytes: int = DEFAULT_MAX_BYTES
+    buffer_size: int = BUFFER_SIZE
+    flush_interval: float = DEFAULTS.flush_interval
+    max_batch_events: int = DEFAULTS.max_batch_events
+    max_batch_bytes: int = DEFAULTS.max_batch_bytes
+    request_timeout: float = DEFAULTS.request_timeout
+    close_timeout: float = DEFAULTS.close_timeout
+    spool_max_bytes: int = DEFAULTS.spool_max_bytes
     debug_level: int = 0
     native: bool = True
-    use_gzip: bool = False
-    policy: Dict[str, float] = field(default_factory=dict)
+    use_gzip: bool = DEFAULTS.use_gzip
+    max_attempts: int = DEFAULTS.max_attempts
+    backoff_max: float = DEFAULTS.backoff_max
+    auth_retry_interval: float = DEFAULTS.auth_retry_interval
+    max_rps: float = DEFAULTS.max_rps
     ring_identity: List[int] = field(default_factory=list)  # (st_dev, st_ino) of the table file
     spool_only: bool = False  # an adopted ring of another access key: spool, never send
     fingerprint: str = ""  # with spool_only: the ring's key fingerprint (its spool stream)
     rules: List[List[Any]] = field(default_factory=list)  # [[key or glob, rule dict]]: isstreamer.rules
     ceiling: Dict[str, Any] = field(default_factory=dict)  # max_events_per_second, monthly_budget, fallback
 
+    @classmethod
+    def of(cls, options: Options, **rest: Any) -> "SenderSettings":
+        """The settings for a Streamer's ``options`` (resolved: its spool_dir is set) and ``rest``."""
+        return cls(**{name: getattr(options, name) for name in SENDER_OPTIONS}, **rest)
+
     def meta(self) -> Dict[str, Any]:
         """What a ring records of these settings for an adopter: everything but the access key
         (whose SHA-256 fingerprint is kept instead) and the ring's own path."""
-        from .spool import key_fingerprint
-
         d = asdict(self)
         for k in ("access_key", "ring_path", "ring_identity", "spool_only", "fingerprint"):
             d.pop(k)
@@ -57,8 +69,6 @@ class SenderSettings:
     def from_meta(cls, meta: Dict[str, Any], access_key: str) -> "SenderSettings":
         """Settings for adopting a ring from its recorded meta: with ``access_key`` when it is the
         key the ring was made with, else spool-only (the events wait for their own key)."""
-        from .spool import key_fingerprint
-
         known = {f for f in cls.__dataclass_fields__} - {"fingerprint", "spool_only", "access_key"}
         d = {k: v for k, v in meta.items() if k in known}
         fp = str(meta.get("fingerprint", ""))

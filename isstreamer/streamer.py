@@ -7,28 +7,28 @@ import csv
 import errno
 import logging
 import os
-import sys
 import threading
 import time
 import uuid
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
-from . import layout as L
-from . import reentry, registry
+from .ring import layout as L
+from . import launch, reentry, registry
 from .config import load_config
 from .flatten import flatten_object
-from .ring import (Attachment, RingClosed, RingRefused, _ffi, check_fallback_safe, default_ring_dir, fallback_reason,
+from .ring import (Attachment, RingClosed, RingRefused, check_fallback_safe, default_ring_dir, fallback_reason,
                    logs_for, puts_for, use_native)
 from .rules import ceiling_settings, normalize_rules
 from .settings import SenderSettings
-from .spool import DEFAULT_MAX_BYTES, default_spool_dir
+from .ring.backend import ffi as _ffi
+from .options import BUFFER_SIZE, DEFAULTS, Options, check_number
+from .sender.spool import default_spool_dir
 from .values import Skip, coerce_epoch, coerce_key, coerce_value, console_line
 
 log = logging.getLogger("isstreamer")
 
 _NAN = float("nan")
 _KEY_CACHE_MAX = 65536
-DEFAULT_RING_SIZE = (64 if sys.maxsize > 2**32 else 8) * 1024 * 1024
 
 
 _RESOURCE_DROPS = ("ring_full", "no_space", "no_segment", "closed")  # never raised: not the caller's input
@@ -71,13 +71,6 @@ def _default_ring_memory() -> int:
 RING_RETRY = 5.0  # seconds between attempts at making the ring of a Streamer that could not make it
 
 
-def _check_options(**options: Tuple[Any, float]) -> None:
-    """Each option must be a number (not bool) at least as large as its minimum."""
-    for name, (value, least) in options.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= least:
-            raise ValueError("isstreamer: %s must be a number >= %g, not %r" % (name, least, value))
-
-
 def _validate_bucket_key(key: str) -> str:
     if not isinstance(key, str):
         raise TypeError("isstreamer: bucket_key must be a str, not %s" % type(key).__name__)
@@ -102,43 +95,42 @@ class Streamer:
         access_key: str = "",
         ini_file_location: Optional[str] = None,
         debug_level: int = 0,
-        buffer_size: int = 10,
+        buffer_size: int = BUFFER_SIZE,
         offline: Optional[bool] = None,
         use_async: bool = True,
         *,
         api_base: Optional[str] = None,
-        offline_file: Optional[str] = None,
-        ring_size: int = DEFAULT_RING_SIZE,
-        max_producers: int = 0,
-        max_ring_memory: int = 0,
-        flush_interval: float = 1.0,
-        close_timeout: float = 5.0,
-        on_full: str = "block",
-        full_timeout: float = 2.0,
-        spool_dir: Optional[str] = None,
-        spool_max_bytes: int = DEFAULT_MAX_BYTES,
-        max_batch_events: int = 10000,
-        max_batch_bytes: int = 900_000,
-        request_timeout: float = 10.0,
-        max_rps: float = 0.0,
-        max_attempts: int = 4,
-        backoff_max: float = 30.0,
-        auth_retry_interval: float = 30.0,
-        use_gzip: bool = False,
+        offline_file: Optional[str] = DEFAULTS.offline_file,
+        ring_size: int = DEFAULTS.ring_size,
+        max_producers: int = DEFAULTS.max_producers,
+        max_ring_memory: int = DEFAULTS.max_ring_memory,
+        flush_interval: float = DEFAULTS.flush_interval,
+        close_timeout: float = DEFAULTS.close_timeout,
+        on_full: str = DEFAULTS.on_full,
+        full_timeout: float = DEFAULTS.full_timeout,
+        spool_dir: Optional[str] = DEFAULTS.spool_dir,
+        spool_max_bytes: int = DEFAULTS.spool_max_bytes,
+        max_batch_events: int = DEFAULTS.max_batch_events,
+        max_batch_bytes: int = DEFAULTS.max_batch_bytes,
+        request_timeout: float = DEFAULTS.request_timeout,
+        max_rps: float = DEFAULTS.max_rps,
+        max_attempts: int = DEFAULTS.max_attempts,
+        backoff_max: float = DEFAULTS.backoff_max,
+        auth_retry_interval: float = DEFAULTS.auth_retry_interval,
+        use_gzip: bool = DEFAULTS.use_gzip,
         rules: Any = None,
         max_events_per_second: float = 0.0,
         monthly_budget: int = 0,
         fallback: Any = None,
     ) -> None:
-        if on_full not in ("block", "drop"):
-            raise ValueError("isstreamer: on_full must be 'block' or 'drop'")
-        _check_options(buffer_size=(buffer_size, 1), max_batch_events=(max_batch_events, 1),
-                       max_producers=(max_producers, 0), max_attempts=(max_attempts, 1),
-                       ring_size=(ring_size, 1), max_ring_memory=(max_ring_memory, 0), max_batch_bytes=(max_batch_bytes, 1),
-                       spool_max_bytes=(spool_max_bytes, 1), flush_interval=(flush_interval, 1e-3),
-                       request_timeout=(request_timeout, 1e-3), backoff_max=(backoff_max, 0.0),
-                       auth_retry_interval=(auth_retry_interval, 0.0), close_timeout=(close_timeout, 0.0),
-                       full_timeout=(full_timeout, 0.0), max_rps=(max_rps, 0.0))
+        check_number("buffer_size", buffer_size, 1)
+        options = Options(
+            flush_interval=flush_interval, max_batch_events=max_batch_events, max_batch_bytes=max_batch_bytes,
+            ring_size=ring_size, max_ring_memory=max_ring_memory, max_producers=max_producers,
+            close_timeout=close_timeout, on_full=on_full, full_timeout=full_timeout, spool_dir=spool_dir,
+            spool_max_bytes=spool_max_bytes, request_timeout=request_timeout, max_rps=max_rps,
+            max_attempts=max_attempts, backoff_max=backoff_max, auth_retry_interval=auth_retry_interval,
+            use_gzip=use_gzip, offline_file=offline_file)
         cfg = load_config(bucket_name=bucket_name, access_key=access_key, ini_file_location=ini_file_location,
                           offline=offline, api_base=api_base)
         self.DebugLevel = int(debug_level)
@@ -150,17 +142,12 @@ class Streamer:
         self.BucketName = cfg.bucket_name
         self.BucketKey = _validate_bucket_key(bucket_key or str(uuid.uuid4()))
         self.IsClosed = False
-        self._opts = dict(
-            offline_file=offline_file or cfg.offline_file, ring_size=ring_size,
-            max_ring_memory=max_ring_memory or _default_ring_memory(),
-            flush_interval=flush_interval, close_timeout=close_timeout, on_full=on_full,
-            full_timeout=full_timeout, spool_dir=spool_dir or default_spool_dir(), spool_max_bytes=spool_max_bytes,
-            max_batch_events=max_batch_events, max_batch_bytes=max_batch_bytes, request_timeout=request_timeout,
-            max_rps=max_rps, max_attempts=max_attempts, backoff_max=backoff_max,
-            auth_retry_interval=auth_retry_interval, use_gzip=use_gzip,
-            rules=normalize_rules(rules),  # downsampling (isstreamer.rules), applied by the sender
-            ceiling=ceiling_settings(max_events_per_second, monthly_budget, fallback),
-        )
+        # resolved once: the offline file, the spool directory and the ring memory cap
+        self._options = options.replace(offline_file=offline_file or cfg.offline_file,
+                                        spool_dir=spool_dir or default_spool_dir(),
+                                        max_ring_memory=max_ring_memory or _default_ring_memory())
+        self._rules = normalize_rules(rules)  # downsampling (isstreamer.rules), applied by the sender
+        self._ceiling = ceiling_settings(max_events_per_second, monthly_budget, fallback)
         self._init_local()
         if self.Offline:
             self._open_offline("w")
@@ -206,7 +193,7 @@ class Streamer:
         self._keys: Dict[Any, int] = {}  # key -> interned id, for the hot path
 
     def _open_offline(self, mode: str) -> None:
-        path = self._opts["offline_file"]
+        path = self._options.offline_file
         self._csv_file = open(path, mode, newline="", encoding="utf-8")
         self._csv = csv.writer(self._csv_file)
         self._csv_lock = threading.Lock()
@@ -223,20 +210,12 @@ class Streamer:
             self.__dict__.pop("log", None)
 
     def _sender_settings(self) -> SenderSettings:
-        o = self._opts
         ring = getattr(self, "_ring", None)
-        return SenderSettings(
-            ring_path=ring.path if ring is not None else "", api_base=self.StreamApiBase,
-            access_key=self.AccessKey, spool_dir=o["spool_dir"], buffer_size=self.BufferSize,
-            flush_interval=o["flush_interval"], max_batch_events=o["max_batch_events"],
-            max_batch_bytes=o["max_batch_bytes"], request_timeout=o["request_timeout"],
-            close_timeout=o["close_timeout"], spool_max_bytes=o["spool_max_bytes"], debug_level=self.DebugLevel,
-            native=self._native, use_gzip=o["use_gzip"],
-            policy={"max_attempts": o["max_attempts"], "backoff_max": o["backoff_max"],
-                    "auth_retry_interval": o["auth_retry_interval"], "max_rps": o["max_rps"]},
-            ring_identity=list(ring.identity) if ring is not None else [],
-            rules=o.get("rules", []), ceiling=o.get("ceiling", {}),
-        )
+        return SenderSettings.of(self._options, ring_path=ring.path if ring is not None else "",
+                                 api_base=self.StreamApiBase, access_key=self.AccessKey, buffer_size=self.BufferSize,
+                                 debug_level=self.DebugLevel, native=self._native,
+                                 ring_identity=list(ring.identity) if ring is not None else [],
+                                 rules=self._rules, ceiling=self._ceiling)
 
     def _adopt_settings(self, meta: Dict[str, Any]) -> Optional[SenderSettings]:
         """Sender settings for an orphaned ring of this user (see registry.adopt_orphans)."""
@@ -247,7 +226,7 @@ class Streamer:
 
     def _ensure_sender(self) -> None:
         """Start a sender if none serves this ring (the kernel's lock says; RingClosed once gone)."""
-        registry.ensure_sender(self._ring, self._sender_settings)
+        launch.ensure_sender(self._ring, self._sender_settings)
 
     def _open_ring(self) -> None:
         """Make this Streamer's ring, its bucket, this process's segment and the sender. Where the
@@ -255,7 +234,7 @@ class Streamer:
         counts what is logged as dropped (``no_space``), and tries again every RING_RETRY s."""
         self._ring_retry_at = time.monotonic() + RING_RETRY
         try:
-            ring = registry.create_table(max(L.SEG_DATA_MIN, int(self._opts["ring_size"])),
+            ring = registry.create_table(max(L.SEG_DATA_MIN, int(self._options.ring_size)),
                                          self._sender_settings().meta(), native=self._native)
         except OSError as exc:
             self._refused = "cannot make the ring in %s (%s)" % (default_ring_dir(), exc)
@@ -302,9 +281,9 @@ class Streamer:
                         return self._p
                 raise RingRefused("isstreamer: %s" % (self._refused or "no ring"))
             new = registry.own_attachment(ring) is None
-            att = registry.attachment(ring, self._opts["ring_size"], self._opts["max_ring_memory"])
+            att = registry.attachment(ring, self._options.ring_size, self._options.max_ring_memory)
             att.refs += 1
-            p = att.new_producer(self._bucket, check_every=self._opts["flush_interval"] / 2)
+            p = att.new_producer(self._bucket, check_every=self._options.flush_interval / 2)
             self._p = p
             self._att = att
         if new and start_sender:
@@ -345,14 +324,52 @@ class Streamer:
     def __reduce__(self):
         state = {k: getattr(self, k) for k in ("DebugLevel", "BufferSize", "AccessKey", "Offline", "Async",
                                                "StreamApiBase", "BucketName", "BucketKey")}
-        state["_opts"] = self._opts
+        state["options"] = self._options.as_dict()
+        state["rules"], state["ceiling"] = self._rules, self._ceiling
         state["IsClosed"] = self.IsClosed
         if not self.Offline and not self.IsClosed and self._ring is not None:
             state["ring_path"] = self._ring.path
             state["ring_identity"] = list(self._ring.identity)
             state["bucket"] = self._bucket
         state["refused"] = self._refused
-        return (_restore, (state,))
+        return (Streamer._unpickle, (state,))
+
+    @classmethod
+    def _unpickle(cls, state: Dict[str, Any]) -> "Streamer":
+        """Unpickle: a Streamer bound to the same ring and sender (or a closed/offline twin).
+
+        The ring file must be the very file the handle was made for (same inode, ours, 0600): a
+        file planted at its path after it was removed is refused (logged; log() then counts the
+        events as dropped, or raises at debug_level >= 2)."""
+        self = cls.__new__(cls)
+        for k in ("DebugLevel", "BufferSize", "AccessKey", "Offline", "Async", "StreamApiBase", "BucketName",
+                  "BucketKey", "IsClosed"):
+            setattr(self, k, state[k])
+        self._options = Options(**state["options"])
+        self._rules, self._ceiling = state["rules"], state["ceiling"]
+        self._init_local()
+        if self.Offline and not self.IsClosed:
+            self._open_offline("a")
+        elif not self.IsClosed and "ring_path" not in state:  # a Streamer that could not make its ring
+            self._refused = state.get("refused") or "no ring"
+        elif not self.IsClosed:
+            path = state["ring_path"]
+            ident = state.get("ring_identity")
+            try:
+                self._ring = registry.open_table(path, self._native, tuple(ident) if ident else None)
+                self._set_backend(self._ring.native)
+                self._bucket = state["bucket"]
+                self._p = _detached_native() if self._native else _Detached()
+                self._p.bucket = self._bucket
+            except RingClosed:
+                self.IsClosed = True
+            except (RingRefused, ValueError, OSError) as exc:
+                self.IsClosed = True
+                self._refused = "refused: %s" % exc
+                log.error("%s", exc)
+        self._select_log()
+        registry.track(self)
+        return self
 
     # ---- the hot path ------------------------------------------------------------------------------
     def log(self, key: str, value: Any, epoch: Optional[float] = None) -> None:
@@ -484,7 +501,7 @@ class Streamer:
             if rc == L.FULL:
                 now = time.monotonic()
                 if deadline == 0.0:
-                    deadline = now + self._opts["full_timeout"]
+                    deadline = now + self._options.full_timeout
                 if now >= nudge_at:  # ask the sender to drain now; restart it if it died
                     nudge_at = now + 0.5
                     self._nudge()
@@ -493,7 +510,7 @@ class Streamer:
                     except RingClosed:
                         self._mark_closed_remotely()
                         return self._log_closed(kb.decode(), v)
-                if self._opts["on_full"] == "drop" or now >= deadline:
+                if self._options.on_full == "drop" or now >= deadline:
                     p.dropping = 1
                     self._drop(reason, _FULL_MESSAGES[reason])
                     return
@@ -633,7 +650,7 @@ class Streamer:
         try:
             lost = att.lost()
             target = att.head()
-            rules = bool(self._opts.get("rules"))  # aggregate: folded events leave open windows behind
+            rules = bool(self._rules)  # aggregate: folded events leave open windows behind
             if att.tail() >= target and not rules:
                 return True
             ring = self._ring
@@ -671,7 +688,7 @@ class Streamer:
             if self._csv_file is not None:
                 self._csv_file.close()
             return
-        budget = self._opts["close_timeout"] if timeout is None else timeout
+        budget = self._options.close_timeout if timeout is None else timeout
         ring = self._ring
         if ring is not None:
             try:  # the sender retries, rather than spools, while this process waits
@@ -774,42 +791,6 @@ class Streamer:
     def __repr__(self) -> str:
         return "<Streamer bucket=%r key=%r %s>" % (self.BucketName, self.BucketKey,
                                                    "closed" if self.IsClosed else "open")
-
-
-def _restore(state: Dict[str, Any]) -> Streamer:
-    """Unpickle: a Streamer bound to the same ring and sender (or a closed/offline twin).
-
-    The ring file must be the very file the handle was made for (same inode, ours, 0600): a file
-    planted at its path after it was removed is refused (logged; log() then counts the events as
-    dropped, or raises at debug_level >= 2)."""
-    s = Streamer.__new__(Streamer)
-    for k in ("DebugLevel", "BufferSize", "AccessKey", "Offline", "Async", "StreamApiBase", "BucketName",
-              "BucketKey", "IsClosed"):
-        setattr(s, k, state[k])
-    s._opts = state["_opts"]
-    s._init_local()
-    if s.Offline and not s.IsClosed:
-        s._open_offline("a")
-    elif not s.IsClosed and "ring_path" not in state:  # a Streamer that could not make its ring
-        s._refused = state.get("refused") or "no ring"
-    elif not s.IsClosed:
-        path = state["ring_path"]
-        ident = state.get("ring_identity")
-        try:
-            s._ring = registry.open_table(path, s._native, tuple(ident) if ident else None)
-            s._set_backend(s._ring.native)
-            s._bucket = state["bucket"]
-            s._p = _detached_native() if s._native else _Detached()
-            s._p.bucket = s._bucket
-        except RingClosed:
-            s.IsClosed = True
-        except (RingRefused, ValueError, OSError) as exc:
-            s.IsClosed = True
-            s._refused = "refused: %s" % exc
-            log.error("%s", exc)
-    s._select_log()
-    registry.track(s)
-    return s
 
 
 def _close_all_at_exit() -> None:

@@ -67,7 +67,7 @@ def int_values_summary(db_path: str, bucket_key: str, key: Optional[str] = None)
 
 def pid_gone(pid: int) -> bool:
     """True when pid is not a live process (zombies count as gone)."""
-    from isstreamer.procutil import pid_alive
+    from procutil import pid_alive
 
     return not pid_alive(pid)
 

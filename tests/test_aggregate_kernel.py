@@ -12,9 +12,9 @@ import pytest
 
 import isstreamer
 from isstreamer import Deadband, OnChange, Window
-from isstreamer import layout as L
-from isstreamer.aggregate import MAX_TAKEN, NativeKernel, PyKernel, rule_args
-from isstreamer.ring import Attachment, Ring, native_available, puts_for
+from isstreamer.ring import layout as L
+from isstreamer.sender.aggregate import MAX_TAKEN, NativeKernel, PyKernel, rule_args
+from isstreamer.ring import Attachment, Segment, native_available, puts_for
 from support import pid_gone, wait_until
 
 needs_native = pytest.mark.skipif(not native_available(), reason="needs the C extension")
@@ -22,7 +22,7 @@ RULES = [("w", Window(0.25, ("mean", "min", "max", "last", "first", "count", "su
          ("d", Deadband(absolute=0.3, heartbeat=2.0)), ("r", Deadband(relative=0.05)), ("c", OnChange(1.0))]
 
 
-def _fill(ring: Ring, rng: random.Random, n: int) -> List[Any]:
+def _fill(ring: Segment, rng: random.Random, n: int) -> List[Any]:
     att = Attachment(ring, 0, 1)
     p = att.new_producer(0)
     f64, i64, bl, st = puts_for(True)
@@ -49,7 +49,7 @@ def _fill(ring: Ring, rng: random.Random, n: int) -> List[Any]:
     return logged
 
 
-def _run(kern: Any, ring: Ring, rules, reread: bool) -> List[Any]:
+def _run(kern: Any, ring: Segment, rules, reread: bool) -> List[Any]:
     """Drain the segment through the kernel like the sender does (binding keys on a miss);
     with ``reread``, every batch is read a second time before it moves on."""
     from isstreamer.rules import RuleSet, normalize_rules
@@ -81,7 +81,7 @@ def _run(kern: Any, ring: Ring, rules, reread: bool) -> List[Any]:
 @needs_native
 @pytest.mark.parametrize("seed", range(4))
 def test_c_kernel_and_python_twin_emit_the_same_events(tmp_path, seed):
-    ring = Ring.create(1 << 20, 1, directory=str(tmp_path), native=True)
+    ring = Segment.create(1 << 20, 1, directory=str(tmp_path), native=True)
     _fill(ring, random.Random(seed), 3000)
     c = _run(NativeKernel(1 << 16), ring, RULES, reread=seed % 2 == 1)
     py = _run(PyKernel(1 << 16), ring, RULES, reread=seed % 2 == 0)
@@ -149,5 +149,5 @@ def test_a_backlog_of_past_epochs_is_not_cut_into_pieces(collector, tmp_path, ba
 def test_flush_done_is_where_the_c_header_has_it():
     from isstreamer import ring as R
 
-    assert R._ffi.offsetof("iss_ring_hdr", "flush_done") == L.H_FLUSH_DONE
+    assert R.ffi.offsetof("iss_ring_hdr", "flush_done") == L.H_FLUSH_DONE
     assert L.H_FLUSH_DONE + 8 <= L.H_COUNTERS and "unfit" in L.COUNTERS and len(L.COUNTERS) <= L.NCOUNTERS

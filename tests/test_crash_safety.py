@@ -91,7 +91,7 @@ s.close()
 
 
 def _sender_pids(ring_prefix_pid: int) -> list:
-    """Pids of sender processes (their command line names isstreamer.sender_main)."""
+    """Pids of sender processes (their command line names isstreamer.sender.main)."""
     out = []
     for d in os.listdir("/proc"):
         if not d.isdigit():
@@ -103,7 +103,7 @@ def _sender_pids(ring_prefix_pid: int) -> list:
                 ppid = int(f.read().rsplit(")", 1)[1].split()[1])
         except OSError:
             continue
-        if b"isstreamer.sender_main" in cmd and ppid == ring_prefix_pid:
+        if b"isstreamer.sender.main" in cmd and ppid == ring_prefix_pid:
             out.append(int(d))
     return out
 

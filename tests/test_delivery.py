@@ -20,8 +20,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import pytest
 
-from isstreamer.procutil import pid_alive
-from isstreamer.spool import key_fingerprint, stream_id
+from procutil import pid_alive
+from isstreamer.sender.spool import key_fingerprint, stream_id
 from isstreamer.streamer import Streamer
 
 try:
@@ -689,7 +689,7 @@ def test_sender_memory_flat_during_outage(make_streamer: Callable[..., Streamer]
 
 SHORT_WRITE_SCRIPT = """
 import itertools, json, resource, signal, sys
-from isstreamer.spool import ReplayFile, SpoolWriter, pending_files, streams
+from isstreamer.sender.spool import ReplayFile, SpoolWriter, pending_files, streams
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit then fail with EFBIG
 w = SpoolWriter(sys.argv[1], clock=itertools.count(0, 100).__next__)  # a clock past every error backoff
 def write(i):

@@ -15,9 +15,9 @@ from typing import Any, Iterator, List
 import orjson
 import pytest
 
-from isstreamer import layout as L
-from isstreamer.encoder import Encoder
-from isstreamer.ring import Attachment, Ring, native_available, puts_for
+from isstreamer.ring import layout as L
+from isstreamer.sender.encoder import Encoder
+from isstreamer.ring import Attachment, Segment, native_available, puts_for
 
 try:
     from faultserver import FaultServer
@@ -49,7 +49,7 @@ def epochs() -> List[float]:
 
 def _encode_all(tmp_path: Any, writer_native: bool, reader_native: bool, values: List[float]) -> List[bytes]:
     tmp_path.mkdir()
-    ring = Ring.create(64 * 1024, 1, directory=str(tmp_path), native=True)
+    ring = Segment.create(64 * 1024, 1, directory=str(tmp_path), native=True)
     try:
         att = Attachment(ring, 0, 1)
         ring.native = writer_native

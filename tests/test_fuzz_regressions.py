@@ -16,9 +16,9 @@ from typing import Any, List, Optional, Tuple
 import orjson
 import pytest
 
-from isstreamer import layout as L
-from isstreamer.encoder import MIN_BATCH_BYTES, Encoder
-from isstreamer.ring import Attachment, Ring, _ffi, _lib, native_available, puts_for
+from isstreamer.ring import layout as L
+from isstreamer.sender.encoder import MIN_BATCH_BYTES, Encoder
+from isstreamer.ring import Attachment, Segment, ffi as _ffi, lib as _lib, native_available, puts_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORPUS = os.path.join(ROOT, "csrc", "fuzz", "corpus")
@@ -64,11 +64,11 @@ def check_batch(body: bytes, nevents: int) -> List[Any]:
     return events
 
 
-def _normal_ring(tmp_path, fields: Tuple[int, ...], payload: bytes) -> Tuple[Ring, int, int]:
+def _normal_ring(tmp_path, fields: Tuple[int, ...], payload: bytes) -> Tuple[Segment, int, int]:
     """A 2-segment ring laid out like fuzz_encode.c's normal mode; returns (ring, from, head)."""
     flags, frm, delta = fields[0], fields[1], fields[2]
     ds = L.SEG_DATA_MIN + 8 * ((flags >> 1) & 7)
-    ring = Ring.create(2 * ds, 2, nbuckets=1, directory=str(tmp_path), native=native_available())
+    ring = Segment.create(2 * ds, 2, nbuckets=1, directory=str(tmp_path), native=native_available())
     assert ring.seg_data_size == ds
     data = ring.seg_offset(1) + L.SEG_HDR_SIZE
     for k, byte in enumerate(payload[:ds]):
@@ -153,7 +153,7 @@ def test_hostile_header_is_refused(tmp_path, backend):
     with open(os.path.join(CORPUS, "encode", "regress-hostile-layout-wraps"), "rb") as f:
         fields, payload = _preamble(f.read())
     path, seg = _hostile_file(tmp_path, fields, payload)
-    ring = Ring.open(path, native=backend == "native")
+    ring = Segment.open(path, native=backend == "native")
     try:
         with pytest.raises(ValueError, match="refused segment"):
             Encoder(ring, MIN_BATCH_BYTES, native=backend == "native").next_batch(seg, fields[1], 1000)
@@ -187,7 +187,7 @@ def test_batch_never_exceeds_max_batch_bytes(tmp_path, backend):
     if backend == "native" and not native_available():
         pytest.skip("needs the C extension")
     native = backend == "native"
-    ring = Ring.create(1 << 22, 1, directory=str(tmp_path), native=native)
+    ring = Segment.create(1 << 22, 1, directory=str(tmp_path), native=native)
     try:
         p = Attachment(ring, 0, 1).new_producer(0)
         put_str = puts_for(native)[3]
@@ -236,7 +236,7 @@ def test_put_corpus(tmp_path, path, backend):
     native = backend == "native"
     with open(path, "rb") as f:
         data = f.read()
-    ring = Ring.create(L.SEG_DATA_MIN, 1, nbuckets=4, directory=str(tmp_path), native=native)
+    ring = Segment.create(L.SEG_DATA_MIN, 1, nbuckets=4, directory=str(tmp_path), native=native)
     p = Attachment(ring, 0, 1).new_producer(0)
     f64, i64, boolean, string = puts_for(native)
     enc = Encoder(ring, MIN_BATCH_BYTES, native=native)

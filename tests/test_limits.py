@@ -489,22 +489,22 @@ def test_the_sender_never_imports_from_the_scripts_directory(tmp_path, collector
 
 
 def test_the_sender_path_covers_every_module_it_imports():
-    """The sender's path is the package plus the directories holding registry.SENDER_IMPORTS:
+    """The sender's path is the package plus the directories holding launch.SENDER_IMPORTS:
     that list names every third-party module the sender imports."""
-    from isstreamer import registry
+    from isstreamer import launch
 
-    code = ("import sys; sys.path[:0] = sys.argv[1:]; import isstreamer.sender, isstreamer.sender_main; "
+    code = ("import sys; sys.path[:0] = sys.argv[1:]; import isstreamer.sender.loop, isstreamer.sender.main; "
             "std = set(sys.stdlib_module_names) if hasattr(sys, 'stdlib_module_names') else set(); "
             "print(' '.join(sorted({m.split('.')[0] for m, mod in list(sys.modules.items())"
             " if getattr(mod, '__file__', None)} - std)))")
-    r = subprocess.run([sys.executable, "-I", "-c", code] + registry.sender_path(), capture_output=True,
+    r = subprocess.run([sys.executable, "-I", "-c", code] + launch.sender_path(), capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     if sys.version_info < (3, 10):
         pytest.skip("sys.stdlib_module_names needs Python 3.10")
     third = set(r.stdout.split()) - {"isstreamer", "__main__", "_distutils_hack"}
     third = {m for m in third if not m.startswith("_") or m == "_cffi_backend"}
-    assert third <= set(registry.SENDER_IMPORTS), third - set(registry.SENDER_IMPORTS)
+    assert third <= set(launch.SENDER_IMPORTS), third - set(launch.SENDER_IMPORTS)
 
 
 # --------------------------------------------------------------------------- 11. a shadowed install

@@ -14,9 +14,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
-from isstreamer.delivery import (AUTH_STATUSES, Delivery, Kind, Policy, Result, classify,
+from isstreamer.sender.delivery import (AUTH_STATUSES, Delivery, Kind, Policy, Result, classify,
                                  retry_after_seconds)
-from isstreamer.transport import Answer
+from isstreamer.sender.transport import Answer
 
 WALL = 1_800_000_000.0  # the fake wall clock (time.time()) of every test
 

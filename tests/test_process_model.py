@@ -12,11 +12,12 @@ import sys
 
 import pytest
 
-from support import script_env, wait_until, write_script
+from support import ROOT, script_env, wait_until, write_script
 
-from isstreamer import layout as L
+from isstreamer.ring import layout as L
 from isstreamer import ring as R
-from isstreamer.ring import Attachment, Ring, RingClosed, RingRefused, Table, native_available
+from isstreamer.ring import backend as backend_module
+from isstreamer.ring import Attachment, Segment, RingClosed, RingRefused, Table, native_available
 
 needs_native = pytest.mark.skipif(not native_available(), reason="needs the C extension")
 
@@ -27,7 +28,7 @@ needs_native = pytest.mark.skipif(not native_available(), reason="needs the C ex
 @needs_native
 def test_layout_matches_the_c_structs():
     """layout.py's numbers are the C structs' (ffi.offsetof / sizeof on the compiled extension)."""
-    ffi = R._ffi
+    ffi = R.ffi
     hdr = {"magic": L.H_MAGIC, "version": L.H_VERSION, "nsegs": L.H_NSEGS, "seg_data_size": L.H_SEG_DATA_SIZE,
            "nbuckets": L.H_NBUCKETS, "total_size": L.H_TOTAL_SIZE, "sender_pid": L.H_SENDER_PID,
            "closing": L.H_CLOSING, "flush_seq": L.H_FLUSH_SEQ, "nbuckets_used": L.H_NBUCKETS_USED,
@@ -64,7 +65,7 @@ def test_symlink_at_a_ring_path_is_refused(tmp_path):
     with pytest.raises(RingRefused, match="symbolic link"):
         Table.open(str(link))
     with pytest.raises(RingRefused, match="symbolic link"):
-        Ring.open(str(link))
+        Segment.open(str(link))
     assert target.read_bytes() == b"precious"
 
 
@@ -101,8 +102,8 @@ def test_replaced_file_is_refused_by_identity(tmp_path):
 def test_a_table_is_not_a_segment_and_back(tmp_path):
     t = _table(tmp_path)
     with pytest.raises(RingRefused, match="not a ring file"):
-        Ring.open(t.path)
-    r = Ring.create(L.SEG_DATA_MIN, directory=str(tmp_path))
+        Segment.open(t.path)
+    r = Segment.create(L.SEG_DATA_MIN, directory=str(tmp_path))
     with pytest.raises(RingRefused, match="not a ring file"):
         Table.open(r.path)
 
@@ -164,7 +165,7 @@ def test_full_segment_drops_cost_a_put_and_are_counted(tmp_path, native):
     counted as ring_full by the put itself; the first put that fits ends the episode."""
     if native and not native_available():
         pytest.skip("needs the C extension")
-    ring = Ring.create(L.SEG_DATA_MIN, directory=str(tmp_path), native=native)
+    ring = Segment.create(L.SEG_DATA_MIN, directory=str(tmp_path), native=native)
     att = Attachment(ring)
     p = att.new_producer(0)
     put = R.puts_for(native)[0]
@@ -187,13 +188,13 @@ def test_full_segment_drops_cost_a_put_and_are_counted(tmp_path, native):
 
 
 def test_fallback_refused_on_weakly_ordered_cpus(monkeypatch):
-    monkeypatch.setattr(R.platform, "machine", lambda: "armv7l")
+    monkeypatch.setattr(backend_module.platform, "machine", lambda: "armv7l")
     monkeypatch.delenv(R.ENV_FORCE_FALLBACK, raising=False)
     with pytest.raises(RuntimeError, match="not safe on armv7l"):
         R.check_fallback_safe()
     monkeypatch.setenv(R.ENV_FORCE_FALLBACK, "1")
     R.check_fallback_safe()
-    monkeypatch.setattr(R.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(backend_module.platform, "machine", lambda: "x86_64")
     monkeypatch.delenv(R.ENV_FORCE_FALLBACK)
     R.check_fallback_safe()
 
@@ -223,7 +224,7 @@ def test_sender_imports_its_parents_package_whatever_the_working_directory(tmp_p
     (cwd / "isstreamer" / "__init__.py").write_text(HOSTILE_PKG)
     (cwd / "isstreamer" / "sender_main.py").write_text(HOSTILE_PKG)
     script = write_script(tmp_path, "app.py", FROM_ELSEWHERE)
-    env = script_env(backend, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(R.__file__))]))
+    env = script_env(backend, PYTHONPATH=ROOT)
     out = subprocess.run([sys.executable, script, collector.url], cwd=str(cwd), env=env, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -13,10 +13,10 @@ from typing import Any, List, Optional, Tuple
 
 import pytest
 
-from isstreamer.delivery import Delivery, Policy
-from isstreamer.replay import Stop, StreamReplay
-from isstreamer.spool import SpoolWriter, StreamMeta, pending_files, read_meta
-from isstreamer.transport import Answer
+from isstreamer.sender.delivery import Delivery, Policy
+from isstreamer.sender.replay import Stop, StreamReplay
+from isstreamer.sender.spool import SpoolWriter, StreamMeta, pending_files, read_meta
+from isstreamer.sender.transport import Answer
 
 try:
     from test_policy import WALL, FakeClock, FakeTransport

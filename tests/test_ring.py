@@ -4,9 +4,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from isstreamer import layout as L
-from isstreamer.encoder import Encoder
-from isstreamer.ring import Attachment, Ring, native_available, puts_for
+from isstreamer.ring import layout as L
+from isstreamer.sender.encoder import Encoder
+from isstreamer.ring import Attachment, Segment, native_available, puts_for
 
 pytestmark = pytest.mark.skipif(not native_available(), reason="needs the C extension to compare")
 
@@ -14,7 +14,7 @@ NAN = float("nan")
 EVENTS = [("f", 21.5), ("i", -(2**63)), ("s", "h\u00e9\n\"x\""), ("t", True), ("b", False), ("big", "z" * 2000)]
 
 
-def _write(ring: Ring, native: bool, seg: int, epoch: float = 1700000000.5) -> None:
+def _write(ring: Segment, native: bool, seg: int, epoch: float = 1700000000.5) -> None:
     att = Attachment(ring, seg, 1)
     ring.native, saved = native, ring.native
     p = att.new_producer(0)
@@ -36,7 +36,7 @@ def _write(ring: Ring, native: bool, seg: int, epoch: float = 1700000000.5) -> N
 @pytest.mark.parametrize("writer", ["native", "python"])
 @pytest.mark.parametrize("reader", ["native", "python"])
 def test_backends_agree(tmp_path, writer, reader):
-    ring = Ring.create(64 * 1024 * 2, 2, directory=str(tmp_path), native=True)
+    ring = Segment.create(64 * 1024 * 2, 2, directory=str(tmp_path), native=True)
     _write(ring, writer == "native", 1)
     enc = Encoder(ring, 1 << 20, native=reader == "native")
     b = enc.next_batch(1, 0, 1000)
@@ -51,7 +51,7 @@ def test_backends_agree(tmp_path, writer, reader):
 @pytest.mark.parametrize("native", [True, False])
 def test_wraparound_with_records_of_every_size(tmp_path, native):
     """Records from 1 to 2000 characters wrap the segment many times; none is torn or lost."""
-    ring = Ring.create(L.SEG_DATA_MIN, 1, directory=str(tmp_path), native=True)
+    ring = Segment.create(L.SEG_DATA_MIN, 1, directory=str(tmp_path), native=True)
     att = Attachment(ring, 0, 1)
     ring.native = native
     p = att.new_producer(0)
@@ -82,7 +82,7 @@ def test_wraparound_with_records_of_every_size(tmp_path, native):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_corrupt_record_skips_to_head_and_never_stalls(tmp_path, native):
-    ring = Ring.create(L.SEG_DATA_MIN, 1, directory=str(tmp_path), native=True)
+    ring = Segment.create(L.SEG_DATA_MIN, 1, directory=str(tmp_path), native=True)
     _write(ring, True, 0)
     data = ring.seg_offset(0) + L.SEG_HDR_SIZE
     ring.mm[data: data + 4] = (999999).to_bytes(4, "little")  # size beyond the segment
@@ -93,7 +93,7 @@ def test_corrupt_record_skips_to_head_and_never_stalls(tmp_path, native):
 
 
 def test_c_rejects_oversized_and_nonfinite(tmp_path):
-    ring = Ring.create(L.SEG_DATA_MIN, 1, directory=str(tmp_path), native=True)
+    ring = Segment.create(L.SEG_DATA_MIN, 1, directory=str(tmp_path), native=True)
     p = Attachment(ring, 0, 1).new_producer(0)
     f64, _, _, st = puts_for(True)
     assert f64(p, b"k", 1, NAN, NAN) == L.EINVAL

@@ -17,9 +17,9 @@ import pytest
 from support import GatedProxy, script_env, wait_until, write_script
 
 import isstreamer
-from isstreamer import layout as L
-from isstreamer.encoder import MIN_BATCH_BYTES, Encoder
-from isstreamer.ring import Attachment, Ring, native_available, puts_for
+from isstreamer.ring import layout as L
+from isstreamer.sender.encoder import MIN_BATCH_BYTES, Encoder
+from isstreamer.ring import Attachment, Segment, native_available, puts_for
 
 
 
@@ -28,10 +28,10 @@ from isstreamer.ring import Attachment, Ring, native_available, puts_for
 
 PRODUCER = """
     import os, sys, time
-    from isstreamer import layout as L
-    from isstreamer.ring import Attachment, Ring, puts_for
+    from isstreamer.ring import layout as L
+    from isstreamer.ring import Attachment, Segment, puts_for
     path, native, seed, idx = sys.argv[1], sys.argv[2] == "1", int(sys.argv[3]), int(sys.argv[4])
-    ring = Ring.open(path, native=native)
+    ring = Segment.open(path, native=native)
     p = Attachment(ring, idx).new_producer(0)
     put_str = puts_for(native)[3]
     print(idx, flush=True)
@@ -68,7 +68,7 @@ class SegmentCheck:
             self.next_seq += 1
 
 
-def _state(ring: Ring, seg: int) -> str:
+def _state(ring: Segment, seg: int) -> str:
     """A segment's header fields, for failure messages."""
     base = ring.seg_offset(seg)
     names = ("state", "owner_pid", "head", "logged", "tail", "consumed")
@@ -76,7 +76,7 @@ def _state(ring: Ring, seg: int) -> str:
     return ", ".join("%s=%d" % (n, ring.load(base + o)) for n, o in zip(names, offs))
 
 
-def _drain_once(ring: Ring, enc: Encoder, seg: int, check: SegmentCheck) -> bool:
+def _drain_once(ring: Segment, enc: Encoder, seg: int, check: SegmentCheck) -> bool:
     """One batch from a segment, checked and released; True if it took anything."""
     base = ring.seg_offset(seg)
     tail, head = ring.load(base + L.S_TAIL), ring.load(base + L.S_HEAD)
@@ -95,8 +95,8 @@ def _drain_once(ring: Ring, enc: Encoder, seg: int, check: SegmentCheck) -> bool
 
 WRITER = """
     import sys
-    from isstreamer.ring import Ring
-    ring = Ring.open(sys.argv[1], native=False)
+    from isstreamer.ring import Segment
+    ring = Segment.open(sys.argv[1], native=False)
     off = int(sys.argv[2])
     ring.store(off, 0xFFFFFFFF)
     print("ready", flush=True)
@@ -110,8 +110,8 @@ def test_python_backend_64bit_fields_are_never_seen_half_written(tmp_path):
     """Another process must only ever see values that were stored, never a transient 0 (with
     the bug about a quarter of the reads see 0; a Python producer's head, stored once per
     record, shows it about once in 10^5 reads)."""
-    ring = Ring.create(L.SEG_DATA_MIN, 1, nbuckets=1, directory=str(tmp_path), native=False)
-    reader = Ring.open(ring.path, native=native_available())  # atomic loads where available
+    ring = Segment.create(L.SEG_DATA_MIN, 1, nbuckets=1, directory=str(tmp_path), native=False)
+    reader = Segment.open(ring.path, native=native_available())  # atomic loads where available
     off = ring.seg_offset(0) + L.S_HEAD
     script = write_script(tmp_path, "writer.py", WRITER)
     proc = subprocess.Popen([sys.executable, script, ring.path, str(off)], stdout=subprocess.PIPE,
@@ -146,7 +146,7 @@ def test_producers_killed_mid_write(tmp_path, backend, monkeypatch):
         pytest.fail("the C extension is not built (python isstreamer/_build_native.py)")
     native = backend == "native"
     rounds, per_round = 30, 3
-    ring = Ring.create(per_round * L.SEG_DATA_MIN, per_round, nbuckets=1, directory=str(tmp_path), native=native)
+    ring = Segment.create(per_round * L.SEG_DATA_MIN, per_round, nbuckets=1, directory=str(tmp_path), native=native)
     enc = Encoder(ring, MIN_BATCH_BYTES * 4, native=native)
     script = write_script(tmp_path, "producer.py", PRODUCER)
     env = script_env(backend)
@@ -232,7 +232,7 @@ def test_wraparound_with_every_record_size(tmp_path, backend):
     """Records of every size up to the limits through a minimum-size segment: it wraps many
     times, padding and exact fits alike, and every record comes back intact."""
     native = backend == "native"
-    ring = Ring.create(L.SEG_DATA_MIN, 1, nbuckets=1, directory=str(tmp_path), native=native)
+    ring = Segment.create(L.SEG_DATA_MIN, 1, nbuckets=1, directory=str(tmp_path), native=native)
     att = Attachment(ring, 0, 1)
     p = att.new_producer(0)
     f64, i64, boolean, string = puts_for(native)

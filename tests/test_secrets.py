@@ -116,7 +116,7 @@ def test_sender_command_line_has_no_key(tmp_path, collector, backend, monkeypatc
         pid = s.sender_pid
         with open("/proc/%d/cmdline" % pid, "rb") as f:
             cmdline = f.read().decode("utf-8", "replace")
-        assert "isstreamer.sender_main" in cmdline
+        assert "isstreamer.sender.main" in cmdline
         assert_no_secret(cmdline, "the sender's command line")
     finally:
         s.close(timeout=10)

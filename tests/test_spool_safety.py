@@ -19,7 +19,7 @@ from typing import Any, Iterator, List
 import pytest
 
 from isstreamer import spool as S
-from isstreamer.spool import (ReplayFile, SpoolBackoff, SpoolUnsafe, SpoolWriter, key_fingerprint,
+from isstreamer.sender.spool import (ReplayFile, SpoolBackoff, SpoolUnsafe, SpoolWriter, key_fingerprint,
                               pending_files, stream_id)
 
 try:
@@ -148,10 +148,10 @@ def test_failed_mark_stops_the_shared_loop_and_keeps_the_file(server: FaultServe
                                                               monkeypatch: Any) -> None:
     """The loop the sender and the CLI share, with the mark failing (no mount needed): it stops
     at once, never finishes (unlinks) the file, and reports why."""
-    from isstreamer.delivery import Delivery, Policy
-    from isstreamer.replay import Stop, StreamReplay
-    from isstreamer.spool import read_meta
-    from isstreamer.transport import Transport
+    from isstreamer.sender.delivery import Delivery, Policy
+    from isstreamer.sender.replay import Stop, StreamReplay
+    from isstreamer.sender.spool import read_meta
+    from isstreamer.sender.transport import Transport
 
     path = make_spool_file(tmp_path / "spool", server.url, "bk", [[1], [2], [3]])
 
@@ -227,14 +227,14 @@ def test_failed_write_backs_off(tmp_path: Any, monkeypatch: Any) -> None:
         with pytest.raises(SpoolBackoff) as e:  # within the backoff: no attempt at all
             w.write(API, "bk", "b", "fp", body(1))
         assert e.value.errno == errno.ENOSPC and "No space left" in str(e.value)
-        delays.append(w._retry_at - clock.now)
-        clock.now = w._retry_at  # the backoff is over: one real attempt, which fails again
+        delays.append(w.retry_at - clock.now)
+        clock.now = w.retry_at  # the backoff is over: one real attempt, which fails again
         with pytest.raises(OSError):
             w.write(API, "bk", "b", "fp", body(1))
     assert len(fsyncs) == 9
     assert delays == sorted(delays) and delays[0] < delays[-1] <= SpoolWriter.ERROR_BACKOFF_MAX
     monkeypatch.undo()
-    clock.now = w._retry_at
+    clock.now = w.retry_at
     w.write(API, "bk", "b", "fp", body(2))
     w.write(API, "bk", "b", "fp", body(3))  # no backoff after a success
 
@@ -267,8 +267,8 @@ def test_full_disk_writes_leave_nothing_open(tiny_fs: Any) -> None:
 
 
 def test_files_0600_and_every_created_directory_0700(tmp_path: Any, umask022: None) -> None:
-    from isstreamer.delivery import Delivery, Policy
-    from isstreamer.transport import Answer
+    from isstreamer.sender.delivery import Delivery, Policy
+    from isstreamer.sender.transport import Answer
 
     root = tmp_path / "a" / "b" / "spool"
     w = SpoolWriter(str(root))
@@ -293,7 +293,7 @@ def test_files_0600_and_every_created_directory_0700(tmp_path: Any, umask022: No
 
 
 def test_an_old_world_readable_rejected_file_is_made_private(tmp_path: Any, umask022: None) -> None:
-    from isstreamer.spool import append_private
+    from isstreamer.sender.spool import append_private
 
     p = tmp_path / "spool" / "rejected.jsonl"
     p.parent.mkdir(mode=0o700)
@@ -338,7 +338,7 @@ def test_planted_pos_tmp_symlink_is_not_followed(tmp_path: Any) -> None:
 
 
 def test_planted_rejected_symlink_is_not_followed(tmp_path: Any) -> None:
-    from isstreamer.spool import append_private
+    from isstreamer.sender.spool import append_private
 
     victim = tmp_path / "victim"
     victim.write_text("precious\n")
@@ -460,7 +460,7 @@ def test_sender_replay_on_a_full_disk_keeps_the_file(server: FaultServer, tiny_f
         assert os.path.exists(path)
     finally:
         s.close(2)
-    from isstreamer.procutil import pid_alive
+    from procutil import pid_alive
 
     assert pid and server.wait_for(lambda: not pid_alive(pid), 20), "the sender did not exit"
     assert os.path.exists(path), "the exiting sender removed a file it could not mark"

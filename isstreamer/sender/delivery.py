@@ -34,10 +34,11 @@ import time
 from dataclasses import dataclass
 from datetime import timezone
 from email.utils import parsedate_to_datetime
-from typing import Callable, List, Optional
+from typing import Any, Callable, List, Optional
 
 import orjson
 
+from ..options import BACKOFF_INITIAL, DEFAULTS, FINISH_BACKOFF, RETRY_AFTER_MAX
 from .transport import Answer, Transport
 
 log = logging.getLogger("isstreamer")
@@ -59,25 +60,27 @@ class Kind(enum.Enum):
         return self in (Kind.DELIVERED, Kind.REJECTED)
 
 
-# the names older callers import
-DELIVERED, REJECTED, TRANSIENT, RATE_LIMITED, AUTH, DEFERRED = (
-    Kind.DELIVERED, Kind.REJECTED, Kind.TRANSIENT, Kind.RATE_LIMITED, Kind.AUTH, Kind.DEFERRED)
-
 AUTH_STATUSES = {401: "the access key was refused (401)", 402: "the monthly event limit is exceeded (402)",
                  403: "access denied (403)"}
 
 
 @dataclass
 class Policy:
-    """Knobs of the delivery policy."""
+    """Knobs of the delivery policy (defaults: isstreamer.options)."""
 
-    max_attempts: int = 4
-    backoff_initial: float = 0.25
-    backoff_max: float = 30.0
-    auth_retry_interval: float = 30.0
-    max_rps: float = 0.0  # 0 = no ceiling
-    retry_after_max: float = 300.0  # longest wait a Retry-After / X-RateLimit-Reset may impose
-    finish_backoff: float = 0.25  # longest backoff while finishing (finish_by: close/exit budget)
+    max_attempts: int = DEFAULTS.max_attempts
+    backoff_initial: float = BACKOFF_INITIAL
+    backoff_max: float = DEFAULTS.backoff_max
+    auth_retry_interval: float = DEFAULTS.auth_retry_interval
+    max_rps: float = DEFAULTS.max_rps  # 0 = no ceiling
+    retry_after_max: float = RETRY_AFTER_MAX  # longest wait a Retry-After / X-RateLimit-Reset may impose
+    finish_backoff: float = FINISH_BACKOFF  # longest backoff while finishing (finish_by: close/exit budget)
+
+    @classmethod
+    def of(cls, settings: Any) -> "Policy":
+        """The policy of a sender's settings (or anything with the same four fields)."""
+        return cls(max_attempts=settings.max_attempts, backoff_max=settings.backoff_max,
+                   auth_retry_interval=settings.auth_retry_interval, max_rps=settings.max_rps)
 
 
 @dataclass
@@ -137,6 +140,15 @@ def retry_after_seconds(answer: Answer, default: float = 1.0, cap: float = Polic
     if wait is None or math.isnan(wait):
         wait = default
     return min(max(0.0, wait), max(0.0, cap))
+
+
+def limit_spent(answer: Answer) -> bool:
+    """True when the answer says the rate limit's allowance is spent (``X-RateLimit-Remaining``
+    of 0 or less); a header that is not a number says nothing."""
+    try:
+        return int(answer.headers.get("X-RateLimit-Remaining", "1")) <= 0
+    except ValueError:
+        return False
 
 
 class Delivery:
@@ -227,18 +239,20 @@ class Delivery:
         self.outage = True
 
     # ---- the one mapping of answers ---------------------------------------------------------------
+    def rate_limited(self) -> bool:
+        """True while the API's rate limit (a 429, or ``X-RateLimit-Remaining`` spent) holds
+        sending back: the one definition of "rate limited" (the ceiling asks it too)."""
+        a = self.last_answer
+        return (a is not None and self.wait_time() > 0 and not self.auth_blocked and not self.outage
+                and (a.status == 429 or limit_spent(a)))
+
     def _on_answer(self, a: Answer, what: str) -> Optional[Kind]:
         """Apply the policy to one answer (``what`` names the request in reports); returns its
         Kind, or None for a refusal left to the caller."""
         self.last_answer = a
         kind = classify(a.status)
-        if a.status and a.status != 429 and "X-RateLimit-Remaining" in a.headers:
-            try:
-                if int(a.headers["X-RateLimit-Remaining"]) <= 0:
-                    self.wait_until(self.clock() + retry_after_seconds(
-                        a, 0.0, self.policy.retry_after_max, self.wall()))
-            except ValueError:
-                pass
+        if a.status and a.status != 429 and limit_spent(a):
+            self.wait_until(self.clock() + retry_after_seconds(a, 0.0, self.policy.retry_after_max, self.wall()))
         if kind is Kind.DELIVERED:
             self.mark_healthy()
         elif kind is Kind.RATE_LIMITED:
@@ -335,7 +349,7 @@ class Delivery:
         return res
 
     def _reject(self, bucket_key: str, events: list, answer: Answer) -> None:
-        from .safefile import append_private
+        from ..safefile import append_private
 
         data = b"".join(orjson.dumps({"time": self.wall(), "api_base": self.t.api_base, "bucket_key": bucket_key,
                                       "status": answer.status, "answer": answer.text[:1000], "event": ev}) + b"\n"

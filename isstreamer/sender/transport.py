@@ -8,7 +8,8 @@ from typing import Mapping, Optional
 
 import requests
 
-from . import __version__
+from .. import __version__
+from ..options import DEFAULTS
 
 ACCEPT_VERSION = "<=0.0.4"  # what ISStreamer 2.0.0 sends
 USER_AGENT = "isstreamer/%s (PyStreamer-compatible; python-requests)" % __version__
@@ -32,7 +33,8 @@ class Answer:
 class Transport:
     """Posts events and creates buckets; never raises for network trouble (see Answer.error)."""
 
-    def __init__(self, api_base: str, access_key: str, timeout: float = 10.0, use_gzip: bool = False) -> None:
+    def __init__(self, api_base: str, access_key: str, timeout: float = DEFAULTS.request_timeout,
+                 use_gzip: bool = False) -> None:
         self.api_base = api_base.rstrip("/")
         self.timeout = timeout
         self.use_gzip = use_gzip

@@ -19,25 +19,19 @@ How the sender uses it (see ``Sender._turn`` / ``Sender._pump``, lines marked ``
 """
 from __future__ import annotations
 
-import calendar
 import math
-import struct
 import time
-from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
 
-from . import layout as L
-from .encoder import MIN_BATCH_BYTES, WORST_EVENT, Batch, _dumps
-from .ring import Ring, _ffi, _lib
-from .rules import KIND_CHANGE, KIND_DEADBAND, KIND_WINDOW, STATS, Deadband, OnChange, RuleSet, Window, rule_from_dict
+from ..ring import Segment
+from ..ring import layout as L
+from ..ring.backend import ffi as _ffi, lib as _lib
+from ..rules import KIND_CHANGE, KIND_DEADBAND, KIND_WINDOW, STATS, Deadband, OnChange, RuleSet, Window, rule_from_dict
+from .ceiling import Ceiling
+from .encoder import ENCODE, MIN_BATCH_BYTES, SKIP, STOP, TAKE, Batch, _dumps, encode_batch
 
-_REC = struct.Struct("=IBBHHHId")
-_PADHDR = struct.Struct("=IB")
-_F64 = struct.Struct("=d")
-_I64 = struct.Struct("=q")
 
-ENCODE, TAKE, SKIP, STOP = 0, 1, 2, 3
 MAX_TAKEN = 1 << 16  # records folded per batch: pages go back to the producer at least this often
 MAX_KEYS = 1 << 20  # keys beyond this many pass through unchanged (as in the C kernel)
 SUFFIX = ("", "_min", "_max", "_last", "_first", "_count", "_sum")
@@ -262,85 +256,16 @@ class PyKernel:
         self.counts["folded"] += 1
         return TAKE
 
-    def encode(self, ring: Ring, start: int, max_events: int, fold_from: int, fold_only: bool,
+    def encode(self, ring: Segment, start: int, max_events: int, fold_from: int, fold_only: bool,
                max_taken: int, now: float) -> Tuple[Batch, int, Miss]:
         """The encoder's pass over segment 0 of ``ring`` with the rules' filter (see the C twin)."""
-        mm = ring.mm
-        base = ring.seg_offset(0)
-        data = base + L.SEG_HDR_SIZE
-        ds = ring.seg_data_size
-        if ring.nsegs < 1 or data + ds > len(mm):
-            raise ValueError("isstreamer: encoder refused segment 0 (code %d)" % L.EINVAL)
-        head = ring.head(0)
-        if start > head or head - start > ds or start % 8:
-            return Batch(b"[]", 0, start, head, 0, 0, True, 0), 0, None
         ctx: Dict[str, Any] = {"fold_only": fold_only, "fold_from": fold_from, "max_taken": max_taken,
                                "taken": 0, "now": now, "miss": None}
-        parts: List[bytes] = []
-        pos, used, skipped = start, 1, 0
-        bucket = -1
-        bad = False
-        while pos < head and len(parts) < max_events:
-            off = pos % ds
-            contig = ds - off
-            size, rtype = _PADHDR.unpack_from(mm, data + off)
-            if rtype == L.T_PAD:
-                if size != contig or pos + contig > head:
-                    bad = True
-                    break
-                pos += contig
-                continue
-            if size < L.REC_HDR_SIZE or size % 8 or size > contig or size > L.REC_MAX or pos + size > head:
-                bad = True
-                break
-            _, rtype, _, rbucket, klen, _, vlen, epoch = _REC.unpack_from(mm, data + off)
-            numeric = rtype in (L.T_F64, L.T_I64)
-            body = L.REC_HDR_SIZE + (8 if numeric else 0) + klen + vlen
-            if (rtype < L.T_F64 or rtype > L.T_FALSE or klen == 0 or klen > L.KEY_MAX
-                    or vlen > L.STR_MAX or body > size or (rtype != L.T_STR and vlen)):
-                bad = True
-                break
-            p = data + off + L.REC_HDR_SIZE
-            value: Any = None
-            if rtype == L.T_F64:
-                value = _F64.unpack_from(mm, p)[0]
-                p += 8
-                if not math.isfinite(value):
-                    skipped += 1
-                    pos += size
-                    continue
-            elif rtype == L.T_I64:
-                value = _I64.unpack_from(mm, p)[0]
-                p += 8
-            kb = bytes(mm[p: p + klen])
-            p += klen
-            if rtype == L.T_STR:
-                value = bytes(mm[p: p + vlen]).decode("utf-8", "replace")
-            elif rtype == L.T_TRUE:
-                value = True
-            elif rtype == L.T_FALSE:
-                value = False
-            fr = self._filter(ctx, rtype, rbucket, kb, value, epoch, pos)
-            if fr == STOP:
-                break
-            if fr != ENCODE:
-                pos += size
-                continue
-            if bucket >= 0 and rbucket != bucket:
-                break
-            if used + WORST_EVENT + 1 > self.cap:
-                break
-            if bucket < 0:
-                bucket = rbucket
-            part = _dumps({"key": kb.decode("utf-8", "replace"), "value": value})
-            if math.isfinite(epoch) and epoch > 0:
-                part = part[:-1] + b',"epoch":' + repr(epoch).encode("ascii") + b"}"
-            parts.append(part)
-            used += len(part) + 1
-            pos += size
-        if bad and not parts:
-            return Batch(b"[]", 0, start, head, 0, 0, True, skipped), ctx["taken"], ctx["miss"]
-        b = Batch(b"[" + b",".join(parts) + b"]", 0, start, pos, len(parts), max(bucket, 0), False, skipped)
+
+        def keep(rtype: int, bucket: int, key: bytes, value: Any, epoch: float, pos: int) -> int:
+            return self._filter(ctx, rtype, bucket, key, value, epoch, pos)
+
+        b = encode_batch(ring, 0, start, max_events, self.cap, keep)
         return b, ctx["taken"], ctx["miss"]
 
 
@@ -399,7 +324,7 @@ class NativeKernel:
         return {"folded": c.folded, "windows": c.windows, "emitted": c.emitted, "dropped": c.dropped,
                 "open": c.open}
 
-    def encode(self, ring: Ring, start: int, max_events: int, fold_from: int, fold_only: bool,
+    def encode(self, ring: Segment, start: int, max_events: int, fold_from: int, fold_only: bool,
                max_taken: int, now: float) -> Tuple[Batch, int, Miss]:
         n = _lib.iss_agg_encode_batch(self.a, ring.ptr, ring.size, 0, start, max_events, self._out, self.cap,
                                       self._info, fold_from, 1 if fold_only else 0, max_taken, now, self._ai)
@@ -414,68 +339,29 @@ class NativeKernel:
 # --------------------------------------------------------------------------- the sender's side
 
 
-class Ceiling:
-    """Does the stream fit? An events-per-second ceiling, a monthly budget (as a sustainable
-    rate: the budget over the seconds of the current UTC month) and the API's rate limit (the
-    sender kept waiting on a 429 / ``X-RateLimit-Remaining: 0`` while a backlog of more than a
-    batch waits in the ring, at three checks at least 5 s apart in all)."""
+class Host(Protocol):
+    """What the aggregator asks of its sender (and nothing else: tests give it a fake one)."""
 
-    SPAN = 10.0  # seconds of sending the rate is measured over
-    MIN_AGE = 2.0  # seconds of measurement before the rate is trusted
+    def segments(self) -> List[Segment]:
+        """The mapped segments registered now."""
 
-    def __init__(self, max_events_per_second: float, monthly_budget: int, batch_events: int) -> None:
-        self.max_eps = float(max_events_per_second or 0.0)
-        self.budget = int(monthly_budget or 0)
-        self.batch_events = batch_events
-        self.t0 = time.monotonic()
-        self.marks: deque = deque()  # (time, events towards the wire in that turn)
-        self.total = 0
-        self.limited: List[float] = []  # times the sender was held by the rate limit with a backlog
+    def flush_seq(self) -> int:
+        """The table's flush request number."""
 
-    def budget_rate(self, now_wall: float) -> float:
-        """Events per second that spend the monthly budget evenly over this UTC month (0: none)."""
-        if not self.budget:
-            return 0.0
-        tm = time.gmtime(now_wall)
-        days = calendar.monthrange(tm.tm_year, tm.tm_mon)[1]
-        return self.budget / (days * 86400.0)
+    def exiting(self) -> bool:
+        """True once the sender is finishing (every window closes)."""
 
-    def observe(self, n: int) -> None:
-        """``n`` more events would go on the wire."""
-        if n:
-            self.total += n
-            self.marks.append((time.monotonic(), n))
+    def deliver(self, batch: Batch, force: bool) -> bool:
+        """Send, spool or reject one batch of emitted events: True when it is settled."""
 
-    def rate(self) -> float:
-        """Events per second towards the wire over the last SPAN seconds."""
-        now = time.monotonic()
-        while self.marks and self.marks[0][0] < now - self.SPAN:
-            self.marks.popleft()
-        span = min(self.SPAN, now - self.t0)
-        return sum(n for _, n in self.marks) / span if span > 0 else 0.0
+    def count(self, name: str, n: int = 1) -> None:
+        """Add to a table counter (stats())."""
 
-    def unfit(self, sender: Any) -> Optional[str]:
-        """Why the stream does not fit (None while it does)."""
-        now = time.monotonic()
-        d = sender.delivery
-        if d.wait_time() > 0 and not d.auth_blocked and not d.outage and d.last_answer is not None and (
-                d.last_answer.status == 429 or d.last_answer.headers.get("X-RateLimit-Remaining") == "0"):
-            backlog = 0
-            for _, seg in list(sender.segs.values()):
-                backlog += seg.waiting()
-            if backlog > self.batch_events and (not self.limited or now - self.limited[-1] >= 0.5):
-                self.limited = [t for t in self.limited if now - t <= 60.0] + [now]  # one episode
-                if len(self.limited) >= 3 and now - self.limited[0] >= 5.0:
-                    return "the API's rate limit holds the sender back while %d events wait" % backlog
-        if now - self.t0 < self.MIN_AGE:
-            return None
-        rate = self.rate()
-        if self.max_eps and rate > self.max_eps:
-            return "%.0f events/s exceed max_events_per_second=%g" % (rate, self.max_eps)
-        brate = self.budget_rate(time.time())
-        if brate and rate > brate:
-            return "%.0f events/s would spend monthly_budget=%d in %.1f days" % (rate, self.budget, self.budget / rate / 86400)
-        return None
+    def report(self, message: str) -> None:
+        """A loud message."""
+
+    def held_backlog(self) -> int:
+        """Events waiting in the ring while the API's rate limit holds sending back (else 0)."""
 
 
 class Aggregator:
@@ -485,20 +371,25 @@ class Aggregator:
     TICK = 0.1  # seconds between the checks of _tick while the sender drains without a pause
     COUNTERS = (("folded", "folded"), ("windows", "windows"), ("emitted", "aggregated"))
 
-    def __init__(self, rules: List[List[Any]], max_batch_bytes: int, max_batch_events: int,
-                 flush_interval: float, native: bool, ceiling: Optional[Dict[str, Any]] = None) -> None:
+    def __init__(self, host: Host, rules: List[List[Any]], max_batch_bytes: int, max_batch_events: int,
+                 flush_interval: float, native: bool, ceiling: Optional[Dict[str, Any]] = None, *,
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
+        self.host = host
+        self.clock = clock
+        self.wall = wall
         self.rules = RuleSet(rules)
         use_c = bool(native and _lib is not None)
-        self.k: Any = NativeKernel(max_batch_bytes) if use_c else PyKernel(max_batch_bytes)
+        self.kernel: Any = NativeKernel(max_batch_bytes) if use_c else PyKernel(max_batch_bytes)
         for r in self.rules.rules:
-            self.k.add_rule(*rule_args(r))
+            self.kernel.add_rule(*rule_args(r))
         c = ceiling or {}
         self.ceiling: Optional[Ceiling] = None
         if c.get("max_events_per_second") or c.get("monthly_budget") or c.get("fallback"):
-            self.ceiling = Ceiling(c.get("max_events_per_second", 0.0), c.get("monthly_budget", 0), max_batch_events)
+            self.ceiling = Ceiling(c.get("max_events_per_second", 0.0), c.get("monthly_budget", 0), max_batch_events,
+                                   clock=clock, wall=wall)
         fb = c.get("fallback")
         self.fallback_rule = rule_from_dict(fb) if fb else None
-        self.fallback = self.k.add_rule(*rule_args(self.fallback_rule)) if fb else -1  # kernel index
+        self.fallback = self.kernel.add_rule(*rule_args(self.fallback_rule)) if fb else -1  # kernel index
         self.fallback_on = False
         self.unfit_reported = False
         self.passthrough: set = set()  # (bucket, key) bound to no rule: the fallback's, once on
@@ -511,17 +402,18 @@ class Aggregator:
         self.held: List[Batch] = []  # emitted batches the sender could not hand over yet
         self._since: Optional[float] = None  # when output started waiting
         self._counted = {name: 0 for name, _ in self.COUNTERS}
-        self._sender: Any = None  # set by the first turn (for _tick)
         self._next_tick = 0.0
 
     @classmethod
-    def for_settings(cls, s: Any) -> Optional["Aggregator"]:
+    def for_settings(cls, s: Any, host: Host, clock: Callable[[], float] = time.monotonic,
+                     wall: Callable[[], float] = time.time) -> Optional["Aggregator"]:
         """An aggregator for these sender settings, or None when they have no rule."""
         rules = getattr(s, "rules", None)
         ceiling = getattr(s, "ceiling", None)
         if not rules and not ceiling:
             return None
-        return cls(rules or [], s.max_batch_bytes, s.max_batch_events, s.flush_interval, s.native, ceiling)
+        return cls(host, rules or [], s.max_batch_bytes, s.max_batch_events, s.flush_interval, s.native, ceiling,
+                   clock=clock, wall=wall)
 
     def _bind(self, miss: Tuple[int, bytes]) -> None:
         bucket, kb = miss
@@ -530,35 +422,38 @@ class Aggregator:
             idx = self.fallback
         elif idx < 0 and len(self.passthrough) < MAX_KEYS:
             self.passthrough.add((bucket, kb))
-        self.k.bind(bucket, kb, idx)
+        self.kernel.bind(bucket, kb, idx)
 
-    def _check_ceiling(self, sender: Any) -> None:
+    def _check_ceiling(self) -> None:
         """Report once when the stream does not fit; then apply the fallback rule (if any) to
         every key without a rule, instead of letting a backlog grow."""
-        why = self.ceiling.unfit(sender) if self.ceiling is not None and not self.unfit_reported else None
+        if self.ceiling is None or self.unfit_reported:
+            return
+        why = self.ceiling.unfit(self.host.held_backlog())
         if why is None:
             return
         self.unfit_reported = True
-        sender.ring.count("unfit")
+        host = self.host
+        host.count("unfit")
         if self.fallback >= 0:
             self.fallback_on = True
             for bucket, kb in self.passthrough:
-                self.k.bind(bucket, kb, self.fallback)
+                self.kernel.bind(bucket, kb, self.fallback)
             self.passthrough.clear()
-            sender.ring.count("fallback")
-            sender.report("isstreamer: the stream does not fit (%s); from now on keys without a rule are sent as %r"
+            host.count("fallback")
+            host.report("isstreamer: the stream does not fit (%s); from now on keys without a rule are sent as %r"
                           % (why, self.fallback_rule))
         else:
-            sender.report("isstreamer: the stream does not fit (%s); a backlog will grow (spooled when the ring "
+            host.report("isstreamer: the stream does not fit (%s); a backlog will grow (spooled when the ring "
                           "fills): set rules=, or fallback= to downsample keys without a rule" % why)
 
     # ---- the ring ----------------------------------------------------------------------------
-    def next_batch(self, seg: Ring, tail: int, max_events: int) -> Batch:
+    def next_batch(self, seg: Segment, tail: int, max_events: int) -> Batch:
         """The encoder's next batch of ``seg`` from ``tail``, ruled records folded (``.folded``)."""
         path = seg.path
         while True:
             ft = self.folded_to.get(path, 0)
-            b, taken, miss = self.k.encode(seg, tail, max_events, max(ft, tail), False, MAX_TAKEN, time.time())
+            b, taken, miss = self.kernel.encode(seg, tail, max_events, max(ft, tail), False, MAX_TAKEN, self.wall())
             if b.end > ft:
                 self.folded_to[path] = b.end
             if miss is not None:
@@ -574,28 +469,25 @@ class Aggregator:
     def _tick(self) -> None:
         """While the sender drains without a pause (a producer as fast as it), every TICK: what
         ``turn`` would do between turns (close the due windows, check the ceiling)."""
-        now = time.monotonic()
-        if now < self._next_tick or self._sender is None:
+        now = self.clock()
+        if now < self._next_tick:
             return
         self._next_tick = now + self.TICK
-        cutoff = time.time() - self.GRACE
-        if self.k.next_due() <= cutoff:
-            self.fold_all(self._sender)
-            self.k.close(cutoff)
-        self.count(self._sender.ring)
-        self._check_ceiling(self._sender)
+        cutoff = self.wall() - self.GRACE
+        if self.kernel.next_due() <= cutoff:
+            self.fold_all()
+            self.kernel.close(cutoff)
+        self.count()
+        self._check_ceiling()
 
-    def fold_all(self, sender: Any) -> None:
+    def fold_all(self) -> None:
         """Fold every segment's ruled records up to its head (nothing is released)."""
-        now = time.time()
-        for slot, _st, seg_id, _ in list(sender.ring.slots()):
-            seg = sender.segment(slot, seg_id)
-            if seg is None:
-                continue
+        now = self.wall()
+        for seg in self.host.segments():
             head = seg.head()
             pos = max(seg.tail(), self.folded_to.get(seg.path, 0))
             while pos < head:
-                b, _taken, miss = self.k.encode(seg, pos, 1, pos, True, 1 << 31, now)
+                b, _taken, miss = self.kernel.encode(seg, pos, 1, pos, True, 1 << 31, now)
                 if miss is not None:
                     self._bind(miss)
                 if b.end > pos:
@@ -606,87 +498,87 @@ class Aggregator:
                     break
 
     # ---- closing and delivering ---------------------------------------------------------------
-    def turn(self, sender: Any, force: bool) -> bool:
+    def turn(self, force: bool) -> bool:
         """Once per sender turn: close the due windows (every one when ``force``: a flush or exit
         is pending), after folding every segment up to its head; deliver what is due."""
         worked = False
-        self._sender = sender
-        self._next_tick = time.monotonic() + self.TICK
+        host = self.host
+        self._next_tick = self.clock() + self.TICK
         # every window closes once per flush request (a flush that takes several turns must not
         # split the windows opened meanwhile) and at every turn of the exit
-        seq = sender.ring.flush_seq
-        close_all = sender.exit_deadline is not None or (force and seq != self._closed_for)
+        seq = host.flush_seq()
+        close_all = host.exiting() or (force and seq != self._closed_for)
         if close_all:
             self._closed_for = seq
-        cutoff = INF if close_all else time.time() - self.GRACE
-        if self.k.next_due() <= cutoff:
-            self.fold_all(sender)
-            worked = self.k.close(cutoff) > 0
-        worked |= self.deliver(sender, -1, force)[0]
-        self.count(sender.ring)
-        self._check_ceiling(sender)
+        cutoff = INF if close_all else self.wall() - self.GRACE
+        if self.kernel.next_due() <= cutoff:
+            self.fold_all()
+            worked = self.kernel.close(cutoff) > 0
+        worked |= self.deliver(-1, force)[0]
+        self.count()
+        self._check_ceiling()
         if len(self.folded_to) > 4096:  # forget segments that are gone
-            live = {sender.ring.seg_path(seg_id) for _, _, seg_id, _ in sender.ring.slots()}
+            live = {seg.path for seg in host.segments()}
             self.folded_to = {p: v for p, v in self.folded_to.items() if p in live}
         return worked
 
-    def deliver(self, sender: Any, slot: int, force: bool) -> Tuple[bool, bool]:
-        """Hand what the rules emitted to ``sender.handle`` when due. (did work, nothing left)."""
-        pending = self.held or self.k.buckets()
+    def deliver(self, slot: int, force: bool) -> Tuple[bool, bool]:
+        """Hand what the rules emitted to the sender when due. (did work, nothing left)."""
+        pending = self.held or self.kernel.buckets()
         if not pending:
             self._since = None
             return False, True
-        now = time.monotonic()
+        now = self.clock()
         if self._since is None:
             self._since = now
         if not (force or now - self._since >= self.flush_interval or self.held
-                or any(self.k.pending(b) >= self.max_events for b in self.k.buckets())):
+                or any(self.kernel.pending(b) >= self.max_events for b in self.kernel.buckets())):
             return False, False
         worked = False
         while True:
             if not self.held:
-                buckets = self.k.buckets()
+                buckets = self.kernel.buckets()
                 if not buckets:
                     break
-                body, n = self.k.take(buckets[0], self.max_events)
+                body, n = self.kernel.take(buckets[0], self.max_events)
                 self.held.append(Batch(body, slot, -1, -1, n, buckets[0], False, 0))
             b = self.held[0]
             b.seg = slot
-            if not sender.handle(b, force):
+            if not self.host.deliver(b, force):
                 return worked, False
-            sender.attempts.pop((slot, -1), None)
             self.held.pop(0)
             worked = True
         self._since = None
         return worked, True
 
-    def before_commit(self, sender: Any, slot: int, force: bool) -> bool:
+    def before_commit(self, slot: int, force: bool) -> bool:
         """Before a batch is released: what the rules emitted goes out when due (so it also flows
         while the sender drains without a pause); while a flush or exit is pending, True only
         once all of it is handed over."""
-        done = self.deliver(sender, slot, force)[1]
+        done = self.deliver(slot, force)[1]
         return done or not force
 
     def due_in(self) -> float:
         """Seconds until a window is due or the output waiting is due for sending (the idle sleep)."""
-        t = self.k.next_due() + self.GRACE - time.time()
-        if self.held or self.k.buckets():
-            since = self._since if self._since is not None else time.monotonic()
-            t = min(t, since + self.flush_interval - time.monotonic())
+        t = self.kernel.next_due() + self.GRACE - self.wall()
+        if self.held or self.kernel.buckets():
+            now = self.clock()
+            since = self._since if self._since is not None else now
+            t = min(t, since + self.flush_interval - now)
         return max(0.0, t)
 
     def settled(self, exiting: bool) -> bool:
         """Nothing waits to be sent (and, when ``exiting``, no window is open). A flush needs no
         more: ``turn`` closed every window after folding every segment up to its head."""
-        return not self.held and not self.k.buckets() and not (exiting and self.k.counts["open"])
+        return not self.held and not self.kernel.buckets() and not (exiting and self.kernel.counts["open"])
 
-    def count(self, ring: Any) -> None:
+    def count(self) -> None:
         """Move the kernel's tallies to the ring's header counters (stats())."""
-        c = self.k.counts
+        c = self.kernel.counts
         for name, counter in self.COUNTERS:
             d = c[name] - self._counted[name]
             if d:
-                ring.count(counter, d)
+                self.host.count(counter, d)
                 self._counted[name] = c[name]
                 if name == "emitted" and self.ceiling is not None:
                     self.ceiling.observe(d)

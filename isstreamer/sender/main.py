@@ -16,8 +16,8 @@ try:
 except ImportError:  # pragma: no cover - not POSIX
     resource = None  # type: ignore[assignment]
 
-from .ring import RingClosed, RingRefused, Table
-from .settings import SenderSettings
+from ..ring import RingClosed, RingRefused, Table
+from ..settings import SenderSettings
 
 
 def raise_fd_limit() -> None:
@@ -53,7 +53,7 @@ def main() -> int:
     if not table.hold_sender_lock():
         return 0  # another sender serves this ring
     table.set_sender_pid(os.getpid())  # informational (stats, tests); liveness is the lock
-    from .sender import Sender  # the HTTP stack: only now
+    from .loop import Sender  # the HTTP stack: only now
 
     sender = Sender(settings, table)
 

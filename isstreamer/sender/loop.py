@@ -12,27 +12,25 @@ key (or by ``isstreamer replay``).
 """
 from __future__ import annotations
 
-import errno
 import logging
 import os
-import queue
 import secrets
-import stat
-import sys
-import threading
 import time
-from typing import Any, Callable, Dict, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-from . import layout as L
-from .delivery import DELIVERED, REJECTED, Delivery, Kind, Policy, Result
+from ..ring import RingClosed, RingRefused, Segment, Table, segment_owner_alive
+from ..ring import layout as L
+from ..options import REJECTED_FILE
+from ..settings import SenderSettings
 from .aggregate import Aggregator
+from .delivery import Delivery, Kind, Policy, Result
 from .encoder import Batch, Encoder
-from .ring import Ring, RingClosed, RingRefused, Table, segment_owner_alive
-from .settings import SenderSettings
-from .replay import Stop, StreamReplay
+from .replay import Stop, StreamReplay, count_events
 from .spool import (ReplayFile, SpoolFull, SpoolWriter, StreamMeta, check_root, key_fingerprint,
                     pending_files, streams)
+from .doorbell import Doorbell
 from .transport import Transport
+from .watched import WatchedTransport
 
 log = logging.getLogger("isstreamer")
 
@@ -45,18 +43,31 @@ class Sender:
     REPLAY_BUDGET = 0.05  # seconds of replay per loop turn while live events wait
     GIVE_UP_AFTER = 30.0  # seconds past the exit deadline after which a failing sender exits anyway
 
-    def __init__(self, s: SenderSettings, table: Table) -> None:
-        self.s = s
-        self.ring = table  # the table file: counters, buckets, producer slots
-        self.segs: Dict[int, Tuple[int, Ring]] = {}  # slot -> (segment id, mapping)
-        self.enc = Encoder(None, s.max_batch_bytes, s.native)
-        self.t = WatchedTransport(Transport(s.api_base, s.access_key, s.request_timeout, s.use_gzip),
-                                  self._while_waiting)
+    def __init__(self, s: SenderSettings, table: Table, transport: Optional[Any] = None, *,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                 owner_alive: Callable[[Table, int], bool] = segment_owner_alive) -> None:
+        """``transport``: what the delivery sends through (post_events, create_bucket, close,
+        api_base); by default HTTP in a worker thread that calls :meth:`while_request_out`.
+        ``clock`` and ``sleep``: monotonic seconds and a pause; ``owner_alive(table, seg_id)``:
+        whether a segment's producer lives (the kernel's record lock). Tests give fakes, and run
+        a sender inside the process that logs."""
+        self.settings = s
+        self.owner_alive = owner_alive
+        self.table = table  # the table file: counters, buckets, producer slots
+        self.clock = clock
+        self.sleep = sleep
+        self.segs: Dict[int, Tuple[int, Segment]] = {}  # slot -> (segment id, mapping)
+        self.encoder = Encoder(None, s.max_batch_bytes, s.native)
+        if transport is None:
+            transport = WatchedTransport(Transport(s.api_base, s.access_key, s.request_timeout, s.use_gzip),
+                                         self.while_request_out)
+        self.transport = transport
         self.inflight: Optional[Batch] = None  # the ring batch whose request is out
         # spool-only (an adopted ring of another key): its events are spooled under the ring's key
-        self.fp = s.fingerprint if s.spool_only and s.fingerprint else key_fingerprint(s.access_key)
+        self.fingerprint = s.fingerprint if s.spool_only and s.fingerprint else key_fingerprint(s.access_key)
         self.spool = SpoolWriter(s.spool_dir, s.spool_max_bytes)
-        self.delivery = Delivery(self.t, Policy(**s.policy), os.path.join(s.spool_dir, "rejected.jsonl"), self.report)
+        self.delivery = Delivery(self.transport, Policy.of(s), os.path.join(s.spool_dir, REJECTED_FILE), self.report,
+                                 clock=clock, sleep=sleep)
         self.created: Set[int] = set()
         self.first_seen: Dict[int, float] = {}
         self.attempts: Dict[Tuple[int, int], int] = {}
@@ -80,7 +91,7 @@ class Sender:
         self.spilled_path: Optional[str] = None  # the spool file holding the in-flight batch's copy
         self._spilling = False
         self._open_error_reported = False
-        self.agg = Aggregator.for_settings(s)  # aggregate: per-key rules (None without rules)
+        self.agg = Aggregator.for_settings(s, self, clock=clock)  # aggregate: per-key rules (None without)
         self._space_seen = table.counter("space_short")
 
     # ---- reporting --------------------------------------------------------------------------
@@ -91,23 +102,23 @@ class Sender:
     # ---- main loop ----------------------------------------------------------------------------
     def run(self) -> int:
         """Loop until every owner is gone and everything is delivered or spooled."""
-        ring = self.ring
-        ring.set_sender_pid(os.getpid())
+        table = self.table
+        table.set_sender_pid(os.getpid())
         while True:
-            now = time.monotonic()
+            now = self.clock()
             if now - self._last_liveness >= self.LIVENESS_EVERY:
                 self._last_liveness = now
                 self.live_owners = self._any_live_owner()
             if self.exit_deadline is None and (self.stop_requested or not self.live_owners):
-                self.exit_deadline = now + self.s.close_timeout
+                self.exit_deadline = now + self.settings.close_timeout
             try:
-                worked, drained = self._turn()
+                worked, drained = self.turn()
             except Exception as exc:  # noqa: BLE001 - the sender must outlive any one bad turn
                 worked, drained = False, False
                 self._errors += 1
-                if self._errors == 1 or self.s.debug_level >= 2:
+                if self._errors == 1 or self.settings.debug_level >= 2:
                     log.exception("isstreamer: sender error (%s); it keeps running", type(exc).__name__)
-                time.sleep(0.05)
+                self.sleep(0.05)
             if self.exit_deadline is not None:
                 give_up = now > self.exit_deadline + self.GIVE_UP_AFTER
                 if (drained or give_up) and self._close_ring(remove=drained):
@@ -130,7 +141,7 @@ class Sender:
             return 0.005
         t = self.IDLE_MAX
         if self.first_seen:
-            t = min(t, min(self.first_seen.values()) + self.s.flush_interval - time.monotonic())
+            t = min(t, min(self.first_seen.values()) + self.settings.flush_interval - self.clock())
             t = max(t, min(self.delivery.wait_time(), self.IDLE_MAX))
         if self.agg is not None:  # aggregate: the next window due, or its output's flush_interval
             t = min(t, max(self.agg.due_in(), min(self.delivery.wait_time(), self.IDLE_MAX)))
@@ -138,53 +149,53 @@ class Sender:
 
     def _sleep(self, timeout: float) -> None:
         """Sleep until ``timeout`` or a producer rings (flush(), a put seeing ``sleeping``)."""
-        ring = self.ring
+        table = self.table
         if not self.bell.armed() or self.first_seen:
             # no doorbell, or events already wait (due by buffer_size or flush_interval): poll, so
             # that producers ring only the first event after an idle stretch, not every event
-            time.sleep(min(timeout, 0.02))
+            self.sleep(min(timeout, 0.02))
             return
         self._sleep_seq = (self._sleep_seq + 1) & ((1 << 62) - 1) or 1
-        ring.sleep_begin(self._sleep_seq)  # a number new to this sleep: producers ring once
+        table.sleep_begin(self._sleep_seq)  # a number new to this sleep: producers ring once
         try:
             # re-check after the barrier (a flush() or put before it did not see us asleep)
-            if (ring.flush_seq != self.seen_flush and self.delivery.ready()) or self._due_now():
+            if (table.flush_seq != self.seen_flush and self.delivery.ready()) or self._due_now():
                 return
             self.bell.wait(timeout)
             self.wakeups += 1
         finally:
-            ring.sleep_end()
+            table.sleep_end()
 
     def _due_now(self) -> bool:
         """Anything published that this sender has not seen waiting yet, or due by buffer_size
         (never while the delivery must wait: the sleep then lasts until it may send)."""
         if not self.delivery.ready():
             return False
-        for slot, _, seg_id, _ in self.ring.slots():
+        for slot, _, seg_id, _ in self.table.slots():
             have = self.segs.get(slot)
             if have is None or have[0] != seg_id:
                 return True  # a segment new to us
             seg = have[1]
             if seg.head() != seg.tail():
-                if slot not in self.first_seen or seg.waiting() >= self.s.buffer_size:
+                if slot not in self.first_seen or seg.waiting() >= self.settings.buffer_size:
                     return True
         return False
 
-    def _turn(self) -> Tuple[bool, bool]:
+    def turn(self) -> Tuple[bool, bool]:
         """One pass: buckets, ring -> API, spool replay, reclaim. Returns (did work, drained)."""
-        ring = self.ring
-        flush_seq = ring.flush_seq
+        table = self.table
+        flush_seq = table.flush_seq
         force = flush_seq != self.seen_flush or self.exit_deadline is not None
         self._sync_buckets()
-        agg_worked = self.agg is not None and self.agg.turn(self, force)  # aggregate: due windows out
+        agg_worked = self.agg is not None and self.agg.turn(force)  # aggregate: due windows out
         worked, drained = self._pump(force)
         if drained:
-            self._space_seen = ring.counter("space_short")
+            self._space_seen = table.counter("space_short")
         if self.agg is not None:  # aggregate: its output (and at exit, open windows) pending
             worked, drained = worked or agg_worked, drained and self.agg.settled(self.exit_deadline is not None)
         if flush_seq != self.seen_flush and drained:
             self.seen_flush = flush_seq
-            ring.set_flush_done(flush_seq)  # aggregate: served (flush() with rules waits for it)
+            table.set_flush_done(flush_seq)  # aggregate: served (flush() with rules waits for it)
         blocked = self.delivery.outage or self.delivery.auth_blocked
         if self._was_blocked and not blocked:
             self.spool.close_all()  # our own spool files become replayable
@@ -200,31 +211,66 @@ class Sender:
         """Finish: under the table lock, unless a live producer appeared, mark the ring closing (no
         producer may join after) and remove its files (``remove``: everything was delivered or
         spooled; otherwise the files stay for an adopter). False when a producer is alive."""
-        ring = self.ring
-        with ring.locked():
-            for slot, st, seg_id, _ in ring.slots():
+        table = self.table
+        with table.locked():
+            for slot, st, seg_id, _ in table.slots():
                 if st == L.SLOT_OWNED and self._owner_alive(slot, seg_id, may_free=False):
                     return False
             if not remove:
                 return True
-            ring.mark_closing()
+            table.mark_closing()
             self.bell.close()
-            ring.remove_files()
+            table.remove_files()
         return True
 
     def _shutdown(self) -> None:
         self.bell.close()
         self.spool.close_all()
-        self.t.close()
-        ring = self.ring
-        if ring.sender_pid == os.getpid():
-            ring.set_sender_pid(0)
+        self.transport.close()
+        table = self.table
+        if table.sender_pid == os.getpid():
+            table.set_sender_pid(0)
         for _, seg in self.segs.values():
             seg.close()
         self.segs.clear()
 
+    # ---- what the aggregator asks of its sender (aggregate.Host) ----------------------------------
+    def segments(self) -> List[Segment]:
+        """The mapped segments registered now."""
+        out = []
+        for slot, _, seg_id, _ in list(self.table.slots()):
+            seg = self.segment(slot, seg_id)
+            if seg is not None:
+                out.append(seg)
+        return out
+
+    def flush_seq(self) -> int:
+        """The table's flush request number."""
+        return self.table.flush_seq
+
+    def exiting(self) -> bool:
+        """True once this sender is finishing."""
+        return self.exit_deadline is not None
+
+    def deliver(self, batch: Batch, force: bool) -> bool:
+        """Send, spool or reject a batch that is not in the ring (emitted by the rules)."""
+        if not self.handle(batch, force):
+            return False
+        self.attempts.pop((batch.seg, batch.start), None)
+        return True
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Add to a table counter."""
+        self.table.count(name, n)
+
+    def held_backlog(self) -> int:
+        """Events waiting in the ring while the API's rate limit holds sending back (else 0)."""
+        if not self.delivery.rate_limited():
+            return 0
+        return sum(seg.waiting() for _, seg in list(self.segs.values()))
+
     # ---- segments ------------------------------------------------------------------------------
-    def segment(self, slot: int, seg_id: int, may_free: bool = True) -> Optional[Ring]:
+    def segment(self, slot: int, seg_id: int, may_free: bool = True) -> Optional[Segment]:
         """The mapping of the segment registered in ``slot`` (opened, and checked, on first use).
 
         A file that is not ours is dropped from the registry (``may_free``: never under the table
@@ -235,15 +281,15 @@ class Sender:
         if have is not None:
             have[1].close()
             del self.segs[slot]
-        path = self.ring.seg_path(seg_id)
+        path = self.table.seg_path(seg_id)
         try:
-            seg = Ring.open(path, native=self.s.native, keep_fd=False)  # mapped: no descriptor kept
+            seg = Segment.open(path, native=self.settings.native, keep_fd=False)  # mapped: no descriptor kept
         except RingClosed:
             return None
         except RingRefused as exc:
             if may_free:
                 self.report("isstreamer: %s; that producer slot is dropped" % exc)
-                self.ring.free_slot(slot, seg_id, None)
+                self.table.free_slot(slot, seg_id, None)
             return None
         except OSError as exc:
             if not self._open_error_reported:
@@ -254,10 +300,10 @@ class Sender:
             seg.close()
             if may_free:
                 self.report("isstreamer: refusing segment file %s: not a one-segment ring" % path)
-                self.ring.free_slot(slot, seg_id, None)
+                self.table.free_slot(slot, seg_id, None)
             return None
         if seg.recover():  # a commit a killed sender left half done: finished, never read again
-            self.ring.count("recovered_commits")
+            self.table.count("recovered_commits")
         self.segs[slot] = (seg_id, seg)
         return seg
 
@@ -265,33 +311,33 @@ class Sender:
         """The kernel's word: does a process hold the owner lock of this segment file? (A file that
         exists but cannot be opened now counts as alive: never reclaim on a doubt.)"""
         self.segment(slot, seg_id, may_free)  # a file that is not ours is dropped from the registry
-        return segment_owner_alive(self.ring, seg_id)
+        return self.owner_alive(self.table, seg_id)
 
     def _any_live_owner(self) -> bool:
         alive = False
-        for slot, st, seg_id, _ in self.ring.slots():
+        for slot, st, seg_id, _ in self.table.slots():
             if st == L.SLOT_OWNED and self._owner_alive(slot, seg_id):
                 alive = True
         return alive
 
     def _reclaim(self) -> None:
-        for slot, st, seg_id, _ in list(self.ring.slots()):
+        for slot, st, seg_id, _ in list(self.table.slots()):
             seg = self.segment(slot, seg_id)
             if seg is None:
-                if not os.path.exists(self.ring.seg_path(seg_id)):
-                    self.ring.free_slot(slot, seg_id, None)
+                if not os.path.exists(self.table.seg_path(seg_id)):
+                    self.table.free_slot(slot, seg_id, None)
                 continue
             if st == L.SLOT_RELEASED or (st == L.SLOT_OWNED and not self._owner_alive(slot, seg_id)):
-                if seg.head() == seg.tail() and self.ring.free_slot(slot, seg_id, seg):
+                if seg.head() == seg.tail() and self.table.free_slot(slot, seg_id, seg):
                     self.first_seen.pop(slot, None)
                     self.segs.pop(slot, None)
                     seg.close()
 
     # ---- buckets ------------------------------------------------------------------------------
     def _sync_buckets(self) -> None:
-        if self.s.spool_only:
+        if self.settings.spool_only:
             return
-        used = self.ring.buckets_used()
+        used = self.table.buckets_used()
         if len(self.created) >= used or not self.delivery.ready():
             return
         if self.delivery.outage or self.delivery.auth_blocked:
@@ -303,7 +349,7 @@ class Sender:
     def _ensure_bucket(self, index: int) -> bool:
         if index in self.created:
             return True
-        b = self.ring.bucket(index)
+        b = self.table.bucket(index)
         if b is None:
             return False
         if self._create_bucket(*b):
@@ -316,16 +362,16 @@ class Sender:
         r = self.delivery.create_bucket(key, name, self._finish_deadline())
         self._bucket_status = r.answer.status if r.answer is not None else 0
         if r.kind is Kind.DELIVERED:
-            self.ring.count("buckets_created")
+            self.table.count("buckets_created")
         return r.kind.settled
 
     # ---- ring -> API ----------------------------------------------------------------------------
     def _pump(self, force: bool) -> Tuple[bool, bool]:
         """Send what is due. Returns (did work, every segment empty)."""
-        s = self.s
-        now = time.monotonic()
+        s = self.settings
+        now = self.clock()
         worked, drained = False, True
-        for slot, st, seg_id, _ in list(self.ring.slots()):
+        for slot, st, seg_id, _ in list(self.table.slots()):
             seg = self.segment(slot, seg_id)
             if seg is None:
                 continue
@@ -345,7 +391,7 @@ class Sender:
                     self.first_seen.pop(slot, None)
                     break
                 b = (self.agg.next_batch(seg, tail, s.max_batch_events) if self.agg is not None  # aggregate
-                     else self.enc.next_batch(0, tail, s.max_batch_events, ring=seg))
+                     else self.encoder.next_batch(0, tail, s.max_batch_events, ring=seg))
                 b.seg = slot
                 if b.corrupt:
                     self._commit(b, corrupt=True)
@@ -353,7 +399,7 @@ class Sender:
                 if b.end == tail:  # no progress possible (cannot happen with max_batch_events >= 1)
                     drained = False
                     break
-                if self.agg is not None and not self.agg.before_commit(self, slot, force):  # aggregate
+                if self.agg is not None and not self.agg.before_commit(slot, force):  # aggregate
                     drained = False
                     break
                 if b.nevents and not self.handle(b, force):
@@ -364,14 +410,14 @@ class Sender:
         return worked, drained
 
     def _commit(self, b: Batch, corrupt: bool = False) -> None:
-        """Release a handled batch back to its producer (``Ring.release``: a journal, the pages,
+        """Release a handled batch back to its producer (``Segment.release``: a journal, the pages,
         then ``tail``, safe against this process's death at any step).
 
         ``corrupt``: the records from the batch's start to the head cannot be read; they are
         counted as dropped (``corrupt``, with their number) before they are released, never
         skipped silently (a death in between counts them twice, never zero times)."""
         if b.skipped:
-            self.ring.count("skipped_records", b.skipped)
+            self.table.count("skipped_records", b.skipped)
         have = self.segs.get(b.seg)
         if have is None:
             return
@@ -382,7 +428,7 @@ class Sender:
             consumed = seg.logged()
             lost = consumed - seg.consumed()
             seg.count_lost(lost)
-            self.ring.count("corrupt_records")
+            self.table.count("corrupt_records")
             self.report("isstreamer: unreadable record in ring segment %d: %d bytes holding %d event(s) skipped, "
                         "counted in stats()['dropped']['corrupt']" % (b.seg, b.end - b.start, lost))
         else:
@@ -398,14 +444,14 @@ class Sender:
 
     def handle(self, b: Batch, force: bool) -> bool:
         """Deliver, reject or spool one batch: True when the ring may release it."""
-        bucket = self.ring.bucket(b.bucket)
+        bucket = self.table.bucket(b.bucket)
         if bucket is None:
-            self.ring.count("corrupt_records", b.nevents)
+            self.table.count("corrupt_records", b.nevents)
             return True
         key, name = bucket
         d = self.delivery
         left = self._exit_budget()
-        if d.auth_blocked or self.s.spool_only or (d.outage and not (left is not None and left > 0)):
+        if d.auth_blocked or self.settings.spool_only or (d.outage and not (left is not None and left > 0)):
             return self._to_spool([b.body], b.nevents, key, name)
         if not d.ready():
             # cannot send now: keep it in the ring unless the ring fills up, someone waits (for
@@ -450,7 +496,7 @@ class Sender:
     SPILL_FILL = 0.9  # ... or SPILL_SOON seconds, once a segment is this full (its producer is at risk)
     SPILL_SOON = 1.0
 
-    def _while_waiting(self, started: float) -> None:
+    def while_request_out(self, started: float) -> None:
         """Called every few ms by the HTTP worker's waiter while a request is out. Once it has been
         out SPILL_AFTER seconds (SPILL_SOON if a segment passes SPILL_FILL), the in-flight batch is copied to
         a spool file of its own and released, and every segment is drained to the spool: the
@@ -458,7 +504,7 @@ class Sender:
         copy is removed again (see _after_spill)."""
         if self._spilling:
             return
-        out = time.monotonic() - started
+        out = self.clock() - started
         if out < self.SPILL_SOON or (out < self.SPILL_AFTER and not self._space_pressure() and
                                      not any(self._occupancy(slot) > self.SPILL_FILL for slot in list(self.segs))):
             return
@@ -466,18 +512,18 @@ class Sender:
         try:
             b = self.inflight
             if b is not None and self.spilled_path is None:
-                bucket = self.ring.bucket(b.bucket)
+                bucket = self.table.bucket(b.bucket)
                 if bucket is not None:
                     self.spool.close_all()  # the copy gets a file of its own
                     try:
-                        path = self.spool.write(self.s.api_base, bucket[0], bucket[1], self.fp, b.body)
+                        path = self.spool.write(self.settings.api_base, bucket[0], bucket[1], self.fingerprint, b.body)
                     except OSError:
                         return  # the spool cannot take it: the batch stays in the ring
                     self.spool.close_all()
-                    self.ring.count("spooled", b.nevents)
+                    self.table.count("spooled", b.nevents)
                     self.spilled_path = path
                     self._commit(b)
-            for slot, _, seg_id, _ in list(self.ring.slots()):
+            for slot, _, seg_id, _ in list(self.table.slots()):
                 if b is not None and slot == b.seg and self.spilled_path is None:
                     continue  # its head batch is the one out
                 self._drain_to_spool(slot, seg_id)
@@ -494,12 +540,12 @@ class Sender:
             tail = seg.tail()
             if tail == seg.head():
                 return
-            b = (self.agg.next_batch(seg, tail, self.s.max_batch_events) if self.agg is not None  # aggregate
-                 else self.enc.next_batch(0, tail, self.s.max_batch_events, ring=seg))
+            b = (self.agg.next_batch(seg, tail, self.settings.max_batch_events) if self.agg is not None  # aggregate
+                 else self.encoder.next_batch(0, tail, self.settings.max_batch_events, ring=seg))
             b.seg = slot
             if b.corrupt or b.end == tail:
                 return  # left to _pump, which reports it
-            bucket = self.ring.bucket(b.bucket)
+            bucket = self.table.bucket(b.bucket)
             if b.nevents and (bucket is None or not self._to_spool([b.body], b.nevents, bucket[0], bucket[1])):
                 return
             self._commit(b)
@@ -542,15 +588,15 @@ class Sender:
     def _space_pressure(self) -> bool:
         """A producer found the ring directory too full to reserve pages since the ring was last
         drained: what waits goes to the spool now (its pages are returned as it is released)."""
-        return self.ring.counter("space_short") != self._space_seen
+        return self.table.counter("space_short") != self._space_seen
 
     def _finish_deadline(self) -> Optional[float]:
         """The time by which what waits must be delivered: the exit deadline, else the latest
         deadline of a producer waiting in close() (the table's close_by), if still ahead."""
         if self.exit_deadline is not None:
             return self.exit_deadline
-        by = self.ring.close_by
-        return by if by > time.monotonic() else None
+        by = self.table.close_by
+        return by if by > self.clock() else None
 
     def _exit_budget(self) -> Optional[float]:
         """Seconds left before the exit deadline (None while not exiting; negative once past),
@@ -558,24 +604,24 @@ class Sender:
         deadline = self._finish_deadline()
         if self.delivery.deadline != deadline:
             self.delivery.finish_by(deadline)
-        return None if deadline is None else deadline - time.monotonic()
+        return None if deadline is None else deadline - self.clock()
 
     def _account(self, r: Result) -> None:
-        ring = self.ring
+        table = self.table
         if r.delivered:
-            ring.count("sent", r.delivered)
-        if r.kind in (DELIVERED, REJECTED):
-            ring.count("batches")
+            table.count("sent", r.delivered)
+        if r.kind in (Kind.DELIVERED, Kind.REJECTED):
+            table.count("batches")
         if r.rejected:
-            ring.count("rejected", r.rejected)
+            table.count("rejected", r.rejected)
         self._count_requests()
 
     def _count_requests(self) -> None:
         """Move the delivery's tallies to the ring: event requests, and retries (bucket creations too)."""
         d = self.delivery
         if d.requests or d.retries:
-            self.ring.count("requests", d.requests)
-            self.ring.count("retries", d.retries)
+            self.table.count("requests", d.requests)
+            self.table.count("retries", d.retries)
             d.requests = d.retries = 0
 
     def _to_spool(self, bodies, nevents: Optional[int], key: str, name: str) -> bool:
@@ -588,31 +634,31 @@ class Sender:
         """
         total = 0
         for body in bodies:
-            n = nevents if nevents is not None and len(bodies) == 1 else _count_events(body)
+            n = nevents if nevents is not None and len(bodies) == 1 else count_events(body)
             try:
-                self.spool.write(self.s.api_base, key, name, self.fp, body)
+                self.spool.write(self.settings.api_base, key, name, self.fingerprint, body)
             except SpoolFull as exc:
                 if self._spilling:
                     return False  # a spill only moves events: with the spool full they wait in the ring
                 if not self._reported_spool_full:
                     self.report("%s; further events are dropped and counted as dropped['spool_full']" % exc)
                     self._reported_spool_full = True
-                self.ring.count_drop("spool_full", n)
+                self.table.count_drop("spool_full", n)
                 continue
             except OSError as exc:
                 keep = nevents is not None and self.exit_deadline is None
                 if not self._spool_error_reported:
                     self._spool_error_reported = True
                     self.report("isstreamer: cannot write the spool in %s (%s); %s" % (
-                        self.s.spool_dir, exc, "events wait in the ring" if keep else "%d event(s) lost" % n))
+                        self.settings.spool_dir, exc, "events wait in the ring" if keep else "%d event(s) lost" % n))
                 if keep:
                     return False
-                self.ring.count("failed", n)
+                self.table.count("failed", n)
                 continue
             self._spool_error_reported = False
             total += n
         if total:
-            self.ring.count("spooled", total)
+            self.table.count("spooled", total)
         return True
 
     # ---- spool -> API -------------------------------------------------------------------------------
@@ -621,24 +667,24 @@ class Sender:
         turn while live events may wait; when exiting with no producer left, patiently (waiting
         out backoffs, retrying through an outage) up to the exit deadline, so that what an
         outage shorter than close_timeout spooled is delivered before the sender exits."""
-        if self.s.spool_only:
+        if self.settings.spool_only:
             return False  # an adopted ring of another access key: its spool waits for that key
         d = self.delivery
         patient = self.exit_deadline is not None and not self.live_owners and self._ring_empty()
-        now = time.monotonic()
+        now = self.clock()
         if (patient and self._last_scan <= now) or now - self._last_scan >= self.SPOOL_SCAN_EVERY:
             self._last_scan = now
             try:
-                check_root(self.s.spool_dir)
-                found = streams(self.s.spool_dir)
+                check_root(self.settings.spool_dir)
+                found = streams(self.settings.spool_dir)
             except FileNotFoundError:
                 found = []
             except OSError as exc:
                 if not self._spool_error_reported:
                     self._spool_error_reported = True
-                    self.report("isstreamer: the spool in %s is not replayed (%s)" % (self.s.spool_dir, exc))
+                    self.report("isstreamer: the spool in %s is not replayed (%s)" % (self.settings.spool_dir, exc))
                 found = []
-            self._replay_streams = [m for m in found if m.api_base == self.s.api_base and m.fingerprint == self.fp
+            self._replay_streams = [m for m in found if m.api_base == self.settings.api_base and m.fingerprint == self.fingerprint
                                     and pending_files(m.path)]
         self._exit_budget()  # at exit, a pending backoff is shortened first
         if not d.ready() and not patient:
@@ -652,18 +698,18 @@ class Sender:
             return self._replay()
         if not self._replay_streams:
             return False
-        limit = self.exit_deadline if self.exit_deadline is not None else time.monotonic() + self.REPLAY_BUDGET
-        if time.monotonic() >= limit:
+        limit = self.exit_deadline if self.exit_deadline is not None else self.clock() + self.REPLAY_BUDGET
+        if self.clock() >= limit:
             return False
 
         def respool(m: StreamMeta, body: bytes) -> None:
             self.spool.write(m.api_base, m.bucket_key, m.bucket_name, m.fingerprint, body)
-            self.ring.count("spooled", _count_events(body))
+            self.table.count("spooled", count_events(body))
 
         def on_result(r: Result) -> None:
             self._account(r)
             if r.delivered:
-                self.ring.count("replayed", r.delivered)
+                self.table.count("replayed", r.delivered)
 
         loop = StreamReplay(d, respool, patient=patient, persist=patient, on_result=on_result, warn=self.report,
                             deadline=lambda: self.exit_deadline,
@@ -685,7 +731,7 @@ class Sender:
                 # for a while rather than send its first lines again every turn
                 self.report("isstreamer: %s; replay pauses for %gs" % (loop.why, REPLAY_FAULT_PAUSE))
                 self._replay_streams = []
-                self._last_scan = time.monotonic() + REPLAY_FAULT_PAUSE - self.SPOOL_SCAN_EVERY
+                self._last_scan = self.clock() + REPLAY_FAULT_PAUSE - self.SPOOL_SCAN_EVERY
                 break
             if stop is not Stop.DONE:
                 break
@@ -693,7 +739,7 @@ class Sender:
 
     def _ring_empty(self) -> bool:
         """True when no segment holds an event (everything sent or spooled)."""
-        for slot, _, seg_id, _ in list(self.ring.slots()):
+        for slot, _, seg_id, _ in list(self.table.slots()):
             seg = self.segment(slot, seg_id)
             if seg is not None and seg.head() != seg.tail():
                 return False
@@ -701,165 +747,3 @@ class Sender:
 
 
 REPLAY_FAULT_PAUSE = 30.0  # seconds without replay after the spool could not record progress
-
-
-class WatchedTransport:
-    """The sender's transport, each request run in a worker thread while the sender's own thread
-    waits for it calling ``while_waiting(started)`` every POLL seconds: the ring keeps moving
-    while a request hangs. One request at a time; the HTTP session lives in the worker."""
-
-    POLL = 0.02
-
-    def __init__(self, inner: Transport, while_waiting: Callable[[float], None]) -> None:
-        self.inner = inner
-        self.api_base = inner.api_base
-        self.while_waiting = while_waiting
-        self._jobs: "queue.Queue[Optional[Callable[[], None]]]" = queue.Queue()
-        self._thread: Optional[threading.Thread] = None
-        self._reported = False
-
-    def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._work, name="isstreamer-http", daemon=True)
-            self._thread.start()
-        done = threading.Event()
-        box: Dict[str, Any] = {}
-
-        def job() -> None:
-            try:
-                box["r"] = fn(*args)
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-                box["e"] = exc
-            finally:
-                done.set()
-
-        self._jobs.put(job)
-        started = time.monotonic()
-        while not done.wait(self.POLL):
-            try:
-                self.while_waiting(started)
-            except Exception:  # noqa: BLE001 - the wait goes on; reported once
-                if not self._reported:
-                    self._reported = True
-                    log.exception("isstreamer: sender error while a request was out")
-        if "e" in box:
-            raise box["e"]
-        return box["r"]
-
-    def _work(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            job()
-
-    def post_events(self, *args: Any) -> Any:
-        """Transport.post_events, in the worker."""
-        return self._run(self.inner.post_events, *args)
-
-    def create_bucket(self, *args: Any) -> Any:
-        """Transport.create_bucket, in the worker."""
-        return self._run(self.inner.create_bucket, *args)
-
-    def close(self) -> None:
-        """Stop the worker and close the session."""
-        if self._thread is not None:
-            self._jobs.put(None)
-            self._thread.join(5)
-        self.inner.close()
-
-
-class Doorbell:
-    """The idle sender's datagram socket at ``<ring>.wake``: producers send a byte to wake it
-    (``Table.wake``). No socket (a path too long, or taken by another user): the sender polls."""
-
-    def __init__(self, table: Table) -> None:
-        import socket
-
-        self.path = table.wake_path
-        self.sock: Optional[socket.socket] = None
-        try:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        except OSError:
-            return
-        for _ in range(2):
-            try:
-                old = os.umask(0o177)
-                try:
-                    sock.bind(self.path)
-                finally:
-                    os.umask(old)
-                sock.setblocking(False)
-                self.sock = sock
-                return
-            except OSError as exc:
-                if exc.errno != errno.EADDRINUSE or not self._remove_stale():
-                    break
-        sock.close()
-
-    def _remove_stale(self) -> bool:
-        """A socket of ours left by a sender that died: remove it (anything else is left alone)."""
-        try:
-            st = os.lstat(self.path)
-        except OSError:
-            return False
-        if not stat.S_ISSOCK(st.st_mode) or st.st_uid != os.geteuid():
-            return False
-        try:
-            os.unlink(self.path)
-        except OSError:
-            return False
-        return True
-
-    def armed(self) -> bool:
-        """True when producers can wake this sender."""
-        return self.sock is not None
-
-    def wait(self, timeout: float) -> bool:
-        """Block until rung or ``timeout``; True when rung (every pending ring is consumed)."""
-        import select
-
-        assert self.sock is not None
-        try:
-            ready, _, _ = select.select([self.sock], [], [], timeout)
-        except (OSError, ValueError):
-            return False
-        rung = False
-        while ready:
-            try:
-                self.sock.recv(64)
-                rung = True
-            except OSError:
-                break
-        return rung
-
-    def close(self) -> None:
-        """Stop listening and remove the socket file."""
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
-            try:
-                os.unlink(self.path)
-            except OSError:
-                pass
-
-
-def _count_events(body: bytes) -> int:
-    import orjson
-
-    try:
-        v = orjson.loads(body)
-        return len(v) if isinstance(v, list) else 1
-    except ValueError:
-        return 0
-
-
-def main() -> int:
-    """Entry point of ``python -m isstreamer.sender`` (see :mod:`isstreamer.sender_main`)."""
-    from .sender_main import main as _main
-
-    return _main()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

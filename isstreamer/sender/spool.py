@@ -23,9 +23,9 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Generator, List, Optional, Tuple
 
-from . import safefile
+from .. import safefile
+from ..options import DEFAULTS
 
-DEFAULT_MAX_BYTES = 512 * 1024 * 1024
 ROTATE_BYTES = 4 * 1024 * 1024
 ENV_SPOOL_DIR = "ISSTREAMER_SPOOL_DIR"
 
@@ -118,7 +118,7 @@ class SpoolWriter:
     ERROR_BACKOFF = 0.05
     ERROR_BACKOFF_MAX = 2.0
 
-    def __init__(self, root: str, max_bytes: int = DEFAULT_MAX_BYTES,
+    def __init__(self, root: str, max_bytes: int = DEFAULTS.spool_max_bytes,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.root = root
         self.max_bytes = max_bytes
@@ -144,6 +144,12 @@ class SpoolWriter:
                                               "bucket_name": bucket_name,
                                               "access_key_sha256_prefix": fingerprint}).encode())
         return d
+
+    @property
+    def retry_at(self) -> float:
+        """The clock time before which writes are paused after a failed write (meaningless after a
+        successful one: writes are paused only while the last write failed)."""
+        return self._retry_at
 
     def write(self, api_base: str, bucket_key: str, bucket_name: str, fingerprint: str, body: bytes) -> str:
         """Append one batch (a JSON array, no newline inside) and make it durable. Returns the file."""

@@ -1,0 +1,101 @@
+"""Ring files: where they live, how they are opened (never through a symlink, only ours) and the
+POSIX record locks that say who owns what (dropped by the kernel when a process dies, never
+inherited by a fork child, immune to pid reuse and pid namespaces).
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import struct
+import tempfile
+from typing import Any
+
+from .. import safefile
+from . import layout as L
+
+
+class RingClosed(OSError):
+    """The ring file is gone: every user closed it and the sender removed it."""
+
+
+class RingRefused(ValueError):
+    """A file at a ring path is not ours (owner, mode, type or identity): it is never used."""
+
+
+def default_ring_dir() -> str:
+    """Where rings are created: ``$ISSTREAMER_RING_DIR``, else /dev/shm, else the temp directory."""
+    for d in (os.environ.get("ISSTREAMER_RING_DIR", ""), "/dev/shm"):
+        if d and os.path.isdir(d) and os.access(d, os.W_OK):
+            return d
+    return tempfile.gettempdir()
+
+
+def open_private(path: str, create: bool = False) -> int:
+    """Open a ring file without following symlinks; refuse anything but a 0600 regular file of ours.
+
+    ``create``: make a new one (``O_EXCL``). Raises :class:`RingClosed` when it does not exist and
+    :class:`RingRefused` when it is not ours (see :mod:`isstreamer.safefile`)."""
+    try:
+        return safefile.open_private(path, os.O_RDWR, create=create)
+    except FileNotFoundError as exc:
+        raise RingClosed(errno.ENOENT, "isstreamer: the ring is closed", path) from exc
+    except safefile.Refused as exc:
+        raise RingRefused(str(exc).replace("refusing ", "refusing ring file ", 1)) from None
+
+
+def record_lock(fd: int, start: int, wait: bool) -> bool:
+    """Take a POSIX record lock on one byte; False when another process holds it (``wait=False``)."""
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB), 1, start)
+        return True
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EAGAIN):
+            return False
+        raise
+
+
+def record_unlock(fd: int, start: int) -> None:
+    with contextlib.suppress(OSError):
+        fcntl.lockf(fd, fcntl.LOCK_UN, 1, start)
+
+
+_FLOCK = struct.Struct("@hhqqi")  # struct flock: l_type l_whence l_start l_len l_pid (native layout)
+
+
+def lock_held_elsewhere(fd: int, start: int) -> bool:
+    """True when another process holds a record lock on byte ``start`` of ``fd``'s file.
+
+    ``F_GETLK`` asks the kernel without taking the lock, so a probe never makes a starting sender
+    believe its ring already has one."""
+    arg = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, start, 1, 0) + bytes(16)
+    try:
+        got = fcntl.fcntl(fd, fcntl.F_GETLK, arg)
+    except OSError:  # pragma: no cover - an F_GETLK this platform does not take: take and drop it
+        if record_lock(fd, start, wait=False):
+            record_unlock(fd, start)
+            return False
+        return True
+    return _FLOCK.unpack_from(got)[0] != fcntl.F_UNLCK
+
+
+def segment_owner_alive(table: Any, seg_id: int) -> bool:
+    """The kernel's word: does a process hold the owner lock of segment file ``seg_id``?
+
+    The file is opened for the question and closed again (no descriptor is kept per segment).
+    Gone, or not a file of ours: no owner. Any other error (no descriptor left, no memory):
+    alive, since a segment is never reclaimed on a doubt. Never ask about a segment of this
+    process: closing the descriptor would drop its owner lock."""
+    try:
+        fd = open_private(table.seg_path(seg_id))
+    except (RingClosed, RingRefused):
+        return False
+    except OSError:
+        return True
+    try:
+        return lock_held_elsewhere(fd, L.LOCK_OWNER)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
