@@ -13,6 +13,8 @@ from typing import Optional, Tuple, Union
 
 import click
 
+from isstreamer.collector import limits
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="isstreamer", message="isstreamer %(version)s")
@@ -76,15 +78,25 @@ class _RateLimit(click.ParamType):
               help="Web origin whose pages may write (e.g. http://localhost:3000; repeatable).")
 @click.option("--rate-limit", type=_RateLimit(), default=None, help="Requests per access key, e.g. 10/10 (429 past it).")
 @click.option("--monthly-quota", type=click.IntRange(min=0), default=None, help="Events per access key per month (402 past it).")
-@click.option("--max-body", type=click.IntRange(min=1), default=1_000_000, show_default=True, help="Largest body in bytes (413 past it).")
-@click.option("--max-key-chars", type=click.IntRange(min=1), default=250, show_default=True, help="Longest event key.")
-@click.option("--max-connections", type=click.IntRange(min=1), default=256, show_default=True,
-              help="Open connections at most.")
-@click.option("--header-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
-              help="Seconds a connection may take to send its request head.")
-@click.option("--log-rows", type=click.IntRange(min=0), default=10_000, show_default=True,
+@click.option("--max-body", type=click.IntRange(min=1), default=limits.MAX_BODY, show_default=True,
+              help="Largest body in bytes, compressed and decompressed (413 past it).")
+@click.option("--max-key-chars", type=click.IntRange(min=1), default=limits.MAX_KEY_CHARS, show_default=True,
+              help="Longest event key.")
+@click.option("--max-connections", type=click.IntRange(min=1), default=limits.MAX_CONNECTIONS, show_default=True,
+              help="Open connections at most (a new one replaces an idle or stalled one).")
+@click.option("--max-per-client", type=click.IntRange(min=1), default=limits.MAX_PER_CLIENT, show_default=True,
+              help="Open connections of one client address (IPv6: one /64) at most; raise it behind a proxy.")
+@click.option("--header-timeout", type=click.FloatRange(min=0.1), default=limits.HEADER_TIMEOUT, show_default=True,
+              help="Seconds a new connection may take to send its request head.")
+@click.option("--idle-timeout", type=click.FloatRange(min=0.1), default=limits.IDLE_TIMEOUT, show_default=True,
+              help="Seconds a kept-alive connection may wait for its next request.")
+@click.option("--body-timeout", type=click.FloatRange(min=0.1), default=limits.BODY_TIMEOUT, show_default=True,
+              help="Seconds a request body may take to arrive (408 past it).")
+@click.option("--write-timeout", type=click.FloatRange(min=0.1), default=limits.WRITE_TIMEOUT, show_default=True,
+              help="Seconds an answer may wait for a client that reads none of it.")
+@click.option("--log-rows", type=click.IntRange(min=0), default=limits.LOG_ROWS, show_default=True,
               help="Write requests kept in the request log.")
-@click.option("--log-days", type=click.FloatRange(min=0), default=7.0, show_default=True,
+@click.option("--log-days", type=click.FloatRange(min=0), default=limits.LOG_DAYS, show_default=True,
               help="Days a request stays in the request log.")
 def serve(
     host: str,
@@ -100,7 +112,11 @@ def serve(
     max_body: int,
     max_key_chars: int,
     max_connections: int,
+    max_per_client: int,
     header_timeout: float,
+    idle_timeout: float,
+    body_timeout: float,
+    write_timeout: float,
     log_rows: int,
     log_days: float,
 ) -> None:
@@ -137,7 +153,11 @@ def serve(
             allowed_hosts=allowed_hosts,
             allowed_origins=allowed_origins,
             max_connections=max_connections,
+            max_per_client=max_per_client,
             header_timeout=header_timeout,
+            idle_timeout=idle_timeout,
+            body_timeout=body_timeout,
+            write_timeout=write_timeout,
             log_rows=log_rows,
             log_days=log_days,
         )

@@ -28,8 +28,10 @@ is ``{"message": "Event limit exceeded for current cycle ..."}`` as the hosted A
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
+import mimetypes
 import re
 import time
 import uuid
@@ -41,8 +43,11 @@ from typing import Any, Awaitable, Callable, Dict, FrozenSet, Iterable, List, Op
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import ContentLengthError, PayloadEncodingError
 
+from . import limits
 from . import store as st
+from .guard import ConnectionGuard, GuardedConnection
 from .iso8601 import parse_iso8601
 from .security import HostPolicy, cross_site_reason
 from .store import EventRow, RequestLog, Store
@@ -67,7 +72,7 @@ _EPOCH_STR_RE = re.compile(r"\s*[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-
 
 @dataclass(frozen=True)
 class CollectorConfig:
-    """Behaviour of a collector.
+    """Behaviour of a collector (defaults: :mod:`~isstreamer.collector.limits`).
 
     ``access_keys`` and ``admin_keys`` both empty means any-key mode: any non-empty key writes,
     reads are open. Otherwise every API request needs one of them; an access key sees its own
@@ -76,31 +81,60 @@ class CollectorConfig:
     ``max_body`` is the largest accepted body in bytes, compressed and decompressed. Timestamps
     ten or more years old are replaced by the receive time when ``ignore_old_timestamps`` (as
     the real API does). ``allowed_hosts`` adds ``Host`` names to those of the bound address
-    (``*``: any); ``allowed_origins`` are web origins whose pages may write. ``max_connections``,
-    ``header_timeout`` and ``body_timeout`` bound what slow clients hold; ``log_rows`` and
-    ``log_days`` bound the request log.
+    (``*``: any); ``allowed_origins`` are web origins whose pages may write.
+    ``max_connections``, ``max_per_client``, ``header_timeout``, ``idle_timeout``,
+    ``body_timeout`` and ``write_timeout`` bound what slow clients hold (see
+    :mod:`~isstreamer.collector.guard`); ``page_size`` bounds the items of one read answer;
+    ``disk_quota`` (bytes of stored events per key holder) and ``max_db_size`` (bytes of the
+    database file) bound the disk: None means the default of the mode (see
+    :attr:`disk_quota_bytes`), 0 no limit. ``log_rows`` and ``log_days`` bound the request log.
     """
 
     access_keys: FrozenSet[str] = frozenset()
     rate_limit: Optional[Tuple[int, float]] = None
     monthly_quota: Optional[int] = None
-    max_body: int = 1_000_000
-    max_key_chars: int = 250
-    max_value_chars: int = 2000
+    max_body: int = limits.MAX_BODY
+    max_key_chars: int = limits.MAX_KEY_CHARS
+    max_value_chars: int = limits.MAX_VALUE_CHARS
     ignore_old_timestamps: bool = True
     admin_keys: FrozenSet[str] = frozenset()
     allowed_hosts: FrozenSet[str] = frozenset()
     allowed_origins: FrozenSet[str] = frozenset()
-    max_connections: int = 256
-    header_timeout: float = 10.0
-    body_timeout: float = 30.0
-    log_rows: int = 10_000
-    log_days: float = 7.0
+    max_connections: int = limits.MAX_CONNECTIONS
+    max_per_client: int = limits.MAX_PER_CLIENT
+    header_timeout: float = limits.HEADER_TIMEOUT
+    idle_timeout: float = limits.IDLE_TIMEOUT
+    body_timeout: float = limits.BODY_TIMEOUT
+    write_timeout: float = limits.WRITE_TIMEOUT
+    page_size: int = limits.PAGE_SIZE
+    disk_quota: Optional[int] = None
+    max_db_size: Optional[int] = None
+    log_rows: int = limits.LOG_ROWS
+    log_days: float = limits.LOG_DAYS
 
     @property
     def keys_required(self) -> bool:
         """Whether keys are configured (otherwise: any-key mode)."""
         return bool(self.access_keys or self.admin_keys)
+
+    @property
+    def disk_quota_bytes(self) -> Optional[int]:
+        """Bytes of stored events each key holder may have (None: no quota): ``disk_quota``, or
+        :data:`~isstreamer.collector.limits.ANY_KEY_DISK_QUOTA` in any-key mode."""
+        return _mode_default(self.disk_quota, self.keys_required, limits.ANY_KEY_DISK_QUOTA)
+
+    @property
+    def max_db_bytes(self) -> Optional[int]:
+        """The largest the database file may grow (None: no cap): ``max_db_size``, or
+        :data:`~isstreamer.collector.limits.ANY_KEY_MAX_DB_SIZE` in any-key mode."""
+        return _mode_default(self.max_db_size, self.keys_required, limits.ANY_KEY_MAX_DB_SIZE)
+
+
+def _mode_default(value: Optional[int], keys_required: bool, any_key_default: int) -> Optional[int]:
+    """A disk limit: the value given (0: none), else the any-key default (none with keys)."""
+    if value is None:
+        return None if keys_required else any_key_default
+    return int(value) or None
 
 
 class ApiError(Exception):
@@ -302,14 +336,17 @@ STORE = web.AppKey("store", Store)
 LIMITER = web.AppKey("limiter", RateLimiter)
 HOSTS = web.AppKey("hosts", object)
 SERIES = web.AppKey("series", object)
+GUARD = web.AppKey("guard", ConnectionGuard)
+STATIC = web.AppKey("static", object)
 _RequestKey = getattr(web, "RequestKey", None)  # aiohttp >= 3.13 wants typed request keys
 _LOG: Any = _RequestKey("isstreamer_log", RequestLog) if _RequestKey else "isstreamer_log"
 _LOGGED: Any = _RequestKey("isstreamer_logged", bool) if _RequestKey else "isstreamer_logged"
 _EXTRA_HEADERS: Any = _RequestKey("isstreamer_headers", dict) if _RequestKey else "isstreamer_headers"
+_CONN: Any = _RequestKey("isstreamer_conn", GuardedConnection) if _RequestKey else "isstreamer_conn"
 #: Statuses of requests refused before their key was known: counted, never stored in the log.
 _COUNT_ONLY = (401, 403)
 #: Answers after which the connection is closed (the rest of the body is not worth reading).
-_CLOSE_AFTER = (401, 403, 408, 413)
+_CLOSE_AFTER = (401, 403, 408, 413, 499)
 #: At most this long is spent reading (and dropping) the rest of a refused body.
 DRAIN_SECONDS = 2.0
 
@@ -324,6 +361,46 @@ def _is_write(request: web.Request) -> bool:
 def _is_logged(request: web.Request) -> bool:
     path = request.path
     return path == "/api/events" or (path == "/api/buckets" and request.method == "POST")
+
+
+@web.middleware
+async def connection_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Tell the connection guard what the request's connection does, and write the whole answer
+    before the request counts as done (an answer the client does not read stalls it here)."""
+    guard: Optional[ConnectionGuard] = request.app.get(GUARD)  # type: ignore[assignment]
+    conn = guard.connection(request.transport) if guard is not None else None
+    if conn is None:
+        return await handler(request)
+    request[_CONN] = conn
+    conn.request_started()
+    try:
+        resp = await handler(request)
+        await _send(request, resp)
+        return resp
+    except web.HTTPException as exc:
+        await _send(request, exc)
+        raise
+    finally:
+        conn.request_done()
+
+
+async def _send(request: web.Request, resp: web.StreamResponse) -> None:
+    """Write ``resp`` now (aiohttp's own write after the middlewares then has nothing left to
+    do); a client gone meanwhile is not an error."""
+    try:
+        await resp.prepare(request)
+        await resp.write_eof()
+    except ConnectionError:
+        pass
+
+
+def _body_phase(request: web.Request, reading: bool) -> None:
+    """Mark the request's connection as reading its body (or done with it)."""
+    conn: Optional[GuardedConnection] = request.get(_CONN)
+    if conn is not None:
+        conn.body_started() if reading else conn.body_done()
 
 
 @web.middleware
@@ -482,10 +559,13 @@ async def _drain(request: web.Request, limit: int, timeout: float) -> None:
                 return
             left -= len(chunk)
 
+    _body_phase(request, True)
     try:
         await asyncio.wait_for(drop(), timeout)
     except Exception:  # noqa: BLE001 - best effort: timeout, reset, payload errors
         pass
+    finally:
+        _body_phase(request, False)
 
 
 def _decompressor(encoding: str) -> Optional[Any]:
@@ -500,13 +580,29 @@ def _decompressor(encoding: str) -> Optional[Any]:
     raise ApiError(400, "INVALID_BODY", "unsupported Content-Encoding %r (gzip, deflate or none)" % enc[:40])
 
 
+async def _next_chunk(request: web.Request) -> bytes:
+    """The next piece of the body (b"" at its end). A client gone before the end is a 499 (as
+    nginx logs it), a malformed chunked encoding a 400: neither is an error of the collector."""
+    gone = ApiError(499, "CLIENT_CLOSED_REQUEST", "the client closed the connection before sending its body")
+    try:
+        return await request.content.readany()
+    except (ConnectionError, ContentLengthError):
+        raise gone from None
+    except RuntimeError:  # aiohttp's "Connection closed." when the body is awaited after the end
+        if request.transport is None:
+            raise gone from None
+        raise
+    except PayloadEncodingError as exc:
+        raise ApiError(400, "INVALID_BODY", "malformed body: %s" % st.cap_text(str(exc), 100)) from None
+
+
 async def _read_raw(request: web.Request, max_body: int, d: Optional[Any]) -> bytes:
     """The body, decompressed as it streams in; 413 once it passes ``max_body`` (either side)."""
     too_big = ApiError(413, "PAYLOAD_TOO_LARGE", "body over %d bytes" % max_body)
     out = bytearray()
     raw = 0
     while True:
-        chunk = await request.content.readany()
+        chunk = await _next_chunk(request)
         if not chunk:
             break
         raw += len(chunk)
@@ -534,10 +630,13 @@ async def _read_body(request: web.Request) -> bytes:
     if (request.content_length or 0) > max_body:
         raise ApiError(413, "PAYLOAD_TOO_LARGE", "body over %d bytes" % max_body)
     d = _decompressor(request.headers.get("Content-Encoding", ""))
+    _body_phase(request, True)
     try:
         return await asyncio.wait_for(_read_raw(request, max_body, d), config.body_timeout)
     except asyncio.TimeoutError:
         raise ApiError(408, "REQUEST_TIMEOUT", "the body did not arrive within %gs" % config.body_timeout) from None
+    finally:
+        _body_phase(request, False)
 
 
 def _loads(body: bytes) -> Any:
@@ -860,37 +959,64 @@ async def data_latest(request: web.Request) -> web.Response:
 # --------------------------------------------------------------------------- dashboard
 
 
-def _page(name: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    path = STATIC_DIR / name
+class StaticFiles:
+    """The dashboard's files, read into memory once.
 
+    They are answered as ordinary responses (not with sendfile) so that every byte goes
+    through the transport, where the connection guard sees a client that does not read. Each
+    carries an ``ETag`` and ``Cache-Control: no-cache``: browsers revalidate (the files change
+    with the package) and get a 304 when nothing changed.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.files: Dict[str, Tuple[bytes, str, str]] = {}
+        for path in sorted(directory.iterdir()):
+            if path.is_file():
+                body = path.read_bytes()
+                ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+                self.files[path.name] = (body, ctype, '"%s"' % hashlib.sha256(body).hexdigest()[:24])
+
+    def response(self, request: web.Request, name: str) -> web.Response:
+        """The answer for file ``name`` (404 when there is none)."""
+        found = self.files.get(name)
+        if found is None:
+            raise web.HTTPNotFound()
+        body, ctype, etag = found
+        headers = {"Cache-Control": "no-cache", "ETag": etag}
+        if etag in request.headers.get("If-None-Match", ""):
+            return web.Response(status=304, headers=headers)
+        charset = "utf-8" if ctype.startswith("text/") or ctype.endswith("javascript") else None
+        return web.Response(body=body, content_type=ctype, charset=charset, headers=headers)
+
+
+def _page(name: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handler(request: web.Request) -> web.StreamResponse:
-        return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+        return request.app[STATIC].response(request, name)  # type: ignore[attr-defined]
 
     handler.__doc__ = "Serve static/%s." % name
     return handler
 
 
-@web.middleware
-async def no_cache_static(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Have browsers revalidate dashboard assets (they change with the package)."""
-    resp = await handler(request)
-    if request.path.startswith("/static/"):
-        resp.headers["Cache-Control"] = "no-cache"
-    return resp
+async def static_file(request: web.Request) -> web.StreamResponse:
+    """``GET /static/{name}``: a file of the dashboard."""
+    return request.app[STATIC].response(request, request.match_info["name"])  # type: ignore[attr-defined]
 
 
-def create_app(config: CollectorConfig, store: Store, bound: Optional[Tuple[str, int]] = None) -> web.Application:
+def create_app(config: CollectorConfig, store: Store, bound: Optional[Tuple[str, int]] = None,
+               guard: Optional[ConnectionGuard] = None) -> web.Application:
     """Build the collector application over an open :class:`Store`.
 
     ``bound`` is the listening ``(host, port)``: requests must then carry a ``Host`` header naming
-    it (or one of ``config.allowed_hosts``).
+    it (or one of ``config.allowed_hosts``). ``guard`` is the :class:`ConnectionGuard` of the
+    server's connections, told what each one does.
     """
     app = web.Application(client_max_size=config.max_body,
-                          middlewares=[guard_middleware, api_middleware, no_cache_static])
+                          middlewares=[connection_middleware, guard_middleware, api_middleware])
     app[CONFIG] = config
     app[STORE] = store
+    app[STATIC] = StaticFiles(STATIC_DIR)
+    if guard is not None:
+        app[GUARD] = guard
     if config.rate_limit:
         app[LIMITER] = RateLimiter(*config.rate_limit)
     else:
@@ -912,7 +1038,7 @@ def create_app(config: CollectorConfig, store: Store, bound: Optional[Tuple[str,
     r.add_get("/data/v1/events/latest", data_latest)
     r.add_get("/", _page("index.html"))
     r.add_get("/dashboard/{bucketKey:.+}", _page("dashboard.html"))
-    r.add_static("/static/", STATIC_DIR)
+    r.add_get("/static/{name}", static_file)
     return app
 
 

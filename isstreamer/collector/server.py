@@ -23,7 +23,7 @@ from aiohttp import web
 
 from . import store as st
 from .app import CollectorConfig, create_app, make_config
-from .security import ConnectionGuard, GuardedProtocol
+from .guard import ConnectionGuard, GuardedConnection
 from .store import LogBounds, Store
 
 __all__ = ["CollectorServer", "run_collector"]
@@ -66,7 +66,7 @@ class _GuardedSite(web.SockSite):
         assert server is not None
         guard = self._guard
         self._server = await loop.create_server(
-            lambda: GuardedProtocol(server(), guard), sock=self._sock, backlog=self._backlog
+            lambda: GuardedConnection(server(), guard), sock=self._sock, backlog=self._backlog
         )
 
 
@@ -74,15 +74,17 @@ async def _start(
     config: CollectorConfig, store: Store, sock: socket.socket, shutdown_timeout: float
 ) -> web.AppRunner:
     host, port = sock.getsockname()[:2]
-    app = create_app(config, store, bound=(host, port))
+    cap, batch = _connection_limits(config.max_connections)
+    guard = ConnectionGuard(cap, config.header_timeout, max_per_client=config.max_per_client,
+                            idle_timeout=config.idle_timeout, write_timeout=config.write_timeout)
+    app = create_app(config, store, bound=(host, port), guard=guard)
     runner = web.AppRunner(
         app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout,
         auto_decompress=False,  # bodies are decompressed by the handlers, with a cap
-        keepalive_timeout=max(1.0, config.header_timeout),
+        keepalive_timeout=config.idle_timeout + config.header_timeout,  # a backstop: the guard closes first
     )
     await runner.setup()
-    cap, batch = _connection_limits(config.max_connections)
-    site = _GuardedSite(runner, sock, ConnectionGuard(cap, config.header_timeout), batch)
+    site = _GuardedSite(runner, sock, guard, batch)
     await site.start()
     return runner
 
@@ -113,7 +115,8 @@ class CollectorServer:
 
     ``db_path=None`` uses a temporary file that lives as long as this object. ``port=0`` picks a
     free port (see :attr:`url` after :meth:`start`). The other arguments (``options``: admin_keys,
-    allowed_hosts, allowed_origins, max_connections, header_timeout, body_timeout, log_rows,
+    allowed_hosts, allowed_origins, max_connections, max_per_client, header_timeout,
+    idle_timeout, body_timeout, write_timeout, page_size, disk_quota, max_db_size, log_rows,
     log_days) are those of :class:`~isstreamer.collector.app.CollectorConfig`. The ``events``/``buckets``/... helpers read
     the database on a fresh sqlite3 connection and work before and after :meth:`stop`.
     """
