@@ -94,6 +94,8 @@ class _RateLimit(click.ParamType):
               help="Seconds a request body may take to arrive (408 past it).")
 @click.option("--write-timeout", type=click.FloatRange(min=0.1), default=limits.WRITE_TIMEOUT, show_default=True,
               help="Seconds an answer may wait for a client that reads none of it.")
+@click.option("--page-size", type=click.IntRange(min=1), default=limits.PAGE_SIZE, show_default=True,
+              help="Most events (buckets, keys) in one read answer; more come page by page.")
 @click.option("--log-rows", type=click.IntRange(min=0), default=limits.LOG_ROWS, show_default=True,
               help="Write requests kept in the request log.")
 @click.option("--log-days", type=click.FloatRange(min=0), default=limits.LOG_DAYS, show_default=True,
@@ -117,6 +119,7 @@ def serve(
     idle_timeout: float,
     body_timeout: float,
     write_timeout: float,
+    page_size: int,
     log_rows: int,
     log_days: float,
 ) -> None:
@@ -158,6 +161,7 @@ def serve(
             idle_timeout=idle_timeout,
             body_timeout=body_timeout,
             write_timeout=write_timeout,
+            page_size=page_size,
             log_rows=log_rows,
             log_days=log_days,
         )

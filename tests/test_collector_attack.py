@@ -131,8 +131,71 @@ def test_readers_that_never_read_do_not_grow_memory(served: Callable[..., Served
     finally:
         readers.stop()
     assert readers.opened == 20
+    print("20 readers that never read: RSS %d MB -> peak %d MB" % (base >> 20, peak >> 20))
     assert peak - base < 200 * 2**20, "RSS grew by %d MB" % ((peak - base) >> 20)
     no_tracebacks(server)
+
+
+def _pages(url: str, **params: Any) -> list:
+    """Every page of a listing of events, following ``next``."""
+    pages, cursor = [], None
+    while True:
+        answer = requests.get(url, params=dict(params, **({"cursor": cursor} if cursor else {}))).json()
+        pages.append(answer["events"])
+        cursor = answer["next"]
+        if cursor is None:
+            return pages
+
+
+def test_read_answers_are_pages_with_a_cursor(collector_factory: Any) -> None:
+    server = collector_factory(page_size=100)
+    t0 = 1_700_000_000.0
+    body = [{"key": "k", "value": i, "epoch": t0 + i // 3} for i in range(1050)]  # equal epochs too
+    assert requests.post(server.url + "/api/events", json=body, headers={"X-IS-AccessKey": KEY,
+                                                                        "X-IS-BucketKey": "p"}).status_code == 204
+    url = server.url + "/api/buckets/p/events"
+    first = requests.get(url, params={"limit": 1_000_000}).json()
+    assert len(first["events"]) == 100 and first["next"]  # capped at the page size
+    pages = _pages(url, limit=1_000_000)
+    assert [len(p) for p in pages] == [100] * 10 + [50]
+    assert [e["value"] for p in pages for e in p] == list(range(1050))
+    back = _pages(url, limit=400, order="desc")
+    assert [len(p) for p in back] == [100] * 10 + [50]
+    assert [e["value"] for p in reversed(back) for e in p] == list(range(1050))  # each page oldest first
+    assert [e["value"] for e in back[0]] == list(range(950, 1050))
+    since = _pages(url, limit=30, since=t0 + 100, until=t0 + 109)
+    assert [e["value"] for p in since for e in p] == list(range(300, 330))
+    for bad in ("x", "1:", ":1", "nan:1", "1e999:3", "1:-2"):
+        assert requests.get(url, params={"cursor": bad}).status_code == 400, bad
+
+
+def test_a_page_ends_near_a_megabyte(collector_factory: Any) -> None:
+    server = collector_factory()
+    long_value = "v" * 2000
+    hdr = {"X-IS-AccessKey": KEY, "X-IS-BucketKey": "long"}
+    for _ in range(3):
+        body = orjson.dumps([{"key": "k", "value": long_value}] * 450)
+        assert requests.post(server.url + "/api/events", data=body, headers=hdr).status_code == 204
+    answer = requests.get(server.url + "/api/buckets/long/events", params={"limit": 10_000})
+    assert len(answer.content) < 1.2 * 2**20 and answer.json()["next"]
+    pages = _pages(server.url + "/api/buckets/long/events", limit=10_000)
+    assert sum(len(p) for p in pages) == 1350 and len(pages) == 3
+
+
+def test_lists_capped_at_the_page_size(collector_factory: Any) -> None:
+    server = collector_factory(page_size=5)
+    hdr = {"X-IS-AccessKey": KEY}
+    for b in range(7):
+        body = [{"key": "key%02d" % k, "value": k} for k in range(8)]
+        assert requests.post(server.url + "/api/events", json=body, headers=dict(hdr, **{"X-IS-BucketKey": "b%d" % b})).status_code == 204
+    listed = requests.get(server.url + "/api/buckets").json()
+    assert len(listed["buckets"]) == 5 and listed["truncated"]
+    latest = requests.get(server.url + "/api/buckets/b0/latest").json()
+    assert [x["key"] for x in latest["latest"]] == ["key%02d" % k for k in range(5)] and latest["truncated"]
+    dash = requests.get(server.url + "/api/buckets/b0/dashboard").json()
+    assert len(dash["latest"]) == 5 and dash["truncated"] and len(dash["series"]) == 8
+    compat = requests.get(server.url + "/data/v1/events/latest", params={"key": "key07"}, headers=dict(hdr, **{"X-IS-BucketKey": "b0"}))
+    assert list(compat.json()) == ["key07"]
 
 
 def test_disk_quota_per_key_holder_bounds_gzip_amplification(served: Callable[..., Served]) -> None:

@@ -60,6 +60,8 @@ TEN_YEARS = 10 * 365.25 * 86400.0
 #: Accepted epochs: 0001-01-01 to 9999-12-31 (anything else is refused with a 400).
 EPOCH_MIN, EPOCH_MAX = -62135596800.0, 253402300799.0
 API_VERSIONS = ["0.0.1", "0.0.2", "0.0.3", "0.0.4"]
+#: A dashboard answer charts as many numeric keys as fit in this many columns in all.
+SERIES_CELLS = 100_000
 #: Rate-limit window reported (and enforced when ``rate_limit`` is set): the hosted API's 10 s.
 DEFAULT_RATE_WINDOW = 10.0
 #: ``X-RateLimit-Limit`` reported when no limit is configured (nothing is refused).
@@ -67,6 +69,7 @@ UNLIMITED_RATE = 1_000_000
 _BAD_BUCKET_CHARS = re.compile(r"[:\"']")
 _INT_RE = re.compile(r"-?(?:0|[1-9][0-9]*)")
 _FLOAT_RE = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+_CURSOR_RE = re.compile(r"(-?[0-9][0-9.e+-]{0,30}):([0-9]{1,19})")
 _EPOCH_STR_RE = re.compile(r"\s*[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]{1,3})?\s*")
 
 
@@ -802,11 +805,19 @@ async def _find(request: web.Request) -> Tuple[Dict[str, Any], List[int]]:
     return _merge_buckets(found), [b["id"] for b in found]
 
 
+def _capped(items: List[Any], page_size: int) -> Tuple[List[Any], bool]:
+    """``(the first page_size items, whether there were more)`` of a list fetched one longer."""
+    return items[:page_size], len(items) > page_size
+
+
 async def list_buckets(request: web.Request) -> web.Response:
-    """``GET /api/buckets``: the caller's buckets (key, name, created, auto_created, event_count ...)."""
+    """``GET /api/buckets``: the caller's buckets (key, name, created, auto_created, event_count ...),
+    the first ``page_size`` of them (``truncated`` says whether there are more)."""
     owner = _read_scope(request)
-    buckets = await asyncio.wrap_future(request.app[STORE].call_read(lambda c: st.list_buckets(c, owner)))
-    return json_response({"buckets": buckets})
+    page_size = request.app[CONFIG].page_size
+    found = await asyncio.wrap_future(request.app[STORE].call_read(lambda c: st.list_buckets(c, owner, page_size + 1)))
+    buckets, truncated = _capped(found, page_size)
+    return json_response({"buckets": buckets, "truncated": truncated})
 
 
 async def get_bucket(request: web.Request) -> web.Response:
@@ -837,11 +848,19 @@ async def delete_bucket(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def _latest(request: web.Request, ids: List[int]) -> Tuple[List[Dict[str, Any]], bool]:
+    """The latest value of the first ``page_size`` keys, and whether there are more keys."""
+    page_size = request.app[CONFIG].page_size
+    found = await asyncio.wrap_future(request.app[STORE].call_read(lambda c: st.latest_values(c, ids, page_size + 1)))
+    return _capped(found, page_size)
+
+
 async def bucket_latest(request: web.Request) -> web.Response:
-    """``GET /api/buckets/{bucketKey}/latest``: the bucket and the latest value of each key."""
+    """``GET /api/buckets/{bucketKey}/latest``: the bucket and the latest value of each key (of
+    the first ``page_size`` keys; ``truncated`` says whether there are more)."""
     info, ids = await _find(request)
-    latest = await asyncio.wrap_future(request.app[STORE].call_read(lambda c: st.latest_values(c, ids)))
-    return json_response({"bucket": info, "latest": latest})
+    latest, truncated = await _latest(request, ids)
+    return json_response({"bucket": info, "latest": latest, "truncated": truncated})
 
 
 class SeriesCache:
@@ -873,9 +892,10 @@ class SeriesCache:
 async def bucket_dashboard(request: web.Request) -> web.Response:
     """``GET /api/buckets/{bucketKey}/dashboard?columns=N&known=C``: one refresh of a dashboard.
 
-    The bucket, the latest value of each key and, unless the series drawn already reflect the
-    bucket's ``known`` event count, ``series`` (each numeric key reduced to at most ``columns``
-    min/max columns over its time range) with ``series_count``, the event count they reflect.
+    The bucket, the latest value of each key (as ``/latest``) and, unless the series drawn already
+    reflect the bucket's ``known`` event count, ``series`` (each numeric key reduced to at most
+    ``columns`` min/max columns over its time range; as many keys as fit in
+    :data:`SERIES_CELLS` columns) with ``series_count``, the event count they reflect.
     """
     info, ids = await _find(request)
     columns_f = _float_param(request, "columns")
@@ -883,8 +903,8 @@ async def bucket_dashboard(request: web.Request) -> web.Response:
     known = _float_param(request, "known")
     count = info["event_count"]
     store = request.app[STORE]
-    latest = await asyncio.wrap_future(store.call_read(lambda c: st.latest_values(c, ids)))
-    out: Dict[str, Any] = {"bucket": info, "latest": latest}
+    latest, truncated = await _latest(request, ids)
+    out: Dict[str, Any] = {"bucket": info, "latest": latest, "truncated": truncated}
     if known is not None and int(known) == count:
         return json_response(out)
     cache: SeriesCache = request.app[SERIES]  # type: ignore[assignment]
@@ -892,7 +912,7 @@ async def bucket_dashboard(request: web.Request) -> web.Response:
     cached = cache.get(key, count, time.monotonic())
     if cached is None:
         t0 = time.monotonic()
-        data = await asyncio.wrap_future(store.call_read(lambda c: st.series(c, ids, columns)))
+        data = await asyncio.wrap_future(store.call_read(lambda c: st.series(c, ids, columns, SERIES_CELLS // columns)))
         done = time.monotonic()
         cache.put(key, count, done, done - t0, data)
         cached = (count, data)
@@ -901,23 +921,47 @@ async def bucket_dashboard(request: web.Request) -> web.Response:
     return json_response(out)
 
 
-async def bucket_events(request: web.Request) -> web.Response:
-    """``GET /api/buckets/{bucketKey}/events?key=&since=&until=&limit=&order=``: events by epoch.
+def _cursor_param(request: web.Request) -> Optional[st.Position]:
+    """The ``cursor`` of a listing of events: ``EPOCH:ID`` as a previous page's ``next`` gave it."""
+    raw = request.query.get("cursor")
+    if not raw:
+        return None
+    m = _CURSOR_RE.fullmatch(raw)
+    try:
+        position = (float(m.group(1)), int(m.group(2))) if m else None
+    except ValueError:
+        position = None
+    if position is None or not math.isfinite(position[0]):
+        raise ApiError(400, "INVALID_PARAMETER", "cursor must be the next value of a previous page")
+    return position
 
-    ``order=desc`` selects the newest ``limit`` events (still listed oldest first).
+
+def _encode_cursor(position: Optional[st.Position]) -> Optional[str]:
+    return None if position is None else "%r:%d" % position
+
+
+async def bucket_events(request: web.Request) -> web.Response:
+    """``GET /api/buckets/{bucketKey}/events?key=&since=&until=&limit=&order=&cursor=``: one page
+    of events by epoch.
+
+    A page holds ``limit`` events (default 1000) at most, and never more than the collector's
+    page size (``page_size``) nor much more than a megabyte of keys and values. ``next`` is the
+    ``cursor`` of the following page (null at the end). ``order=desc`` pages from the newest
+    event back (each page still listed oldest first).
     """
     info, ids = await _find(request)
     key = request.query.get("key") or None
     since, until = _float_param(request, "since"), _float_param(request, "until")
     limit_f = _float_param(request, "limit")
-    limit = 1000 if limit_f is None else max(0, min(int(limit_f), 1_000_000))
+    page_size = request.app[CONFIG].page_size
+    limit = min(limits.DEFAULT_EVENTS, page_size) if limit_f is None else max(0, min(int(limit_f), page_size))
     order = request.query.get("order", "asc").lower()
     if order not in ("asc", "desc"):
         raise ApiError(400, "INVALID_PARAMETER", "order must be asc or desc")
-    rows = await asyncio.wrap_future(
-        request.app[STORE].call_read(lambda c: st.query_events(c, ids, key, since, until, limit, order == "desc"))
-    )
-    return json_response({"bucket": info["key"], "events": rows})
+    after = _cursor_param(request)
+    rows, following = await asyncio.wrap_future(request.app[STORE].call_read(
+        lambda c: st.query_events(c, ids, key, since, until, limit, order == "desc", after)))
+    return json_response({"bucket": info["key"], "events": rows, "next": _encode_cursor(following)})
 
 
 async def get_stats(request: web.Request) -> web.Response:
@@ -937,7 +981,8 @@ async def versions(request: web.Request) -> web.Response:
 
 
 async def data_latest(request: web.Request) -> web.Response:
-    """``GET /data/v1/events/latest?key=``: ``{key: {"value", "epoch", "date"}}`` (compat read API)."""
+    """``GET /data/v1/events/latest?key=``: ``{key: {"value", "epoch", "date"}}`` (compat read API):
+    the keys asked for, or the first ``page_size`` keys."""
     caller = _caller(request, required=True)
     bucket_key = validate_bucket_key(request.headers.get("X-IS-BucketKey") or request.query.get("bucketKey"))
     owner = caller.owner
@@ -945,15 +990,22 @@ async def data_latest(request: web.Request) -> web.Response:
     if not found:
         raise ApiError(404, "BUCKET_NOT_FOUND", "no bucket %r" % bucket_key)
     ids = [b["id"] for b in found]
-    latest = await asyncio.wrap_future(request.app[STORE].call_read(lambda c: st.latest_values(c, ids)))
-    wanted = set(k for v in request.query.getall("key", []) for k in v.split(",") if k)
-    out = {}
-    for item in latest:
-        if wanted and item["key"] not in wanted:
-            continue
-        date = datetime.fromtimestamp(item["epoch"], timezone.utc).isoformat().replace("+00:00", "Z")
-        out[item["key"]] = {"value": item["value"], "epoch": item["epoch"], "date": date}
+    wanted = sorted(set(k for v in request.query.getall("key", []) for k in v.split(",") if k))
+    if wanted:
+        latest = await asyncio.wrap_future(request.app[STORE].call_read(lambda c: st.latest_values(c, ids, keys=wanted)))
+    else:
+        latest, _ = await _latest(request, ids)
+    out = {item["key"]: {"value": item["value"], "epoch": item["epoch"], "date": _iso_date(item["epoch"])}
+           for item in latest}
     return json_response(out)
+
+
+def _iso_date(epoch: float) -> Optional[str]:
+    """``2023-11-14T22:13:20Z`` for an epoch; None outside years 1-9999 (an older version stored such epochs)."""
+    try:
+        return datetime.fromtimestamp(epoch, timezone.utc).isoformat().replace("+00:00", "Z")
+    except (OverflowError, ValueError, OSError):
+        return None
 
 
 # --------------------------------------------------------------------------- dashboard

@@ -23,6 +23,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 import orjson
 
+from . import limits
+
 T = TypeVar("T")
 
 #: One event ready to store: (key, value_json, value_num, epoch).
@@ -458,12 +460,13 @@ def _owner_clause(owner: Optional[str]) -> Tuple[str, list]:
     return " AND substr(owner, 1, ?) = ?", [len(owner), owner]
 
 
-def list_buckets(conn: sqlite3.Connection, owner: Optional[str] = None) -> List[Dict[str, Any]]:
-    """All buckets in creation order, as dicts (see ``GET /api/buckets``)."""
+def list_buckets(conn: sqlite3.Connection, owner: Optional[str] = None, limit: int = -1) -> List[Dict[str, Any]]:
+    """The buckets (the first ``limit``; all when negative) in creation order, as dicts (see
+    ``GET /api/buckets``)."""
     clause, args = _owner_clause(owner)
     conn.row_factory = sqlite3.Row
     try:
-        rows = conn.execute("SELECT * FROM buckets WHERE 1" + clause + " ORDER BY id", args).fetchall()
+        rows = conn.execute("SELECT * FROM buckets WHERE 1" + clause + " ORDER BY id LIMIT ?", args + [limit]).fetchall()
     finally:
         conn.row_factory = None
     return [_bucket_dict(r) for r in rows]
@@ -493,11 +496,18 @@ def _ids_sql(ids: Iterable[int]) -> str:
     return ",".join(str(int(i)) for i in ids) or "NULL"
 
 
-def latest_values(conn: sqlite3.Connection, bucket_ids: Sequence[int]) -> List[Dict[str, Any]]:
-    """Latest value (by epoch) of each key across ``bucket_ids``, sorted by key."""
+def latest_values(conn: sqlite3.Connection, bucket_ids: Sequence[int], limit: int = -1,
+                  keys: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
+    """Latest value (by epoch) of each key across ``bucket_ids`` (of ``keys`` when given; of
+    the first ``limit`` keys, all when negative), sorted by key."""
+    ids = _ids_sql(bucket_ids)
+    if keys is not None:
+        wanted, args = "(%s)" % ",".join("?" * len(keys)), list(keys)
+    else:
+        wanted, args = "(SELECT DISTINCT key FROM latest WHERE bucket_id IN (%s) ORDER BY key LIMIT ?)" % ids, [limit]
     rows = conn.execute(
-        "SELECT key, value_json, epoch, received, count FROM latest WHERE bucket_id IN (%s) "
-        "ORDER BY key, epoch" % _ids_sql(bucket_ids)
+        "SELECT key, value_json, epoch, received, count FROM latest WHERE bucket_id IN (%s) AND key IN %s "
+        "ORDER BY key, epoch" % (ids, wanted), args
     ).fetchall()
     merged: Dict[str, Dict[str, Any]] = {}
     for key, vj, epoch, received, count in rows:
@@ -515,39 +525,55 @@ def latest_values(conn: sqlite3.Connection, bucket_ids: Sequence[int]) -> List[D
     return list(merged.values())
 
 
+#: A position in a listing of events: (epoch, id) of the last event of a page.
+Position = Tuple[float, int]
+
+
 def query_events(
     conn: sqlite3.Connection,
     bucket_ids: Sequence[int],
     key: Optional[str] = None,
     since: Optional[float] = None,
     until: Optional[float] = None,
-    limit: int = 1000,
+    limit: int = limits.DEFAULT_EVENTS,
     descending: bool = False,
-) -> List[Dict[str, Any]]:
-    """Events of ``bucket_ids`` (one key or all) with ``since <= epoch <= until``, by epoch.
+    after: Optional[Position] = None,
+    max_bytes: int = limits.PAGE_BYTES,
+) -> Tuple[List[Dict[str, Any]], Optional[Position]]:
+    """One page of the events of ``bucket_ids`` (one key or all) with ``since <= epoch <= until``,
+    by epoch: ``(events, next)``.
 
-    ``descending`` picks the newest ``limit`` events (still returned oldest first).
+    The page holds at most ``limit`` events, and ends early once their keys and values pass
+    ``max_bytes`` (it always holds one). ``next`` is where the following page starts (pass it as
+    ``after``), None when there is no more. ``descending`` pages from the newest event back
+    (each page still returned oldest first).
     """
-    sql = "SELECT key, value_json, epoch, received FROM events WHERE bucket_id IN (%s)" % _ids_sql(
-        bucket_ids
-    )
+    sql = "SELECT key, value_json, epoch, received, id FROM events WHERE bucket_id IN (%s)" % _ids_sql(bucket_ids)
     args: list = []
-    if key is not None:
-        sql += " AND key = ?"
-        args.append(key)
-    if since is not None:
-        sql += " AND epoch >= ?"
-        args.append(since)
-    if until is not None:
-        sql += " AND epoch <= ?"
-        args.append(until)
+    for clause, value in ((" AND key = ?", key), (" AND epoch >= ?", since), (" AND epoch <= ?", until)):
+        if value is not None:
+            sql += clause
+            args.append(value)
+    if after is not None:
+        sql += " AND (epoch, id) %s (?, ?)" % ("<" if descending else ">")
+        args += [after[0], after[1]]
     order = "DESC" if descending else "ASC"
     sql += " ORDER BY epoch %s, id %s LIMIT ?" % (order, order)
-    args.append(int(limit))
-    rows = conn.execute(sql, args).fetchall()
+    args.append(int(limit) + 1)
+    rows: list = []
+    size = 0
+    more = False
+    for row in conn.execute(sql, args):
+        if len(rows) >= limit or (rows and size >= max_bytes):
+            more = True
+            break
+        rows.append(row)
+        size += len(row[0]) + len(row[1]) + 40
+    following = (rows[-1][2], rows[-1][4]) if more and rows else None
     if descending:
         rows.reverse()
-    return [{"key": k, "value": orjson.loads(vj), "epoch": ep, "received": rc} for k, vj, ep, rc in rows]
+    events = [{"key": k, "value": orjson.loads(vj), "epoch": ep, "received": rc} for k, vj, ep, rc, _ in rows]
+    return events, following
 
 
 def stats(conn: sqlite3.Connection, owner: Optional[str] = None, requests: bool = True) -> Dict[str, Any]:
@@ -575,8 +601,10 @@ _SERIES_SQL = (
 )
 
 
-def series(conn: sqlite3.Connection, bucket_ids: Sequence[int], columns: int) -> Dict[str, Dict[str, Any]]:
-    """Numeric events of each key reduced to at most ``columns`` columns over the key's time range.
+def series(conn: sqlite3.Connection, bucket_ids: Sequence[int], columns: int,
+           max_keys: int = -1) -> Dict[str, Dict[str, Any]]:
+    """Numeric events of each key (the first ``max_keys``; all when negative) reduced to at most
+    ``columns`` columns over the key's time range.
 
     Returns ``{key: {"t0", "t1", "count", "columns": [[t_first, t_last, min, max, n], ...]}}``
     for the keys whose latest value is a number: each column keeps the lowest and highest value
@@ -585,7 +613,8 @@ def series(conn: sqlite3.Connection, bucket_ids: Sequence[int], columns: int) ->
     """
     ids = _ids_sql(bucket_ids)
     keys = [k for (k,) in conn.execute(  # keys whose latest value is a number: the charted ones
-        "SELECT DISTINCT key FROM latest WHERE bucket_id IN (%s) AND value_num IS NOT NULL ORDER BY key" % ids)]
+        "SELECT DISTINCT key FROM latest WHERE bucket_id IN (%s) AND value_num IS NOT NULL ORDER BY key LIMIT ?"
+        % ids, (max_keys,))]
     out: Dict[str, Dict[str, Any]] = {}
     for key in keys:
         t0, t1 = conn.execute(  # two seeks on the (bucket_id, key, epoch) index
