@@ -31,6 +31,21 @@ def default_collector_db() -> Path:
     return Path(state) / "isstreamer" / "collector.db"
 
 
+class _Size(click.ParamType):
+    """A size in bytes: ``1048576``, ``512K``, ``256M``, ``1G`` (powers of 1024); ``0``: no limit."""
+
+    name = "SIZE"
+    _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+    def convert(self, value: object, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> int:
+        if isinstance(value, int):
+            return value
+        m = re.fullmatch(r"\s*([0-9]+)\s*([KMGT]?)i?B?\s*", str(value), re.IGNORECASE)
+        if not m:
+            self.fail("%r is not a size (e.g. 256M, 1G, or 0 for no limit)" % value, param, ctx)
+        return int(m.group(1)) * self._UNITS[m.group(2).upper()]
+
+
 class _RateLimit(click.ParamType):
     """``N/SECONDS`` (``N`` alone means per 10 seconds)."""
 
@@ -94,6 +109,12 @@ class _RateLimit(click.ParamType):
               help="Seconds a request body may take to arrive (408 past it).")
 @click.option("--write-timeout", type=click.FloatRange(min=0.1), default=limits.WRITE_TIMEOUT, show_default=True,
               help="Seconds an answer may wait for a client that reads none of it.")
+@click.option("--disk-quota", type=_Size(), default=None,
+              help="Bytes of stored events each access key may have, e.g. 256M; 0: none (507 past it) "
+              "[default: %dM in any-key mode, none with keys]." % (limits.ANY_KEY_DISK_QUOTA // limits.MIB))
+@click.option("--max-db-size", type=_Size(), default=None,
+              help="The largest the database file may grow, e.g. 4G; 0: no cap (507 past it) "
+              "[default: %dM in any-key mode, none with keys]." % (limits.ANY_KEY_MAX_DB_SIZE // limits.MIB))
 @click.option("--page-size", type=click.IntRange(min=1), default=limits.PAGE_SIZE, show_default=True,
               help="Most events (buckets, keys) in one read answer; more come page by page.")
 @click.option("--log-rows", type=click.IntRange(min=0), default=limits.LOG_ROWS, show_default=True,
@@ -119,6 +140,8 @@ def serve(
     idle_timeout: float,
     body_timeout: float,
     write_timeout: float,
+    disk_quota: Optional[int],
+    max_db_size: Optional[int],
     page_size: int,
     log_rows: int,
     log_days: float,
@@ -161,6 +184,8 @@ def serve(
             idle_timeout=idle_timeout,
             body_timeout=body_timeout,
             write_timeout=write_timeout,
+            disk_quota=disk_quota,
+            max_db_size=max_db_size,
             page_size=page_size,
             log_rows=log_rows,
             log_days=log_days,

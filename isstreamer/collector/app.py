@@ -487,7 +487,7 @@ async def api_middleware(
             await asyncio.wrap_future(store.call_write(lambda c: st.count_status(c, status)))
         else:
             entry.status = resp.status
-            await asyncio.wrap_future(store.call_write(lambda c: st.log_request(c, entry)))
+            await asyncio.wrap_future(store.call_write(lambda c: st.log_request(c, entry), entry.owner))
     return resp
 
 
@@ -688,9 +688,9 @@ async def post_buckets(request: web.Request) -> web.Response:
         raise ApiError(400, "INVALID_TAGS", "tags must be an array of strings")
     owner = caller.owner
     now = time.time()
-    result = await asyncio.wrap_future(
-        request.app[STORE].call_write(lambda c: st.create_bucket(c, owner, bucket_key, name, tags, now, entry))
-    )
+    quotas = _quotas(request.app[CONFIG])
+    result = await asyncio.wrap_future(request.app[STORE].call_write(
+        lambda c: st.create_bucket(c, owner, bucket_key, name, tags, now, entry, quotas), owner))
     request[_LOGGED] = True
     if result.status == 201:
         return json_response({"bucketKey": bucket_key, "bucketName": name}, status=201)
@@ -718,11 +718,16 @@ def _rate_limit(request: web.Request, owner: str, now: float) -> None:
         )
 
 
-def _url_events(request: web.Request, base: int, now: float, config: CollectorConfig) -> List[EventRow]:
+def _url_pairs(request: web.Request) -> List[Tuple[str, str]]:
+    """The URL-parameter events of a request, ``(name, value)``, checked to be text."""
     pairs = [(k, v) for k, v in request.query.items() if k not in ("accessKey", "bucketKey")]
     for k, v in pairs:
         _check_text(k, "a URL parameter name")
         _check_text(v, "the value of URL parameter %r" % k[:50])
+    return pairs
+
+
+def _url_events(pairs: List[Tuple[str, str]], base: int, now: float, config: CollectorConfig) -> List[EventRow]:
     try:
         return parse_events([{"key": k, "value": parse_url_value(v)} for k, v in pairs], now, config)
     except ApiError as exc:
@@ -731,8 +736,24 @@ def _url_events(request: web.Request, base: int, now: float, config: CollectorCo
         raise
 
 
+def event_rows(body: Optional[bytes], pairs: List[Tuple[str, str]], now: float, config: CollectorConfig) -> List[EventRow]:
+    """The events of a JSON body (None: no body) and of URL parameters, validated, all or nothing."""
+    rows = parse_events(_loads(body), now, config) if body is not None else []
+    if pairs:
+        rows.extend(_url_events(pairs, len(rows), now, config))
+    return rows
+
+
+def _quotas(config: CollectorConfig) -> st.Quotas:
+    return st.Quotas(monthly_events=config.monthly_quota, disk_bytes=config.disk_quota_bytes)
+
+
 async def events(request: web.Request) -> web.Response:
-    """``GET|POST /api/events``: store one event, an array, or URL-parameter events (204)."""
+    """``GET|POST /api/events``: store one event, an array, or URL-parameter events (204).
+
+    The body is read (and inflated) here; decoding, validating and storing it is one call of
+    the writer, scheduled fairly between key holders at a cost of its size.
+    """
     app = request.app
     config = app[CONFIG]
     entry: RequestLog = request[_LOG]
@@ -743,21 +764,21 @@ async def events(request: web.Request) -> web.Response:
     _rate_limit(request, owner, now)
     bucket_key = validate_bucket_key(request.headers.get("X-IS-BucketKey") or request.query.get("bucketKey"))
     entry.bucket_key = bucket_key
-
-    rows: List[EventRow] = []
-    has_url_events = any(k not in ("accessKey", "bucketKey") for k in request.query)
+    pairs = _url_pairs(request)
+    body: Optional[bytes] = None
     has_body = request.method == "POST" and (request.can_read_body or (request.content_length or 0) > 0)
-    if has_body or not has_url_events:
-        body = await _read_body(request)
-        if body.strip() or not has_url_events:
-            rows = parse_events(_loads(body), now, config)
-    if has_url_events:
-        rows.extend(_url_events(request, len(rows), now, config))
-    received = time.time()
-    quota = config.monthly_quota
-    result = await asyncio.wrap_future(
-        app[STORE].call_write(lambda c: st.ingest(c, owner, bucket_key, rows, received, quota, entry))
-    )
+    if has_body or not pairs:
+        raw = await _read_body(request)
+        if raw.strip() or not pairs:
+            body = raw
+    quotas = _quotas(config)
+
+    def write(conn: Any) -> st.IngestResult:
+        rows = event_rows(body, pairs, now, config)
+        return st.ingest(conn, owner, bucket_key, rows, time.time(), entry, quotas)
+
+    cost = 1.0 + len(body or b"") / 1024
+    result = await asyncio.wrap_future(app[STORE].call_write(write, owner, cost))
     request[_LOGGED] = True
     if result.status == 204:
         return web.Response(status=204)
@@ -840,7 +861,8 @@ async def delete_bucket(request: web.Request) -> web.Response:
         raise ApiError(403, "FORBIDDEN", "owner= needs an admin key")
     else:
         owner = caller.owner
-    n = await asyncio.wrap_future(request.app[STORE].call_write(lambda c: st.remove_one_bucket(c, bucket_key, owner)))
+    n = await asyncio.wrap_future(request.app[STORE].call_write(
+        lambda c: st.remove_one_bucket(c, bucket_key, owner), caller.owner))
     if n < 0:
         raise ApiError(409, "AMBIGUOUS_OWNER", "several owners have bucket %r: add owner=" % bucket_key[:250])
     if not n:

@@ -173,7 +173,7 @@ class CollectorServer:
         st.private_dir(os.path.dirname(os.path.abspath(self.db_path)))
         sock = _bind(self.host, self.port)
         self.port = sock.getsockname()[1]
-        store = self._store = Store(self.db_path, log_bounds=_log_bounds(self.config))
+        store = self._store = Store(self.db_path, log_bounds=_log_bounds(self.config), max_db_bytes=self.config.max_db_bytes)
         loop = asyncio.new_event_loop()
         ready = threading.Event()
         failure: List[BaseException] = []
@@ -308,7 +308,7 @@ def run_collector(
     async def main() -> None:
         sock = _bind(host, port)
         real_port = sock.getsockname()[1]
-        store = Store(db_path, log_bounds=_log_bounds(config))
+        store = Store(db_path, log_bounds=_log_bounds(config), max_db_bytes=config.max_db_bytes)
         try:
             runner = await _start(config, store, sock, shutdown_timeout)
             stop = asyncio.Event()
