@@ -152,7 +152,7 @@ def serve(
     """
     from isstreamer.collector import security
     from isstreamer.collector.server import run_collector
-    from isstreamer.collector.store import private_dir
+    from isstreamer.safefile import Refused
 
     keys = list(access_keys) + security.keys_from_env(security.KEYS_ENV)
     admin = security.keys_from_env(security.ADMIN_KEYS_ENV)
@@ -161,11 +161,10 @@ def serve(
             keys += security.read_key_file(f)
         for f in admin_key_files:
             admin += security.read_key_file(f)
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, Refused) as exc:
         raise click.ClickException("cannot read a key file: %s" % exc) from exc
     path = Path(db) if db else default_collector_db()
     try:
-        private_dir(str(path.parent))
         run_collector(
             host=host,
             port=port,
@@ -190,7 +189,7 @@ def serve(
             log_rows=log_rows,
             log_days=log_days,
         )
-    except OSError as exc:  # address in use, unwritable database ...
+    except (OSError, Refused) as exc:  # address in use, unwritable or planted database ...
         raise click.ClickException(str(exc)) from exc
 
 

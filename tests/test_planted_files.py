@@ -55,6 +55,18 @@ def test_world_writable_directory_refused(tmp_path: Any) -> None:
         CollectorServer(db_path=str(shared / "c.db")).start()
 
 
+def test_private_directory_under_a_shared_one_refused(tmp_path: Any) -> None:
+    shared = tmp_path / "shared"
+    (shared / "mine").mkdir(parents=True)
+    os.chmod(shared, 0o777)  # no sticky bit: another user may rename "mine" and put their own there
+    os.chmod(shared / "mine", 0o700)
+    r = serve(tmp_path, "--db", str(shared / "mine" / "collector.db"))
+    assert r.returncode != 0 and "without the sticky bit" in r.stderr, r.stderr
+    os.chmod(shared, 0o1777)  # like /tmp: safe, the names inside it cannot be taken over
+    with CollectorServer(db_path=str(shared / "mine" / "collector.db")) as server:
+        assert server.running
+
+
 @as_root
 def test_directory_of_another_user_refused(tmp_path: Any) -> None:
     theirs = tmp_path / "theirs"

@@ -9,6 +9,8 @@ import os
 from typing import FrozenSet, Iterable, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
+from ..safefile import read_private_text
+
 __all__ = [
     "HostPolicy", "cross_site_reason", "read_key_file", "keys_from_env", "KEYS_ENV", "ADMIN_KEYS_ENV",
 ]
@@ -123,9 +125,14 @@ def cross_site_reason(headers: Mapping[str, str], allowed_origins: FrozenSet[str
 
 
 def read_key_file(path: str) -> List[str]:
-    """Keys of a file, one per line; blank lines and lines starting with ``#`` are skipped."""
-    with open(path, encoding="utf-8") as f:
-        return [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+    """Keys of a file, one per line; blank lines and lines starting with ``#`` are skipped.
+
+    The file must be a regular file of this user that no other user may read or write, not a
+    symbolic link (:func:`~isstreamer.safefile.read_private_text`; :class:`~isstreamer.safefile.Refused`
+    otherwise).
+    """
+    lines = read_private_text(path).splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
 def keys_from_env(name: str, environ: Optional[Mapping[str, str]] = None) -> List[str]:

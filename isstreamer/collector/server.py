@@ -170,10 +170,14 @@ class CollectorServer:
         """Open the database, start listening in a background thread; return once ready."""
         if self._thread is not None:
             raise RuntimeError("CollectorServer already started")
-        st.private_dir(os.path.dirname(os.path.abspath(self.db_path)))
-        sock = _bind(self.host, self.port)
+        store = Store(self.db_path, log_bounds=_log_bounds(self.config), max_db_bytes=self.config.max_db_bytes)
+        try:
+            sock = _bind(self.host, self.port)
+        except BaseException:
+            store.close()
+            raise
+        self._store = store
         self.port = sock.getsockname()[1]
-        store = self._store = Store(self.db_path, log_bounds=_log_bounds(self.config), max_db_bytes=self.config.max_db_bytes)
         loop = asyncio.new_event_loop()
         ready = threading.Event()
         failure: List[BaseException] = []
@@ -297,13 +301,14 @@ def run_collector(
     """Serve in the foreground until SIGINT or SIGTERM, then shut down gracefully.
 
     ``db=None`` means ``collector.db`` in the current directory (created 0600; missing
-    directories 0700). ``options`` are further :class:`CollectorConfig` fields. Once listening,
+    directories 0700; see :func:`~isstreamer.collector.store.prepare_database` for what is
+    refused). ``options`` are further :class:`CollectorConfig` fields. Once listening,
     ``announce`` (by default a line on stdout) is called with
     ``"isstreamer collector listening on URL"``.
     """
     config = make_config(access_keys, rate_limit, monthly_quota, max_body, max_key_chars, **options)
     db_path = db or "collector.db"
-    st.private_dir(os.path.dirname(os.path.abspath(db_path)))
+    st.prepare_database(db_path)
 
     async def main() -> None:
         sock = _bind(host, port)

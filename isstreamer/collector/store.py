@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 import orjson
 
+from .. import safefile
 from . import limits
 from .sched import FairExecutor
 
@@ -144,40 +145,26 @@ LOG_FIELD_CHARS = 200
 _PRUNE_EVERY = 256
 
 
-def private_dir(path: str) -> None:
-    """Create ``path`` and its missing parents as 0700; existing directories are left as they are."""
-    path = os.path.abspath(path)
-    missing = []
-    while not os.path.isdir(path):
-        missing.append(path)
-        parent = os.path.dirname(path)
-        if parent == path:
-            break
-        path = parent
-    for d in reversed(missing):
-        try:
-            os.mkdir(d, 0o700)
-        except FileExistsError:
-            pass
-        os.chmod(d, 0o700)  # mkdir's mode is reduced by the umask
+#: What SQLite creates beside the database file (by name, without O_EXCL or O_NOFOLLOW).
+SIDE_FILES = ("-wal", "-shm", "-journal")
 
 
-def private_file(path: str) -> None:
-    """Create the database file 0600 if missing; tighten it and its WAL/SHM files to 0600.
+def prepare_database(path: str) -> None:
+    """Make ``path`` safe to hand to SQLite, which opens the database and creates its ``-wal``,
+    ``-shm`` and ``-journal`` files itself, by name.
 
-    SQLite creates ``-wal`` and ``-shm`` with the database file's permissions, so a 0600
-    database keeps every event and key hash unreadable to other local users.
+    The directory is created 0700 if missing, and must be this user's and writable by no other
+    (nor may a directory above it be redirected by another user): in a shared directory anyone
+    could create those names first. The database file and the side files that exist must be
+    regular files of this user (never symlinks); they are made 0600. The database is created
+    0600, exclusively, if missing. Anything else raises :class:`~isstreamer.safefile.Refused`.
     """
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-    os.close(fd)
-    for name in (path, path + "-wal", path + "-shm", path + "-journal"):
-        try:
-            if os.stat(name).st_mode & 0o077:
-                os.chmod(name, 0o600)
-        except FileNotFoundError:
-            pass
-        except PermissionError:  # not ours: leave it, SQLite will say if it cannot open it
-            pass
+    directory = os.path.dirname(os.path.abspath(path))
+    safefile.ensure_private_dir(directory, "the database directory")
+    safefile.check_parents(directory)
+    for side in SIDE_FILES:
+        safefile.make_private(path + side)
+    safefile.make_private(path, create=True)
 
 
 def cap_text(value: Optional[str], limit: int = LOG_FIELD_CHARS) -> Optional[str]:
@@ -828,7 +815,7 @@ class Store:
         self.log_bounds = log_bounds or LogBounds()
         self.max_db_bytes = max_db_bytes
         if path != ":memory:" and not path.startswith("file:"):
-            private_file(path)
+            prepare_database(path)
         self._writer = FairExecutor("collector-writer")
         self._readers = concurrent.futures.ThreadPoolExecutor(readers, thread_name_prefix="collector-reader")
         self._local = threading.local()
