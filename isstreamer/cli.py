@@ -9,9 +9,10 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import Callable, Optional, Tuple, Union
 
 import click
+from click.core import ParameterSource
 
 from isstreamer.collector import limits
 
@@ -154,6 +155,9 @@ def serve(
     from isstreamer.collector.server import run_collector
     from isstreamer.safefile import Refused
 
+    if access_keys:
+        click.echo("isstreamer serve: warning: --access-key is visible to other users (ps, /proc/PID/cmdline); "
+                   "use --access-key-file FILE or $%s instead" % security.KEYS_ENV, err=True)
     keys = list(access_keys) + security.keys_from_env(security.KEYS_ENV)
     admin = security.keys_from_env(security.ADMIN_KEYS_ENV)
     try:
@@ -224,6 +228,54 @@ def demo(events: int, workers: int, port: int, db: Optional[str], exit_after: bo
     raise SystemExit(code)
 
 
+# --------------------------------------------------------------------------- access keys of log and replay
+
+#: Environment variable naming a file that holds the access key (``--access-key-file``).
+KEY_FILE_ENV = "ISSTREAMER_ACCESS_KEY_FILE"
+_VISIBLE_KEY = ("warning: --access-key is visible to other users (ps, /proc/PID/cmdline); use "
+                "--access-key-file FILE, $ISSTREAMER_ACCESS_KEY or isstreamer.ini instead")
+_NO_KEY = ("no access key: use --access-key-file FILE, set ISSTREAMER_ACCESS_KEY or put access_key in "
+           "isstreamer.ini")
+
+
+def _key_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The ``--access-key`` and ``--access-key-file`` options of a command."""
+    command = click.option(
+        "--access-key-file", type=click.Path(dir_okay=False), default=None, envvar=KEY_FILE_ENV, show_envvar=True,
+        help="File holding the access key (one line; # comments; mode 0600).")(command)
+    return click.option("--access-key", default="",
+                        help="Access key; visible to other users: prefer --access-key-file, env "
+                        "ISSTREAMER_ACCESS_KEY or isstreamer.ini.")(command)
+
+
+def command_line_key(command: str, access_key: str, key_file: Optional[str]) -> str:
+    """The access key given to a command: ``--access-key`` (with a warning that other users see
+    it) or the one line of ``--access-key-file``; "" when neither (the environment and
+    isstreamer.ini then apply)."""
+    ctx = click.get_current_context()
+    if key_file and access_key and ctx.get_parameter_source("access_key_file") is ParameterSource.ENVIRONMENT:
+        key_file = None  # an explicit --access-key beats $ISSTREAMER_ACCESS_KEY_FILE
+    if key_file and access_key:
+        raise click.UsageError("give --access-key or --access-key-file, not both")
+    if access_key:
+        click.echo("isstreamer %s: %s" % (command, _VISIBLE_KEY), err=True)
+        return access_key
+    return _read_key_file(key_file) if key_file else ""
+
+
+def _read_key_file(path: str) -> str:
+    from isstreamer.collector.security import read_key_file
+    from isstreamer.safefile import Refused
+
+    try:
+        keys = read_key_file(path)
+    except (OSError, UnicodeDecodeError, Refused) as exc:
+        raise click.UsageError("cannot read the access key file: %s" % exc) from exc
+    if len(keys) != 1:
+        raise click.UsageError("%s: %s" % (path, "%d keys in it, one expected" % len(keys) if keys else "no key in it"))
+    return keys[0]
+
+
 # --------------------------------------------------------------------------- log
 
 _INT_RE = re.compile(r"[+-]?[0-9]+\Z")
@@ -282,7 +334,7 @@ def _default_bucket_key(bucket_name: str) -> str:
 @click.option("--bucket-name", default="", help="Bucket name [env ISSTREAMER_BUCKET, isstreamer.ini; default: isstreamer].")
 @click.option("--bucket-key", default="", envvar="ISSTREAMER_BUCKET_KEY", show_envvar=True,
               help="Bucket key [default: derived from the bucket name, so repeated calls share a bucket].")
-@click.option("--access-key", default="", help="Access key [env ISSTREAMER_ACCESS_KEY, isstreamer.ini].")
+@_key_options
 @click.option("--api-base", default="", help="Events API base URL [env ISSTREAMER_API_BASE, isstreamer.ini; "
                                              "default: https://groker.init.st].")
 @click.option("--ini", type=click.Path(dir_okay=False), default=None,
@@ -291,8 +343,9 @@ def _default_bucket_key(bucket_name: str) -> str:
 @click.option("--debug-level", type=click.IntRange(0, 2), default=0, show_default=True,
               help="1 echoes each event to stdout, 2 also makes invalid input an error.")
 @click.option("-q", "--quiet", is_flag=True, help="No summary line on stderr.")
-def log_command(args: Tuple[str, ...], bucket_name: str, bucket_key: str, access_key: str, api_base: str,
-                ini: Optional[str], epoch: Optional[float], debug_level: int, quiet: bool) -> None:
+def log_command(args: Tuple[str, ...], bucket_name: str, bucket_key: str, access_key: str,
+                access_key_file: Optional[str], api_base: str, ini: Optional[str], epoch: Optional[float],
+                debug_level: int, quiet: bool) -> None:
     """Log one event (KEY VALUE), or one per stdin line with KEY "-".
 
     \b
@@ -328,13 +381,13 @@ def log_command(args: Tuple[str, ...], bucket_name: str, bucket_key: str, access
                 coerce_epoch(epoch, True)
         except (TypeError, ValueError) as exc:
             raise click.UsageError(str(exc)) from exc
+    access_key = command_line_key("log", access_key, access_key_file)
     try:
         cfg = load_config(bucket_name=bucket_name, access_key=access_key, ini_file_location=ini, api_base=api_base)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
     if not cfg.offline and not cfg.access_key:
-        raise click.UsageError("no access key: pass --access-key, set ISSTREAMER_ACCESS_KEY or put access_key "
-                               "in isstreamer.ini")
+        raise click.UsageError(_NO_KEY)
     name = cfg.bucket_name or "isstreamer"
     bkey = bucket_key or _default_bucket_key(name)
 
@@ -406,7 +459,7 @@ def _adopt_orphans(access_key: str) -> None:
 
 @main.command()
 @click.argument("path", required=False, type=click.Path(), default=None)
-@click.option("--access-key", default="", help="Access key [env ISSTREAMER_ACCESS_KEY, isstreamer.ini].")
+@_key_options
 @click.option("--api-base", default="", help="Send to this API base instead of the one recorded with each stream.")
 @click.option("--ini", type=click.Path(dir_okay=False), default=None,
               help="isstreamer.ini to read [default: ~/isstreamer.ini, then ./isstreamer.ini].")
@@ -419,8 +472,9 @@ def _adopt_orphans(access_key: str) -> None:
 @click.option("--max-rps", default=0.0, show_default=True, type=click.FloatRange(min=0),
               help="At most this many requests per second (0: no ceiling).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: when stderr is a terminal].")
-def replay(path: Optional[str], access_key: str, api_base: str, ini: Optional[str], max_attempts: int,
-           backoff_max: float, request_timeout: float, max_rps: float, progress: Optional[bool]) -> None:
+def replay(path: Optional[str], access_key: str, access_key_file: Optional[str], api_base: str, ini: Optional[str],
+           max_attempts: int, backoff_max: float, request_timeout: float, max_rps: float,
+           progress: Optional[bool]) -> None:
     """Resubmit spooled events to the events API.
 
     PATH is a spool directory, one stream directory in it or one .jsonl spool file [default: the
@@ -438,13 +492,13 @@ def replay(path: Optional[str], access_key: str, api_base: str, ini: Optional[st
         if not os.path.isdir(path):
             click.echo("isstreamer replay: nothing to replay (no spool directory %s)" % path, err=True)
             return
+    access_key = command_line_key("replay", access_key, access_key_file)
     try:
         cfg = load_config(access_key=access_key, ini_file_location=ini, api_base=api_base)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
     if not cfg.access_key:
-        raise click.UsageError("no access key: pass --access-key, set ISSTREAMER_ACCESS_KEY or put access_key "
-                               "in isstreamer.ini")
+        raise click.UsageError(_NO_KEY)
     _adopt_orphans(cfg.access_key)
     policy = Policy(max_attempts=max_attempts, backoff_max=backoff_max, max_rps=max_rps)
     replayer = Replayer(cfg.access_key, api_base=cfg.api_base if api_base else None, policy=policy,
