@@ -1,8 +1,9 @@
 """The aiohttp application of the local collector: the Initial State events API, a JSON read
 API and the live dashboard.
 
-Write API (what a streamer client talks to; requests to it are logged in the database, within
-the bounds of :class:`~isstreamer.collector.store.LogBounds`; 401s are only counted):
+Write API (what a streamer client talks to; requests to it whose key was accepted are logged in
+the database, within the bounds of :class:`~isstreamer.collector.store.LogBounds`; the others,
+401s included, are only counted):
 
 - ``POST /api/buckets`` (JSON body, or the URL-parameter form
   ``?accessKey=K&bucketKey=B&bucketName=N``): 201 created, 204 exists, 400, 401.
@@ -211,8 +212,13 @@ def parse_epoch(value: Any, index: int) -> float:
         ep = float(value)
     else:
         raise _bad(index, "epoch must be a number of seconds (or a string holding one)")
+    return _in_range(ep, index, "epoch %r" % (value if t is not str else value[:64]))
+
+
+def _in_range(ep: float, index: int, shown: str) -> float:
+    """``ep`` if it falls in years 1-9999 (what the read API can show as a date), else a 400."""
     if not (EPOCH_MIN <= ep <= EPOCH_MAX):  # also false for NaN
-        raise _bad(index, "epoch %r is outside years 1-9999" % (value if t is not str else value[:64]))
+        raise _bad(index, "%s is outside years 1-9999" % shown)
     return ep
 
 
@@ -227,7 +233,7 @@ def parse_timestamp(ev: Dict[str, Any], now: float, index: int, ignore_old: bool
         parsed = parse_iso8601(iso) if len(iso) <= 64 else None
         if parsed is None:
             raise _bad(index, "bad iso8601 timestamp %r" % iso[:64])
-        ep = parsed
+        ep = _in_range(parsed, index, "iso8601 %r" % iso)
     else:
         return now
     if ignore_old and ep <= now - TEN_YEARS:
@@ -346,7 +352,8 @@ _LOG: Any = _RequestKey("isstreamer_log", RequestLog) if _RequestKey else "isstr
 _LOGGED: Any = _RequestKey("isstreamer_logged", bool) if _RequestKey else "isstreamer_logged"
 _EXTRA_HEADERS: Any = _RequestKey("isstreamer_headers", dict) if _RequestKey else "isstreamer_headers"
 _CONN: Any = _RequestKey("isstreamer_conn", GuardedConnection) if _RequestKey else "isstreamer_conn"
-#: Statuses of requests refused before their key was known: counted, never stored in the log.
+#: Statuses of requests refused before their key was known: counted, never stored in the log
+#: (nor is any request whose key was not accepted).
 _COUNT_ONLY = (401, 403)
 #: Answers after which the connection is closed (the rest of the body is not worth reading).
 _CLOSE_AFTER = (401, 403, 408, 413, 499)
@@ -482,7 +489,7 @@ async def api_middleware(
             await _drain(request, max_body, DRAIN_SECONDS)
     if entry is not None and not request.get(_LOGGED):
         store = request.app[STORE]
-        if resp.status in _COUNT_ONLY:
+        if resp.status in _COUNT_ONLY or entry.owner is None:  # no key accepted: only counted
             status = resp.status
             await asyncio.wrap_future(store.call_write(lambda c: st.count_status(c, status)))
         else:
@@ -1120,8 +1127,8 @@ def make_config(
     access_keys: Iterable[str] = (),
     rate_limit: Optional[Tuple[int, float]] = None,
     monthly_quota: Optional[int] = None,
-    max_body: int = 1_000_000,
-    max_key_chars: int = 250,
+    max_body: int = limits.MAX_BODY,
+    max_key_chars: int = limits.MAX_KEY_CHARS,
     ignore_old_timestamps: bool = True,
     **options: Any,
 ) -> CollectorConfig:

@@ -11,6 +11,8 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import logging
 import os
 import signal
 import socket
@@ -22,11 +24,14 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 from aiohttp import web
 
 from . import store as st
+from . import limits
 from .app import CollectorConfig, create_app, make_config
 from .guard import ConnectionGuard, GuardedConnection
 from .store import LogBounds, Store
 
 __all__ = ["CollectorServer", "run_collector"]
+
+log = logging.getLogger("isstreamer.collector")
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -39,6 +44,7 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def _url(host: str, port: int) -> str:
+    """The base URL to reach a collector bound to ``host`` from this machine."""
     if host in ("0.0.0.0", ""):
         host = "127.0.0.1"
     elif host == "::":
@@ -46,6 +52,25 @@ def _url(host: str, port: int) -> str:
     if ":" in host:
         host = "[%s]" % host
     return "http://%s:%d" % (host, port)
+
+
+def _announcement(sock: socket.socket, db_path: str) -> str:
+    """What :func:`run_collector` says once listening: the address really bound (with the URL to
+    use on this machine when that is every interface)."""
+    host, port = sock.getsockname()[:2]
+    line = "isstreamer collector listening on http://%s:%d" % ("[%s]" % host if ":" in host else host, port)
+    if host in ("0.0.0.0", "::"):
+        line += " (every interface; on this machine %s)" % _url(host, port)
+    return line + " (db %s)" % db_path
+
+
+def exposure_warning(sock: socket.socket, config: CollectorConfig) -> Optional[str]:
+    """A warning when any-key mode listens beyond the loopback interface, else None."""
+    host, port = sock.getsockname()[:2]
+    if config.keys_required or ipaddress.ip_address(host.split("%", 1)[0]).is_loopback:
+        return None
+    return ("warning: any-key mode on %s port %d: anyone who can reach it writes with any key and reads every "
+            "bucket; configure keys (--access-key-file) or listen on 127.0.0.1" % (host, port))
 
 
 class _GuardedSite(web.SockSite):
@@ -129,8 +154,8 @@ class CollectorServer:
         access_keys: Iterable[str] = (),
         rate_limit: Optional[Tuple[int, float]] = None,
         monthly_quota: Optional[int] = None,
-        max_body: int = 1_000_000,
-        max_key_chars: int = 250,
+        max_body: int = limits.MAX_BODY,
+        max_key_chars: int = limits.MAX_KEY_CHARS,
         *,
         ignore_old_timestamps: bool = True,
         shutdown_timeout: float = 10.0,
@@ -178,6 +203,9 @@ class CollectorServer:
             raise
         self._store = store
         self.port = sock.getsockname()[1]
+        warning = exposure_warning(sock, self.config)
+        if warning is not None:
+            log.warning("isstreamer collector: %s", warning)
         loop = asyncio.new_event_loop()
         ready = threading.Event()
         failure: List[BaseException] = []
@@ -291,8 +319,8 @@ def run_collector(
     access_keys: Iterable[str] = (),
     rate_limit: Optional[Tuple[int, float]] = None,
     monthly_quota: Optional[int] = None,
-    max_body: int = 1_000_000,
-    max_key_chars: int = 250,
+    max_body: int = limits.MAX_BODY,
+    max_key_chars: int = limits.MAX_KEY_CHARS,
     *,
     shutdown_timeout: float = 10.0,
     announce: Optional[Callable[[str], None]] = None,
@@ -304,17 +332,16 @@ def run_collector(
     directories 0700; see :func:`~isstreamer.collector.store.prepare_database` for what is
     refused). ``options`` are further :class:`CollectorConfig` fields. Once listening,
     ``announce`` (by default a line on stdout) is called with
-    ``"isstreamer collector listening on URL"``.
+    ``"isstreamer collector listening on http://ADDRESS:PORT ..."``, the address as bound; any-key
+    mode beyond the loopback interface is warned about on stderr.
     """
     config = make_config(access_keys, rate_limit, monthly_quota, max_body, max_key_chars, **options)
     db_path = db or "collector.db"
-    st.prepare_database(db_path)
 
     async def main() -> None:
-        sock = _bind(host, port)
-        real_port = sock.getsockname()[1]
         store = Store(db_path, log_bounds=_log_bounds(config), max_db_bytes=config.max_db_bytes)
         try:
+            sock = _bind(host, port)
             runner = await _start(config, store, sock, shutdown_timeout)
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
@@ -323,7 +350,10 @@ def run_collector(
                     loop.add_signal_handler(sig, stop.set)
                 except (NotImplementedError, RuntimeError):  # pragma: no cover - Windows
                     signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stop.set))
-            message = "isstreamer collector listening on %s (db %s)" % (_url(host, real_port), db_path)
+            warning = exposure_warning(sock, config)
+            if warning is not None:
+                print("isstreamer serve: " + warning, file=sys.stderr, flush=True)
+            message = _announcement(sock, db_path)
             if announce is not None:
                 announce(message)
             else:

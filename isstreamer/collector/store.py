@@ -253,8 +253,8 @@ class IngestResult:
 class LogBounds:
     """How much of the request log is kept: at most ``rows`` rows, none older than ``max_age`` s."""
 
-    rows: int = 10_000
-    max_age: float = 7 * 86400.0
+    rows: int = limits.LOG_ROWS
+    max_age: float = limits.LOG_DAYS * 86400.0
 
 
 #: Bounds of the request log, set by the Store that owns the writer connection.
