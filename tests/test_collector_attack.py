@@ -229,6 +229,54 @@ def test_total_database_cap_bounds_rotating_keys(served: Callable[..., Served]) 
     no_tracebacks(server)
 
 
+def test_disk_limits_default_in_any_key_mode_only() -> None:
+    from isstreamer.collector import limits
+    from isstreamer.collector.app import make_config
+
+    any_key = make_config()
+    assert (any_key.disk_quota_bytes, any_key.max_db_bytes) == (limits.ANY_KEY_DISK_QUOTA, limits.ANY_KEY_MAX_DB_SIZE)
+    keyed = make_config(access_keys=["k"])
+    assert (keyed.disk_quota_bytes, keyed.max_db_bytes) == (None, None)
+    assert make_config(disk_quota=0, max_db_size=0).disk_quota_bytes is None  # 0: no limit
+    assert make_config(access_keys=["k"], disk_quota=5 * 2**20).disk_quota_bytes == 5 * 2**20
+
+
+def test_serve_options_read_their_defaults_from_limits() -> None:
+    from isstreamer.cli import serve
+    from isstreamer.collector import limits
+
+    defaults = {p.name: p.default for p in serve.params}
+    for name in ("max_body", "max_key_chars", "max_connections", "max_per_client", "header_timeout", "idle_timeout",
+                 "body_timeout", "write_timeout", "page_size", "log_rows", "log_days"):
+        assert defaults[name] == getattr(limits, name.upper()), name
+    assert defaults["disk_quota"] is None and defaults["max_db_size"] is None  # the mode decides
+
+
+def test_quota_counts_buckets_and_what_an_older_database_holds(collector_factory: Any, tmp_path: Any) -> None:
+    import sqlite3
+
+    db = str(tmp_path / "older.db")
+    server = collector_factory(db_path=db)
+    hdr = {"X-IS-AccessKey": KEY, "X-IS-BucketKey": "b"}
+    assert requests.post(server.url + "/api/events", json=[{"key": "k", "value": i} for i in range(1000)],
+                         headers=hdr).status_code == 204
+    used = requests.get(server.url + "/api/stats").json()["stored_bytes"]
+    assert 1000 * 96 < used < 1000 * 120
+    server.stop()
+    conn = sqlite3.connect(db)  # as a version without the storage table left it
+    conn.execute("DROP TABLE storage")
+    conn.commit()
+    conn.close()
+    again = collector_factory(db_path=db, disk_quota=used + 50_000)
+    assert requests.get(again.url + "/api/stats").json()["stored_bytes"] == used  # counted when opened
+    r = requests.post(again.url + "/api/events", json=[{"key": "k", "value": i} for i in range(1000)], headers=hdr)
+    assert r.status_code == 507 and r.json()["message"]["error"]["type"] == "DISK_QUOTA_EXCEEDED"
+    names = [{"bucketKey": "n%d" % i, "bucketName": "x" * 200} for i in range(200)]
+    statuses = [requests.post(again.url + "/api/buckets", json=b, headers={"X-IS-AccessKey": KEY}).status_code
+                for b in names]
+    assert 201 in statuses and statuses[-1] == 507
+
+
 def test_bulk_writers_do_not_starve_a_small_writer(served: Callable[..., Served]) -> None:
     server = served()
     body = _bomblet(45_000)

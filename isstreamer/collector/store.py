@@ -111,7 +111,8 @@ _STORAGE_BACKFILL = (
     "INSERT INTO storage (owner, bytes) SELECT owner, SUM(bytes) FROM ("
     " SELECT b.owner AS owner, 2 * length(CAST(e.key AS BLOB)) + length(CAST(e.value_json AS BLOB)) + %d AS bytes"
     " FROM events e JOIN buckets b ON b.id = e.bucket_id"
-    " UNION ALL SELECT owner, length(CAST(bucket_key AS BLOB)) + length(CAST(name AS BLOB)) + %d FROM buckets"
+    " UNION ALL SELECT owner, length(CAST(bucket_key AS BLOB)) + length(CAST(name AS BLOB))"
+    " + length(CAST(tags_json AS BLOB)) + %d FROM buckets"
     ") GROUP BY owner" % (EVENT_OVERHEAD, BUCKET_OVERHEAD)
 )
 
