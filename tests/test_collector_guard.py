@@ -58,18 +58,21 @@ def test_per_client_cap_keeps_the_newest(collector_factory: Any) -> None:
 def test_idle_connections_evicted_before_heads_and_bodies(collector_factory: Any) -> None:
     server = collector_factory(max_connections=6, max_per_client=6, header_timeout=60, idle_timeout=60)
     port = server.port
+    head = connect(port, 2, b"GET / HTTP/1.1\r\n")
+    time.sleep(0.2)
     body = connect(port, 2, b"POST /api/events HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nX-IS-AccessKey: k\r\n"
                    b"X-IS-BucketKey: b\r\nContent-Length: 100\r\n\r\n[" % port)
-    head = connect(port, 2, b"GET / HTTP/1.1\r\n")
     idle = connect(port, 2, get(port))
     time.sleep(0.5)  # the idle ones have their answer: they wait for a next request
     newcomers = connect(port, 2)
     try:
         assert all(closed_by_server(s, 5) for s in idle)
         assert not any(closed_by_server(s, 0.3) for s in head + body)
-        newcomers += connect(port, 2)  # no idle one left: the heads go next, then the bodies
+        newcomers += connect(port, 2)  # no idle one left: those sending a request the longest go next
         assert all(closed_by_server(s, 5) for s in head)
         assert not any(closed_by_server(s, 0.3) for s in body)
+        newcomers += connect(port, 2)
+        assert all(closed_by_server(s, 5) for s in body)
     finally:
         for s in body + head + idle + newcomers:
             s.close()

@@ -15,10 +15,11 @@ seconds it is closed.
 
 At most ``max_connections`` are open, and ``max_per_client`` of one client. A new connection
 beyond either cap takes the place of the most evictable one (of that client, or of all):
-stalled first, then idle after an answer, then still sending its first head, then sending a
-body; among equals the one that has been at it longest. A ``BUSY`` connection is never
-evicted: a new connection is refused only when every one it could replace is busy. Holding
-connections thus gains an attacker nothing, and a client that sends a whole request is served.
+stalled first, then idle after an answer, then one still sending a request head or body; among
+equals the one that has been at it longest (a client that sends its whole request at once is
+the newest there). A ``BUSY`` connection is never evicted: a new connection is refused only
+when every one it could replace is busy. Holding connections thus gains an attacker nothing,
+and a client that sends a whole request is served.
 """
 from __future__ import annotations
 
@@ -153,10 +154,10 @@ class GuardedConnection(asyncio.Protocol):
         """``(tier, since)``, lowest evicted first; None while busy (never evicted)."""
         if self.stalled_since is not None:
             return (0, self.stalled_since)
-        if self.phase is Phase.IDLE:
-            return (1 if self.answered else 2, self.since)
-        if self.phase is Phase.BODY:
-            return (3, self.since)
+        if self.phase is Phase.IDLE and self.answered:
+            return (1, self.since)
+        if self.phase is not Phase.BUSY:  # sending its request: head or body
+            return (2, self.since)
         return None
 
     def close(self) -> None:
