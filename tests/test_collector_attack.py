@@ -187,15 +187,37 @@ def test_lists_capped_at_the_page_size(collector_factory: Any) -> None:
     hdr = {"X-IS-AccessKey": KEY}
     for b in range(7):
         body = [{"key": "key%02d" % k, "value": k} for k in range(8)]
-        assert requests.post(server.url + "/api/events", json=body, headers=dict(hdr, **{"X-IS-BucketKey": "b%d" % b})).status_code == 204
+        r = requests.post(server.url + "/api/events", json=body, headers=dict(hdr, **{"X-IS-BucketKey": "b%d" % b}))
+        assert r.status_code == 204
     listed = requests.get(server.url + "/api/buckets").json()
     assert len(listed["buckets"]) == 5 and listed["truncated"]
     latest = requests.get(server.url + "/api/buckets/b0/latest").json()
     assert [x["key"] for x in latest["latest"]] == ["key%02d" % k for k in range(5)] and latest["truncated"]
     dash = requests.get(server.url + "/api/buckets/b0/dashboard").json()
     assert len(dash["latest"]) == 5 and dash["truncated"] and len(dash["series"]) == 8
-    compat = requests.get(server.url + "/data/v1/events/latest", params={"key": "key07"}, headers=dict(hdr, **{"X-IS-BucketKey": "b0"}))
+    compat = requests.get(server.url + "/data/v1/events/latest", params={"key": "key07"},
+                          headers=dict(hdr, **{"X-IS-BucketKey": "b0"}))
     assert list(compat.json()) == ["key07"]
+
+
+def test_dashboard_series_and_their_cache_are_bounded(collector: Any) -> None:
+    from isstreamer.collector import store as st
+    from isstreamer.collector.app import SeriesCache
+
+    body = [{"key": "key%d" % k, "value": i, "epoch": 1_700_000_000 + i} for k in range(10) for i in range(50)]
+    assert requests.post(collector.url + "/api/events", json=body,
+                         headers={"X-IS-AccessKey": KEY, "X-IS-BucketKey": "wide"}).status_code == 204
+    conn = st.connect(collector.db_path, readonly=True)
+    try:
+        ids = [b["id"] for b in st.find_buckets(conn, "wide")]
+        assert len(st.series(conn, ids, 600)) == 10
+        assert list(st.series(conn, ids, 600, max_cells=120)) == ["key0", "key1", "key2"]  # 50 columns each
+    finally:
+        conn.close()
+    cache = SeriesCache(size=10, max_cells=100)
+    for i in range(5):
+        cache.put(((i,), 600), 1, 0.0, 0.0, "series %d" % i, cells=40)
+    assert [cache.get(((i,), 600), 1, 0.0) is not None for i in range(5)] == [False, False, False, True, True]
 
 
 def test_disk_quota_per_key_holder_bounds_gzip_amplification(served: Callable[..., Served]) -> None:
@@ -316,8 +338,8 @@ def test_iso8601_range_checked_like_the_epoch(collector: Any) -> None:
     for bad in ("9999-12-31T24:00-23:59", "9999-12-31T23:59:59-00:01", "0001-01-01T00:00+00:01"):
         r = requests.post(collector.url + "/api/events", json=[{"key": "t", "value": 1, "iso8601": bad}], headers=hdr)
         assert r.status_code == 400 and "outside years 1-9999" in r.text, (bad, r.text)
-    ok = requests.post(collector.url + "/api/events", json=[{"key": "t", "value": 1, "iso8601": "9999-12-31T23:59:59Z"}],
-                       headers=hdr)
+    ok = requests.post(collector.url + "/api/events", headers=hdr,
+                       json=[{"key": "t", "value": 1, "iso8601": "9999-12-31T23:59:59Z"}])
     assert ok.status_code == 204
     r = requests.get(collector.url + "/data/v1/events/latest", headers=hdr)
     assert r.status_code == 200 and r.json()["t"]["date"].startswith("9999-12-31")
@@ -362,7 +384,8 @@ def test_invalid_key_bytes_are_counted_not_logged(collector: Any) -> None:
     assert collector.status_counts() == {400: 5}
 
 
-def test_serve_announces_its_real_address_and_warns_beyond_loopback(served: Callable[..., Served], tmp_path: Any) -> None:
+def test_serve_announces_its_real_address_and_warns_beyond_loopback(served: Callable[..., Served],
+                                                                     tmp_path: Any) -> None:
     exposed = served("--host", "0.0.0.0")
     assert exposed.url.startswith("http://0.0.0.0:")
     assert requests.get(exposed.url + "/api/versions", timeout=10).status_code == 200

@@ -8,20 +8,22 @@ the database, within the bounds of :class:`~isstreamer.collector.store.LogBounds
 - ``POST /api/buckets`` (JSON body, or the URL-parameter form
   ``?accessKey=K&bucketKey=B&bucketName=N``): 201 created, 204 exists, 400, 401.
 - ``POST /api/events`` (one event or an array) and the URL-parameter variant
-  ``GET|POST /api/events?accessKey=K&bucketKey=B&name=value...``: 204, 400, 401, 402, 413, 429.
-  Every answer carries ``X-RateLimit-Limit/Remaining/Reset``.
+  ``GET|POST /api/events?accessKey=K&bucketKey=B&name=value...``: 204, 400, 401, 402, 413, 429,
+  507 (disk quota, database full). Every answer carries ``X-RateLimit-Limit/Remaining/Reset``.
 
 Read API: ``GET /api/buckets``, ``GET|DELETE /api/buckets/{key}``,
 ``GET /api/buckets/{key}/latest``, ``GET /api/buckets/{key}/events``,
 ``GET /api/buckets/{key}/dashboard`` (everything a dashboard refresh needs, one request),
 ``GET /api/stats``, ``GET /api/versions``, ``GET /data/v1/events/latest``. Dashboard: ``GET /``,
-``GET /dashboard/{key}``, ``/static/...``.
+``GET /dashboard/{key}``, ``/static/...``. Read answers are bounded: events come in pages with a
+``next`` cursor, lists hold ``page_size`` items at most.
 
 Security model (see README "The local collector"): with keys configured every API request but
 ``/api/versions`` needs one and sees only its own buckets; an admin key sees all and may use
 ``owner=``. In any-key mode reads are open and writes take any non-empty key. DELETE always
 needs the owning key (or an admin key) and never crosses owners. Every request must carry an
-allowed ``Host``; writes a browser marks as cross-site are refused.
+allowed ``Host``; writes a browser marks as cross-site are refused. What a connection may hold
+is bounded by :mod:`~isstreamer.collector.guard`, what a key holder may store by its quotas.
 
 Errors are JSON: ``{"message": {"error": {"type": ..., "message": ..., ["index": i]}}}``; a 402
 is ``{"message": "Event limit exceeded for current cycle ..."}`` as the hosted API answers.
@@ -61,7 +63,7 @@ TEN_YEARS = 10 * 365.25 * 86400.0
 #: Accepted epochs: 0001-01-01 to 9999-12-31 (anything else is refused with a 400).
 EPOCH_MIN, EPOCH_MAX = -62135596800.0, 253402300799.0
 API_VERSIONS = ["0.0.1", "0.0.2", "0.0.3", "0.0.4"]
-#: A dashboard answer charts as many numeric keys as fit in this many columns in all.
+#: A dashboard answer charts numeric keys until they reach this many columns in all.
 SERIES_CELLS = 100_000
 #: Rate-limit window reported (and enforced when ``rate_limit`` is set): the hosted API's 10 s.
 DEFAULT_RATE_WINDOW = 10.0
@@ -409,8 +411,12 @@ async def _send(request: web.Request, resp: web.StreamResponse) -> None:
 def _body_phase(request: web.Request, reading: bool) -> None:
     """Mark the request's connection as reading its body (or done with it)."""
     conn: Optional[GuardedConnection] = request.get(_CONN)
-    if conn is not None:
-        conn.body_started() if reading else conn.body_done()
+    if conn is None:
+        return
+    if reading:
+        conn.body_started()
+    else:
+        conn.body_done()
 
 
 @web.middleware
@@ -743,7 +749,8 @@ def _url_events(pairs: List[Tuple[str, str]], base: int, now: float, config: Col
         raise
 
 
-def event_rows(body: Optional[bytes], pairs: List[Tuple[str, str]], now: float, config: CollectorConfig) -> List[EventRow]:
+def _event_rows(body: Optional[bytes], pairs: List[Tuple[str, str]], now: float,
+                config: CollectorConfig) -> List[EventRow]:
     """The events of a JSON body (None: no body) and of URL parameters, validated, all or nothing."""
     rows = parse_events(_loads(body), now, config) if body is not None else []
     if pairs:
@@ -781,7 +788,7 @@ async def events(request: web.Request) -> web.Response:
     quotas = _quotas(config)
 
     def write(conn: Any) -> st.IngestResult:
-        rows = event_rows(body, pairs, now, config)
+        rows = _event_rows(body, pairs, now, config)
         return st.ingest(conn, owner, bucket_key, rows, time.time(), entry, quotas)
 
     cost = 1.0 + len(body or b"") / 1024
@@ -895,27 +902,38 @@ async def bucket_latest(request: web.Request) -> web.Response:
 class SeriesCache:
     """The last reduced series of each (buckets, columns), so that dashboards polling a bucket
     that keeps receiving events cost a bounded share of a core: a series is recomputed at most
-    every ``max(min_interval, cost_factor * seconds the last computation took)``."""
+    every ``max(min_interval, cost_factor * seconds the last computation took)``. At most
+    ``size`` series are kept, and ``max_cells`` columns in all (the oldest go first)."""
 
-    def __init__(self, size: int = 64, min_interval: float = 1.0, cost_factor: float = 4.0) -> None:
-        self.size, self.min_interval, self.cost_factor = size, min_interval, cost_factor
-        self._entries: Dict[Tuple[Tuple[int, ...], int], Tuple[int, float, float, Any]] = {}
+    def __init__(self, size: int = 64, min_interval: float = 1.0, cost_factor: float = 4.0,
+                 max_cells: int = 4 * SERIES_CELLS) -> None:
+        self.size, self.min_interval, self.cost_factor, self.max_cells = size, min_interval, cost_factor, max_cells
+        self._entries: Dict[Tuple[Tuple[int, ...], int], Tuple[int, float, float, Any, int]] = {}
+        self._cells = 0
 
     def get(self, key: Tuple[Tuple[int, ...], int], count: int, now: float) -> Optional[Tuple[int, Any]]:
         """``(count the series reflect, series)`` if still usable for a bucket holding ``count``."""
         entry = self._entries.get(key)
         if entry is None:
             return None
-        done_count, done_at, cost, data = entry
+        done_count, done_at, cost, data, _ = entry
         if done_count == count or now - done_at < max(self.min_interval, self.cost_factor * cost):
             return done_count, data
         return None
 
-    def put(self, key: Tuple[Tuple[int, ...], int], count: int, now: float, cost: float, data: Any) -> None:
-        """Remember a computed series."""
-        if len(self._entries) >= self.size and key not in self._entries:
-            self._entries.pop(next(iter(self._entries)))
-        self._entries[key] = (count, now, cost, data)
+    def put(self, key: Tuple[Tuple[int, ...], int], count: int, now: float, cost: float, data: Any,
+            cells: int = 0) -> None:
+        """Remember a computed series of ``cells`` columns (all keys together)."""
+        self._drop(key)
+        self._entries[key] = (count, now, cost, data, cells)
+        self._cells += cells
+        while len(self._entries) > 1 and (len(self._entries) > self.size or self._cells > self.max_cells):
+            self._drop(next(iter(self._entries)))
+
+    def _drop(self, key: Tuple[Tuple[int, ...], int]) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._cells -= entry[4]
 
 
 async def bucket_dashboard(request: web.Request) -> web.Response:
@@ -923,8 +941,8 @@ async def bucket_dashboard(request: web.Request) -> web.Response:
 
     The bucket, the latest value of each key (as ``/latest``) and, unless the series drawn already
     reflect the bucket's ``known`` event count, ``series`` (each numeric key reduced to at most
-    ``columns`` min/max columns over its time range; as many keys as fit in
-    :data:`SERIES_CELLS` columns) with ``series_count``, the event count they reflect.
+    ``columns`` min/max columns over its time range; keys in order until :data:`SERIES_CELLS`
+    columns in all are reached) with ``series_count``, the event count they reflect.
     """
     info, ids = await _find(request)
     columns_f = _float_param(request, "columns")
@@ -941,9 +959,9 @@ async def bucket_dashboard(request: web.Request) -> web.Response:
     cached = cache.get(key, count, time.monotonic())
     if cached is None:
         t0 = time.monotonic()
-        data = await asyncio.wrap_future(store.call_read(lambda c: st.series(c, ids, columns, SERIES_CELLS // columns)))
+        data = await asyncio.wrap_future(store.call_read(lambda c: st.series(c, ids, columns, SERIES_CELLS)))
         done = time.monotonic()
-        cache.put(key, count, done, done - t0, data)
+        cache.put(key, count, done, done - t0, data, sum(len(s["columns"]) for s in data.values()))
         cached = (count, data)
     if known is None or int(known) != cached[0]:
         out["series_count"], out["series"] = cached
@@ -1021,7 +1039,8 @@ async def data_latest(request: web.Request) -> web.Response:
     ids = [b["id"] for b in found]
     wanted = sorted(set(k for v in request.query.getall("key", []) for k in v.split(",") if k))
     if wanted:
-        latest = await asyncio.wrap_future(request.app[STORE].call_read(lambda c: st.latest_values(c, ids, keys=wanted)))
+        latest = await asyncio.wrap_future(
+            request.app[STORE].call_read(lambda c: st.latest_values(c, ids, keys=wanted)))
     else:
         latest, _ = await _latest(request, ids)
     out = {item["key"]: {"value": item["value"], "epoch": item["epoch"], "date": _iso_date(item["epoch"])}

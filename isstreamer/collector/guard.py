@@ -114,21 +114,18 @@ class ConnectionGuard:
 
     def forget(self, conn: "GuardedConnection") -> None:
         """The connection is closed (idempotent)."""
-        if self.open.pop(conn, False) is None:
-            mine = self._clients.get(conn.client)
-            if mine is not None:
-                mine.discard(conn)
-                if not mine:
-                    del self._clients[conn.client]
-            self._by_transport.pop(conn.transport, None)
+        if conn not in self.open:
+            return
+        del self.open[conn]
+        mine = self._clients[conn.client]
+        mine.discard(conn)
+        if not mine:
+            del self._clients[conn.client]
+        self._by_transport.pop(conn.transport, None)
 
     def connection(self, transport: Any) -> Optional["GuardedConnection"]:
         """The guarded connection of a request's transport (None once it is closed)."""
         return self._by_transport.get(transport)
-
-    def count(self, client: str) -> int:
-        """Open connections of one client."""
-        return len(self._clients.get(client, ()))
 
 
 class GuardedConnection(asyncio.Protocol):

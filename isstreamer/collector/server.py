@@ -142,7 +142,8 @@ class CollectorServer:
     free port (see :attr:`url` after :meth:`start`). The other arguments (``options``: admin_keys,
     allowed_hosts, allowed_origins, max_connections, max_per_client, header_timeout,
     idle_timeout, body_timeout, write_timeout, page_size, disk_quota, max_db_size, log_rows,
-    log_days) are those of :class:`~isstreamer.collector.app.CollectorConfig`. The ``events``/``buckets``/... helpers read
+    log_days) are those of :class:`~isstreamer.collector.app.CollectorConfig`. The
+    ``events``/``buckets``/... helpers read
     the database on a fresh sqlite3 connection and work before and after :meth:`stop`.
     """
 
@@ -292,7 +293,7 @@ class CollectorServer:
             return self._store.remove_bucket(bucket_key, access_key)
         conn = st.connect(self.db_path)
         try:
-            conn.executescript(st.SCHEMA)
+            st.ensure_schema(conn)
             owner = st.hash_access_key(access_key) if access_key is not None else None
             return st.remove_bucket(conn, bucket_key, owner)
         finally:

@@ -168,6 +168,15 @@ def prepare_database(path: str) -> None:
     safefile.make_private(path, create=True)
 
 
+def ensure_schema(conn: sqlite3.Connection) -> None:
+    """Create the tables that are missing; a database made before the disk quota existed gets
+    its ``storage`` table filled from what it holds."""
+    had_storage = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'storage'").fetchone()
+    conn.executescript(SCHEMA)
+    if not had_storage:
+        conn.execute(_STORAGE_BACKFILL)
+
+
 def cap_text(value: Optional[str], limit: int = LOG_FIELD_CHARS) -> Optional[str]:
     """``value`` cut to ``limit`` characters, with anything that is not valid UTF-8 replaced."""
     if value is None:
@@ -336,7 +345,8 @@ def _add_disk_used(conn: sqlite3.Connection, owner: str, nbytes: int) -> None:
                  "ON CONFLICT (owner) DO UPDATE SET bytes = bytes + excluded.bytes", (owner, nbytes))
 
 
-def _over_disk_quota(conn: sqlite3.Connection, owner: str, nbytes: int, quota: Optional[int]) -> Optional["IngestResult"]:
+def _over_disk_quota(conn: sqlite3.Connection, owner: str, nbytes: int,
+                     quota: Optional[int]) -> Optional["IngestResult"]:
     """The 507 for a key holder whose stored bytes plus ``nbytes`` would pass ``quota``, else None."""
     if quota is None:
         return None
@@ -449,7 +459,8 @@ def ingest(
 
 def _ingest(conn: sqlite3.Connection, owner: str, bucket_key: str, rows: Sequence[EventRow], received: float,
             log: RequestLog, quotas: Quotas) -> IngestResult:
-    brow = conn.execute("SELECT id, removed FROM buckets WHERE owner = ? AND bucket_key = ?", (owner, bucket_key)).fetchone()
+    brow = conn.execute("SELECT id, removed FROM buckets WHERE owner = ? AND bucket_key = ?",
+                        (owner, bucket_key)).fetchone()
     nbytes = stored_bytes(rows) + (_bucket_bytes(bucket_key, bucket_key) if brow is None else 0)
     month = month_of(received)
     result = _ingest_verdict(conn, owner, bucket_key, brow, len(rows), nbytes, month, quotas)
@@ -458,14 +469,15 @@ def _ingest(conn: sqlite3.Connection, owner: str, bucket_key: str, rows: Sequenc
     if result.status != 204 or not rows:
         return result
     if brow is None:
-        cur = conn.execute("INSERT INTO buckets (owner, bucket_key, name, created, auto_created) VALUES (?, ?, ?, ?, 1)",
-                           (owner, bucket_key, bucket_key, received))
+        cur = conn.execute("INSERT INTO buckets (owner, bucket_key, name, created, auto_created) "
+                           "VALUES (?, ?, ?, ?, 1)", (owner, bucket_key, bucket_key, received))
         bucket_id = int(cur.lastrowid or 0)
     else:
         bucket_id = brow[0]
     _insert_events(conn, bucket_id, rows, received, request_id)
     conn.execute("INSERT INTO usage (owner, month, events) VALUES (?, ?, ?) "
-                 "ON CONFLICT (owner, month) DO UPDATE SET events = events + excluded.events", (owner, month, len(rows)))
+                 "ON CONFLICT (owner, month) DO UPDATE SET events = events + excluded.events",
+                 (owner, month, len(rows)))
     _add_disk_used(conn, owner, nbytes)
     return result
 
@@ -567,7 +579,8 @@ def list_buckets(conn: sqlite3.Connection, owner: Optional[str] = None, limit: i
     clause, args = _owner_clause(owner)
     conn.row_factory = sqlite3.Row
     try:
-        rows = conn.execute("SELECT * FROM buckets WHERE 1" + clause + " ORDER BY id LIMIT ?", args + [limit]).fetchall()
+        rows = conn.execute("SELECT * FROM buckets WHERE 1" + clause + " ORDER BY id LIMIT ?",
+                            args + [limit]).fetchall()
     finally:
         conn.row_factory = None
     return [_bucket_dict(r) for r in rows]
@@ -705,9 +718,9 @@ _SERIES_SQL = (
 
 
 def series(conn: sqlite3.Connection, bucket_ids: Sequence[int], columns: int,
-           max_keys: int = -1) -> Dict[str, Dict[str, Any]]:
-    """Numeric events of each key (the first ``max_keys``; all when negative) reduced to at most
-    ``columns`` columns over the key's time range.
+           max_cells: int = -1) -> Dict[str, Dict[str, Any]]:
+    """Numeric events of each key reduced to at most ``columns`` columns over the key's time
+    range; keys in order until ``max_cells`` columns in all are reached (all when negative).
 
     Returns ``{key: {"t0", "t1", "count", "columns": [[t_first, t_last, min, max, n], ...]}}``
     for the keys whose latest value is a number: each column keeps the lowest and highest value
@@ -715,11 +728,13 @@ def series(conn: sqlite3.Connection, bucket_ids: Sequence[int], columns: int,
     however many events there are.
     """
     ids = _ids_sql(bucket_ids)
-    keys = [k for (k,) in conn.execute(  # keys whose latest value is a number: the charted ones
-        "SELECT DISTINCT key FROM latest WHERE bucket_id IN (%s) AND value_num IS NOT NULL ORDER BY key LIMIT ?"
-        % ids, (max_keys,))]
+    keys = conn.execute(  # keys whose latest value is a number: the charted ones
+        "SELECT DISTINCT key FROM latest WHERE bucket_id IN (%s) AND value_num IS NOT NULL ORDER BY key" % ids)
     out: Dict[str, Dict[str, Any]] = {}
-    for key in keys:
+    cells = 0
+    for (key,) in keys:
+        if 0 <= max_cells <= cells:
+            break
         t0, t1 = conn.execute(  # two seeks on the (bucket_id, key, epoch) index
             "SELECT MIN(epoch), MAX(epoch) FROM events WHERE bucket_id IN (%s) AND key = ?" % ids, (key,)).fetchone()
         if t0 is None:
@@ -728,6 +743,7 @@ def series(conn: sqlite3.Connection, bucket_ids: Sequence[int], columns: int,
         cols = [[ta, tb, lo, hi, n] for _px, ta, tb, lo, hi, n in
                 conn.execute(_SERIES_SQL % ids, (t0, scale, columns - 1, key))]
         out[key] = {"t0": t0, "t1": t1, "count": sum(c[4] for c in cols), "columns": cols}
+        cells += len(cols)
     return out
 
 
@@ -828,10 +844,7 @@ class Store:
 
     def _open_writer(self) -> None:
         conn = connect(self.path)
-        had_storage = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'storage'").fetchone()
-        conn.executescript(SCHEMA)
-        if not had_storage:
-            conn.execute(_STORAGE_BACKFILL)
+        ensure_schema(conn)
         conn.execute("PRAGMA journal_size_limit = %d" % WAL_LIMIT)
         if self.max_db_bytes:
             page = conn.execute("PRAGMA page_size").fetchone()[0]
