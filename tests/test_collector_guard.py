@@ -50,6 +50,7 @@ def test_per_client_cap_keeps_the_newest(collector_factory: Any) -> None:
         assert requests.get(server.url + "/api/versions", timeout=10).status_code == 200
         closed = [closed_by_server(s, 0.5) for s in socks]
         assert sum(closed) >= 6 and not any(closed[-3:]), closed  # the oldest went first
+        assert requests.get(server.url + "/api/stats").json()["connections"]["evicted"] >= 6
     finally:
         for s in socks:
             s.close()
@@ -109,7 +110,7 @@ def test_answers_never_read_time_out(collector_factory: Any) -> None:
         assert closed_by_server(s, 10)
     finally:
         s.close()
-    assert requests.get(server.url + "/api/versions", timeout=10).status_code == 200
+    assert requests.get(server.url + "/api/stats", timeout=10).json()["connections"]["write_timeouts"] >= 1
 
 
 def test_busy_connections_are_never_evicted(collector_factory: Any) -> None:
@@ -143,3 +144,14 @@ def test_client_of() -> None:
     assert client_of(("2001:db8:1:2:3:4:5:6", 5000, 0, 0)) == "2001:db8:1:2::/64"
     assert client_of(("fe80::1%eth0", 5000, 0, 2)) == "fe80::/64"
     assert client_of(None) == "" and client_of("/run/sock") == ""
+
+
+def test_static_files_from_memory_with_etags(collector: Any) -> None:
+    r = requests.get(collector.url + "/static/chart.js")
+    assert r.status_code == 200 and "javascript" in r.headers["Content-Type"]
+    assert r.headers["Cache-Control"] == "no-cache"
+    again = requests.get(collector.url + "/static/chart.js", headers={"If-None-Match": r.headers["ETag"]})
+    assert again.status_code == 304 and again.content == b""
+    assert requests.get(collector.url + "/static/nothing.js").status_code == 404
+    assert requests.get(collector.url + "/static/../app.py").status_code == 404
+    assert "<html" in requests.get(collector.url + "/dashboard/some/bucket").text.lower()

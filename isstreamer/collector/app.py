@@ -1012,13 +1012,18 @@ async def bucket_events(request: web.Request) -> web.Response:
 
 
 async def get_stats(request: web.Request) -> web.Response:
-    """``GET /api/stats``: events stored and buckets (the caller's), write requests and
-    per-status counts (any-key mode or an admin key)."""
+    """``GET /api/stats``: events stored, buckets and the bytes they count for the disk quota
+    (the caller's), and with any-key mode or an admin key the write requests, their per-status
+    counts and the connection guard's (``connections``: open, refused, evicted, timed_out,
+    write_timeouts)."""
     owner = _read_scope(request)
     config = request.app[CONFIG]
     caller = _caller(request, required=False)
     everything = not config.keys_required or caller.admin
     data = await asyncio.wrap_future(request.app[STORE].call_read(lambda c: st.stats(c, owner, everything)))
+    guard: Optional[ConnectionGuard] = request.app.get(GUARD)  # type: ignore[assignment]
+    if everything and guard is not None:
+        data["connections"] = guard.counts()
     return json_response(data)
 
 

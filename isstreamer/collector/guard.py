@@ -123,6 +123,11 @@ class ConnectionGuard:
             del self._clients[conn.client]
         self._by_transport.pop(conn.transport, None)
 
+    def counts(self) -> Dict[str, int]:
+        """Open connections and the counters (see the class docstring)."""
+        return {"open": len(self.open), "refused": self.refused, "evicted": self.evicted,
+                "timed_out": self.timed_out, "write_timeouts": self.write_timeouts}
+
     def connection(self, transport: Any) -> Optional["GuardedConnection"]:
         """The guarded connection of a request's transport (None once it is closed)."""
         return self._by_transport.get(transport)
