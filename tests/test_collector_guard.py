@@ -12,6 +12,8 @@ import requests
 
 from isstreamer.collector.guard import client_of
 
+from support import wait_until
+
 
 def closed_by_server(sock: socket.socket, within: float) -> bool:
     """Whether the server closes ``sock`` within ``within`` seconds (answers are read and dropped)."""
@@ -43,6 +45,20 @@ def get(port: int, path: str = "/api/versions") -> bytes:
     return b"GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % (path.encode(), port)
 
 
+def tiers(server: Any) -> List[int]:
+    """The eviction tier of each open connection of an in-process server (9: busy)."""
+    from isstreamer.collector.app import GUARD
+
+    guard = server._runner.app[GUARD]
+    while True:
+        try:
+            conns = list(guard.open)
+            break
+        except RuntimeError:  # changed while read (the server runs in another thread)
+            continue
+    return sorted((c.eviction_rank() or (9, 0.0))[0] for c in conns)
+
+
 def test_per_client_cap_keeps_the_newest(collector_factory: Any) -> None:
     server = collector_factory(max_per_client=4, header_timeout=60)
     socks = connect(server.port, 10, b"GET / HTTP/1.1\r\n")  # heads never finished
@@ -64,7 +80,7 @@ def test_idle_connections_evicted_before_heads_and_bodies(collector_factory: Any
     body = connect(port, 2, b"POST /api/events HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nX-IS-AccessKey: k\r\n"
                    b"X-IS-BucketKey: b\r\nContent-Length: 100\r\n\r\n[" % port)
     idle = connect(port, 2, get(port))
-    time.sleep(0.5)  # the idle ones have their answer: they wait for a next request
+    assert wait_until(lambda: tiers(server) == [1, 1, 2, 2, 2, 2], 20)  # 2 idle after an answer, 4 sending
     newcomers = connect(port, 2)
     try:
         assert all(closed_by_server(s, 5) for s in idle)
@@ -126,8 +142,8 @@ def test_busy_connections_are_never_evicted(collector_factory: Any) -> None:
     posters = [threading.Thread(target=post) for _ in range(3)]
     for t in posters:
         t.start()
-    time.sleep(1)
     try:
+        assert wait_until(lambda: tiers(server) == [9, 9, 9], 20)  # three requests being answered
         with pytest.raises(requests.ConnectionError):
             requests.get(server.url + "/api/versions", timeout=10)  # refused: nothing could make room
     finally:
