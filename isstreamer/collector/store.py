@@ -150,9 +150,10 @@ _PRUNE_EVERY = 256
 SIDE_FILES = ("-wal", "-shm", "-journal")
 
 
-def prepare_database(path: str) -> None:
+def prepare_database(path: str) -> str:
     """Make ``path`` safe to hand to SQLite, which opens the database and creates its ``-wal``,
-    ``-shm`` and ``-journal`` files itself, by name.
+    ``-shm`` and ``-journal`` files itself, by name; return the path to open (its directory
+    resolved once, here, so that no symlink is followed later).
 
     The directory is created 0700 if missing, and must be this user's and writable by no other
     (nor may a directory above it be redirected by another user): in a shared directory anyone
@@ -160,12 +161,14 @@ def prepare_database(path: str) -> None:
     regular files of this user (never symlinks); they are made 0600. The database is created
     0600, exclusively, if missing. Anything else raises :class:`~isstreamer.safefile.Refused`.
     """
-    directory = os.path.dirname(os.path.abspath(path))
+    directory = os.path.realpath(os.path.dirname(os.path.abspath(path)))
     safefile.ensure_private_dir(directory, "the database directory")
     safefile.check_parents(directory)
+    resolved = os.path.join(directory, os.path.basename(path))
     for side in SIDE_FILES:
-        safefile.make_private(path + side)
-    safefile.make_private(path, create=True)
+        safefile.make_private(resolved + side)
+    safefile.make_private(resolved, create=True)
+    return resolved
 
 
 def ensure_schema(conn: sqlite3.Connection) -> None:
@@ -823,16 +826,17 @@ class Store:
     ``call_write(fn, flow, cost)`` runs ``fn(conn)`` in the writer thread, in fair order between
     flows (:class:`~isstreamer.collector.sched.FairExecutor`); ``call_read(fn)`` in a reader
     thread; both return a :class:`concurrent.futures.Future` (wrap with ``asyncio.wrap_future``
-    on the event loop). ``max_db_bytes`` caps the database file (writes past it get 507).
+    on the event loop). ``max_db_bytes`` caps the database file (writes past it get 507). A
+    database file is first checked by :func:`prepare_database`; :attr:`path` is what SQLite opens.
     """
 
     def __init__(self, path: str, readers: int = 2, log_bounds: Optional[LogBounds] = None,
                  max_db_bytes: Optional[int] = None) -> None:
-        self.path = path
         self.log_bounds = log_bounds or LogBounds()
         self.max_db_bytes = max_db_bytes
         if path != ":memory:" and not path.startswith("file:"):
-            prepare_database(path)
+            path = prepare_database(path)
+        self.path = path
         self._writer = FairExecutor("collector-writer")
         self._readers = concurrent.futures.ThreadPoolExecutor(readers, thread_name_prefix="collector-reader")
         self._local = threading.local()
