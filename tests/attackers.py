@@ -30,7 +30,7 @@ class Served:
         e = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
         e.update(env or {})
         self.db = db or str(tmp_path / "served.db")
-        self.stderr_path = str(tmp_path / "serve.stderr")
+        self.stderr_path = self.db + ".stderr"
         self._stderr = open(self.stderr_path, "w+")  # a file: a full pipe would stall the server
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "isstreamer.cli", "serve", "--port", "0", "--db", self.db, *args],

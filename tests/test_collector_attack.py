@@ -4,7 +4,8 @@ real ``isstreamer serve`` on 127.0.0.1.
 Every attack is bounded in count and time. The tests here assert what holds on a loaded
 machine (the legitimate client is served, memory and disk stay bounded); the issue's acceptance
 figures (>= 95% of the legitimate requests answered within a second) are measured by the tests
-marked ``slow`` at the end, over a longer attack.
+marked ``slow`` at the end, over a longer attack; they are skipped unless selected:
+``python -m pytest -m slow tests/test_collector_attack.py``.
 """
 from __future__ import annotations
 
