@@ -206,8 +206,12 @@ class Streamer:
         self._keys: Dict[Any, int] = {}  # key -> interned id, for the hot path
 
     def _open_offline(self, mode: str) -> None:
-        path = self._opts["offline_file"]
-        self._csv_file = open(path, mode, newline="", encoding="utf-8")
+        """Open the offline CSV (``mode`` "w" empties it, "a" appends): created 0600, never
+        through a symlink, an existing file only when it is this user's (safefile)."""
+        from .safefile import open_private_output  # already loaded (ring imports it): no import lock taken
+
+        fd = open_private_output(self._opts["offline_file"], truncate=mode == "w")
+        self._csv_file = os.fdopen(fd, "a", newline="", encoding="utf-8")
         self._csv = csv.writer(self._csv_file)
         self._csv_lock = threading.Lock()
 
