@@ -9,9 +9,12 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import Callable, Optional, Tuple, Union
 
 import click
+from click.core import ParameterSource
+
+from isstreamer.collector import limits
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -27,6 +30,21 @@ def default_collector_db() -> Path:
     """``$XDG_STATE_HOME/isstreamer/collector.db`` (``~/.local/state`` when unset)."""
     state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     return Path(state) / "isstreamer" / "collector.db"
+
+
+class _Size(click.ParamType):
+    """A size in bytes: ``1048576``, ``512K``, ``256M``, ``1G`` (powers of 1024); ``0``: no limit."""
+
+    name = "SIZE"
+    _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+    def convert(self, value: object, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> int:
+        if isinstance(value, int):
+            return value
+        m = re.fullmatch(r"\s*([0-9]+)\s*([KMGT]?)i?B?\s*", str(value), re.IGNORECASE)
+        if not m:
+            self.fail("%r is not a size (e.g. 256M, 1G, or 0 for no limit)" % value, param, ctx)
+        return int(m.group(1)) * self._UNITS[m.group(2).upper()]
 
 
 class _RateLimit(click.ParamType):
@@ -76,15 +94,33 @@ class _RateLimit(click.ParamType):
               help="Web origin whose pages may write (e.g. http://localhost:3000; repeatable).")
 @click.option("--rate-limit", type=_RateLimit(), default=None, help="Requests per access key, e.g. 10/10 (429 past it).")
 @click.option("--monthly-quota", type=click.IntRange(min=0), default=None, help="Events per access key per month (402 past it).")
-@click.option("--max-body", type=click.IntRange(min=1), default=1_000_000, show_default=True, help="Largest body in bytes (413 past it).")
-@click.option("--max-key-chars", type=click.IntRange(min=1), default=250, show_default=True, help="Longest event key.")
-@click.option("--max-connections", type=click.IntRange(min=1), default=256, show_default=True,
-              help="Open connections at most.")
-@click.option("--header-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
-              help="Seconds a connection may take to send its request head.")
-@click.option("--log-rows", type=click.IntRange(min=0), default=10_000, show_default=True,
+@click.option("--max-body", type=click.IntRange(min=1), default=limits.MAX_BODY, show_default=True,
+              help="Largest body in bytes, compressed and decompressed (413 past it).")
+@click.option("--max-key-chars", type=click.IntRange(min=1), default=limits.MAX_KEY_CHARS, show_default=True,
+              help="Longest event key.")
+@click.option("--max-connections", type=click.IntRange(min=1), default=limits.MAX_CONNECTIONS, show_default=True,
+              help="Open connections at most (a new one replaces an idle or stalled one).")
+@click.option("--max-per-client", type=click.IntRange(min=1), default=limits.MAX_PER_CLIENT, show_default=True,
+              help="Open connections of one client address (IPv6: one /64) at most; raise it behind a proxy.")
+@click.option("--header-timeout", type=click.FloatRange(min=0.1), default=limits.HEADER_TIMEOUT, show_default=True,
+              help="Seconds a new connection may take to send its request head.")
+@click.option("--idle-timeout", type=click.FloatRange(min=0.1), default=limits.IDLE_TIMEOUT, show_default=True,
+              help="Seconds a kept-alive connection may wait for its next request.")
+@click.option("--body-timeout", type=click.FloatRange(min=0.1), default=limits.BODY_TIMEOUT, show_default=True,
+              help="Seconds a request body may take to arrive (408 past it).")
+@click.option("--write-timeout", type=click.FloatRange(min=0.1), default=limits.WRITE_TIMEOUT, show_default=True,
+              help="Seconds an answer may wait for a client that reads none of it.")
+@click.option("--disk-quota", type=_Size(), default=None,
+              help="Bytes of stored events each access key may have, e.g. 256M; 0: none (507 past it) "
+              "[default: %dM in any-key mode, none with keys]." % (limits.ANY_KEY_DISK_QUOTA // limits.MIB))
+@click.option("--max-db-size", type=_Size(), default=None,
+              help="The largest the database file may grow, e.g. 4G; 0: no cap (507 past it) "
+              "[default: %dM in any-key mode, none with keys]." % (limits.ANY_KEY_MAX_DB_SIZE // limits.MIB))
+@click.option("--page-size", type=click.IntRange(min=1), default=limits.PAGE_SIZE, show_default=True,
+              help="Most events (buckets, keys) in one read answer; more come page by page.")
+@click.option("--log-rows", type=click.IntRange(min=0), default=limits.LOG_ROWS, show_default=True,
               help="Write requests kept in the request log.")
-@click.option("--log-days", type=click.FloatRange(min=0), default=7.0, show_default=True,
+@click.option("--log-days", type=click.FloatRange(min=0), default=limits.LOG_DAYS, show_default=True,
               help="Days a request stays in the request log.")
 def serve(
     host: str,
@@ -100,7 +136,14 @@ def serve(
     max_body: int,
     max_key_chars: int,
     max_connections: int,
+    max_per_client: int,
     header_timeout: float,
+    idle_timeout: float,
+    body_timeout: float,
+    write_timeout: float,
+    disk_quota: Optional[int],
+    max_db_size: Optional[int],
+    page_size: int,
     log_rows: int,
     log_days: float,
 ) -> None:
@@ -110,8 +153,11 @@ def serve(
     """
     from isstreamer.collector import security
     from isstreamer.collector.server import run_collector
-    from isstreamer.collector.store import private_dir
+    from isstreamer.safefile import Refused
 
+    if access_keys:
+        click.echo("isstreamer serve: warning: --access-key is visible to other users (ps, /proc/PID/cmdline); "
+                   "use --access-key-file FILE or $%s instead" % security.KEYS_ENV, err=True)
     keys = list(access_keys) + security.keys_from_env(security.KEYS_ENV)
     admin = security.keys_from_env(security.ADMIN_KEYS_ENV)
     try:
@@ -119,11 +165,10 @@ def serve(
             keys += security.read_key_file(f)
         for f in admin_key_files:
             admin += security.read_key_file(f)
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, Refused) as exc:
         raise click.ClickException("cannot read a key file: %s" % exc) from exc
     path = Path(db) if db else default_collector_db()
     try:
-        private_dir(str(path.parent))
         run_collector(
             host=host,
             port=port,
@@ -137,11 +182,18 @@ def serve(
             allowed_hosts=allowed_hosts,
             allowed_origins=allowed_origins,
             max_connections=max_connections,
+            max_per_client=max_per_client,
             header_timeout=header_timeout,
+            idle_timeout=idle_timeout,
+            body_timeout=body_timeout,
+            write_timeout=write_timeout,
+            disk_quota=disk_quota,
+            max_db_size=max_db_size,
+            page_size=page_size,
             log_rows=log_rows,
             log_days=log_days,
         )
-    except OSError as exc:  # address in use, unwritable database ...
+    except (OSError, Refused) as exc:  # address in use, unwritable or planted database ...
         raise click.ClickException(str(exc)) from exc
 
 
@@ -174,6 +226,54 @@ def demo(events: int, workers: int, port: int, db: Optional[str], exit_after: bo
     except OSError as exc:  # port in use, unwritable database ...
         raise click.ClickException(str(exc)) from exc
     raise SystemExit(code)
+
+
+# --------------------------------------------------------------------------- access keys of log and replay
+
+#: Environment variable naming a file that holds the access key (``--access-key-file``).
+KEY_FILE_ENV = "ISSTREAMER_ACCESS_KEY_FILE"
+_VISIBLE_KEY = ("warning: --access-key is visible to other users (ps, /proc/PID/cmdline); use "
+                "--access-key-file FILE, $ISSTREAMER_ACCESS_KEY or isstreamer.ini instead")
+_NO_KEY = ("no access key: use --access-key-file FILE, set ISSTREAMER_ACCESS_KEY or put access_key in "
+           "isstreamer.ini")
+
+
+def _key_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The ``--access-key`` and ``--access-key-file`` options of a command."""
+    command = click.option(
+        "--access-key-file", type=click.Path(dir_okay=False), default=None, envvar=KEY_FILE_ENV, show_envvar=True,
+        help="File holding the access key (one line; # comments; mode 0600).")(command)
+    return click.option("--access-key", default="",
+                        help="Access key; visible to other users: prefer --access-key-file, env "
+                        "ISSTREAMER_ACCESS_KEY or isstreamer.ini.")(command)
+
+
+def command_line_key(command: str, access_key: str, key_file: Optional[str]) -> str:
+    """The access key given to a command: ``--access-key`` (with a warning that other users see
+    it) or the one line of ``--access-key-file``; "" when neither (the environment and
+    isstreamer.ini then apply)."""
+    ctx = click.get_current_context()
+    if key_file and access_key and ctx.get_parameter_source("access_key_file") is ParameterSource.ENVIRONMENT:
+        key_file = None  # an explicit --access-key beats $ISSTREAMER_ACCESS_KEY_FILE
+    if key_file and access_key:
+        raise click.UsageError("give --access-key or --access-key-file, not both")
+    if access_key:
+        click.echo("isstreamer %s: %s" % (command, _VISIBLE_KEY), err=True)
+        return access_key
+    return _read_key_file(key_file) if key_file else ""
+
+
+def _read_key_file(path: str) -> str:
+    from isstreamer.collector.security import read_key_file
+    from isstreamer.safefile import Refused
+
+    try:
+        keys = read_key_file(path)
+    except (OSError, UnicodeDecodeError, Refused) as exc:
+        raise click.UsageError("cannot read the access key file: %s" % exc) from exc
+    if len(keys) != 1:
+        raise click.UsageError("%s: %s" % (path, "%d keys in it, one expected" % len(keys) if keys else "no key in it"))
+    return keys[0]
 
 
 # --------------------------------------------------------------------------- log
@@ -234,7 +334,7 @@ def _default_bucket_key(bucket_name: str) -> str:
 @click.option("--bucket-name", default="", help="Bucket name [env ISSTREAMER_BUCKET, isstreamer.ini; default: isstreamer].")
 @click.option("--bucket-key", default="", envvar="ISSTREAMER_BUCKET_KEY", show_envvar=True,
               help="Bucket key [default: derived from the bucket name, so repeated calls share a bucket].")
-@click.option("--access-key", default="", help="Access key [env ISSTREAMER_ACCESS_KEY, isstreamer.ini].")
+@_key_options
 @click.option("--api-base", default="", help="Events API base URL [env ISSTREAMER_API_BASE, isstreamer.ini; "
                                              "default: https://groker.init.st].")
 @click.option("--ini", type=click.Path(dir_okay=False), default=None,
@@ -243,8 +343,9 @@ def _default_bucket_key(bucket_name: str) -> str:
 @click.option("--debug-level", type=click.IntRange(0, 2), default=0, show_default=True,
               help="1 echoes each event to stdout, 2 also makes invalid input an error.")
 @click.option("-q", "--quiet", is_flag=True, help="No summary line on stderr.")
-def log_command(args: Tuple[str, ...], bucket_name: str, bucket_key: str, access_key: str, api_base: str,
-                ini: Optional[str], epoch: Optional[float], debug_level: int, quiet: bool) -> None:
+def log_command(args: Tuple[str, ...], bucket_name: str, bucket_key: str, access_key: str,
+                access_key_file: Optional[str], api_base: str, ini: Optional[str], epoch: Optional[float],
+                debug_level: int, quiet: bool) -> None:
     """Log one event (KEY VALUE), or one per stdin line with KEY "-".
 
     \b
@@ -280,13 +381,13 @@ def log_command(args: Tuple[str, ...], bucket_name: str, bucket_key: str, access
                 coerce_epoch(epoch, True)
         except (TypeError, ValueError) as exc:
             raise click.UsageError(str(exc)) from exc
+    access_key = command_line_key("log", access_key, access_key_file)
     try:
         cfg = load_config(bucket_name=bucket_name, access_key=access_key, ini_file_location=ini, api_base=api_base)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
     if not cfg.offline and not cfg.access_key:
-        raise click.UsageError("no access key: pass --access-key, set ISSTREAMER_ACCESS_KEY or put access_key "
-                               "in isstreamer.ini")
+        raise click.UsageError(_NO_KEY)
     name = cfg.bucket_name or "isstreamer"
     bkey = bucket_key or _default_bucket_key(name)
 
@@ -358,7 +459,7 @@ def _adopt_orphans(access_key: str) -> None:
 
 @main.command()
 @click.argument("path", required=False, type=click.Path(), default=None)
-@click.option("--access-key", default="", help="Access key [env ISSTREAMER_ACCESS_KEY, isstreamer.ini].")
+@_key_options
 @click.option("--api-base", default="", help="Send to this API base instead of the one recorded with each stream.")
 @click.option("--ini", type=click.Path(dir_okay=False), default=None,
               help="isstreamer.ini to read [default: ~/isstreamer.ini, then ./isstreamer.ini].")
@@ -371,8 +472,9 @@ def _adopt_orphans(access_key: str) -> None:
 @click.option("--max-rps", default=0.0, show_default=True, type=click.FloatRange(min=0),
               help="At most this many requests per second (0: no ceiling).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: when stderr is a terminal].")
-def replay(path: Optional[str], access_key: str, api_base: str, ini: Optional[str], max_attempts: int,
-           backoff_max: float, request_timeout: float, max_rps: float, progress: Optional[bool]) -> None:
+def replay(path: Optional[str], access_key: str, access_key_file: Optional[str], api_base: str, ini: Optional[str],
+           max_attempts: int, backoff_max: float, request_timeout: float, max_rps: float,
+           progress: Optional[bool]) -> None:
     """Resubmit spooled events to the events API.
 
     PATH is a spool directory, one stream directory in it or one .jsonl spool file [default: the
@@ -390,13 +492,13 @@ def replay(path: Optional[str], access_key: str, api_base: str, ini: Optional[st
         if not os.path.isdir(path):
             click.echo("isstreamer replay: nothing to replay (no spool directory %s)" % path, err=True)
             return
+    access_key = command_line_key("replay", access_key, access_key_file)
     try:
         cfg = load_config(access_key=access_key, ini_file_location=ini, api_base=api_base)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
     if not cfg.access_key:
-        raise click.UsageError("no access key: pass --access-key, set ISSTREAMER_ACCESS_KEY or put access_key "
-                               "in isstreamer.ini")
+        raise click.UsageError(_NO_KEY)
     _adopt_orphans(cfg.access_key)
     policy = Policy(max_attempts=max_attempts, backoff_max=backoff_max, max_rps=max_rps)
     replayer = Replayer(cfg.access_key, api_base=cfg.api_base if api_base else None, policy=policy,

@@ -1,7 +1,7 @@
 """Files that hold user data, opened safely: the one module every writer of private files uses.
 
-Rules (the ring, the spool, the rejected-events file, the collector's database, the offline
-CSV all follow them):
+Rules (the ring, the spool, the rejected-events file, the collector's database and its key
+files, the offline CSV all follow them):
 
 * every open uses ``O_NOFOLLOW`` and ``O_CLOEXEC``: a planted symbolic link is never followed;
 * new files are created ``0600`` (exclusively where a name could be planted), directories
@@ -36,10 +36,10 @@ def _euid() -> int:
     return os.geteuid() if hasattr(os, "geteuid") else -1
 
 
-def open_nofollow(path: str, flags: int, mode: int = 0o600) -> int:
-    """``os.open`` with O_NOFOLLOW and O_CLOEXEC; a read-only open must find a regular file
-    (a planted FIFO or device is refused instead of blocking)."""
-    readonly = (flags & (os.O_WRONLY | os.O_RDWR)) == 0
+def open_nofollow(path: str, flags: int, mode: int = 0o600, regular: bool = False) -> int:
+    """``os.open`` with O_NOFOLLOW and O_CLOEXEC; a read-only open (any open when ``regular``)
+    must find a regular file (a planted FIFO or device is refused instead of blocking)."""
+    readonly = (flags & (os.O_WRONLY | os.O_RDWR)) == 0 or regular
     nonblock = _NONBLOCK if readonly and fcntl is not None else 0
     fd = os.open(path, flags | NOFOLLOW | CLOEXEC | nonblock, mode)
     if readonly:
@@ -54,16 +54,108 @@ def open_nofollow(path: str, flags: int, mode: int = 0o600) -> int:
     return fd
 
 
-def why_not_private(st: os.stat_result) -> Optional[str]:
-    """Why a file with this ``stat`` is not a private file of ours (None when it is)."""
+def why_not_ours(st: os.stat_result) -> Optional[str]:
+    """Why a file with this ``stat`` is not a regular file of this user (None when it is)."""
     if not stat.S_ISREG(st.st_mode):
         return "not a regular file"
     uid = _euid()
     if uid >= 0 and st.st_uid != uid:
         return "owned by uid %d, not by this user (%d)" % (st.st_uid, uid)
-    if st.st_mode & 0o077:
-        return "mode %o lets other users in (0600 expected)" % (st.st_mode & 0o777)
     return None
+
+
+def why_not_private(st: os.stat_result) -> Optional[str]:
+    """Why a file with this ``stat`` is not a private file of ours (None when it is)."""
+    why = why_not_ours(st)
+    if why is None and st.st_mode & 0o077:
+        why = "mode %o lets other users in (0600 expected)" % (st.st_mode & 0o777)
+    return why
+
+
+def _refuse_link(exc: OSError, path: str) -> Exception:
+    """The error to raise for a failed open: :class:`Refused` for a symlink or a non-regular file."""
+    if exc.errno == errno.ELOOP:
+        return Refused("isstreamer: refusing %s: it is a symbolic link" % path)
+    if exc.errno in (errno.EINVAL, errno.ENXIO) and os.path.lexists(path):
+        return Refused("isstreamer: refusing %s: not a regular file" % path)
+    return exc
+
+
+def _own_file(fd: int, path: str, single_link: bool) -> os.stat_result:
+    """The fd's stat, or :class:`Refused` unless it is a regular file of this user (with no
+    other hard link when ``single_link``)."""
+    st = os.fstat(fd)
+    why = why_not_ours(st)
+    if why is not None:
+        raise Refused("isstreamer: refusing %s: %s" % (path, why))
+    if single_link and st.st_nlink > 1:
+        raise Refused("isstreamer: refusing %s: it has %d hard links (another name for another file)"
+                      % (path, st.st_nlink))
+    return st
+
+
+def make_private(path: str, create: bool = False) -> None:
+    """Check an existing file without following a symlink: a regular file of this user (one an
+    older version made 0644 is made 0600), else :class:`Refused`. A missing file is fine, or is
+    created 0600 (exclusively) when ``create``."""
+    try:
+        fd = open_nofollow(path, os.O_RDONLY)
+    except FileNotFoundError:
+        if create:
+            os.close(open_private(path, os.O_RDWR, create=True))
+        return
+    except OSError as exc:
+        raise _refuse_link(exc, path) from exc
+    try:
+        if stat.S_IMODE(_own_file(fd, path, single_link=False).st_mode) & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
+def open_private_output(path: str, truncate: bool = False) -> int:
+    """Open ``path`` to append to it, created 0600 when missing, never through a symlink. An
+    existing file must be a regular file of this user with no other hard link (one an older
+    version made 0644 is made 0600), else :class:`Refused`; ``truncate`` empties it once it
+    passed these checks (so a planted file is refused, never emptied)."""
+    try:
+        fd = open_nofollow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, regular=True)
+    except OSError as exc:
+        raise _refuse_link(exc, path) from exc
+    try:
+        if stat.S_IMODE(_own_file(fd, path, single_link=True).st_mode) & 0o077:
+            os.fchmod(fd, 0o600)
+        if truncate:
+            os.ftruncate(fd, 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_private_text(path: str) -> str:
+    """The text of a secret file (a key file): it must be a regular file of this user that no
+    other user may read or write (:func:`open_private`), never reached through a symlink."""
+    fd = open_private(path, os.O_RDONLY)
+    with os.fdopen(fd, encoding="utf-8") as f:
+        return f.read()
+
+
+def check_parents(path: str) -> None:
+    """Refuse (:class:`Refused`) a path that another user could redirect: each directory above
+    it must be owned by root or this user, and sticky (like /tmp) if others may write to it."""
+    uid = _euid()
+    parent = os.path.dirname(os.path.abspath(path))
+    while True:
+        st = os.stat(parent)
+        if st.st_uid not in (0, uid) or (st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX):
+            raise Refused("refusing %s: the directory %s above it is %s" % (
+                path, parent, "owned by uid %d" % st.st_uid if st.st_uid not in (0, uid) else
+                "writable by other users without the sticky bit (mode %04o)" % stat.S_IMODE(st.st_mode)))
+        up = os.path.dirname(parent)
+        if up == parent:
+            return
+        parent = up
 
 
 def check_private_fd(fd: int, path: str) -> None:

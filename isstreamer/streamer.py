@@ -19,6 +19,7 @@ from .flatten import flatten_object
 from .ring import (Attachment, RingClosed, RingRefused, check_fallback_safe, default_ring_dir, fallback_reason,
                    logs_for, puts_for, use_native)
 from .rules import ceiling_settings, normalize_rules
+from .safefile import open_private_output
 from .settings import SenderSettings
 from .ring.backend import ffi as _ffi
 from .options import BUFFER_SIZE, DEFAULTS, Options, check_number
@@ -193,8 +194,10 @@ class Streamer:
         self._keys: Dict[Any, int] = {}  # key -> interned id, for the hot path
 
     def _open_offline(self, mode: str) -> None:
-        path = self._options.offline_file
-        self._csv_file = open(path, mode, newline="", encoding="utf-8")
+        """Open the offline CSV (``mode`` "w" empties it, "a" appends): created 0600, never
+        through a symlink, an existing file only when it is this user's (safefile)."""
+        fd = open_private_output(self._options.offline_file, truncate=mode == "w")
+        self._csv_file = os.fdopen(fd, "a", newline="", encoding="utf-8")
         self._csv = csv.writer(self._csv_file)
         self._csv_lock = threading.Lock()
 

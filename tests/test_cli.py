@@ -52,9 +52,9 @@ def test_log_single_event_lands_with_its_type(tmp_path, collector):
 
 def test_log_single_event_with_epoch_and_quiet(tmp_path, collector):
     r = isstreamer(tmp_path, "log", "t", "1", "--epoch", "1700000000.5", "--quiet",
-                   "--api-base", collector.url, "--access-key", "k", "--bucket-key", "ep")
+                   "--api-base", collector.url, "--bucket-key", "ep", ISSTREAMER_ACCESS_KEY="k")
     assert r.returncode == 0, r.stderr
-    assert r.stderr == ""
+    assert r.stderr == ""  # (--access-key would add its warning: other users can see it)
     [ev] = collector.events("ep")
     assert ev["epoch"] == 1700000000.5
 
@@ -173,3 +173,62 @@ def test_demo_serves_dashboard_until_sigint(tmp_path):
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+# --------------------------------------------------------------------------- access keys (issue 20 item 4)
+
+
+def key_file(tmp_path, key: str, mode: int = 0o600) -> str:
+    path = tmp_path / "access.key"
+    path.write_text("# my Initial State key\n%s\n" % key)
+    os.chmod(path, mode)
+    return str(path)
+
+
+def test_log_takes_the_key_from_a_key_file(tmp_path, collector):
+    r = isstreamer(tmp_path, "log", "t", "1", "--api-base", collector.url, "--access-key-file",
+                   key_file(tmp_path, "from-file"), "--bucket-key", "kf")
+    assert r.returncode == 0, r.stderr
+    assert "warning" not in r.stderr.lower()
+    r = isstreamer(tmp_path, "log", "t", "2", "--api-base", collector.url, "--bucket-key", "kf",
+                   ISSTREAMER_ACCESS_KEY_FILE=key_file(tmp_path, "from-file"))
+    assert r.returncode == 0, r.stderr
+    assert [e["value"] for e in collector.events("kf")] == [1, 2]
+    from isstreamer.collector.store import hash_access_key
+
+    assert {b["owner"] for b in collector.buckets()} == {hash_access_key("from-file")[:12]}
+
+
+def test_access_key_on_the_command_line_warns(tmp_path, collector):
+    r = isstreamer(tmp_path, "log", "t", "1", "--api-base", collector.url, "--access-key", "visible",
+                   "--bucket-key", "warned")
+    assert r.returncode == 0, r.stderr
+    assert "visible to other users" in r.stderr and "--access-key-file" in r.stderr
+    assert by_key(collector.events("warned")) == {"t": 1}  # still works, as in 2.0.0
+
+
+def test_key_file_problems_are_usage_errors(tmp_path):
+    r = isstreamer(tmp_path, "log", "t", "1", "--access-key-file", key_file(tmp_path, "k", 0o644))
+    assert r.returncode == 2 and "0600 expected" in r.stderr, r.stderr
+    r = isstreamer(tmp_path, "log", "t", "1", "--access-key-file", key_file(tmp_path, "k"), "--access-key", "k")
+    assert r.returncode == 2 and "not both" in r.stderr, r.stderr
+    empty = tmp_path / "empty.key"
+    empty.write_text("# nothing\n")
+    os.chmod(empty, 0o600)
+    r = isstreamer(tmp_path, "log", "t", "1", "--access-key-file", str(empty))
+    assert r.returncode == 2 and "no key" in r.stderr, r.stderr
+
+
+def test_replay_takes_the_key_from_a_key_file(tmp_path, collector):
+    from isstreamer.spool import SpoolWriter, key_fingerprint
+
+    w = SpoolWriter(str(tmp_path / "spool"))
+    w.write(collector.url, "replayed", "Replayed", key_fingerprint("spool-key"), b'[{"key":"n","value":7}]')
+    w.close_all()
+    r = isstreamer(tmp_path, "replay", str(tmp_path / "spool"), "--access-key-file", key_file(tmp_path, "spool-key"),
+                   "--no-progress")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "warning" not in r.stderr.lower()
+    assert by_key(collector.events("replayed")) == {"n": 7}
+    r = isstreamer(tmp_path, "replay", str(tmp_path / "spool"), "--access-key", "spool-key", "--no-progress")
+    assert r.returncode == 0 and "visible to other users" in r.stderr, r.stderr

@@ -367,6 +367,7 @@ def _stop(proc: subprocess.Popen) -> None:
 def test_keys_from_file_and_env_not_on_the_command_line(tmp_path: Any) -> None:
     keyfile = tmp_path / "keys"
     keyfile.write_text("# collector keys\nfile-secret-1\n\nfile-secret-2\n")
+    os.chmod(keyfile, 0o600)  # a key file others may read is refused (test_planted_files.py)
     db = tmp_path / "new" / "deeper" / "c.db"
     old_umask = os.umask(0o022)
     try:

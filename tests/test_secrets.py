@@ -219,3 +219,48 @@ def test_sender_messages_when_auth_fails(tmp_path, collector_factory, backend):
     assert_no_secret(r.stdout + r.stderr, "stdout/stderr")
     assert wait_until(lambda: any(n.endswith(".jsonl") for _, _, ns in os.walk(tmp_path / "spool") for n in ns),
                       timeout=30), "the refused events were not spooled"
+
+
+def _command_lines() -> str:
+    """Every process's command line (what any local user can read)."""
+    out = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open("/proc/%s/cmdline" % pid, "rb") as f:
+                    out.append(f.read().replace(b"\0", b" ").decode("utf-8", "replace"))
+            except OSError:
+                pass
+    return "\n".join(out)
+
+
+@pytest.mark.parametrize("form", ["environment", "ini", "key file"])
+def test_cli_command_lines_hold_no_key(tmp_path, collector, form):
+    """``isstreamer log`` with the key in each documented place: no process shows it (the CLI, its
+    sender)."""
+    env = script_env("native")
+    env.pop("ISSTREAMER_ACCESS_KEY", None)
+    env["HOME"] = str(tmp_path)
+    args = ["log", "-", "--api-base", collector.url, "--bucket-key", "cmdline-" + form.replace(" ", "-")]
+    if form == "environment":
+        env["ISSTREAMER_ACCESS_KEY"] = SECRET
+    elif form == "ini":
+        (tmp_path / "isstreamer.ini").write_text("[isstreamer.client_config]\naccess_key = %s\n" % SECRET)
+    else:
+        (tmp_path / "key").write_text(SECRET + "\n")
+        os.chmod(tmp_path / "key", 0o600)
+        args += ["--access-key-file", str(tmp_path / "key")]
+    p = subprocess.Popen([sys.executable, "-m", "isstreamer.cli", *args], stdin=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, cwd=str(tmp_path), env=env)
+    try:
+        p.stdin.write("t,1\n")  # type: ignore[union-attr]
+        p.stdin.flush()  # type: ignore[union-attr]
+        assert wait_until(lambda: collector.event_count("cmdline-" + form.replace(" ", "-")) == 1, 60)
+        assert_no_secret(_command_lines(), "a command line")
+        p.stdin.close()  # type: ignore[union-attr]
+        assert p.wait(60) == 0, p.stderr.read()  # type: ignore[union-attr]
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert_no_secret(p.stderr.read(), "the CLI's stderr")  # type: ignore[union-attr]

@@ -1,26 +1,29 @@
 """The aiohttp application of the local collector: the Initial State events API, a JSON read
 API and the live dashboard.
 
-Write API (what a streamer client talks to; requests to it are logged in the database, within
-the bounds of :class:`~isstreamer.collector.store.LogBounds`; 401s are only counted):
+Write API (what a streamer client talks to; requests to it whose key was accepted are logged in
+the database, within the bounds of :class:`~isstreamer.collector.store.LogBounds`; the others,
+401s included, are only counted):
 
 - ``POST /api/buckets`` (JSON body, or the URL-parameter form
   ``?accessKey=K&bucketKey=B&bucketName=N``): 201 created, 204 exists, 400, 401.
 - ``POST /api/events`` (one event or an array) and the URL-parameter variant
-  ``GET|POST /api/events?accessKey=K&bucketKey=B&name=value...``: 204, 400, 401, 402, 413, 429.
-  Every answer carries ``X-RateLimit-Limit/Remaining/Reset``.
+  ``GET|POST /api/events?accessKey=K&bucketKey=B&name=value...``: 204, 400, 401, 402, 413, 429,
+  507 (disk quota, database full). Every answer carries ``X-RateLimit-Limit/Remaining/Reset``.
 
 Read API: ``GET /api/buckets``, ``GET|DELETE /api/buckets/{key}``,
 ``GET /api/buckets/{key}/latest``, ``GET /api/buckets/{key}/events``,
 ``GET /api/buckets/{key}/dashboard`` (everything a dashboard refresh needs, one request),
 ``GET /api/stats``, ``GET /api/versions``, ``GET /data/v1/events/latest``. Dashboard: ``GET /``,
-``GET /dashboard/{key}``, ``/static/...``.
+``GET /dashboard/{key}``, ``/static/...``. Read answers are bounded: events come in pages with a
+``next`` cursor, lists hold ``page_size`` items at most.
 
 Security model (see README "The local collector"): with keys configured every API request but
 ``/api/versions`` needs one and sees only its own buckets; an admin key sees all and may use
 ``owner=``. In any-key mode reads are open and writes take any non-empty key. DELETE always
 needs the owning key (or an admin key) and never crosses owners. Every request must carry an
-allowed ``Host``; writes a browser marks as cross-site are refused.
+allowed ``Host``; writes a browser marks as cross-site are refused. What a connection may hold
+is bounded by :mod:`~isstreamer.collector.guard`, what a key holder may store by its quotas.
 
 Errors are JSON: ``{"message": {"error": {"type": ..., "message": ..., ["index": i]}}}``; a 402
 is ``{"message": "Event limit exceeded for current cycle ..."}`` as the hosted API answers.
@@ -28,8 +31,10 @@ is ``{"message": "Event limit exceeded for current cycle ..."}`` as the hosted A
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
+import mimetypes
 import re
 import time
 import uuid
@@ -41,8 +46,11 @@ from typing import Any, Awaitable, Callable, Dict, FrozenSet, Iterable, List, Op
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import ContentLengthError, PayloadEncodingError
 
+from . import limits
 from . import store as st
+from .guard import ConnectionGuard, GuardedConnection
 from .iso8601 import parse_iso8601
 from .security import HostPolicy, cross_site_reason
 from .store import EventRow, RequestLog, Store
@@ -55,6 +63,8 @@ TEN_YEARS = 10 * 365.25 * 86400.0
 #: Accepted epochs: 0001-01-01 to 9999-12-31 (anything else is refused with a 400).
 EPOCH_MIN, EPOCH_MAX = -62135596800.0, 253402300799.0
 API_VERSIONS = ["0.0.1", "0.0.2", "0.0.3", "0.0.4"]
+#: A dashboard answer charts numeric keys until they reach this many columns in all.
+SERIES_CELLS = 100_000
 #: Rate-limit window reported (and enforced when ``rate_limit`` is set): the hosted API's 10 s.
 DEFAULT_RATE_WINDOW = 10.0
 #: ``X-RateLimit-Limit`` reported when no limit is configured (nothing is refused).
@@ -62,12 +72,13 @@ UNLIMITED_RATE = 1_000_000
 _BAD_BUCKET_CHARS = re.compile(r"[:\"']")
 _INT_RE = re.compile(r"-?(?:0|[1-9][0-9]*)")
 _FLOAT_RE = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+_CURSOR_RE = re.compile(r"(-?[0-9][0-9.e+-]{0,30}):([0-9]{1,19})")
 _EPOCH_STR_RE = re.compile(r"\s*[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]{1,3})?\s*")
 
 
 @dataclass(frozen=True)
 class CollectorConfig:
-    """Behaviour of a collector.
+    """Behaviour of a collector (defaults: :mod:`~isstreamer.collector.limits`).
 
     ``access_keys`` and ``admin_keys`` both empty means any-key mode: any non-empty key writes,
     reads are open. Otherwise every API request needs one of them; an access key sees its own
@@ -76,31 +87,60 @@ class CollectorConfig:
     ``max_body`` is the largest accepted body in bytes, compressed and decompressed. Timestamps
     ten or more years old are replaced by the receive time when ``ignore_old_timestamps`` (as
     the real API does). ``allowed_hosts`` adds ``Host`` names to those of the bound address
-    (``*``: any); ``allowed_origins`` are web origins whose pages may write. ``max_connections``,
-    ``header_timeout`` and ``body_timeout`` bound what slow clients hold; ``log_rows`` and
-    ``log_days`` bound the request log.
+    (``*``: any); ``allowed_origins`` are web origins whose pages may write.
+    ``max_connections``, ``max_per_client``, ``header_timeout``, ``idle_timeout``,
+    ``body_timeout`` and ``write_timeout`` bound what slow clients hold (see
+    :mod:`~isstreamer.collector.guard`); ``page_size`` bounds the items of one read answer;
+    ``disk_quota`` (bytes of stored events per key holder) and ``max_db_size`` (bytes of the
+    database file) bound the disk: None means the default of the mode (see
+    :attr:`disk_quota_bytes`), 0 no limit. ``log_rows`` and ``log_days`` bound the request log.
     """
 
     access_keys: FrozenSet[str] = frozenset()
     rate_limit: Optional[Tuple[int, float]] = None
     monthly_quota: Optional[int] = None
-    max_body: int = 1_000_000
-    max_key_chars: int = 250
-    max_value_chars: int = 2000
+    max_body: int = limits.MAX_BODY
+    max_key_chars: int = limits.MAX_KEY_CHARS
+    max_value_chars: int = limits.MAX_VALUE_CHARS
     ignore_old_timestamps: bool = True
     admin_keys: FrozenSet[str] = frozenset()
     allowed_hosts: FrozenSet[str] = frozenset()
     allowed_origins: FrozenSet[str] = frozenset()
-    max_connections: int = 256
-    header_timeout: float = 10.0
-    body_timeout: float = 30.0
-    log_rows: int = 10_000
-    log_days: float = 7.0
+    max_connections: int = limits.MAX_CONNECTIONS
+    max_per_client: int = limits.MAX_PER_CLIENT
+    header_timeout: float = limits.HEADER_TIMEOUT
+    idle_timeout: float = limits.IDLE_TIMEOUT
+    body_timeout: float = limits.BODY_TIMEOUT
+    write_timeout: float = limits.WRITE_TIMEOUT
+    page_size: int = limits.PAGE_SIZE
+    disk_quota: Optional[int] = None
+    max_db_size: Optional[int] = None
+    log_rows: int = limits.LOG_ROWS
+    log_days: float = limits.LOG_DAYS
 
     @property
     def keys_required(self) -> bool:
         """Whether keys are configured (otherwise: any-key mode)."""
         return bool(self.access_keys or self.admin_keys)
+
+    @property
+    def disk_quota_bytes(self) -> Optional[int]:
+        """Bytes of stored events each key holder may have (None: no quota): ``disk_quota``, or
+        :data:`~isstreamer.collector.limits.ANY_KEY_DISK_QUOTA` in any-key mode."""
+        return _mode_default(self.disk_quota, self.keys_required, limits.ANY_KEY_DISK_QUOTA)
+
+    @property
+    def max_db_bytes(self) -> Optional[int]:
+        """The largest the database file may grow (None: no cap): ``max_db_size``, or
+        :data:`~isstreamer.collector.limits.ANY_KEY_MAX_DB_SIZE` in any-key mode."""
+        return _mode_default(self.max_db_size, self.keys_required, limits.ANY_KEY_MAX_DB_SIZE)
+
+
+def _mode_default(value: Optional[int], keys_required: bool, any_key_default: int) -> Optional[int]:
+    """A disk limit: the value given (0: none), else the any-key default (none with keys)."""
+    if value is None:
+        return None if keys_required else any_key_default
+    return int(value) or None
 
 
 class ApiError(Exception):
@@ -174,8 +214,13 @@ def parse_epoch(value: Any, index: int) -> float:
         ep = float(value)
     else:
         raise _bad(index, "epoch must be a number of seconds (or a string holding one)")
+    return _in_range(ep, index, "epoch %r" % (value if t is not str else value[:64]))
+
+
+def _in_range(ep: float, index: int, shown: str) -> float:
+    """``ep`` if it falls in years 1-9999 (what the read API can show as a date), else a 400."""
     if not (EPOCH_MIN <= ep <= EPOCH_MAX):  # also false for NaN
-        raise _bad(index, "epoch %r is outside years 1-9999" % (value if t is not str else value[:64]))
+        raise _bad(index, "%s is outside years 1-9999" % shown)
     return ep
 
 
@@ -190,7 +235,7 @@ def parse_timestamp(ev: Dict[str, Any], now: float, index: int, ignore_old: bool
         parsed = parse_iso8601(iso) if len(iso) <= 64 else None
         if parsed is None:
             raise _bad(index, "bad iso8601 timestamp %r" % iso[:64])
-        ep = parsed
+        ep = _in_range(parsed, index, "iso8601 %r" % iso)
     else:
         return now
     if ignore_old and ep <= now - TEN_YEARS:
@@ -302,14 +347,18 @@ STORE = web.AppKey("store", Store)
 LIMITER = web.AppKey("limiter", RateLimiter)
 HOSTS = web.AppKey("hosts", object)
 SERIES = web.AppKey("series", object)
+GUARD = web.AppKey("guard", ConnectionGuard)
+STATIC = web.AppKey("static", object)
 _RequestKey = getattr(web, "RequestKey", None)  # aiohttp >= 3.13 wants typed request keys
 _LOG: Any = _RequestKey("isstreamer_log", RequestLog) if _RequestKey else "isstreamer_log"
 _LOGGED: Any = _RequestKey("isstreamer_logged", bool) if _RequestKey else "isstreamer_logged"
 _EXTRA_HEADERS: Any = _RequestKey("isstreamer_headers", dict) if _RequestKey else "isstreamer_headers"
-#: Statuses of requests refused before their key was known: counted, never stored in the log.
+_CONN: Any = _RequestKey("isstreamer_conn", GuardedConnection) if _RequestKey else "isstreamer_conn"
+#: Statuses of requests refused before their key was known: counted, never stored in the log
+#: (nor is any request whose key was not accepted).
 _COUNT_ONLY = (401, 403)
 #: Answers after which the connection is closed (the rest of the body is not worth reading).
-_CLOSE_AFTER = (401, 403, 408, 413)
+_CLOSE_AFTER = (401, 403, 408, 413, 499)
 #: At most this long is spent reading (and dropping) the rest of a refused body.
 DRAIN_SECONDS = 2.0
 
@@ -324,6 +373,50 @@ def _is_write(request: web.Request) -> bool:
 def _is_logged(request: web.Request) -> bool:
     path = request.path
     return path == "/api/events" or (path == "/api/buckets" and request.method == "POST")
+
+
+@web.middleware
+async def connection_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Tell the connection guard what the request's connection does, and write the whole answer
+    before the request counts as done (an answer the client does not read stalls it here)."""
+    guard: Optional[ConnectionGuard] = request.app.get(GUARD)  # type: ignore[assignment]
+    conn = guard.connection(request.transport) if guard is not None else None
+    if conn is None:
+        return await handler(request)
+    request[_CONN] = conn
+    conn.request_started()
+    try:
+        resp = await handler(request)
+        await _send(request, resp)
+        return resp
+    except web.HTTPException as exc:
+        await _send(request, exc)
+        raise
+    finally:
+        conn.request_done()
+
+
+async def _send(request: web.Request, resp: web.StreamResponse) -> None:
+    """Write ``resp`` now (aiohttp's own write after the middlewares then has nothing left to
+    do); a client gone meanwhile is not an error."""
+    try:
+        await resp.prepare(request)
+        await resp.write_eof()
+    except ConnectionError:
+        pass
+
+
+def _body_phase(request: web.Request, reading: bool) -> None:
+    """Mark the request's connection as reading its body (or done with it)."""
+    conn: Optional[GuardedConnection] = request.get(_CONN)
+    if conn is None:
+        return
+    if reading:
+        conn.body_started()
+    else:
+        conn.body_done()
 
 
 @web.middleware
@@ -402,12 +495,12 @@ async def api_middleware(
             await _drain(request, max_body, DRAIN_SECONDS)
     if entry is not None and not request.get(_LOGGED):
         store = request.app[STORE]
-        if resp.status in _COUNT_ONLY:
+        if resp.status in _COUNT_ONLY or entry.owner is None:  # no key accepted: only counted
             status = resp.status
             await asyncio.wrap_future(store.call_write(lambda c: st.count_status(c, status)))
         else:
             entry.status = resp.status
-            await asyncio.wrap_future(store.call_write(lambda c: st.log_request(c, entry)))
+            await asyncio.wrap_future(store.call_write(lambda c: st.log_request(c, entry), entry.owner))
     return resp
 
 
@@ -482,10 +575,13 @@ async def _drain(request: web.Request, limit: int, timeout: float) -> None:
                 return
             left -= len(chunk)
 
+    _body_phase(request, True)
     try:
         await asyncio.wait_for(drop(), timeout)
     except Exception:  # noqa: BLE001 - best effort: timeout, reset, payload errors
         pass
+    finally:
+        _body_phase(request, False)
 
 
 def _decompressor(encoding: str) -> Optional[Any]:
@@ -500,13 +596,29 @@ def _decompressor(encoding: str) -> Optional[Any]:
     raise ApiError(400, "INVALID_BODY", "unsupported Content-Encoding %r (gzip, deflate or none)" % enc[:40])
 
 
+async def _next_chunk(request: web.Request) -> bytes:
+    """The next piece of the body (b"" at its end). A client gone before the end is a 499 (as
+    nginx logs it), a malformed chunked encoding a 400: neither is an error of the collector."""
+    gone = ApiError(499, "CLIENT_CLOSED_REQUEST", "the client closed the connection before sending its body")
+    try:
+        return await request.content.readany()
+    except (ConnectionError, ContentLengthError):
+        raise gone from None
+    except RuntimeError:  # aiohttp's "Connection closed." when the body is awaited after the end
+        if request.transport is None:
+            raise gone from None
+        raise
+    except PayloadEncodingError as exc:
+        raise ApiError(400, "INVALID_BODY", "malformed body: %s" % st.cap_text(str(exc), 100)) from None
+
+
 async def _read_raw(request: web.Request, max_body: int, d: Optional[Any]) -> bytes:
     """The body, decompressed as it streams in; 413 once it passes ``max_body`` (either side)."""
     too_big = ApiError(413, "PAYLOAD_TOO_LARGE", "body over %d bytes" % max_body)
     out = bytearray()
     raw = 0
     while True:
-        chunk = await request.content.readany()
+        chunk = await _next_chunk(request)
         if not chunk:
             break
         raw += len(chunk)
@@ -534,10 +646,13 @@ async def _read_body(request: web.Request) -> bytes:
     if (request.content_length or 0) > max_body:
         raise ApiError(413, "PAYLOAD_TOO_LARGE", "body over %d bytes" % max_body)
     d = _decompressor(request.headers.get("Content-Encoding", ""))
+    _body_phase(request, True)
     try:
         return await asyncio.wait_for(_read_raw(request, max_body, d), config.body_timeout)
     except asyncio.TimeoutError:
         raise ApiError(408, "REQUEST_TIMEOUT", "the body did not arrive within %gs" % config.body_timeout) from None
+    finally:
+        _body_phase(request, False)
 
 
 def _loads(body: bytes) -> Any:
@@ -586,9 +701,9 @@ async def post_buckets(request: web.Request) -> web.Response:
         raise ApiError(400, "INVALID_TAGS", "tags must be an array of strings")
     owner = caller.owner
     now = time.time()
-    result = await asyncio.wrap_future(
-        request.app[STORE].call_write(lambda c: st.create_bucket(c, owner, bucket_key, name, tags, now, entry))
-    )
+    quotas = _quotas(request.app[CONFIG])
+    result = await asyncio.wrap_future(request.app[STORE].call_write(
+        lambda c: st.create_bucket(c, owner, bucket_key, name, tags, now, entry, quotas), owner))
     request[_LOGGED] = True
     if result.status == 201:
         return json_response({"bucketKey": bucket_key, "bucketName": name}, status=201)
@@ -616,11 +731,16 @@ def _rate_limit(request: web.Request, owner: str, now: float) -> None:
         )
 
 
-def _url_events(request: web.Request, base: int, now: float, config: CollectorConfig) -> List[EventRow]:
+def _url_pairs(request: web.Request) -> List[Tuple[str, str]]:
+    """The URL-parameter events of a request, ``(name, value)``, checked to be text."""
     pairs = [(k, v) for k, v in request.query.items() if k not in ("accessKey", "bucketKey")]
     for k, v in pairs:
         _check_text(k, "a URL parameter name")
         _check_text(v, "the value of URL parameter %r" % k[:50])
+    return pairs
+
+
+def _url_events(pairs: List[Tuple[str, str]], base: int, now: float, config: CollectorConfig) -> List[EventRow]:
     try:
         return parse_events([{"key": k, "value": parse_url_value(v)} for k, v in pairs], now, config)
     except ApiError as exc:
@@ -629,8 +749,25 @@ def _url_events(request: web.Request, base: int, now: float, config: CollectorCo
         raise
 
 
+def _event_rows(body: Optional[bytes], pairs: List[Tuple[str, str]], now: float,
+                config: CollectorConfig) -> List[EventRow]:
+    """The events of a JSON body (None: no body) and of URL parameters, validated, all or nothing."""
+    rows = parse_events(_loads(body), now, config) if body is not None else []
+    if pairs:
+        rows.extend(_url_events(pairs, len(rows), now, config))
+    return rows
+
+
+def _quotas(config: CollectorConfig) -> st.Quotas:
+    return st.Quotas(monthly_events=config.monthly_quota, disk_bytes=config.disk_quota_bytes)
+
+
 async def events(request: web.Request) -> web.Response:
-    """``GET|POST /api/events``: store one event, an array, or URL-parameter events (204)."""
+    """``GET|POST /api/events``: store one event, an array, or URL-parameter events (204).
+
+    The body is read (and inflated) here; decoding, validating and storing it is one call of
+    the writer, scheduled fairly between key holders at a cost of its size.
+    """
     app = request.app
     config = app[CONFIG]
     entry: RequestLog = request[_LOG]
@@ -641,21 +778,21 @@ async def events(request: web.Request) -> web.Response:
     _rate_limit(request, owner, now)
     bucket_key = validate_bucket_key(request.headers.get("X-IS-BucketKey") or request.query.get("bucketKey"))
     entry.bucket_key = bucket_key
-
-    rows: List[EventRow] = []
-    has_url_events = any(k not in ("accessKey", "bucketKey") for k in request.query)
+    pairs = _url_pairs(request)
+    body: Optional[bytes] = None
     has_body = request.method == "POST" and (request.can_read_body or (request.content_length or 0) > 0)
-    if has_body or not has_url_events:
-        body = await _read_body(request)
-        if body.strip() or not has_url_events:
-            rows = parse_events(_loads(body), now, config)
-    if has_url_events:
-        rows.extend(_url_events(request, len(rows), now, config))
-    received = time.time()
-    quota = config.monthly_quota
-    result = await asyncio.wrap_future(
-        app[STORE].call_write(lambda c: st.ingest(c, owner, bucket_key, rows, received, quota, entry))
-    )
+    if has_body or not pairs:
+        raw = await _read_body(request)
+        if raw.strip() or not pairs:
+            body = raw
+    quotas = _quotas(config)
+
+    def write(conn: Any) -> st.IngestResult:
+        rows = _event_rows(body, pairs, now, config)
+        return st.ingest(conn, owner, bucket_key, rows, time.time(), entry, quotas)
+
+    cost = 1.0 + len(body or b"") / 1024
+    result = await asyncio.wrap_future(app[STORE].call_write(write, owner, cost))
     request[_LOGGED] = True
     if result.status == 204:
         return web.Response(status=204)
@@ -703,11 +840,19 @@ async def _find(request: web.Request) -> Tuple[Dict[str, Any], List[int]]:
     return _merge_buckets(found), [b["id"] for b in found]
 
 
+def _capped(items: List[Any], page_size: int) -> Tuple[List[Any], bool]:
+    """``(the first page_size items, whether there were more)`` of a list fetched one longer."""
+    return items[:page_size], len(items) > page_size
+
+
 async def list_buckets(request: web.Request) -> web.Response:
-    """``GET /api/buckets``: the caller's buckets (key, name, created, auto_created, event_count ...)."""
+    """``GET /api/buckets``: the caller's buckets (key, name, created, auto_created, event_count ...),
+    the first ``page_size`` of them (``truncated`` says whether there are more)."""
     owner = _read_scope(request)
-    buckets = await asyncio.wrap_future(request.app[STORE].call_read(lambda c: st.list_buckets(c, owner)))
-    return json_response({"buckets": buckets})
+    page_size = request.app[CONFIG].page_size
+    found = await asyncio.wrap_future(request.app[STORE].call_read(lambda c: st.list_buckets(c, owner, page_size + 1)))
+    buckets, truncated = _capped(found, page_size)
+    return json_response({"buckets": buckets, "truncated": truncated})
 
 
 async def get_bucket(request: web.Request) -> web.Response:
@@ -730,7 +875,8 @@ async def delete_bucket(request: web.Request) -> web.Response:
         raise ApiError(403, "FORBIDDEN", "owner= needs an admin key")
     else:
         owner = caller.owner
-    n = await asyncio.wrap_future(request.app[STORE].call_write(lambda c: st.remove_one_bucket(c, bucket_key, owner)))
+    n = await asyncio.wrap_future(request.app[STORE].call_write(
+        lambda c: st.remove_one_bucket(c, bucket_key, owner), caller.owner))
     if n < 0:
         raise ApiError(409, "AMBIGUOUS_OWNER", "several owners have bucket %r: add owner=" % bucket_key[:250])
     if not n:
@@ -738,45 +884,65 @@ async def delete_bucket(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def _latest(request: web.Request, ids: List[int]) -> Tuple[List[Dict[str, Any]], bool]:
+    """The latest value of the first ``page_size`` keys, and whether there are more keys."""
+    page_size = request.app[CONFIG].page_size
+    found = await asyncio.wrap_future(request.app[STORE].call_read(lambda c: st.latest_values(c, ids, page_size + 1)))
+    return _capped(found, page_size)
+
+
 async def bucket_latest(request: web.Request) -> web.Response:
-    """``GET /api/buckets/{bucketKey}/latest``: the bucket and the latest value of each key."""
+    """``GET /api/buckets/{bucketKey}/latest``: the bucket and the latest value of each key (of
+    the first ``page_size`` keys; ``truncated`` says whether there are more)."""
     info, ids = await _find(request)
-    latest = await asyncio.wrap_future(request.app[STORE].call_read(lambda c: st.latest_values(c, ids)))
-    return json_response({"bucket": info, "latest": latest})
+    latest, truncated = await _latest(request, ids)
+    return json_response({"bucket": info, "latest": latest, "truncated": truncated})
 
 
 class SeriesCache:
     """The last reduced series of each (buckets, columns), so that dashboards polling a bucket
     that keeps receiving events cost a bounded share of a core: a series is recomputed at most
-    every ``max(min_interval, cost_factor * seconds the last computation took)``."""
+    every ``max(min_interval, cost_factor * seconds the last computation took)``. At most
+    ``size`` series are kept, and ``max_cells`` columns in all (the oldest go first)."""
 
-    def __init__(self, size: int = 64, min_interval: float = 1.0, cost_factor: float = 4.0) -> None:
-        self.size, self.min_interval, self.cost_factor = size, min_interval, cost_factor
-        self._entries: Dict[Tuple[Tuple[int, ...], int], Tuple[int, float, float, Any]] = {}
+    def __init__(self, size: int = 64, min_interval: float = 1.0, cost_factor: float = 4.0,
+                 max_cells: int = 4 * SERIES_CELLS) -> None:
+        self.size, self.min_interval, self.cost_factor, self.max_cells = size, min_interval, cost_factor, max_cells
+        self._entries: Dict[Tuple[Tuple[int, ...], int], Tuple[int, float, float, Any, int]] = {}
+        self._cells = 0
 
     def get(self, key: Tuple[Tuple[int, ...], int], count: int, now: float) -> Optional[Tuple[int, Any]]:
         """``(count the series reflect, series)`` if still usable for a bucket holding ``count``."""
         entry = self._entries.get(key)
         if entry is None:
             return None
-        done_count, done_at, cost, data = entry
+        done_count, done_at, cost, data, _ = entry
         if done_count == count or now - done_at < max(self.min_interval, self.cost_factor * cost):
             return done_count, data
         return None
 
-    def put(self, key: Tuple[Tuple[int, ...], int], count: int, now: float, cost: float, data: Any) -> None:
-        """Remember a computed series."""
-        if len(self._entries) >= self.size and key not in self._entries:
-            self._entries.pop(next(iter(self._entries)))
-        self._entries[key] = (count, now, cost, data)
+    def put(self, key: Tuple[Tuple[int, ...], int], count: int, now: float, cost: float, data: Any,
+            cells: int = 0) -> None:
+        """Remember a computed series of ``cells`` columns (all keys together)."""
+        self._drop(key)
+        self._entries[key] = (count, now, cost, data, cells)
+        self._cells += cells
+        while len(self._entries) > 1 and (len(self._entries) > self.size or self._cells > self.max_cells):
+            self._drop(next(iter(self._entries)))
+
+    def _drop(self, key: Tuple[Tuple[int, ...], int]) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._cells -= entry[4]
 
 
 async def bucket_dashboard(request: web.Request) -> web.Response:
     """``GET /api/buckets/{bucketKey}/dashboard?columns=N&known=C``: one refresh of a dashboard.
 
-    The bucket, the latest value of each key and, unless the series drawn already reflect the
-    bucket's ``known`` event count, ``series`` (each numeric key reduced to at most ``columns``
-    min/max columns over its time range) with ``series_count``, the event count they reflect.
+    The bucket, the latest value of each key (as ``/latest``) and, unless the series drawn already
+    reflect the bucket's ``known`` event count, ``series`` (each numeric key reduced to at most
+    ``columns`` min/max columns over its time range; keys in order until :data:`SERIES_CELLS`
+    columns in all are reached) with ``series_count``, the event count they reflect.
     """
     info, ids = await _find(request)
     columns_f = _float_param(request, "columns")
@@ -784,8 +950,8 @@ async def bucket_dashboard(request: web.Request) -> web.Response:
     known = _float_param(request, "known")
     count = info["event_count"]
     store = request.app[STORE]
-    latest = await asyncio.wrap_future(store.call_read(lambda c: st.latest_values(c, ids)))
-    out: Dict[str, Any] = {"bucket": info, "latest": latest}
+    latest, truncated = await _latest(request, ids)
+    out: Dict[str, Any] = {"bucket": info, "latest": latest, "truncated": truncated}
     if known is not None and int(known) == count:
         return json_response(out)
     cache: SeriesCache = request.app[SERIES]  # type: ignore[assignment]
@@ -793,42 +959,71 @@ async def bucket_dashboard(request: web.Request) -> web.Response:
     cached = cache.get(key, count, time.monotonic())
     if cached is None:
         t0 = time.monotonic()
-        data = await asyncio.wrap_future(store.call_read(lambda c: st.series(c, ids, columns)))
+        data = await asyncio.wrap_future(store.call_read(lambda c: st.series(c, ids, columns, SERIES_CELLS)))
         done = time.monotonic()
-        cache.put(key, count, done, done - t0, data)
+        cache.put(key, count, done, done - t0, data, sum(len(s["columns"]) for s in data.values()))
         cached = (count, data)
     if known is None or int(known) != cached[0]:
         out["series_count"], out["series"] = cached
     return json_response(out)
 
 
-async def bucket_events(request: web.Request) -> web.Response:
-    """``GET /api/buckets/{bucketKey}/events?key=&since=&until=&limit=&order=``: events by epoch.
+def _cursor_param(request: web.Request) -> Optional[st.Position]:
+    """The ``cursor`` of a listing of events: ``EPOCH:ID`` as a previous page's ``next`` gave it."""
+    raw = request.query.get("cursor")
+    if not raw:
+        return None
+    m = _CURSOR_RE.fullmatch(raw)
+    try:
+        position = (float(m.group(1)), int(m.group(2))) if m else None
+    except ValueError:
+        position = None
+    if position is None or not math.isfinite(position[0]):
+        raise ApiError(400, "INVALID_PARAMETER", "cursor must be the next value of a previous page")
+    return position
 
-    ``order=desc`` selects the newest ``limit`` events (still listed oldest first).
+
+def _encode_cursor(position: Optional[st.Position]) -> Optional[str]:
+    return None if position is None else "%r:%d" % position
+
+
+async def bucket_events(request: web.Request) -> web.Response:
+    """``GET /api/buckets/{bucketKey}/events?key=&since=&until=&limit=&order=&cursor=``: one page
+    of events by epoch.
+
+    A page holds ``limit`` events (default 1000) at most, and never more than the collector's
+    page size (``page_size``) nor much more than a megabyte of keys and values. ``next`` is the
+    ``cursor`` of the following page (null at the end). ``order=desc`` pages from the newest
+    event back (each page still listed oldest first).
     """
     info, ids = await _find(request)
     key = request.query.get("key") or None
     since, until = _float_param(request, "since"), _float_param(request, "until")
     limit_f = _float_param(request, "limit")
-    limit = 1000 if limit_f is None else max(0, min(int(limit_f), 1_000_000))
+    page_size = request.app[CONFIG].page_size
+    limit = min(limits.DEFAULT_EVENTS, page_size) if limit_f is None else max(0, min(int(limit_f), page_size))
     order = request.query.get("order", "asc").lower()
     if order not in ("asc", "desc"):
         raise ApiError(400, "INVALID_PARAMETER", "order must be asc or desc")
-    rows = await asyncio.wrap_future(
-        request.app[STORE].call_read(lambda c: st.query_events(c, ids, key, since, until, limit, order == "desc"))
-    )
-    return json_response({"bucket": info["key"], "events": rows})
+    after = _cursor_param(request)
+    rows, following = await asyncio.wrap_future(request.app[STORE].call_read(
+        lambda c: st.query_events(c, ids, key, since, until, limit, order == "desc", after)))
+    return json_response({"bucket": info["key"], "events": rows, "next": _encode_cursor(following)})
 
 
 async def get_stats(request: web.Request) -> web.Response:
-    """``GET /api/stats``: events stored and buckets (the caller's), write requests and
-    per-status counts (any-key mode or an admin key)."""
+    """``GET /api/stats``: events stored, buckets and the bytes they count for the disk quota
+    (the caller's), and with any-key mode or an admin key the write requests, their per-status
+    counts and the connection guard's (``connections``: open, refused, evicted, timed_out,
+    write_timeouts)."""
     owner = _read_scope(request)
     config = request.app[CONFIG]
     caller = _caller(request, required=False)
     everything = not config.keys_required or caller.admin
     data = await asyncio.wrap_future(request.app[STORE].call_read(lambda c: st.stats(c, owner, everything)))
+    guard: Optional[ConnectionGuard] = request.app.get(GUARD)  # type: ignore[assignment]
+    if everything and guard is not None:
+        data["connections"] = guard.counts()
     return json_response(data)
 
 
@@ -838,7 +1033,8 @@ async def versions(request: web.Request) -> web.Response:
 
 
 async def data_latest(request: web.Request) -> web.Response:
-    """``GET /data/v1/events/latest?key=``: ``{key: {"value", "epoch", "date"}}`` (compat read API)."""
+    """``GET /data/v1/events/latest?key=``: ``{key: {"value", "epoch", "date"}}`` (compat read API):
+    the keys asked for, or the first ``page_size`` keys."""
     caller = _caller(request, required=True)
     bucket_key = validate_bucket_key(request.headers.get("X-IS-BucketKey") or request.query.get("bucketKey"))
     owner = caller.owner
@@ -846,51 +1042,86 @@ async def data_latest(request: web.Request) -> web.Response:
     if not found:
         raise ApiError(404, "BUCKET_NOT_FOUND", "no bucket %r" % bucket_key)
     ids = [b["id"] for b in found]
-    latest = await asyncio.wrap_future(request.app[STORE].call_read(lambda c: st.latest_values(c, ids)))
-    wanted = set(k for v in request.query.getall("key", []) for k in v.split(",") if k)
-    out = {}
-    for item in latest:
-        if wanted and item["key"] not in wanted:
-            continue
-        date = datetime.fromtimestamp(item["epoch"], timezone.utc).isoformat().replace("+00:00", "Z")
-        out[item["key"]] = {"value": item["value"], "epoch": item["epoch"], "date": date}
+    wanted = sorted(set(k for v in request.query.getall("key", []) for k in v.split(",") if k))
+    if wanted:
+        latest = await asyncio.wrap_future(
+            request.app[STORE].call_read(lambda c: st.latest_values(c, ids, keys=wanted)))
+    else:
+        latest, _ = await _latest(request, ids)
+    out = {item["key"]: {"value": item["value"], "epoch": item["epoch"], "date": _iso_date(item["epoch"])}
+           for item in latest}
     return json_response(out)
+
+
+def _iso_date(epoch: float) -> Optional[str]:
+    """``2023-11-14T22:13:20Z`` for an epoch; None outside years 1-9999 (an older version stored such epochs)."""
+    try:
+        return datetime.fromtimestamp(epoch, timezone.utc).isoformat().replace("+00:00", "Z")
+    except (OverflowError, ValueError, OSError):
+        return None
 
 
 # --------------------------------------------------------------------------- dashboard
 
 
-def _page(name: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    path = STATIC_DIR / name
+class StaticFiles:
+    """The dashboard's files, read into memory once.
 
+    They are answered as ordinary responses (not with sendfile) so that every byte goes
+    through the transport, where the connection guard sees a client that does not read. Each
+    carries an ``ETag`` and ``Cache-Control: no-cache``: browsers revalidate (the files change
+    with the package) and get a 304 when nothing changed.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.files: Dict[str, Tuple[bytes, str, str]] = {}
+        for path in sorted(directory.iterdir()):
+            if path.is_file():
+                body = path.read_bytes()
+                ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+                self.files[path.name] = (body, ctype, '"%s"' % hashlib.sha256(body).hexdigest()[:24])
+
+    def response(self, request: web.Request, name: str) -> web.Response:
+        """The answer for file ``name`` (404 when there is none)."""
+        found = self.files.get(name)
+        if found is None:
+            raise web.HTTPNotFound()
+        body, ctype, etag = found
+        headers = {"Cache-Control": "no-cache", "ETag": etag}
+        if etag in request.headers.get("If-None-Match", ""):
+            return web.Response(status=304, headers=headers)
+        charset = "utf-8" if ctype.startswith("text/") or ctype.endswith("javascript") else None
+        return web.Response(body=body, content_type=ctype, charset=charset, headers=headers)
+
+
+def _page(name: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handler(request: web.Request) -> web.StreamResponse:
-        return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+        return request.app[STATIC].response(request, name)  # type: ignore[attr-defined]
 
     handler.__doc__ = "Serve static/%s." % name
     return handler
 
 
-@web.middleware
-async def no_cache_static(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Have browsers revalidate dashboard assets (they change with the package)."""
-    resp = await handler(request)
-    if request.path.startswith("/static/"):
-        resp.headers["Cache-Control"] = "no-cache"
-    return resp
+async def static_file(request: web.Request) -> web.StreamResponse:
+    """``GET /static/{name}``: a file of the dashboard."""
+    return request.app[STATIC].response(request, request.match_info["name"])  # type: ignore[attr-defined]
 
 
-def create_app(config: CollectorConfig, store: Store, bound: Optional[Tuple[str, int]] = None) -> web.Application:
+def create_app(config: CollectorConfig, store: Store, bound: Optional[Tuple[str, int]] = None,
+               guard: Optional[ConnectionGuard] = None) -> web.Application:
     """Build the collector application over an open :class:`Store`.
 
     ``bound`` is the listening ``(host, port)``: requests must then carry a ``Host`` header naming
-    it (or one of ``config.allowed_hosts``).
+    it (or one of ``config.allowed_hosts``). ``guard`` is the :class:`ConnectionGuard` of the
+    server's connections, told what each one does.
     """
     app = web.Application(client_max_size=config.max_body,
-                          middlewares=[guard_middleware, api_middleware, no_cache_static])
+                          middlewares=[connection_middleware, guard_middleware, api_middleware])
     app[CONFIG] = config
     app[STORE] = store
+    app[STATIC] = StaticFiles(STATIC_DIR)
+    if guard is not None:
+        app[GUARD] = guard
     if config.rate_limit:
         app[LIMITER] = RateLimiter(*config.rate_limit)
     else:
@@ -912,7 +1143,7 @@ def create_app(config: CollectorConfig, store: Store, bound: Optional[Tuple[str,
     r.add_get("/data/v1/events/latest", data_latest)
     r.add_get("/", _page("index.html"))
     r.add_get("/dashboard/{bucketKey:.+}", _page("dashboard.html"))
-    r.add_static("/static/", STATIC_DIR)
+    r.add_get("/static/{name}", static_file)
     return app
 
 
@@ -920,8 +1151,8 @@ def make_config(
     access_keys: Iterable[str] = (),
     rate_limit: Optional[Tuple[int, float]] = None,
     monthly_quota: Optional[int] = None,
-    max_body: int = 1_000_000,
-    max_key_chars: int = 250,
+    max_body: int = limits.MAX_BODY,
+    max_key_chars: int = limits.MAX_KEY_CHARS,
     ignore_old_timestamps: bool = True,
     **options: Any,
 ) -> CollectorConfig:

@@ -1,19 +1,18 @@
 """What keeps the collector safe to run: the Host check (DNS rebinding), the cross-site write
-check, the connection guard (header timeout, connection cap) and reading keys from a file or
-the environment instead of the command line.
+check and reading keys from a file or the environment instead of the command line (the
+connection caps and timeouts are in :mod:`~isstreamer.collector.guard`).
 """
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import os
-from collections import OrderedDict
-from typing import Any, FrozenSet, Iterable, List, Mapping, Optional, Tuple
+from typing import FrozenSet, Iterable, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
+from ..safefile import read_private_text
+
 __all__ = [
-    "HostPolicy", "cross_site_reason", "ConnectionGuard", "GuardedProtocol", "read_key_file", "keys_from_env",
-    "KEYS_ENV", "ADMIN_KEYS_ENV",
+    "HostPolicy", "cross_site_reason", "read_key_file", "keys_from_env", "KEYS_ENV", "ADMIN_KEYS_ENV",
 ]
 
 #: Environment variables holding accepted access keys / admin keys (comma or whitespace separated).
@@ -126,123 +125,17 @@ def cross_site_reason(headers: Mapping[str, str], allowed_origins: FrozenSet[str
 
 
 def read_key_file(path: str) -> List[str]:
-    """Keys of a file, one per line; blank lines and lines starting with ``#`` are skipped."""
-    with open(path, encoding="utf-8") as f:
-        return [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+    """Keys of a file, one per line; blank lines and lines starting with ``#`` are skipped.
+
+    The file must be a regular file of this user that no other user may read or write, not a
+    symbolic link (:func:`~isstreamer.safefile.read_private_text`; :class:`~isstreamer.safefile.Refused`
+    otherwise).
+    """
+    lines = read_private_text(path).splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
 def keys_from_env(name: str, environ: Optional[Mapping[str, str]] = None) -> List[str]:
     """Keys of an environment variable (comma or whitespace separated)."""
     raw = (os.environ if environ is None else environ).get(name, "")
     return [k for k in raw.replace(",", " ").split() if k]
-
-
-class ConnectionGuard:
-    """Bounds what idle or slow connections can hold.
-
-    At most ``max_connections`` are open; a new one beyond that evicts the oldest connection
-    still waiting for its first request head, or is closed at once when none is waiting. A
-    connection whose first request head is not complete after ``header_timeout`` seconds is
-    closed (later requests on a kept-alive connection fall under aiohttp's keep-alive timeout).
-    """
-
-    def __init__(self, max_connections: int, header_timeout: float) -> None:
-        self.max_connections = max(1, int(max_connections))
-        self.header_timeout = float(header_timeout)
-        self.open: "OrderedDict[GuardedProtocol, None]" = OrderedDict()
-        self.waiting: "OrderedDict[GuardedProtocol, None]" = OrderedDict()
-        self.refused = 0
-        self.timed_out = 0
-
-    def admit(self, proto: "GuardedProtocol") -> bool:
-        """Register a new connection; False when it must be closed at once."""
-        if len(self.open) >= self.max_connections:
-            if not self.waiting:
-                self.refused += 1
-                return False
-            oldest = next(iter(self.waiting))
-            self.timed_out += 1
-            self.forget(oldest)
-            oldest.abort()
-        self.open[proto] = None
-        self.waiting[proto] = None
-        return True
-
-    def head_done(self, proto: "GuardedProtocol") -> None:
-        """The connection sent a complete request head."""
-        self.waiting.pop(proto, None)
-
-    def forget(self, proto: "GuardedProtocol") -> None:
-        """The connection is closed."""
-        self.open.pop(proto, None)
-        self.waiting.pop(proto, None)
-
-
-class GuardedProtocol(asyncio.Protocol):
-    """Wraps aiohttp's request handler protocol to apply a :class:`ConnectionGuard`."""
-
-    def __init__(self, inner: Any, guard: ConnectionGuard) -> None:
-        self.inner = inner
-        self.guard = guard
-        self.transport: Optional[asyncio.Transport] = None
-        self._timer: Optional[asyncio.TimerHandle] = None
-        self._tail = b""
-        self._waiting = True
-        self._admitted = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        if not self.guard.admit(self):
-            transport.abort()  # type: ignore[attr-defined]
-            return
-        self._admitted = True
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self.guard.header_timeout, self._head_timeout)
-        self.inner.connection_made(transport)
-
-    def _head_timeout(self) -> None:
-        self._timer = None
-        if self._waiting:
-            self.guard.timed_out += 1
-            self.abort()
-
-    def abort(self) -> None:
-        """Close the connection now."""
-        if self.transport is not None:
-            self.transport.abort()
-
-    def data_received(self, data: bytes) -> None:
-        if not self._admitted:
-            return
-        if self._waiting:
-            seen = self._tail + data
-            if b"\r\n\r\n" in seen or b"\n\n" in seen:
-                self._waiting = False
-                self.guard.head_done(self)
-                if self._timer is not None:
-                    self._timer.cancel()
-                    self._timer = None
-            else:
-                self._tail = seen[-3:]
-        self.inner.data_received(data)
-
-    def eof_received(self) -> Optional[bool]:
-        if not self._admitted:
-            return None
-        return self.inner.eof_received()
-
-    def pause_writing(self) -> None:
-        if self._admitted:
-            self.inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        if self._admitted:
-            self.inner.resume_writing()
-
-    def connection_lost(self, exc: Optional[BaseException]) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self.guard.forget(self)
-        if self._admitted:
-            self.inner.connection_lost(exc)

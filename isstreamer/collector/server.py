@@ -11,6 +11,8 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import logging
 import os
 import signal
 import socket
@@ -22,11 +24,14 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 from aiohttp import web
 
 from . import store as st
+from . import limits
 from .app import CollectorConfig, create_app, make_config
-from .security import ConnectionGuard, GuardedProtocol
+from .guard import ConnectionGuard, GuardedConnection
 from .store import LogBounds, Store
 
 __all__ = ["CollectorServer", "run_collector"]
+
+log = logging.getLogger("isstreamer.collector")
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -39,6 +44,7 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def _url(host: str, port: int) -> str:
+    """The base URL to reach a collector bound to ``host`` from this machine."""
     if host in ("0.0.0.0", ""):
         host = "127.0.0.1"
     elif host == "::":
@@ -46,6 +52,25 @@ def _url(host: str, port: int) -> str:
     if ":" in host:
         host = "[%s]" % host
     return "http://%s:%d" % (host, port)
+
+
+def _announcement(sock: socket.socket, db_path: str) -> str:
+    """What :func:`run_collector` says once listening: the address really bound (with the URL to
+    use on this machine when that is every interface)."""
+    host, port = sock.getsockname()[:2]
+    line = "isstreamer collector listening on http://%s:%d" % ("[%s]" % host if ":" in host else host, port)
+    if host in ("0.0.0.0", "::"):
+        line += " (every interface; on this machine %s)" % _url(host, port)
+    return line + " (db %s)" % db_path
+
+
+def exposure_warning(sock: socket.socket, config: CollectorConfig) -> Optional[str]:
+    """A warning when any-key mode listens beyond the loopback interface, else None."""
+    host, port = sock.getsockname()[:2]
+    if config.keys_required or ipaddress.ip_address(host.split("%", 1)[0]).is_loopback:
+        return None
+    return ("warning: any-key mode on %s port %d: anyone who can reach it writes with any key and reads every "
+            "bucket; configure keys (--access-key-file) or listen on 127.0.0.1" % (host, port))
 
 
 class _GuardedSite(web.SockSite):
@@ -66,7 +91,7 @@ class _GuardedSite(web.SockSite):
         assert server is not None
         guard = self._guard
         self._server = await loop.create_server(
-            lambda: GuardedProtocol(server(), guard), sock=self._sock, backlog=self._backlog
+            lambda: GuardedConnection(server(), guard), sock=self._sock, backlog=self._backlog
         )
 
 
@@ -74,15 +99,17 @@ async def _start(
     config: CollectorConfig, store: Store, sock: socket.socket, shutdown_timeout: float
 ) -> web.AppRunner:
     host, port = sock.getsockname()[:2]
-    app = create_app(config, store, bound=(host, port))
+    cap, batch = _connection_limits(config.max_connections)
+    guard = ConnectionGuard(cap, config.header_timeout, max_per_client=config.max_per_client,
+                            idle_timeout=config.idle_timeout, write_timeout=config.write_timeout)
+    app = create_app(config, store, bound=(host, port), guard=guard)
     runner = web.AppRunner(
         app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout,
         auto_decompress=False,  # bodies are decompressed by the handlers, with a cap
-        keepalive_timeout=max(1.0, config.header_timeout),
+        keepalive_timeout=config.idle_timeout + config.header_timeout,  # a backstop: the guard closes first
     )
     await runner.setup()
-    cap, batch = _connection_limits(config.max_connections)
-    site = _GuardedSite(runner, sock, ConnectionGuard(cap, config.header_timeout), batch)
+    site = _GuardedSite(runner, sock, guard, batch)
     await site.start()
     return runner
 
@@ -113,8 +140,10 @@ class CollectorServer:
 
     ``db_path=None`` uses a temporary file that lives as long as this object. ``port=0`` picks a
     free port (see :attr:`url` after :meth:`start`). The other arguments (``options``: admin_keys,
-    allowed_hosts, allowed_origins, max_connections, header_timeout, body_timeout, log_rows,
-    log_days) are those of :class:`~isstreamer.collector.app.CollectorConfig`. The ``events``/``buckets``/... helpers read
+    allowed_hosts, allowed_origins, max_connections, max_per_client, header_timeout,
+    idle_timeout, body_timeout, write_timeout, page_size, disk_quota, max_db_size, log_rows,
+    log_days) are those of :class:`~isstreamer.collector.app.CollectorConfig`. The
+    ``events``/``buckets``/... helpers read
     the database on a fresh sqlite3 connection and work before and after :meth:`stop`.
     """
 
@@ -126,8 +155,8 @@ class CollectorServer:
         access_keys: Iterable[str] = (),
         rate_limit: Optional[Tuple[int, float]] = None,
         monthly_quota: Optional[int] = None,
-        max_body: int = 1_000_000,
-        max_key_chars: int = 250,
+        max_body: int = limits.MAX_BODY,
+        max_key_chars: int = limits.MAX_KEY_CHARS,
         *,
         ignore_old_timestamps: bool = True,
         shutdown_timeout: float = 10.0,
@@ -167,10 +196,17 @@ class CollectorServer:
         """Open the database, start listening in a background thread; return once ready."""
         if self._thread is not None:
             raise RuntimeError("CollectorServer already started")
-        st.private_dir(os.path.dirname(os.path.abspath(self.db_path)))
-        sock = _bind(self.host, self.port)
+        store = Store(self.db_path, log_bounds=_log_bounds(self.config), max_db_bytes=self.config.max_db_bytes)
+        try:
+            sock = _bind(self.host, self.port)
+        except BaseException:
+            store.close()
+            raise
+        self._store = store
         self.port = sock.getsockname()[1]
-        store = self._store = Store(self.db_path, log_bounds=_log_bounds(self.config))
+        warning = exposure_warning(sock, self.config)
+        if warning is not None:
+            log.warning("isstreamer collector: %s", warning)
         loop = asyncio.new_event_loop()
         ready = threading.Event()
         failure: List[BaseException] = []
@@ -257,7 +293,7 @@ class CollectorServer:
             return self._store.remove_bucket(bucket_key, access_key)
         conn = st.connect(self.db_path)
         try:
-            conn.executescript(st.SCHEMA)
+            st.ensure_schema(conn)
             owner = st.hash_access_key(access_key) if access_key is not None else None
             return st.remove_bucket(conn, bucket_key, owner)
         finally:
@@ -284,8 +320,8 @@ def run_collector(
     access_keys: Iterable[str] = (),
     rate_limit: Optional[Tuple[int, float]] = None,
     monthly_quota: Optional[int] = None,
-    max_body: int = 1_000_000,
-    max_key_chars: int = 250,
+    max_body: int = limits.MAX_BODY,
+    max_key_chars: int = limits.MAX_KEY_CHARS,
     *,
     shutdown_timeout: float = 10.0,
     announce: Optional[Callable[[str], None]] = None,
@@ -294,19 +330,19 @@ def run_collector(
     """Serve in the foreground until SIGINT or SIGTERM, then shut down gracefully.
 
     ``db=None`` means ``collector.db`` in the current directory (created 0600; missing
-    directories 0700). ``options`` are further :class:`CollectorConfig` fields. Once listening,
+    directories 0700; see :func:`~isstreamer.collector.store.prepare_database` for what is
+    refused). ``options`` are further :class:`CollectorConfig` fields. Once listening,
     ``announce`` (by default a line on stdout) is called with
-    ``"isstreamer collector listening on URL"``.
+    ``"isstreamer collector listening on http://ADDRESS:PORT ..."``, the address as bound; any-key
+    mode beyond the loopback interface is warned about on stderr.
     """
     config = make_config(access_keys, rate_limit, monthly_quota, max_body, max_key_chars, **options)
     db_path = db or "collector.db"
-    st.private_dir(os.path.dirname(os.path.abspath(db_path)))
 
     async def main() -> None:
-        sock = _bind(host, port)
-        real_port = sock.getsockname()[1]
-        store = Store(db_path, log_bounds=_log_bounds(config))
+        store = Store(db_path, log_bounds=_log_bounds(config), max_db_bytes=config.max_db_bytes)
         try:
+            sock = _bind(host, port)
             runner = await _start(config, store, sock, shutdown_timeout)
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
@@ -315,7 +351,10 @@ def run_collector(
                     loop.add_signal_handler(sig, stop.set)
                 except (NotImplementedError, RuntimeError):  # pragma: no cover - Windows
                     signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stop.set))
-            message = "isstreamer collector listening on %s (db %s)" % (_url(host, real_port), db_path)
+            warning = exposure_warning(sock, config)
+            if warning is not None:
+                print("isstreamer serve: " + warning, file=sys.stderr, flush=True)
+            message = _announcement(sock, db_path)
             if announce is not None:
                 announce(message)
             else:

@@ -23,6 +23,10 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 import orjson
 
+from .. import safefile
+from . import limits
+from .sched import FairExecutor
+
 T = TypeVar("T")
 
 #: One event ready to store: (key, value_json, value_num, epoch).
@@ -91,7 +95,26 @@ CREATE TABLE IF NOT EXISTS status_counts (
     status INTEGER PRIMARY KEY,
     count INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS storage (
+    owner TEXT PRIMARY KEY,
+    bytes INTEGER NOT NULL
+) WITHOUT ROWID;
 """
+
+#: Bytes one stored event takes beyond its key (counted twice: row and index) and its value.
+#: Measured with SQLite's default pages: 75-85 for small events; this is an upper bound.
+EVENT_OVERHEAD = 96
+#: Bytes one bucket row takes beyond its key, name and tags.
+BUCKET_OVERHEAD = 256
+#: What an older database holds, counted once when the ``storage`` table is new.
+_STORAGE_BACKFILL = (
+    "INSERT INTO storage (owner, bytes) SELECT owner, SUM(bytes) FROM ("
+    " SELECT b.owner AS owner, 2 * length(CAST(e.key AS BLOB)) + length(CAST(e.value_json AS BLOB)) + %d AS bytes"
+    " FROM events e JOIN buckets b ON b.id = e.bucket_id"
+    " UNION ALL SELECT owner, length(CAST(bucket_key AS BLOB)) + length(CAST(name AS BLOB))"
+    " + length(CAST(tags_json AS BLOB)) + %d FROM buckets"
+    ") GROUP BY owner" % (EVENT_OVERHEAD, BUCKET_OVERHEAD)
+)
 
 _LATEST_UPSERT = """
 INSERT INTO latest (bucket_id, key, value_json, value_num, epoch, received, count)
@@ -115,46 +138,46 @@ def month_of(epoch: float) -> str:
     return time.strftime("%Y-%m", time.gmtime(epoch))
 
 
+#: The write-ahead log is truncated back to this size after a checkpoint (its disk use stays near it).
+WAL_LIMIT = 16 * limits.MIB
 #: Longest text kept in a column of the request log (longer values are cut, marked with "…").
 LOG_FIELD_CHARS = 200
 #: The request log is pruned to its bounds every this many rows.
 _PRUNE_EVERY = 256
 
 
-def private_dir(path: str) -> None:
-    """Create ``path`` and its missing parents as 0700; existing directories are left as they are."""
-    path = os.path.abspath(path)
-    missing = []
-    while not os.path.isdir(path):
-        missing.append(path)
-        parent = os.path.dirname(path)
-        if parent == path:
-            break
-        path = parent
-    for d in reversed(missing):
-        try:
-            os.mkdir(d, 0o700)
-        except FileExistsError:
-            pass
-        os.chmod(d, 0o700)  # mkdir's mode is reduced by the umask
+#: What SQLite creates beside the database file (by name, without O_EXCL or O_NOFOLLOW).
+SIDE_FILES = ("-wal", "-shm", "-journal")
 
 
-def private_file(path: str) -> None:
-    """Create the database file 0600 if missing; tighten it and its WAL/SHM files to 0600.
+def prepare_database(path: str) -> str:
+    """Make ``path`` safe to hand to SQLite, which opens the database and creates its ``-wal``,
+    ``-shm`` and ``-journal`` files itself, by name; return the path to open (its directory
+    resolved once, here, so that no symlink is followed later).
 
-    SQLite creates ``-wal`` and ``-shm`` with the database file's permissions, so a 0600
-    database keeps every event and key hash unreadable to other local users.
+    The directory is created 0700 if missing, and must be this user's and writable by no other
+    (nor may a directory above it be redirected by another user): in a shared directory anyone
+    could create those names first. The database file and the side files that exist must be
+    regular files of this user (never symlinks); they are made 0600. The database is created
+    0600, exclusively, if missing. Anything else raises :class:`~isstreamer.safefile.Refused`.
     """
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-    os.close(fd)
-    for name in (path, path + "-wal", path + "-shm", path + "-journal"):
-        try:
-            if os.stat(name).st_mode & 0o077:
-                os.chmod(name, 0o600)
-        except FileNotFoundError:
-            pass
-        except PermissionError:  # not ours: leave it, SQLite will say if it cannot open it
-            pass
+    directory = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+    safefile.ensure_private_dir(directory, "the database directory")
+    safefile.check_parents(directory)
+    resolved = os.path.join(directory, os.path.basename(path))
+    for side in SIDE_FILES:
+        safefile.make_private(resolved + side)
+    safefile.make_private(resolved, create=True)
+    return resolved
+
+
+def ensure_schema(conn: sqlite3.Connection) -> None:
+    """Create the tables that are missing; a database made before the disk quota existed gets
+    its ``storage`` table filled from what it holds."""
+    had_storage = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'storage'").fetchone()
+    conn.executescript(SCHEMA)
+    if not had_storage:
+        conn.execute(_STORAGE_BACKFILL)
 
 
 def cap_text(value: Optional[str], limit: int = LOG_FIELD_CHARS) -> Optional[str]:
@@ -225,7 +248,8 @@ _STATUS_UPSERT = (
 
 @dataclass
 class IngestResult:
-    """Outcome of :func:`ingest`: ``status`` 204, or 400 (``BUCKET_REMOVED``) / 402."""
+    """Outcome of :func:`ingest` and :func:`create_bucket`: ``status`` 201/204, or 400
+    (``BUCKET_REMOVED``), 402 (monthly quota), 507 (disk quota, database full)."""
 
     status: int
     error_type: Optional[str] = None
@@ -242,8 +266,8 @@ class IngestResult:
 class LogBounds:
     """How much of the request log is kept: at most ``rows`` rows, none older than ``max_age`` s."""
 
-    rows: int = 10_000
-    max_age: float = 7 * 86400.0
+    rows: int = limits.LOG_ROWS
+    max_age: float = limits.LOG_DAYS * 86400.0
 
 
 #: Bounds of the request log, set by the Store that owns the writer connection.
@@ -267,14 +291,86 @@ def prune_requests(conn: sqlite3.Connection, bounds: LogBounds, now: float) -> N
 
 
 def count_status(conn: sqlite3.Connection, status: int) -> None:
-    """Count an answer without logging the request (refused before its key was known)."""
-    conn.execute(_STATUS_UPSERT, (status,))
+    """Count an answer without logging the request (no key accepted); not even that when the
+    database is full."""
+    try:
+        conn.execute(_STATUS_UPSERT, (status,))
+    except sqlite3.OperationalError as exc:
+        if not is_full(exc):
+            raise
 
 
 def log_request(conn: sqlite3.Connection, log: RequestLog) -> None:
-    """Record one served request (and count its status)."""
-    with _txn(conn):
-        _log(conn, log)
+    """Record one served request (and count its status); when the database is full, only count it."""
+    try:
+        with _txn(conn):
+            _log(conn, log)
+    except sqlite3.OperationalError as exc:
+        if not is_full(exc):
+            raise
+        count_status(conn, log.status)
+
+
+def is_full(exc: sqlite3.Error) -> bool:
+    """Whether an SQLite error says the database may not grow (``max_db_size``, or the disk)."""
+    return getattr(exc, "sqlite_errorcode", None) == getattr(sqlite3, "SQLITE_FULL", 13) or "is full" in str(exc)
+
+
+@dataclass(frozen=True)
+class Quotas:
+    """What one key holder may store (None: no limit): ``monthly_events`` events per UTC calendar
+    month, ``disk_bytes`` bytes of events and buckets (as :func:`stored_bytes` estimates them)."""
+
+    monthly_events: Optional[int] = None
+    disk_bytes: Optional[int] = None
+
+
+def stored_bytes(rows: Sequence[EventRow]) -> int:
+    """Estimated bytes the database takes for ``rows`` (an upper bound, see :data:`EVENT_OVERHEAD`)."""
+    total = EVENT_OVERHEAD * len(rows)
+    for key, vj, _, _ in rows:
+        total += 2 * (len(key) if key.isascii() else len(key.encode("utf-8", "surrogatepass")))
+        total += len(vj) if vj.isascii() else len(vj.encode("utf-8", "surrogatepass"))
+    return total
+
+
+def _bucket_bytes(bucket_key: str, name: str, tags_json: str = "[]") -> int:
+    return BUCKET_OVERHEAD + sum(len(t.encode("utf-8", "surrogatepass")) for t in (bucket_key, name, tags_json))
+
+
+def _disk_used(conn: sqlite3.Connection, owner: str) -> int:
+    row = conn.execute("SELECT bytes FROM storage WHERE owner = ?", (owner,)).fetchone()
+    return row[0] if row else 0
+
+
+def _add_disk_used(conn: sqlite3.Connection, owner: str, nbytes: int) -> None:
+    conn.execute("INSERT INTO storage (owner, bytes) VALUES (?, ?) "
+                 "ON CONFLICT (owner) DO UPDATE SET bytes = bytes + excluded.bytes", (owner, nbytes))
+
+
+def _over_disk_quota(conn: sqlite3.Connection, owner: str, nbytes: int,
+                     quota: Optional[int]) -> Optional["IngestResult"]:
+    """The 507 for a key holder whose stored bytes plus ``nbytes`` would pass ``quota``, else None."""
+    if quota is None:
+        return None
+    used = _disk_used(conn, owner)
+    if used + nbytes <= quota:
+        return None
+    return IngestResult(507, "DISK_QUOTA_EXCEEDED", "this access key's events would take over %d bytes, the "
+                        "collector's disk quota per key (%d used, %d in this request)" % (quota, used, nbytes))
+
+
+def _when_full(conn: sqlite3.Connection, log: RequestLog, write: Callable[[], "IngestResult"]) -> "IngestResult":
+    """``write()`` (one transaction); a database that may not grow makes it a 507 instead."""
+    try:
+        return write()
+    except sqlite3.OperationalError as exc:
+        if not is_full(exc):
+            raise
+    result = IngestResult(507, "STORAGE_FULL", "the collector's database is full (its size cap, or the disk)")
+    log.status, log.error_type = result.status, result.error_type
+    log_request(conn, log)
+    return result
 
 
 class _txn:
@@ -288,7 +384,10 @@ class _txn:
         return self.conn
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        if not exc_type:
+            self.conn.execute("COMMIT")
+        elif self.conn.in_transaction:  # SQLite already rolled back after some errors (SQLITE_FULL)
+            self.conn.execute("ROLLBACK")
 
 
 def create_bucket(
@@ -299,33 +398,43 @@ def create_bucket(
     tags: Sequence[str],
     now: float,
     log: RequestLog,
+    quotas: Quotas = Quotas(),
 ) -> IngestResult:
-    """Create a bucket: 201 if new, 204 if it exists, 400 ``BUCKET_REMOVED`` if removed.
+    """Create a bucket: 201 if new, 204 if it exists, 400 ``BUCKET_REMOVED`` if removed, 507
+    past the owner's disk quota or when the database is full.
 
     A bucket that was auto-created by events keeps ``auto_created = 1`` but takes the name given
     here. The request is logged in the same transaction.
     """
-    with _txn(conn):
-        row = conn.execute(
-            "SELECT id, removed, auto_created, event_count FROM buckets WHERE owner = ? AND bucket_key = ?",
-            (owner, bucket_key),
-        ).fetchone()
-        if row is None:
-            conn.execute(
-                "INSERT INTO buckets (owner, bucket_key, name, tags_json, created, auto_created) "
-                "VALUES (?, ?, ?, ?, ?, 0)",
-                (owner, bucket_key, name, orjson.dumps(list(tags)).decode(), now),
-            )
-            result = IngestResult(201)
-        elif row[1] is not None:
-            result = IngestResult(400, "BUCKET_REMOVED", "bucket %r was removed" % bucket_key)
-        else:
-            if row[2] and name:
-                conn.execute("UPDATE buckets SET name = ? WHERE id = ?", (name, row[0]))
-            result = IngestResult(204)
-        log.status, log.error_type = result.status, result.error_type
-        _log(conn, log)
-    return result
+    def write() -> IngestResult:
+        with _txn(conn):
+            result = _create_bucket(conn, owner, bucket_key, name, orjson.dumps(list(tags)).decode(), now, quotas)
+            log.status, log.error_type = result.status, result.error_type
+            _log(conn, log)
+        return result
+
+    return _when_full(conn, log, write)
+
+
+def _create_bucket(conn: sqlite3.Connection, owner: str, bucket_key: str, name: str, tags_json: str, now: float,
+                   quotas: Quotas) -> IngestResult:
+    row = conn.execute(
+        "SELECT id, removed, auto_created FROM buckets WHERE owner = ? AND bucket_key = ?", (owner, bucket_key)
+    ).fetchone()
+    if row is not None and row[1] is not None:
+        return IngestResult(400, "BUCKET_REMOVED", "bucket %r was removed" % bucket_key)
+    if row is not None:
+        if row[2] and name:
+            conn.execute("UPDATE buckets SET name = ? WHERE id = ?", (name, row[0]))
+        return IngestResult(204)
+    nbytes = _bucket_bytes(bucket_key, name, tags_json)
+    refused = _over_disk_quota(conn, owner, nbytes, quotas.disk_bytes)
+    if refused is not None:
+        return refused
+    conn.execute("INSERT INTO buckets (owner, bucket_key, name, tags_json, created, auto_created) "
+                 "VALUES (?, ?, ?, ?, ?, 0)", (owner, bucket_key, name, tags_json, now))
+    _add_disk_used(conn, owner, nbytes)
+    return IngestResult(201)
 
 
 def ingest(
@@ -334,78 +443,87 @@ def ingest(
     bucket_key: str,
     rows: Sequence[EventRow],
     received: float,
-    monthly_quota: Optional[int],
     log: RequestLog,
+    quotas: Quotas = Quotas(),
 ) -> IngestResult:
     """Store a validated batch of events in one transaction, all or nothing.
 
-    Refuses with 400 ``BUCKET_REMOVED`` for a removed bucket and 402 when the owner's events this
-    month plus the batch would pass ``monthly_quota``. Creates an unknown bucket with
-    ``auto_created = 1``. Logs the request (with its final status) in the same transaction.
+    Refuses with 400 ``BUCKET_REMOVED`` for a removed bucket, 402 when the owner's events this
+    month plus the batch would pass the monthly quota, 507 when its stored bytes would pass the
+    disk quota or the database is full. Creates an unknown bucket with ``auto_created = 1``.
+    Logs the request (with its final status) in the same transaction.
     """
-    n = len(rows)
+    def write() -> IngestResult:
+        with _txn(conn):
+            return _ingest(conn, owner, bucket_key, rows, received, log, quotas)
+
+    return _when_full(conn, log, write)
+
+
+def _ingest(conn: sqlite3.Connection, owner: str, bucket_key: str, rows: Sequence[EventRow], received: float,
+            log: RequestLog, quotas: Quotas) -> IngestResult:
+    brow = conn.execute("SELECT id, removed FROM buckets WHERE owner = ? AND bucket_key = ?",
+                        (owner, bucket_key)).fetchone()
+    nbytes = stored_bytes(rows) + (_bucket_bytes(bucket_key, bucket_key) if brow is None else 0)
     month = month_of(received)
-    with _txn(conn):
-        brow = conn.execute(
-            "SELECT id, removed FROM buckets WHERE owner = ? AND bucket_key = ?", (owner, bucket_key)
-        ).fetchone()
-        result: IngestResult
-        if brow is not None and brow[1] is not None:
-            result = IngestResult(400, "BUCKET_REMOVED", "bucket %r was removed" % bucket_key)
-        else:
-            used = 0
-            if monthly_quota is not None:
-                urow = conn.execute(
-                    "SELECT events FROM usage WHERE owner = ? AND month = ?", (owner, month)
-                ).fetchone()
-                used = urow[0] if urow else 0
-            if monthly_quota is not None and used + n > monthly_quota:
-                result = IngestResult(
-                    402,
-                    "MONTHLY_LIMIT_EXCEEDED",
-                    "Event limit exceeded for current cycle (%d events per month, %d used, %d in this request)"
-                    % (monthly_quota, used, n),
-                )
-            else:
-                result = IngestResult(204, stored=n)
-        log.status, log.error_type = result.status, result.error_type
-        log.events = n
-        request_id = _log(conn, log)
-        if result.status != 204 or n == 0:
-            return result
-        if brow is None:
-            cur = conn.execute(
-                "INSERT INTO buckets (owner, bucket_key, name, created, auto_created) VALUES (?, ?, ?, ?, 1)",
-                (owner, bucket_key, bucket_key, received),
-            )
-            bucket_id = int(cur.lastrowid or 0)
-        else:
-            bucket_id = brow[0]
-        conn.executemany(
-            "INSERT INTO events (bucket_id, key, value_json, value_num, epoch, received, request_id) "
-            "VALUES (%d, ?, ?, ?, ?, %r, %d)" % (bucket_id, received, request_id),
-            rows,
-        )
-        latest: Dict[str, list] = {}
-        for key, vj, vn, ep in rows:
-            cur_l = latest.get(key)
-            if cur_l is None:
-                latest[key] = [bucket_id, key, vj, vn, ep, received, 1]
-            else:
-                if ep >= cur_l[4]:
-                    cur_l[2], cur_l[3], cur_l[4] = vj, vn, ep
-                cur_l[6] += 1
-        conn.executemany(_LATEST_UPSERT, latest.values())
-        conn.execute(
-            "UPDATE buckets SET event_count = event_count + ?, last_update = ? WHERE id = ?",
-            (n, received, bucket_id),
-        )
-        conn.execute(
-            "INSERT INTO usage (owner, month, events) VALUES (?, ?, ?) "
-            "ON CONFLICT (owner, month) DO UPDATE SET events = events + excluded.events",
-            (owner, month, n),
-        )
+    result = _ingest_verdict(conn, owner, bucket_key, brow, len(rows), nbytes, month, quotas)
+    log.status, log.error_type, log.events = result.status, result.error_type, len(rows)
+    request_id = _log(conn, log)
+    if result.status != 204 or not rows:
+        return result
+    if brow is None:
+        cur = conn.execute("INSERT INTO buckets (owner, bucket_key, name, created, auto_created) "
+                           "VALUES (?, ?, ?, ?, 1)", (owner, bucket_key, bucket_key, received))
+        bucket_id = int(cur.lastrowid or 0)
+    else:
+        bucket_id = brow[0]
+    _insert_events(conn, bucket_id, rows, received, request_id)
+    conn.execute("INSERT INTO usage (owner, month, events) VALUES (?, ?, ?) "
+                 "ON CONFLICT (owner, month) DO UPDATE SET events = events + excluded.events",
+                 (owner, month, len(rows)))
+    _add_disk_used(conn, owner, nbytes)
     return result
+
+
+def _ingest_verdict(conn: sqlite3.Connection, owner: str, bucket_key: str, brow: Optional[tuple], n: int,
+                    nbytes: int, month: str, quotas: Quotas) -> IngestResult:
+    """204, or why the batch is refused (removed bucket, monthly quota, disk quota)."""
+    if brow is not None and brow[1] is not None:
+        return IngestResult(400, "BUCKET_REMOVED", "bucket %r was removed" % bucket_key)
+    quota = quotas.monthly_events
+    if quota is not None:
+        urow = conn.execute("SELECT events FROM usage WHERE owner = ? AND month = ?", (owner, month)).fetchone()
+        used = urow[0] if urow else 0
+        if used + n > quota:
+            return IngestResult(402, "MONTHLY_LIMIT_EXCEEDED", "Event limit exceeded for current cycle (%d events "
+                                "per month, %d used, %d in this request)" % (quota, used, n))
+    if n:
+        refused = _over_disk_quota(conn, owner, nbytes, quotas.disk_bytes)
+        if refused is not None:
+            return refused
+    return IngestResult(204, stored=n)
+
+
+def _insert_events(conn: sqlite3.Connection, bucket_id: int, rows: Sequence[EventRow], received: float,
+                   request_id: int) -> None:
+    """The rows, the latest value of each key, the bucket's count."""
+    conn.executemany(
+        "INSERT INTO events (bucket_id, key, value_json, value_num, epoch, received, request_id) "
+        "VALUES (%d, ?, ?, ?, ?, %r, %d)" % (bucket_id, received, request_id),
+        rows,
+    )
+    latest: Dict[str, list] = {}
+    for key, vj, vn, ep in rows:
+        cur_l = latest.get(key)
+        if cur_l is None:
+            latest[key] = [bucket_id, key, vj, vn, ep, received, 1]
+        else:
+            if ep >= cur_l[4]:
+                cur_l[2], cur_l[3], cur_l[4] = vj, vn, ep
+            cur_l[6] += 1
+    conn.executemany(_LATEST_UPSERT, latest.values())
+    conn.execute("UPDATE buckets SET event_count = event_count + ?, last_update = ? WHERE id = ?",
+                 (len(rows), received, bucket_id))
 
 
 def remove_bucket(conn: sqlite3.Connection, bucket_key: str, owner: Optional[str] = None) -> int:
@@ -458,12 +576,14 @@ def _owner_clause(owner: Optional[str]) -> Tuple[str, list]:
     return " AND substr(owner, 1, ?) = ?", [len(owner), owner]
 
 
-def list_buckets(conn: sqlite3.Connection, owner: Optional[str] = None) -> List[Dict[str, Any]]:
-    """All buckets in creation order, as dicts (see ``GET /api/buckets``)."""
+def list_buckets(conn: sqlite3.Connection, owner: Optional[str] = None, limit: int = -1) -> List[Dict[str, Any]]:
+    """The buckets (the first ``limit``; all when negative) in creation order, as dicts (see
+    ``GET /api/buckets``)."""
     clause, args = _owner_clause(owner)
     conn.row_factory = sqlite3.Row
     try:
-        rows = conn.execute("SELECT * FROM buckets WHERE 1" + clause + " ORDER BY id", args).fetchall()
+        rows = conn.execute("SELECT * FROM buckets WHERE 1" + clause + " ORDER BY id LIMIT ?",
+                            args + [limit]).fetchall()
     finally:
         conn.row_factory = None
     return [_bucket_dict(r) for r in rows]
@@ -493,11 +613,18 @@ def _ids_sql(ids: Iterable[int]) -> str:
     return ",".join(str(int(i)) for i in ids) or "NULL"
 
 
-def latest_values(conn: sqlite3.Connection, bucket_ids: Sequence[int]) -> List[Dict[str, Any]]:
-    """Latest value (by epoch) of each key across ``bucket_ids``, sorted by key."""
+def latest_values(conn: sqlite3.Connection, bucket_ids: Sequence[int], limit: int = -1,
+                  keys: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
+    """Latest value (by epoch) of each key across ``bucket_ids`` (of ``keys`` when given; of
+    the first ``limit`` keys, all when negative), sorted by key."""
+    ids = _ids_sql(bucket_ids)
+    if keys is not None:
+        wanted, args = "(%s)" % ",".join("?" * len(keys)), list(keys)
+    else:
+        wanted, args = "(SELECT DISTINCT key FROM latest WHERE bucket_id IN (%s) ORDER BY key LIMIT ?)" % ids, [limit]
     rows = conn.execute(
-        "SELECT key, value_json, epoch, received, count FROM latest WHERE bucket_id IN (%s) "
-        "ORDER BY key, epoch" % _ids_sql(bucket_ids)
+        "SELECT key, value_json, epoch, received, count FROM latest WHERE bucket_id IN (%s) AND key IN %s "
+        "ORDER BY key, epoch" % (ids, wanted), args
     ).fetchall()
     merged: Dict[str, Dict[str, Any]] = {}
     for key, vj, epoch, received, count in rows:
@@ -515,54 +642,72 @@ def latest_values(conn: sqlite3.Connection, bucket_ids: Sequence[int]) -> List[D
     return list(merged.values())
 
 
+#: A position in a listing of events: (epoch, id) of the last event of a page.
+Position = Tuple[float, int]
+
+
 def query_events(
     conn: sqlite3.Connection,
     bucket_ids: Sequence[int],
     key: Optional[str] = None,
     since: Optional[float] = None,
     until: Optional[float] = None,
-    limit: int = 1000,
+    limit: int = limits.DEFAULT_EVENTS,
     descending: bool = False,
-) -> List[Dict[str, Any]]:
-    """Events of ``bucket_ids`` (one key or all) with ``since <= epoch <= until``, by epoch.
+    after: Optional[Position] = None,
+    max_bytes: int = limits.PAGE_BYTES,
+) -> Tuple[List[Dict[str, Any]], Optional[Position]]:
+    """One page of the events of ``bucket_ids`` (one key or all) with ``since <= epoch <= until``,
+    by epoch: ``(events, next)``.
 
-    ``descending`` picks the newest ``limit`` events (still returned oldest first).
+    The page holds at most ``limit`` events, and ends early once their keys and values pass
+    ``max_bytes`` (it always holds one). ``next`` is where the following page starts (pass it as
+    ``after``), None when there is no more. ``descending`` pages from the newest event back
+    (each page still returned oldest first).
     """
-    sql = "SELECT key, value_json, epoch, received FROM events WHERE bucket_id IN (%s)" % _ids_sql(
-        bucket_ids
-    )
+    sql = "SELECT key, value_json, epoch, received, id FROM events WHERE bucket_id IN (%s)" % _ids_sql(bucket_ids)
     args: list = []
-    if key is not None:
-        sql += " AND key = ?"
-        args.append(key)
-    if since is not None:
-        sql += " AND epoch >= ?"
-        args.append(since)
-    if until is not None:
-        sql += " AND epoch <= ?"
-        args.append(until)
+    for clause, value in ((" AND key = ?", key), (" AND epoch >= ?", since), (" AND epoch <= ?", until)):
+        if value is not None:
+            sql += clause
+            args.append(value)
+    if after is not None:
+        sql += " AND (epoch, id) %s (?, ?)" % ("<" if descending else ">")
+        args += [after[0], after[1]]
     order = "DESC" if descending else "ASC"
     sql += " ORDER BY epoch %s, id %s LIMIT ?" % (order, order)
-    args.append(int(limit))
-    rows = conn.execute(sql, args).fetchall()
+    args.append(int(limit) + 1)
+    rows: list = []
+    size = 0
+    more = False
+    for row in conn.execute(sql, args):
+        if len(rows) >= limit or (rows and size >= max_bytes):
+            more = True
+            break
+        rows.append(row)
+        size += len(row[0]) + len(row[1]) + 40
+    following = (rows[-1][2], rows[-1][4]) if more and rows else None
     if descending:
         rows.reverse()
-    return [{"key": k, "value": orjson.loads(vj), "epoch": ep, "received": rc} for k, vj, ep, rc in rows]
+    events = [{"key": k, "value": orjson.loads(vj), "epoch": ep, "received": rc} for k, vj, ep, rc, _ in rows]
+    return events, following
 
 
 def stats(conn: sqlite3.Connection, owner: Optional[str] = None, requests: bool = True) -> Dict[str, Any]:
-    """Totals: events stored, buckets (of one owner, or all), and unless ``requests`` is false
-    the write requests served and their per-status counts."""
+    """Totals: events stored, buckets and the bytes they take for the disk quota (of one owner,
+    or all), and unless ``requests`` is false the write requests served and their per-status counts."""
     clause, args = _owner_clause(owner)
     events, buckets = conn.execute(
         "SELECT COALESCE(SUM(event_count), 0), COUNT(*) FROM buckets WHERE 1" + clause, args
     ).fetchone()
+    stored = conn.execute("SELECT COALESCE(SUM(bytes), 0) FROM storage WHERE 1" + clause, args).fetchone()[0]
     statuses: Dict[str, int] = {}
     if requests:
         statuses = {str(s): c for s, c in conn.execute("SELECT status, count FROM status_counts ORDER BY status")}
     return {
         "events": events,
         "buckets": buckets,
+        "stored_bytes": stored,
         "requests": sum(statuses.values()),
         "statuses": statuses,
     }
@@ -575,8 +720,10 @@ _SERIES_SQL = (
 )
 
 
-def series(conn: sqlite3.Connection, bucket_ids: Sequence[int], columns: int) -> Dict[str, Dict[str, Any]]:
-    """Numeric events of each key reduced to at most ``columns`` columns over the key's time range.
+def series(conn: sqlite3.Connection, bucket_ids: Sequence[int], columns: int,
+           max_cells: int = -1) -> Dict[str, Dict[str, Any]]:
+    """Numeric events of each key reduced to at most ``columns`` columns over the key's time
+    range; keys in order until ``max_cells`` columns in all are reached (all when negative).
 
     Returns ``{key: {"t0", "t1", "count", "columns": [[t_first, t_last, min, max, n], ...]}}``
     for the keys whose latest value is a number: each column keeps the lowest and highest value
@@ -584,10 +731,13 @@ def series(conn: sqlite3.Connection, bucket_ids: Sequence[int], columns: int) ->
     however many events there are.
     """
     ids = _ids_sql(bucket_ids)
-    keys = [k for (k,) in conn.execute(  # keys whose latest value is a number: the charted ones
-        "SELECT DISTINCT key FROM latest WHERE bucket_id IN (%s) AND value_num IS NOT NULL ORDER BY key" % ids)]
+    keys = conn.execute(  # keys whose latest value is a number: the charted ones
+        "SELECT DISTINCT key FROM latest WHERE bucket_id IN (%s) AND value_num IS NOT NULL ORDER BY key" % ids)
     out: Dict[str, Dict[str, Any]] = {}
-    for key in keys:
+    cells = 0
+    for (key,) in keys:
+        if 0 <= max_cells <= cells:
+            break
         t0, t1 = conn.execute(  # two seeks on the (bucket_id, key, epoch) index
             "SELECT MIN(epoch), MAX(epoch) FROM events WHERE bucket_id IN (%s) AND key = ?" % ids, (key,)).fetchone()
         if t0 is None:
@@ -596,6 +746,7 @@ def series(conn: sqlite3.Connection, bucket_ids: Sequence[int], columns: int) ->
         cols = [[ta, tb, lo, hi, n] for _px, ta, tb, lo, hi, n in
                 conn.execute(_SERIES_SQL % ids, (t0, scale, columns - 1, key))]
         out[key] = {"t0": t0, "t1": t1, "count": sum(c[4] for c in cols), "columns": cols}
+        cells += len(cols)
     return out
 
 
@@ -672,17 +823,21 @@ def read_stats(path: str) -> Dict[str, Any]:
 class Store:
     """The collector database: one writer thread, a small pool of reader threads.
 
-    ``call_write(fn)`` runs ``fn(conn)`` in the writer thread, ``call_read(fn)`` in a reader
+    ``call_write(fn, flow, cost)`` runs ``fn(conn)`` in the writer thread, in fair order between
+    flows (:class:`~isstreamer.collector.sched.FairExecutor`); ``call_read(fn)`` in a reader
     thread; both return a :class:`concurrent.futures.Future` (wrap with ``asyncio.wrap_future``
-    on the event loop).
+    on the event loop). ``max_db_bytes`` caps the database file (writes past it get 507). A
+    database file is first checked by :func:`prepare_database`; :attr:`path` is what SQLite opens.
     """
 
-    def __init__(self, path: str, readers: int = 2, log_bounds: Optional[LogBounds] = None) -> None:
-        self.path = path
+    def __init__(self, path: str, readers: int = 2, log_bounds: Optional[LogBounds] = None,
+                 max_db_bytes: Optional[int] = None) -> None:
         self.log_bounds = log_bounds or LogBounds()
+        self.max_db_bytes = max_db_bytes
         if path != ":memory:" and not path.startswith("file:"):
-            private_file(path)
-        self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="collector-writer")
+            path = prepare_database(path)
+        self.path = path
+        self._writer = FairExecutor("collector-writer")
         self._readers = concurrent.futures.ThreadPoolExecutor(readers, thread_name_prefix="collector-reader")
         self._local = threading.local()
         self._read_conns: List[sqlite3.Connection] = []
@@ -693,13 +848,13 @@ class Store:
 
     def _open_writer(self) -> None:
         conn = connect(self.path)
-        conn.executescript(SCHEMA)
+        ensure_schema(conn)
+        conn.execute("PRAGMA journal_size_limit = %d" % WAL_LIMIT)
+        if self.max_db_bytes:
+            page = conn.execute("PRAGMA page_size").fetchone()[0]
+            conn.execute("PRAGMA max_page_count = %d" % max(1, self.max_db_bytes // page))
         _BOUNDS[id(conn)] = self.log_bounds
         self._wconn = conn
-
-    def _run_write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        assert self._wconn is not None
-        return fn(self._wconn)
 
     def _run_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn = getattr(self._local, "conn", None)
@@ -710,9 +865,11 @@ class Store:
                 self._read_conns.append(conn)
         return fn(conn)
 
-    def call_write(self, fn: Callable[[sqlite3.Connection], T]) -> "concurrent.futures.Future[T]":
-        """Run ``fn(writer_connection)`` in the writer thread."""
-        return self._writer.submit(self._run_write, fn)
+    def call_write(self, fn: Callable[[sqlite3.Connection], T], flow: Optional[str] = None,
+                   cost: float = 1.0) -> "concurrent.futures.Future[T]":
+        """Run ``fn(writer_connection)`` in the writer thread, for ``flow`` (the key holder) at
+        ``cost`` (about the kilobytes of work it is)."""
+        return self._writer.submit(lambda: fn(self._wconn), flow, cost)  # type: ignore[arg-type]
 
     def call_read(self, fn: Callable[[sqlite3.Connection], T]) -> "concurrent.futures.Future[T]":
         """Run ``fn(reader_connection)`` in a reader thread."""
