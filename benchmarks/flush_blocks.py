@@ -28,14 +28,14 @@ if which == "2.0.0":
     os.chdir(d)
     s = Streamer(bucket_name="b", bucket_key="b", access_key="k", ini_file_location=ini)  # use_async=True default
     time.sleep(0.5)
-    for i in range(3):
+    for _ in range(3):
         s.log_object(obj); t0 = time.perf_counter(); s.flush(); print("2.0.0 use_async=True flush(): %.0f ms" % ((time.perf_counter() - t0) * 1e3))
 else:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import isstreamer
     s = isstreamer.Streamer(bucket_name="b", bucket_key="b", access_key="k", api_base=url, spool_dir=tempfile.mkdtemp())
     s.log("w", 1); s.flush(timeout=5)
-    for i in range(3):
+    for _ in range(3):
         s.log_object(obj); t0 = time.perf_counter(); s.flush(); print("isstreamer flush(): %.1f ms" % ((time.perf_counter() - t0) * 1e3))
         s.log_object(obj); t0 = time.perf_counter(); ok = s.flush(timeout=10); print("isstreamer flush(timeout=10): %.0f ms %s" % ((time.perf_counter() - t0) * 1e3, ok))
     s.close(10)

@@ -40,7 +40,7 @@ def main() -> int:
         kc = http.client.HTTPConnection(host, timeout=10)
 
         def req_session() -> None:
-            s.post(url + "/api/events", data=body, headers=hdr, timeout=10).content
+            _ = s.post(url + "/api/events", data=body, headers=hdr, timeout=10).content  # the body read too
 
         def httpclient_new() -> None:
             c = http.client.HTTPConnection(host, timeout=10)

@@ -25,7 +25,7 @@ try:
     s = isstreamer.Streamer(access_key="b", bucket_name="b", api_base=url, spool_dir=tempfile.mkdtemp())
     s.log("t", 1.0); s.flush(timeout=30)
     spid, vpid = s.sender_pid, benchutil.count_of(url, "pid")
-    for t in range(3):
+    for _round in range(3):
         th0, v0 = threads(spid), benchutil.proc_cpu_seconds(vpid)
         t0 = time.perf_counter()
         for _ in range(1_000_000): s.log("temperature", 21.5)

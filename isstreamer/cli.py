@@ -15,6 +15,7 @@ import click
 from click.core import ParameterSource
 
 from isstreamer.collector import limits
+from isstreamer.options import DEFAULTS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -463,13 +464,13 @@ def _adopt_orphans(access_key: str) -> None:
 @click.option("--api-base", default="", help="Send to this API base instead of the one recorded with each stream.")
 @click.option("--ini", type=click.Path(dir_okay=False), default=None,
               help="isstreamer.ini to read [default: ~/isstreamer.ini, then ./isstreamer.ini].")
-@click.option("--max-attempts", default=4, show_default=True, type=click.IntRange(min=1),
+@click.option("--max-attempts", default=DEFAULTS.max_attempts, show_default=True, type=click.IntRange(min=1),
               help="Failed requests in a row (5xx, no answer) before giving up on an API base.")
-@click.option("--backoff-max", default=30.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--backoff-max", default=DEFAULTS.backoff_max, show_default=True, type=click.FloatRange(min=0),
               help="Longest wait between retries, in seconds.")
-@click.option("--request-timeout", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
+@click.option("--request-timeout", default=DEFAULTS.request_timeout, show_default=True, type=click.FloatRange(min=0.1),
               help="Seconds to wait for each answer.")
-@click.option("--max-rps", default=0.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--max-rps", default=DEFAULTS.max_rps, show_default=True, type=click.FloatRange(min=0),
               help="At most this many requests per second (0: no ceiling).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: when stderr is a terminal].")
 def replay(path: Optional[str], access_key: str, access_key_file: Optional[str], api_base: str, ini: Optional[str],

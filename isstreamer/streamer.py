@@ -24,7 +24,7 @@ from .settings import SenderSettings
 from .ring.backend import ffi as _ffi
 from .options import BUFFER_SIZE, DEFAULTS, Options, check_number
 from .sender.spool import default_spool_dir
-from .values import Skip, coerce_epoch, coerce_key, coerce_value, console_line
+from .values import MAX_VALUE_CHARS, Skip, coerce_epoch, coerce_key, coerce_value, console_line
 
 log = logging.getLogger("isstreamer")
 
@@ -391,7 +391,7 @@ class Streamer:
             elif t is int:
                 rc = self._log_i64(self._p, kid, value, ep)  # OverflowError outside int64
             elif t is str:
-                if len(value) > 2000:
+                if len(value) > MAX_VALUE_CHARS:
                     return self._log_slow(key, value, epoch)
                 sb = value.encode()
                 rc = self._log_str(self._p, kid, sb, len(sb), ep)

@@ -16,6 +16,28 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 
+# --------------------------------------------------------------------------- the fast run and the slow run
+
+# End-to-end suites whose fallback variants (backend "python") run in the slow run: the fast run
+# exercises the fallback through the unit-level suites (ring, twin, sender in one process,
+# encoder, aggregation kernel, epochs, fuzz regressions, process model) and these suites with
+# the C extension; CI runs both.
+FALLBACK_IN_SLOW_RUN = {
+    "test_aggregate", "test_crash_safety", "test_delivery", "test_hostile_config", "test_limits",
+    "test_multiprocess", "test_properties", "test_ring_stress", "test_streamer", "test_wake_and_flush",
+    "test_secrets",
+}
+
+
+def pytest_collection_modifyitems(config: Any, items: List[Any]) -> None:
+    """Mark the fallback variants of the end-to-end suites ``slow`` (see FALLBACK_IN_SLOW_RUN)."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if (callspec is not None and callspec.params.get("backend") == "python"
+                and item.module.__name__ in FALLBACK_IN_SLOW_RUN):
+            item.add_marker(pytest.mark.slow)
+
+
 # --------------------------------------------------------------------------- backends
 
 

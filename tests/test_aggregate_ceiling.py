@@ -12,6 +12,8 @@ import isstreamer
 from isstreamer import Window
 from support import pid_gone, wait_until
 
+pytestmark = pytest.mark.slow  # end to end (minutes of waits); the policy itself: tests/test_ceiling.py
+
 T0 = 60.0 * 66666667  # 2096: windows there close at close(), not by the clock
 
 

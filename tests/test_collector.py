@@ -395,7 +395,7 @@ def test_pages_served(collector: CollectorServer) -> None:
 def test_stop_finishes_in_flight_request(collector_factory: Any) -> None:
     server = collector_factory()
     gate = threading.Event()
-    server._store.call_write(lambda conn: gate.wait(10))  # hold the writer: the next POST stays in flight
+    server.store.call_write(lambda conn: gate.wait(10))  # hold the writer: the next POST stays in flight
     replies: list = []
     poster = threading.Thread(target=lambda: replies.append(post_events(server, [{"key": "f", "value": i} for i in range(100)])))
     poster.start()

@@ -72,6 +72,7 @@ def _slot_attack(server: Served, kind: str) -> Hogs:
     return Hogs(port, head, again=b" ", period=1.0, count=300)  # a body trickled under the body timeout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["pipelined", "keep-alive", "trickled-body"])
 def test_slot_hogs_do_not_lock_out_a_legitimate_client(served: Callable[..., Served], kind: str) -> None:
     server = served()
@@ -113,6 +114,7 @@ def _key_file(tmp_path: Any, *keys: str) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_readers_that_never_read_do_not_grow_memory(served: Callable[..., Served], tmp_path: Any) -> None:
     server = served("--access-key-file", _key_file(tmp_path, KEY))
     for i in range(12):  # 420,000 events: ~27 MB of JSON when answered whole
@@ -238,6 +240,7 @@ def test_disk_quota_per_key_holder_bounds_gzip_amplification(served: Callable[..
     assert r["statuses"]["507"] == statuses.count(507)
 
 
+@pytest.mark.slow
 def test_total_database_cap_bounds_rotating_keys(served: Callable[..., Served]) -> None:
     cap = 24 * 2**20
     server = served("--max-db-size", str(cap))
@@ -300,6 +303,7 @@ def test_quota_counts_buckets_and_what_an_older_database_holds(collector_factory
     assert 201 in statuses and statuses[-1] == 507
 
 
+@pytest.mark.slow
 def test_bulk_writers_do_not_starve_a_small_writer(served: Callable[..., Served]) -> None:
     server = served()
     body = _bomblet(45_000)

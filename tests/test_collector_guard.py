@@ -47,9 +47,7 @@ def get(port: int, path: str = "/api/versions") -> bytes:
 
 def tiers(server: Any) -> List[int]:
     """The eviction tier of each open connection of an in-process server (9: busy)."""
-    from isstreamer.collector.app import GUARD
-
-    guard = server._runner.app[GUARD]
+    guard = server.guard
     while True:
         try:
             conns = list(guard.open)
@@ -104,6 +102,7 @@ def test_idle_keep_alive_times_out(collector_factory: Any) -> None:
         s.close()
 
 
+@pytest.mark.slow
 def test_answers_never_read_time_out(collector_factory: Any) -> None:
     server = collector_factory(write_timeout=0.5)
     s = socket.socket()
@@ -132,7 +131,7 @@ def test_answers_never_read_time_out(collector_factory: Any) -> None:
 def test_busy_connections_are_never_evicted(collector_factory: Any) -> None:
     server = collector_factory(max_connections=3, max_per_client=3)
     gate = threading.Event()
-    server._store.call_write(lambda conn: gate.wait(20))  # the writer is held: POSTs stay busy
+    server.store.call_write(lambda conn: gate.wait(20))  # the writer is held: POSTs stay busy
     answers: List[int] = []
 
     def post() -> None:

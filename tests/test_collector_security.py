@@ -419,6 +419,7 @@ def test_host_policy_on_every_interface() -> None:
 
 
 
+@pytest.mark.slow
 def test_slow_connections_beyond_the_file_limit(tmp_path: Any) -> None:
     import resource
 

@@ -84,7 +84,7 @@ def make_streamer(spool: str) -> Iterator[Callable[..., Streamer]]:
     for s in made:
         s.close(timeout=2)
     for pid in pids:  # the senders exit once their ring has no owner left
-        _wait(lambda: not pid_alive(pid), 15)
+        _wait(lambda pid=pid: not pid_alive(pid), 15)
 
 
 def _wait(pred: Callable[[], bool], timeout: float) -> bool:
@@ -191,6 +191,7 @@ def test_503_burst_is_retried(server: FaultServer, make_streamer: Callable[..., 
     record("503 burst", st, server, 300)
 
 
+@pytest.mark.slow
 def test_503_outage_spools_then_replays(server: FaultServer, make_streamer: Callable[..., Streamer],
                                         spool: str) -> None:
     """More 503s than max_attempts: the batch goes to the spool, then a probe replays it."""
@@ -287,6 +288,7 @@ def test_answers_slower_than_request_timeout(server: FaultServer, make_streamer:
                                           duplicates=sum(c - 1 for c in got.values()))
 
 
+@pytest.mark.slow
 def test_429_waits_for_retry_after(server: FaultServer, make_streamer: Callable[..., Streamer]) -> None:
     """After a 429 nothing at all is sent before Retry-After has elapsed."""
     s = make_streamer(server.url)
@@ -407,6 +409,7 @@ def test_401_spools_then_replays(server: FaultServer, make_streamer: Callable[..
 # --------------------------------------------------------------------------- crashes and outages
 
 
+@pytest.mark.slow
 def test_flush_returns_once_spooled_when_api_unreachable(make_streamer: Callable[..., Streamer],
                                                          spool: str) -> None:
     """Nobody listens: after max_attempts failed requests the events are spooled and flush() returns."""
@@ -434,6 +437,7 @@ print(s.sender_pid, flush=True)
 """
 
 
+@pytest.mark.slow
 def test_server_down_for_whole_program(tmp_path: Any, backend: str) -> None:
     """Server down while a program runs: exit bounded by close_timeout, spooled, replayed later once."""
     spool, port, n, close_timeout = str(tmp_path / "spool"), free_port(), 2000, 2.0
@@ -569,6 +573,7 @@ def test_torn_last_spool_line_is_skipped(server: FaultServer, spool: str) -> Non
         s.close(2)
 
 
+@pytest.mark.slow
 def test_sender_exit_stops_replay_at_close_timeout(server: FaultServer, spool: str) -> None:
     """A big spool and a slow API: the sender stops replaying at close_timeout and exits; the rest
     stays spooled (resumed later from ``.pos``), nothing lost or sent twice."""

@@ -276,14 +276,14 @@ def test_put_corpus(tmp_path, path, backend):
             else:
                 s = cyc(pos + klen, slen % 64 if kind == 3 else slen)
                 args, fn, value = (s, len(s)), string, None
-            call = lambda: fn(p, key, len(key), *args, 1.7e9)  # noqa: E731
+            call = lambda fn=fn, key=key, args=args: fn(p, key, len(key), *args, 1.7e9)  # noqa: E731
             if native and aux & 0x80 and 0 < len(key) <= L.KEY_MAX:
                 key_id = _lib.iss_key_intern(key, len(key))  # the hot path's interned keys
                 assert key_id >= 0 or key_id == L.EINVAL
                 if key_id >= 0:
                     at = {f64: _lib.iss_log_f64_at, i64: _lib.iss_log_i64_at, boolean: _lib.iss_log_bool_at,
                           string: _lib.iss_log_str_at}[fn]
-                    call = lambda: at(p, key_id, *args, 1.7e9)  # noqa: E731
+                    call = lambda at=at, key_id=key_id, args=args: at(p, key_id, *args, 1.7e9)  # noqa: E731
             rc = call()
             if rc == L.FULL:
                 drain()

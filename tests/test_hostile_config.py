@@ -160,6 +160,7 @@ def _loop(tmp_path, backend: str, spool_dir: str, n: int, cap: int = 512 * 1024 
     return r
 
 
+@pytest.mark.slow
 def test_spool_dir_under_a_regular_file(tmp_path, backend):
     """makedirs fails (root ignores chmod, so a regular file stands in the path): the sender
     says it cannot write the spool, counts the events as failed, and the loop runs on."""
@@ -184,6 +185,7 @@ def tiny_fs(tmp_path):
     subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+@pytest.mark.slow
 def test_spool_on_a_full_filesystem(tmp_path, backend, tiny_fs):
     """ENOSPC while spooling: a clear message, the loop completes, no torn line left behind."""
     r = _loop(tmp_path, backend, str(tiny_fs / "spool"), 3000)
@@ -207,6 +209,7 @@ def test_spool_size_cap(tmp_path, backend):
     assert "'spool_full':" in r.stdout, r.stdout
 
 
+@pytest.mark.slow
 def test_spool_write_errors_are_reported_once(tmp_path, tiny_fs):
     """A full disk is one message, not one line per batch for as long as it stays full
     (the sender used to print one line per failed batch)."""

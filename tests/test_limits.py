@@ -71,6 +71,7 @@ print(json.dumps({"rounds": out}))
 '''
 
 
+@pytest.mark.slow
 def test_log_racing_close_is_delivered_or_counted(tmp_path, collector, backend):
     """Issue 16 item 2: threads logging while close() runs: every call is either delivered or
     counted as dropped['closed'] (before the fix, one in most closes was neither)."""
@@ -288,6 +289,7 @@ def _flat(a: dict, b: dict) -> None:
     assert b["vm_kb"] <= a["vm_kb"] + 16 * 1024, (a, b)
 
 
+@pytest.mark.slow
 def test_streamers_opened_and_closed_leak_nothing(tmp_path, collector):
     """Issue 16 item 5: Streamers opened and closed over and over: descriptors, mappings,
     address space and ring-directory use stay flat (before: 2 fds and 66 MiB per Streamer)."""
@@ -341,6 +343,7 @@ print(json.dumps({"marks": marks, "sent": s.stats()["sent"]}))
 '''
 
 
+@pytest.mark.slow
 def test_pool_of_short_lived_workers_with_stats_leaks_nothing(tmp_path, collector):
     """Issue 16 item 5: a Pool(maxtasksperchild=1) whose parent calls stats() after every task:
     one view per dead worker used to stay open (1 fd and a mapping each) until 'Too many open
@@ -434,6 +437,7 @@ time.sleep(30)  # the test reads the collector meanwhile; close() would flush
 '''
 
 
+@pytest.mark.slow
 def test_a_dead_sender_is_replaced_while_the_program_logs_slowly(tmp_path, collector):
     """Issue 16 item 9: the sender SIGKILLed while the program logs 100 events/s and never
     calls flush() or close(): a producer notices within flush_interval and starts a new one, so

@@ -101,6 +101,7 @@ def _tail(text, n=1500):
 POOLS = [("fork", 64), ("spawn", 64), ("forkserver", 64), ("fork", 256)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, workers", POOLS, ids=["%s-%d" % p for p in POOLS])
 def test_wide_pool_every_worker_alive_at_once(backend, collector, streamers, method, workers):
     """Issue 9 item 1: Pool(N) wider than the old 32 segments, every worker alive at once
@@ -142,6 +143,7 @@ def test_wide_pool_every_worker_alive_at_once(backend, collector, streamers, met
 STORM_FORKS = {"native": 2000, "python": 2000}
 
 
+@pytest.mark.slow
 def test_fork_storm_while_threads_log_set_bucket_intern_and_create(backend, collector, procs, tmp_path):
     """Issue 9 items 3, 4: 2000 forks while other threads log, set_bucket (the ring lock),
     intern new key names and create new Streamers. Each child logs a new key, set_bucket, logs,
@@ -199,6 +201,7 @@ EXIT_RUNS = 200  # interpreter exits per backend (forked children of one driver 
 EXIT_SCRIPT_RUNS = 20  # fresh interpreters per backend, 2 at a time (each starts its own sender)
 
 
+@pytest.mark.slow
 def test_daemon_threads_logging_through_interpreter_exit_never_crash(backend, procs, tmp_path):
     """Issue 9 item 5: 200 interpreter exits (forked children of one script, so that one sender
     serves them all) while daemon threads log in a tight loop, without close(): the atexit
@@ -216,6 +219,7 @@ def test_daemon_threads_logging_through_interpreter_exit_never_crash(backend, pr
             len(bad), EXIT_RUNS, bad[:5], crashes, _tail(r.stderr, 1200)))
 
 
+@pytest.mark.slow
 def test_fresh_scripts_exit_while_daemon_threads_log(backend, procs, tmp_path):
     """Issue 9 item 5, as a user sees it: 20 runs (2 at a time) of a script whose daemon threads
     log through the interpreter's exit (no close()): returncode 0, no traceback."""
@@ -247,6 +251,7 @@ def test_fresh_scripts_exit_while_daemon_threads_log(backend, procs, tmp_path):
         len(bad), EXIT_SCRIPT_RUNS, bad[0][0], bad[0][1], bad[0][2])
 
 
+@pytest.mark.slow
 def test_log_racing_close_never_raises(backend, collector, procs, tmp_path):
     """Issue 9 item 5: log() from two threads racing close() from another (debug_level 0) never
     raises and never crashes the process (run in a child: a crash must not take pytest down)."""
@@ -335,6 +340,7 @@ def _digest(path):
         return hashlib.sha256(f.read()).hexdigest()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("debug_level", [0, 2])
 @pytest.mark.parametrize("plant", ["foreign_owner", "mode_0644", "symlink"])
 def test_planted_file_at_a_ring_path_is_refused(backend, collector, streamers, tmp_path, plant, debug_level):

@@ -103,7 +103,7 @@ def test_database_in_a_directory_reached_through_your_symlink(tmp_path: Any) -> 
     (tmp_path / "real").mkdir(mode=0o700)
     (tmp_path / "link").symlink_to(tmp_path / "real")  # e.g. a data directory on another disk
     with CollectorServer(db_path=str(tmp_path / "link" / "c.db")) as server:
-        assert server._store is not None and server._store.path == str(tmp_path / "real" / "c.db")
+        assert server.store is not None and server.store.path == str(tmp_path / "real" / "c.db")
         assert requests.post(server.url + "/api/events", json={"key": "t", "value": 1},
                              headers={"X-IS-AccessKey": "k", "X-IS-BucketKey": "b"}).status_code == 204
     assert (tmp_path / "real" / "c.db").exists()

@@ -210,7 +210,7 @@ def test_transient_failures_back_off_exponentially_then_outage(what: str, status
     d, t, clock, reports = make(status, status, status, status, max_attempts=3, backoff_initial=1.0,
                                 backoff_max=3.0)
     waits = []
-    for i in range(3):
+    for _ in range(3):
         r = attempt(d, what)
         assert r.kind is Kind.TRANSIENT
         waits.append(d.wait_time())

@@ -170,6 +170,7 @@ def _dropped(stats: Dict[str, Any]) -> Counter:
 @settings(max_examples=25, **SETTINGS)
 @given(seq=calls)
 @example(seq=NASTY)
+@pytest.mark.slow
 def test_log_sequences_single_thread(prop_collector, tmp_path, backend, seq):
     """log() of anything: what the rules keep arrives once, as the rules say; drops and
     conversions are counted by reason."""
@@ -190,6 +191,7 @@ def test_log_sequences_single_thread(prop_collector, tmp_path, backend, seq):
 @settings(max_examples=15, **SETTINGS)
 @given(seqs=st.lists(calls, min_size=2, max_size=4))
 @example(seqs=[NASTY, NASTY[::-1], NASTY[5:]])
+@pytest.mark.slow
 def test_log_sequences_from_threads(prop_collector, tmp_path, backend, seqs):
     """Several threads log into one Streamer at once: every kept event arrives exactly once."""
     bucket = uuid.uuid4().hex

@@ -138,6 +138,7 @@ def test_python_backend_64bit_fields_are_never_seen_half_written(tmp_path):
 
 @pytest.mark.parametrize("backend", [
     "native", "python"])
+@pytest.mark.slow
 def test_producers_killed_mid_write(tmp_path, backend, monkeypatch):
     """Many rounds of producers SIGKILLed at random points while a consumer drains them: every
     published record decodes whole, in order, exactly once; nothing past head ever appears;
@@ -404,6 +405,7 @@ def test_full_ring_block_policy_gives_up_after_full_timeout(tmp_path, collector,
     assert len(got) == len(set(got)) == n - dropped
 
 
+@pytest.mark.slow
 def test_hanging_api_never_stalls_the_loop(tmp_path, collector, gated, backend):
     """Issue 10 item 1: the API holds every request for a while (a stalled connection, a captive
     portal): the sender drains the ring to the spool while its request is out, so a tight loop on

@@ -171,7 +171,8 @@ def test_strict_mode_input_errors_do_not_show_the_key(tmp_path, collector, backe
         bad = [(None, 1), ("", 1), ("k", float("nan")), ("k", None), ("k", [1, 2]), ("k", b"bytes"),
                ("k", 1j), ("k", 2**70), ("k" * 300, 1), ("k", object()), ("k\ud800", 1)]
         for key, value in bad:
-            assert_no_secret(_message(lambda: s.log(key, value)), "a strict-mode error for %r" % (key,))
+            assert_no_secret(_message(lambda key=key, value=value: s.log(key, value)),
+                             "a strict-mode error for %r" % (key,))
         assert_no_secret(_message(lambda: s.log("k", 1, epoch="yesterday")), "a strict-mode epoch error")
         s.close(timeout=10)
         assert_no_secret(_message(lambda: s.log("k", 1)), "log() after close()")

@@ -250,7 +250,7 @@ def test_full_disk_writes_leave_nothing_open(tiny_fs: Any) -> None:
     before = sorted(os.listdir(d))
     fill(tiny_fs / "filler")
     fds = open_fds()
-    for i in range(100):
+    for _ in range(100):
         clock.now += 100
         with pytest.raises(OSError) as e:
             w.write(API, "bk", "b", "fp", body("x" * 5000))

@@ -300,6 +300,7 @@ def test_fork_child_gets_its_own_segment(make_streamer, collector):
     assert int_values_summary(collector.db_path, "forked", "parent")[:2] == (1000, 1000)
 
 
+@pytest.mark.slow
 def test_a_million_events_exactly_once(make_streamer, collector):
     s = make_streamer(bucket_key="million", buffer_size=1000)
     n = 1_000_000

@@ -37,6 +37,7 @@ def _streamer(server: FaultServer, tmp_path, **kw) -> isstreamer.Streamer:
                                spool_dir=str(tmp_path / "spool"), **kw)
 
 
+@pytest.mark.slow
 def test_idle_sender_sleeps_until_woken(server, tmp_path, backend):
     """An idle sender wakes about once a second (it polled ~50 times a second before); one event
     logged after a long idle stretch still arrives within flush_interval, because the put that
@@ -63,6 +64,7 @@ def test_idle_sender_sleeps_until_woken(server, tmp_path, backend):
         s.close(5)
 
 
+@pytest.mark.slow
 def test_async_flush_returns_before_a_slow_api_answers(server, tmp_path, backend):
     """use_async=True: flush() hands the events over and returns; flush(timeout) waits for the
     API (False when the timeout passes first); nothing is lost either way."""

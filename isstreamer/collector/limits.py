@@ -1,20 +1,23 @@
 """The defaults of every limit of the local collector, in one place.
 
 :class:`~isstreamer.collector.app.CollectorConfig`, the server and the ``isstreamer serve``
-options all read them from here (README "The local collector" lists them). This module imports
-nothing, so that ``isstreamer.cli`` may read it when it is imported.
+options all read them from here (README "The local collector" lists them). It imports only
+:mod:`isstreamer.values` (standard-library modules), so that ``isstreamer.cli`` may read it
+when it is imported.
 """
 from __future__ import annotations
+
+from .. import values
 
 MIB = 2**20
 
 # ---- requests
 #: Largest request body in bytes, compressed and decompressed (413 past it).
 MAX_BODY = 1_000_000
-#: Longest event key, in characters.
-MAX_KEY_CHARS = 250
-#: Longest string value, in characters.
-MAX_VALUE_CHARS = 2000
+#: Longest event key, and longest string value, in characters: the events API's own limits,
+#: which the library's value rules apply too (isstreamer.values).
+MAX_KEY_CHARS = values.MAX_KEY_CHARS
+MAX_VALUE_CHARS = values.MAX_VALUE_CHARS
 
 # ---- connections
 #: Open connections at most (lowered to fit the process's file limit).

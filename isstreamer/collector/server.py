@@ -25,7 +25,7 @@ from aiohttp import web
 
 from . import store as st
 from . import limits
-from .app import CollectorConfig, create_app, make_config
+from .app import GUARD, CollectorConfig, create_app, make_config
 from .guard import ConnectionGuard, GuardedConnection
 from .store import LogBounds, Store
 
@@ -191,6 +191,18 @@ class CollectorServer:
     def running(self) -> bool:
         """Whether the server is listening."""
         return self._runner is not None
+
+    @property
+    def store(self) -> Optional[Store]:
+        """The database the running server writes (None when stopped): for tools and tests."""
+        return self._store
+
+    @property
+    def guard(self) -> ConnectionGuard:
+        """The running server's connection guard (its counters and connections): for tools and tests."""
+        if self._runner is None:
+            raise RuntimeError("CollectorServer is not running")
+        return self._runner.app[GUARD]
 
     def start(self) -> "CollectorServer":
         """Open the database, start listening in a background thread; return once ready."""

@@ -137,7 +137,7 @@ class SpoolWriter:
             os.mkdir(d, 0o700)
         except FileExistsError:
             if not stat.S_ISDIR(os.lstat(d).st_mode):
-                raise SpoolUnsafe("refusing spool stream %s: not a directory" % d)
+                raise SpoolUnsafe("refusing spool stream %s: not a directory" % d) from None
         meta = os.path.join(d, "meta.json")
         if not os.path.lexists(meta):
             replace_private(meta, json.dumps({"api_base": api_base, "bucket_key": bucket_key,
