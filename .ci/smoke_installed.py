@@ -12,6 +12,7 @@ and from an empty directory). It checks, against a real ``isstreamer serve`` pro
 
 Exits non-zero with a message on the first failure.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,7 +51,8 @@ def start_collector(workdir: str):
     exe = os.path.join(os.path.dirname(sys.executable), "isstreamer")
     proc = subprocess.Popen(
         [exe, "serve", "--port", "0", "--db", os.path.join(workdir, "collector.db")],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     line = proc.stdout.readline()  # "isstreamer collector listening on http://127.0.0.1:N (db ...)"
     m = re.search(r"listening on (http://\S+)", line)
@@ -85,8 +87,7 @@ def main() -> None:
         proc, base = start_collector(tmp)
         try:
             key = "smoke-" + uuid.uuid4().hex[:8]
-            s = isstreamer.Streamer(bucket_name="Smoke", bucket_key=key, access_key="smoke-key",
-                                    api_base=base)
+            s = isstreamer.Streamer(bucket_name="Smoke", bucket_key=key, access_key="smoke-key", api_base=base)
             backend = s.stats()["backend"]
             if backend != args.backend:
                 fail(f"backend is {backend!r}, expected {args.backend!r}")

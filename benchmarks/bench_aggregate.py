@@ -10,6 +10,7 @@
 
 Servers: the counting server (benchmarks/countserver.py) in its own process.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,9 @@ KEYS100 = ["sensor_%03d" % i for i in range(100)]
 
 
 def _streamer(url: str, spool: str, rules=None, **kw):
-    return isstreamer.Streamer(bucket_name="bench", access_key="bench", api_base=url, spool_dir=spool,
-                               rules=rules, **kw)
+    return isstreamer.Streamer(
+        bucket_name="bench", access_key="bench", api_base=url, spool_dir=spool, rules=rules, **kw
+    )
 
 
 def bench_log_cost(url: str, spool: str, quick: bool) -> None:
@@ -58,9 +60,11 @@ def bench_log_cost(url: str, spool: str, quick: bool) -> None:
     off.close(30)
     on.close(30)
     m_off, m_on = min(res["off"]), min(res["on"])
-    print("log() cost: rules off %.0f ns/call, rules on %.0f ns/call (min of %d rounds x %d); ratio on/off %.2f"
-          " (medians %.0f / %.0f ns)" % (m_off, m_on, rounds, n, m_on / m_off,
-                                           statistics.median(res["off"]), statistics.median(res["on"])))
+    print(
+        "log() cost: rules off %.0f ns/call, rules on %.0f ns/call (min of %d rounds x %d); ratio on/off %.2f"
+        " (medians %.0f / %.0f ns)"
+        % (m_off, m_on, rounds, n, m_on / m_off, statistics.median(res["off"]), statistics.median(res["on"]))
+    )
 
 
 def _filled_segment(directory: str, n: int) -> Segment:
@@ -96,8 +100,10 @@ def bench_kernel(quick: bool) -> None:
                 pos, done = b.end, done + taken
             k.close(float("inf"))
             dt = time.perf_counter() - t0
-            print("kernel (%s): %d records folded in %.3f s: %.2f M records/s" % (
-                "C" if kern_cls is NativeKernel else "Python twin", done, dt, done / dt / 1e6))
+            print(
+                "kernel (%s): %d records folded in %.3f s: %.2f M records/s"
+                % ("C" if kern_cls is NativeKernel else "Python twin", done, dt, done / dt / 1e6)
+            )
         ring.close()
 
 
@@ -113,8 +119,9 @@ def bench_sender(url: str, spool: str, quick: bool) -> None:
     n = 1_000_000 if quick else 3_000_000
     keys = KEYS100
     for mode in ("live", "burst"):
-        s = _streamer(url, spool, ring_size=256 << 20, full_timeout=60.0,
-                      rules={"sensor_*": Window(1.0, ("mean", "min", "max"))})
+        s = _streamer(
+            url, spool, ring_size=256 << 20, full_timeout=60.0, rules={"sensor_*": Window(1.0, ("mean", "min", "max"))}
+        )
         pid = s.sender_pid
         log = s.log
         for k in keys:  # keys known to the sender before the clock starts
@@ -141,14 +148,25 @@ def bench_sender(url: str, spool: str, quick: bool) -> None:
         st = s.stats()
         s.close(60)
         if mode == "live":
-            print("sender live, 100 keys: producer logged %d events at %.2f M/s; all folded %.3f s after the last"
-                  " (%.2f M events/s end to end); sender CPU %.2f s: %.2f M events per sender CPU second;"
-                  " dropped %s" % (n, n / (t_logged - t0) / 1e6, t_done - t_logged, n / (t_done - t0) / 1e6, cpu,
-                                   n / cpu / 1e6 if cpu else float("inf"), st["dropped"] or 0))
+            print(
+                "sender live, 100 keys: producer logged %d events at %.2f M/s; all folded %.3f s after the last"
+                " (%.2f M events/s end to end); sender CPU %.2f s: %.2f M events per sender CPU second;"
+                " dropped %s"
+                % (
+                    n,
+                    n / (t_logged - t0) / 1e6,
+                    t_done - t_logged,
+                    n / (t_done - t0) / 1e6,
+                    cpu,
+                    n / cpu / 1e6 if cpu else float("inf"),
+                    st["dropped"] or 0,
+                )
+            )
         else:
-            print("sender burst, 100 keys: %d events waiting in the ring folded in %.3f s: %.2f M events/s"
-                  " (sender CPU %.2f s); dropped %s" % (n, t_done - t0, n / (t_done - t0) / 1e6, cpu,
-                                                         st["dropped"] or 0))
+            print(
+                "sender burst, 100 keys: %d events waiting in the ring folded in %.3f s: %.2f M events/s"
+                " (sender CPU %.2f s); dropped %s" % (n, t_done - t0, n / (t_done - t0) / 1e6, cpu, st["dropped"] or 0)
+            )
 
 
 def bench_wire(url: str, spool: str, quick: bool) -> None:
@@ -182,10 +200,12 @@ def bench_wire(url: str, spool: str, quick: bool) -> None:
     wire = benchutil.count_of(url) - before
     logged = tick * 20
     windows = int(t_last) - int(t0) + 1
-    print("1 kHz x 20 keys, 1 s windows (mean, max) for %d s: %d events logged (%.0f/s), %d on the wire over %d"
-          " one-second windows: %.1f events per window-second = %.1f per statistic per second (target 20);"
-          " %.0fx fewer" % (seconds, logged, logged / seconds, wire, windows, wire / windows, wire / windows / 2,
-                            logged / max(wire, 1)))
+    print(
+        "1 kHz x 20 keys, 1 s windows (mean, max) for %d s: %d events logged (%.0f/s), %d on the wire over %d"
+        " one-second windows: %.1f events per window-second = %.1f per statistic per second (target 20);"
+        " %.0fx fewer"
+        % (seconds, logged, logged / seconds, wire, windows, wire / windows, wire / windows / 2, logged / max(wire, 1))
+    )
 
 
 def main() -> int:

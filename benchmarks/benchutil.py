@@ -2,6 +2,7 @@
 
 Everything here talks only to processes on this machine (servers bind 127.0.0.1).
 """
+
 from __future__ import annotations
 
 import json
@@ -95,8 +96,9 @@ def count_of(url: str, field: str = "events") -> int:
     return int(get_json(url + "/count")[field])
 
 
-def wait_count(url: str, target: int, field: str = "events", timeout: float = 60.0,
-               poll: float = 0.005) -> Tuple[int, float]:
+def wait_count(
+    url: str, target: int, field: str = "events", timeout: float = 60.0, poll: float = 0.005
+) -> Tuple[int, float]:
     """Poll the counting server until ``field`` reaches ``target``; (value, perf_counter at that time)."""
     deadline = time.perf_counter() + timeout
     while True:
@@ -109,8 +111,9 @@ def wait_count(url: str, target: int, field: str = "events", timeout: float = 60
 
 def start_count_server() -> Tuple[subprocess.Popen, str]:
     env = dict(os.environ, PYTHONPATH=ROOT)
-    p = subprocess.Popen([sys.executable, os.path.join(HERE, "countserver.py")], stdout=subprocess.PIPE,
-                         text=True, env=env)
+    p = subprocess.Popen(
+        [sys.executable, os.path.join(HERE, "countserver.py")], stdout=subprocess.PIPE, text=True, env=env
+    )
     assert p.stdout is not None
     url = p.stdout.readline().strip()
     if not url.startswith("http://127.0.0.1:"):
@@ -122,8 +125,13 @@ def start_count_server() -> Tuple[subprocess.Popen, str]:
 def start_collector(db: str) -> Tuple[subprocess.Popen, str]:
     """``isstreamer serve --port 0`` on a fresh database, in its own process."""
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    p = subprocess.Popen([sys.executable, "-m", "isstreamer.cli", "serve", "--host", "127.0.0.1", "--port", "0",
-                          "--db", db], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "isstreamer.cli", "serve", "--host", "127.0.0.1", "--port", "0", "--db", db],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
     assert p.stdout is not None
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -171,9 +179,16 @@ class PeerWorker:
     def __init__(self, python: str, script: str, args: Sequence[str], timeout: float = 120.0) -> None:
         self.timeout = timeout
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-        self.p = subprocess.Popen([python, os.path.join(PEERS_DIR, script), *args], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
-                                  cwd=PEERS_DIR, env=env)
+        self.p = subprocess.Popen(
+            [python, os.path.join(PEERS_DIR, script), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+            cwd=PEERS_DIR,
+            env=env,
+        )
         self.ready = self._read()
         self.rounds: List[Dict[str, float]] = []
 

@@ -10,6 +10,7 @@ table as data, the targets, the curves) and ``benchmarks/results/scaling.png`` (
 throughput against the number of producer processes; needs matplotlib, a benchmark-only
 dependency: ``pip install -r benchmarks/requirements.txt``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,12 @@ PEER_LABELS = {
     "influx-line": "influxdb-client batching write(), line string",
     "influx-point": "influxdb-client batching write(), Point",
 }
-PEER_SHORT = {"isstreamer200-bs10": "ISS-10", "isstreamer200-bs1000": "ISS-1000", "influx-line": "infl-line",
-              "influx-point": "infl-Point"}
+PEER_SHORT = {
+    "isstreamer200-bs10": "ISS-10",
+    "isstreamer200-bs1000": "ISS-1000",
+    "influx-line": "infl-line",
+    "influx-point": "infl-Point",
+}
 TARGETS = {
     "log_float_ns": 400.0,
     "floor_ratio": 2.0,
@@ -64,8 +69,22 @@ def run_suite(json_path: str, quick: bool, extra: List[str]) -> int:
     setup = subprocess.run(["bash", os.path.join(HERE, "peers", "setup.sh")], timeout=600)
     if setup.returncode != 0:
         print("warning: the peers venv could not be set up; the peer rows will be missing", file=sys.stderr)
-    cmd = [sys.executable, "-m", "pytest", HERE, "-c", os.path.join(HERE, "pytest.ini"), "--rootdir", HERE,
-           "--benchmark-json", json_path] + (["--quick"] if quick else []) + extra
+    cmd = (
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            HERE,
+            "-c",
+            os.path.join(HERE, "pytest.ini"),
+            "--rootdir",
+            HERE,
+            "--benchmark-json",
+            json_path,
+        ]
+        + (["--quick"] if quick else [])
+        + extra
+    )
     log_path = os.path.join(RESULTS, "pytest.log")
     print("running: %s\n  (output in %s)" % (" ".join(cmd), os.path.relpath(log_path)), file=sys.stderr)
     t0 = time.monotonic()
@@ -128,26 +147,43 @@ def analyse(data: Dict[str, Any]) -> Dict[str, Any]:
         out["e2e"][name] = {
             "events_per_s": e["events_per_round"] / b["stats"]["median"],
             "events_per_s_best": e["events_per_round"] / b["stats"]["min"],
-            "events": e["events_per_round"], "all_delivered": e["all_delivered"],
-            "loop_ns_per_call": e["loop_ns_per_call"], "sender_cpu_s_per_million": e["sender_cpu_s_per_million"],
+            "events": e["events_per_round"],
+            "all_delivered": e["all_delivered"],
+            "loop_ns_per_call": e["loop_ns_per_call"],
+            "sender_cpu_s_per_million": e["sender_cpu_s_per_million"],
             "loop_cpu_ns_per_call": e.get("loop_cpu_ns_per_call"),
             "loop_runqueue_wait_ns_per_call": e.get("loop_runqueue_wait_ns_per_call"),
             "server_cpu_s_per_million": e.get("server_cpu_s_per_million"),
             "producer_cpu_s_per_million": e["producer_cpu_s_per_million"],
-            "events_per_request": e.get("events_per_request"), "dropped": e.get("dropped"),
+            "events_per_request": e.get("events_per_request"),
+            "dropped": e.get("dropped"),
             "delivered_over_log": e.get("delivered_over_log"),
             "delivered_over_log_per_round": e.get("delivered_over_log_per_round"),
         }
     for b in by_kind.get("producers", []):
         e = b["extra_info"]
-        out["producers"][e["producers"]] = {k: e.get(k) for k in (
-            "per_call_wall_ns", "per_call_cpu_ns", "per_call_wall_ns_max_producer", "per_call_runqueue_wait_ns",
-            "events_per_s", "sender_cpu_s_per_million", "all_delivered", "events_per_producer", "dropped")}
+        out["producers"][e["producers"]] = {
+            k: e.get(k)
+            for k in (
+                "per_call_wall_ns",
+                "per_call_cpu_ns",
+                "per_call_wall_ns_max_producer",
+                "per_call_runqueue_wait_ns",
+                "events_per_s",
+                "sender_cpu_s_per_million",
+                "all_delivered",
+                "events_per_producer",
+                "dropped",
+            )
+        }
 
     g = out["growth"]
     for b in by_kind.get("ring-fill", []):
-        g["ring_fill"] = {"bands": b["extra_info"]["bands"], "cpu_bands": b["extra_info"].get("cpu_bands", {}),
-                          "curves": b["extra_info"]["curves"]}
+        g["ring_fill"] = {
+            "bands": b["extra_info"]["bands"],
+            "cpu_bands": b["extra_info"].get("cpu_bands", {}),
+            "curves": b["extra_info"]["curves"],
+        }
     for kind in ("key-length", "value-length"):
         rows = sorted(by_kind.get(kind, []), key=lambda b: b["extra_info"]["length"])
         g[kind] = [{"length": b["extra_info"]["length"], **_per_call(b)} for b in rows]
@@ -164,54 +200,110 @@ def targets(r: Dict[str, Any]) -> List[Dict[str, Any]]:
     t: List[Dict[str, Any]] = []
 
     def add(name, value, limit, ok, fmt, note=""):
-        t.append({"target": name, "value": value, "limit": limit, "met": None if value is None else bool(ok),
-                  "text": "n/a" if value is None else fmt % value, "note": note})
+        t.append(
+            {
+                "target": name,
+                "value": value,
+                "limit": limit,
+                "met": None if value is None else bool(ok),
+                "text": "n/a" if value is None else fmt % value,
+                "note": note,
+            }
+        )
 
     pc = r["per_call"]
     f = pc.get("log-float-native", {}).get("median")
-    add("log() float median < 400 ns", f, TARGETS["log_float_ns"], f is not None and f < TARGETS["log_float_ns"],
-        "%.0f ns")
+    add(
+        "log() float median < 400 ns",
+        f,
+        TARGETS["log_float_ns"],
+        f is not None and f < TARGETS["log_float_ns"],
+        "%.0f ns",
+    )
     floor = pc.get("floor", {}).get("median")
     ratio = f / floor if f and floor else None
-    add("log() float <= 2x the floor (method call + time.time())", ratio, TARGETS["floor_ratio"],
-        ratio is not None and ratio <= TARGETS["floor_ratio"], "%.2fx", "floor %.0f ns" % floor if floor else "")
+    add(
+        "log() float <= 2x the floor (method call + time.time())",
+        ratio,
+        TARGETS["floor_ratio"],
+        ratio is not None and ratio <= TARGETS["floor_ratio"],
+        "%.2fx",
+        "floor %.0f ns" % floor if floor else "",
+    )
     peers = {k: v["median"] for k, v in r["peers"].items()}
     if peers and f:
         best = min(peers, key=peers.get)
         sp = peers[best] / f
-        add(">= 15x faster than the best peer", sp, TARGETS["peer_speedup"], sp >= TARGETS["peer_speedup"],
-            "%.1fx", "best peer: %s, %.0f ns" % (PEER_SHORT.get(best, best), peers[best]))
+        add(
+            ">= 15x faster than the best peer",
+            sp,
+            TARGETS["peer_speedup"],
+            sp >= TARGETS["peer_speedup"],
+            "%.1fx",
+            "best peer: %s, %.0f ns" % (PEER_SHORT.get(best, best), peers[best]),
+        )
     else:
         add(">= 15x faster than the best peer", None, TARGETS["peer_speedup"], False, "", "peers not measured")
     p = r["producers"]
     if 1 in p and 4 in p:
         w = p[4]["per_call_wall_ns_max_producer"] / p[1]["per_call_wall_ns"]
         c = p[4]["per_call_cpu_ns"] / p[1]["per_call_cpu_ns"]
-        add("4 producers each within 1.5x of a lone one (wall, slowest producer)", w,
-            TARGETS["producers4_ratio"], w <= TARGETS["producers4_ratio"], "%.2fx",
-            "2 cores for 4 producers + sender + server")
-        add("4 producers within 1.5x of a lone one (CPU per call)", c, TARGETS["producers4_ratio"],
-            c <= TARGETS["producers4_ratio"], "%.2fx", "contention on the ring itself")
+        add(
+            "4 producers each within 1.5x of a lone one (wall, slowest producer)",
+            w,
+            TARGETS["producers4_ratio"],
+            w <= TARGETS["producers4_ratio"],
+            "%.2fx",
+            "2 cores for 4 producers + sender + server",
+        )
+        add(
+            "4 producers within 1.5x of a lone one (CPU per call)",
+            c,
+            TARGETS["producers4_ratio"],
+            c <= TARGETS["producers4_ratio"],
+            "%.2fx",
+            "contention on the ring itself",
+        )
     e2e = r["e2e"].get("countserver-defaults")
     v = e2e["events_per_s"] if e2e else None
-    add(">= 1M events/s end to end (1 producer -> counting server, defaults)", v,
-        TARGETS["e2e_events_per_s"], v is not None and v >= TARGETS["e2e_events_per_s"] and e2e["all_delivered"],
-        "%.0f ev/s", "median of rounds")
+    add(
+        ">= 1M events/s end to end (1 producer -> counting server, defaults)",
+        v,
+        TARGETS["e2e_events_per_s"],
+        v is not None and v >= TARGETS["e2e_events_per_s"] and e2e["all_delivered"],
+        "%.0f ev/s",
+        "median of rounds",
+    )
     v = e2e.get("delivered_over_log") if e2e else None
-    add(">= 90% of the producer's log() rate delivered (1 producer -> counting server, same round)", v,
-        TARGETS["e2e_delivered_over_log"], v is not None and v >= TARGETS["e2e_delivered_over_log"], "%.2f",
-        "median of rounds; benchmarks/flush_e2e.py repeats it")
+    add(
+        ">= 90% of the producer's log() rate delivered (1 producer -> counting server, same round)",
+        v,
+        TARGETS["e2e_delivered_over_log"],
+        v is not None and v >= TARGETS["e2e_delivered_over_log"],
+        "%.2f",
+        "median of rounds; benchmarks/flush_e2e.py repeats it",
+    )
     o = r["growth"].get("outage")
     v = o["producer_rss_growth_mb_per_million"] if o else None
-    add("producer RSS growth < 1 MB per million events (outage)", v, TARGETS["producer_rss_mb_per_million"],
-        v is not None and v < TARGETS["producer_rss_mb_per_million"], "%.2f MB/M",
-        "RssAnon %.2f MB/M" % o["producer_anon_growth_mb_per_million"] if o else "")
+    add(
+        "producer RSS growth < 1 MB per million events (outage)",
+        v,
+        TARGETS["producer_rss_mb_per_million"],
+        v is not None and v < TARGETS["producer_rss_mb_per_million"],
+        "%.2f MB/M",
+        "RssAnon %.2f MB/M" % o["producer_anon_growth_mb_per_million"] if o else "",
+    )
     v = o["sender_rss_growth_mb_per_million"] if o else None
-    add("sender RSS flat during an outage (slope < 1 MB/M, spread < 5 MB)", v,
+    add(
+        "sender RSS flat during an outage (slope < 1 MB/M, spread < 5 MB)",
+        v,
         TARGETS["sender_rss_slope_mb_per_million"],
-        v is not None and abs(v) < TARGETS["sender_rss_slope_mb_per_million"]
-        and o["sender_rss_spread_mb"] < TARGETS["sender_rss_spread_mb"], "%.2f MB/M",
-        "spread %.1f MB" % o["sender_rss_spread_mb"] if o else "")
+        v is not None
+        and abs(v) < TARGETS["sender_rss_slope_mb_per_million"]
+        and o["sender_rss_spread_mb"] < TARGETS["sender_rss_spread_mb"],
+        "%.2f MB/M",
+        "spread %.1f MB" % o["sender_rss_spread_mb"] if o else "",
+    )
     return t
 
 
@@ -247,13 +339,21 @@ def build_table(r: Dict[str, Any]) -> str:
         med = m.get("median")
         base = per if per is not None else med
         speed = [_x(peers[k]["median"] / base) if base else "-" for k in peer_keys]
-        rows.append([label, _ns(med), _ns(m.get("min")), _ns(m.get("cpu")),
-                     _x(med / floor) if med and floor else "-"] + speed + [note])
+        rows.append(
+            [label, _ns(med), _ns(m.get("min")), _ns(m.get("cpu")), _x(med / floor) if med and floor else "-"]
+            + speed
+            + [note]
+        )
 
-    section("per call: median and min of rounds, CPU = thread CPU time; x FLOOR = / (method call + time.time()); "
-            "PEER/this = how many times faster this row is than the peer")
-    for k, label in (("floor-noop-call", "floor: no-op method call"), ("floor-time", "floor: time.time()"),
-                     ("floor", "FLOOR: method call + time.time()")):
+    section(
+        "per call: median and min of rounds, CPU = thread CPU time; x FLOOR = / (method call + time.time()); "
+        "PEER/this = how many times faster this row is than the peer"
+    )
+    for k, label in (
+        ("floor-noop-call", "floor: no-op method call"),
+        ("floor-time", "floor: time.time()"),
+        ("floor", "FLOOR: method call + time.time()"),
+    ):
         if k in pc:
             per_call_row(label, pc[k])
     for backend in ("native", "python"):
@@ -270,53 +370,107 @@ def build_table(r: Dict[str, Any]) -> str:
                 note += "; ISStreamer 2.0.0 log_object (bs 1000) is %s" % _x(po["median"] / pc[k]["median"])
             per_call_row("log_object(10-key dict) %s" % backend, pc[k], note, per=pc[k]["per_event"])
     if po:
-        rows.append(["ISStreamer 2.0.0 log_object(10-key dict), bs 1000", _ns(po["median"]), _ns(po["min"]),
-                     _ns(po.get("cpu")), _x(po["median"] / floor) if floor else "-"] + blank_peers
-                    + ["%s/%s delivered" % (po.get("delivered"), po.get("logged"))])
+        rows.append(
+            [
+                "ISStreamer 2.0.0 log_object(10-key dict), bs 1000",
+                _ns(po["median"]),
+                _ns(po["min"]),
+                _ns(po.get("cpu")),
+                _x(po["median"] / floor) if floor else "-",
+            ]
+            + blank_peers
+            + ["%s/%s delivered" % (po.get("delivered"), po.get("logged"))]
+        )
     for k in peer_keys:
         m = peers[k]
-        rows.append([PEER_LABELS[k], _ns(m["median"]), _ns(m["min"]), _ns(m.get("cpu")),
-                     _x(m["median"] / floor) if floor else "-"] + blank_peers
-                    + ["%s %s; CPU incl. its threads; %s/%s delivered" % (
-                        "ISStreamer" if "isstreamer" in k else "influxdb-client", m.get("version"),
-                        m.get("delivered"), m.get("logged"))])
+        rows.append(
+            [
+                PEER_LABELS[k],
+                _ns(m["median"]),
+                _ns(m["min"]),
+                _ns(m.get("cpu")),
+                _x(m["median"] / floor) if floor else "-",
+            ]
+            + blank_peers
+            + [
+                "%s %s; CPU incl. its threads; %s/%s delivered"
+                % (
+                    "ISStreamer" if "isstreamer" in k else "influxdb-client",
+                    m.get("version"),
+                    m.get("delivered"),
+                    m.get("logged"),
+                )
+            ]
+        )
 
-    section("end to end, one producer: events / (first log() .. flush() returned, all delivered); "
-            "median round (min = best round)")
-    for k, label in (("countserver-defaults", "-> counting server, default options"),
-                     ("countserver-ring64M-1producer", "-> counting server, 64 MiB ring, 1 segment"),
-                     ("collector-defaults", "-> collector (isstreamer serve, SQLite)")):
+    section(
+        "end to end, one producer: events / (first log() .. flush() returned, all delivered); "
+        "median round (min = best round)"
+    )
+    for k, label in (
+        ("countserver-defaults", "-> counting server, default options"),
+        ("countserver-ring64M-1producer", "-> counting server, 64 MiB ring, 1 segment"),
+        ("collector-defaults", "-> collector (isstreamer serve, SQLite)"),
+    ):
         e = r["e2e"].get(k)
         if not e:
             continue
-        asleep = e["loop_ns_per_call"] - (e.get("loop_cpu_ns_per_call") or 0) \
+        asleep = (
+            e["loop_ns_per_call"]
+            - (e.get("loop_cpu_ns_per_call") or 0)
             - (e.get("loop_runqueue_wait_ns_per_call") or 0)
-        note = "%dk ev/round%s; log() %s wall = %s CPU + %s run-queue wait + %s asleep (ring full); " \
-               "CPU s per M ev: producer %.2f, sender %.2f, server %.2f" % (
-                   e["events"] // 1000, "" if e["all_delivered"] else " NOT ALL DELIVERED",
-                   _ns(e["loop_ns_per_call"]), _ns(e.get("loop_cpu_ns_per_call")),
-                   _ns(e.get("loop_runqueue_wait_ns_per_call")), _ns(max(0.0, asleep)),
-                   e["producer_cpu_s_per_million"], e["sender_cpu_s_per_million"],
-                   e.get("server_cpu_s_per_million") or 0)
+        )
+        note = (
+            "%dk ev/round%s; log() %s wall = %s CPU + %s run-queue wait + %s asleep (ring full); "
+            "CPU s per M ev: producer %.2f, sender %.2f, server %.2f"
+            % (
+                e["events"] // 1000,
+                "" if e["all_delivered"] else " NOT ALL DELIVERED",
+                _ns(e["loop_ns_per_call"]),
+                _ns(e.get("loop_cpu_ns_per_call")),
+                _ns(e.get("loop_runqueue_wait_ns_per_call")),
+                _ns(max(0.0, asleep)),
+                e["producer_cpu_s_per_million"],
+                e["sender_cpu_s_per_million"],
+                e.get("server_cpu_s_per_million") or 0,
+            )
+        )
         if e.get("events_per_request"):
             note += "; %.0f ev/POST" % e["events_per_request"]
         rows.append([label, _rate(e["events_per_s"]), _rate(e["events_per_s_best"]), "", ""] + blank_peers + [note])
 
     p = r["producers"]
     if p:
-        section("N producer processes sharing one Streamer (Pool initargs) -> counting server; "
-                "median = per-call wall of the median producer, min column = the slowest producer")
+        section(
+            "N producer processes sharing one Streamer (Pool initargs) -> counting server; "
+            "median = per-call wall of the median producer, min column = the slowest producer"
+        )
         lone = p.get(1)
         for k in sorted(p):
             x = p[k]
             rel = (x["per_call_wall_ns_max_producer"] / lone["per_call_wall_ns"]) if lone else None
             relc = (x["per_call_cpu_ns"] / lone["per_call_cpu_ns"]) if lone else None
-            rows.append(["%d producer%s" % (k, "s" if k > 1 else ""), _ns(x["per_call_wall_ns"]),
-                         _ns(x["per_call_wall_ns_max_producer"]), _ns(x["per_call_cpu_ns"]),
-                         _x(x["per_call_wall_ns"] / floor) if floor else "-"] + blank_peers
-                        + ["slowest/lone %s wall, %s CPU; run-queue wait %s/call; %s%s; sender %.2f s CPU/M ev" % (
-                            _x(rel), _x(relc), _ns(x.get("per_call_runqueue_wait_ns")), _rate(x["events_per_s"]),
-                            "" if x["all_delivered"] else " NOT ALL DELIVERED", x["sender_cpu_s_per_million"])])
+            rows.append(
+                [
+                    "%d producer%s" % (k, "s" if k > 1 else ""),
+                    _ns(x["per_call_wall_ns"]),
+                    _ns(x["per_call_wall_ns_max_producer"]),
+                    _ns(x["per_call_cpu_ns"]),
+                    _x(x["per_call_wall_ns"] / floor) if floor else "-",
+                ]
+                + blank_peers
+                + [
+                    "slowest/lone %s wall, %s CPU; run-queue wait %s/call; %s%s; sender %.2f s CPU/M ev"
+                    % (
+                        _x(rel),
+                        _x(relc),
+                        _ns(x.get("per_call_runqueue_wait_ns")),
+                        _rate(x["events_per_s"]),
+                        "" if x["all_delivered"] else " NOT ALL DELIVERED",
+                        x["sender_cpu_s_per_million"],
+                    )
+                ]
+            )
 
     g = r["growth"]
     if g:
@@ -327,38 +481,89 @@ def build_table(r: Dict[str, Any]) -> str:
                 b = rf["bands"].get(name, {})
                 c = rf.get("cpu_bands", {}).get(name, {})
                 for band in ("0-10%", "45-55%", "85-95%"):
-                    rows.append(["ring filling, %s pages, %s full" % (name, band), _ns(b.get(band)), "",
-                                 _ns(c.get(band)), _x(b[band] / floor) if floor and b.get(band) else "-"]
-                                + blank_peers + ["sender paused (SIGSTOP); 16 MiB segment; median of chunks"
-                                                 if band == "0-10%" else ""])
+                    rows.append(
+                        [
+                            "ring filling, %s pages, %s full" % (name, band),
+                            _ns(b.get(band)),
+                            "",
+                            _ns(c.get(band)),
+                            _x(b[band] / floor) if floor and b.get(band) else "-",
+                        ]
+                        + blank_peers
+                        + ["sender paused (SIGSTOP); 16 MiB segment; median of chunks" if band == "0-10%" else ""]
+                    )
         for kind, what, cut in (("key-length", "key", 250), ("value-length", "str value", 2000)):
             for x in g.get(kind, []):
-                rows.append(["log(): %s of %d chars" % (what, x["length"]), _ns(x["median"]), _ns(x["min"]),
-                             _ns(x.get("cpu")), _x(x["median"] / floor) if floor else "-"] + blank_peers
-                            + ["slow path: cut to %d" % cut if x["length"] > cut else ""])
+                rows.append(
+                    [
+                        "log(): %s of %d chars" % (what, x["length"]),
+                        _ns(x["median"]),
+                        _ns(x["min"]),
+                        _ns(x.get("cpu")),
+                        _x(x["median"] / floor) if floor else "-",
+                    ]
+                    + blank_peers
+                    + ["slow path: cut to %d" % cut if x["length"] > cut else ""]
+                )
         o = g.get("outage")
         if o:
             wk = o.get("warmup_events", 0) // 1000
-            rows.append(["outage (closed port), %.1fM events: producer RSS" % (o["events"] / 1e6),
-                         "%+.2f MB/M" % o["producer_rss_growth_mb_per_million"], "", "", ""] + blank_peers
-                        + ["slope after %dk ev (RssAnon %+.2f MB/M), spread %.1f MB; first %dk ev: %+.1f MB" % (
-                            wk, o["producer_anon_growth_mb_per_million"], o["producer_rss_spread_mb"], wk,
-                            o.get("producer_rss_warmup_growth_mb", 0))])
+            rows.append(
+                [
+                    "outage (closed port), %.1fM events: producer RSS" % (o["events"] / 1e6),
+                    "%+.2f MB/M" % o["producer_rss_growth_mb_per_million"],
+                    "",
+                    "",
+                    "",
+                ]
+                + blank_peers
+                + [
+                    "slope after %dk ev (RssAnon %+.2f MB/M), spread %.1f MB; first %dk ev: %+.1f MB"
+                    % (
+                        wk,
+                        o["producer_anon_growth_mb_per_million"],
+                        o["producer_rss_spread_mb"],
+                        wk,
+                        o.get("producer_rss_warmup_growth_mb", 0),
+                    )
+                ]
+            )
             last = o["samples"][-1]
-            rows.append(["outage: sender RSS", "%+.2f MB/M" % o["sender_rss_growth_mb_per_million"], "", "",
-                         ""] + blank_peers
-                        + ["slope after %dk ev, spread %.1f MB, %.1f MB at the end; first %dk ev: %+.1f MB; "
-                           "%s spooled, dropped %s; %s logged" % (
-                               wk, o["sender_rss_spread_mb"], last["sender_rss"] / 2**20, wk,
-                               o.get("sender_rss_warmup_growth_mb", 0), o.get("spooled"),
-                               o.get("dropped") or "none", _rate(o.get("events_per_s")))])
+            rows.append(
+                ["outage: sender RSS", "%+.2f MB/M" % o["sender_rss_growth_mb_per_million"], "", "", ""]
+                + blank_peers
+                + [
+                    "slope after %dk ev, spread %.1f MB, %.1f MB at the end; first %dk ev: %+.1f MB; "
+                    "%s spooled, dropped %s; %s logged"
+                    % (
+                        wk,
+                        o["sender_rss_spread_mb"],
+                        last["sender_rss"] / 2**20,
+                        wk,
+                        o.get("sender_rss_warmup_growth_mb", 0),
+                        o.get("spooled"),
+                        o.get("dropped") or "none",
+                        _rate(o.get("events_per_s")),
+                    )
+                ]
+            )
 
         ch = g.get("churn")
         if ch:
-            rows.append(["%d Streamers created, used, closed in turn: RssShmem" % ch["streamers"],
-                         "%+.1f MB each" % ch["shmem_growth_mb_per_closed_streamer"], "", "", ""] + blank_peers
-                        + ["16 MiB rings, %dk events each; RssShmem %s MB after each close" % (
-                            ch["events_per_streamer"] // 1000, ", ".join("%.0f" % x for x in ch["rss_shmem_mb"]))])
+            rows.append(
+                [
+                    "%d Streamers created, used, closed in turn: RssShmem" % ch["streamers"],
+                    "%+.1f MB each" % ch["shmem_growth_mb_per_closed_streamer"],
+                    "",
+                    "",
+                    "",
+                ]
+                + blank_peers
+                + [
+                    "16 MiB rings, %dk events each; RssShmem %s MB after each close"
+                    % (ch["events_per_streamer"] // 1000, ", ".join("%.0f" % x for x in ch["rss_shmem_mb"]))
+                ]
+            )
 
     section("targets (from the rows above)")
     for t in r["targets"]:
@@ -371,8 +576,12 @@ def build_table(r: Dict[str, Any]) -> str:
     def fmt(row):
         if len(row) == 1:
             return "| " + row[0][3:]
-        return "| " + " | ".join(str(c).ljust(widths[i]) if i in (0, ncol - 1) else str(c).rjust(widths[i])
-                                 for i, c in enumerate(row)).rstrip()
+        return (
+            "| "
+            + " | ".join(
+                str(c).ljust(widths[i]) if i in (0, ncol - 1) else str(c).rjust(widths[i]) for i, c in enumerate(row)
+            ).rstrip()
+        )
 
     line = "+" + "-" * (sum(widths[:-1]) + 3 * (ncol - 1) + 20)
     out = [line, fmt(head)]
@@ -406,8 +615,13 @@ def plot(r: Dict[str, Any], path: str, title: str) -> Optional[str]:
     a1.plot(ks, worst, "s--", label="wall per call (slowest producer)")
     a1.plot(ks, cpu, "^-", label="CPU per call (median producer)")
     if all(p[k].get("per_call_runqueue_wait_ns") is not None for k in ks):
-        a1.plot(ks, [p[k]["per_call_runqueue_wait_ns"] for k in ks], "x:", color="C4",
-                label="run-queue wait per call (CPU oversubscribed)")
+        a1.plot(
+            ks,
+            [p[k]["per_call_runqueue_wait_ns"] for k in ks],
+            "x:",
+            color="C4",
+            label="run-queue wait per call (CPU oversubscribed)",
+        )
     if 1 in p:
         a1.axhline(1.5 * p[1]["per_call_wall_ns"], color="grey", ls=":", label="1.5x lone producer (wall)")
     floor = r["per_call"].get("floor", {}).get("median")
@@ -426,8 +640,7 @@ def plot(r: Dict[str, Any], path: str, title: str) -> Optional[str]:
     a2.plot(ks, rate, "o-", color="C3", label="delivered to counting server")
     one = r["e2e"].get("countserver-defaults")
     if one:
-        a2.axhline(one["events_per_s"] / 1e6, color="C0", ls="--", lw=1,
-                   label="1 producer, default options (e2e test)")
+        a2.axhline(one["events_per_s"] / 1e6, color="C0", ls="--", lw=1, label="1 producer, default options (e2e test)")
     a2.axhline(1.0, color="grey", ls=":", label="target 1M events/s")
     a2.set_xscale("log", base=2)
     a2.set_xticks(ks)
@@ -478,23 +691,46 @@ def main() -> int:
     table = build_table(r)
     mi, ci = data.get("machine_info", {}), data.get("commit_info", {})
     title = "isstreamer benchmarks %s, commit %s%s, %s, Python %s, %s CPUs" % (
-        data.get("datetime", "")[:19], (ci.get("id") or "?")[:10], " (dirty)" if ci.get("dirty") else "",
-        (mi.get("cpu") or {}).get("brand_raw", mi.get("processor", "")), mi.get("python_version"),
-        (mi.get("cpu") or {}).get("count", os.cpu_count()))
+        data.get("datetime", "")[:19],
+        (ci.get("id") or "?")[:10],
+        " (dirty)" if ci.get("dirty") else "",
+        (mi.get("cpu") or {}).get("brand_raw", mi.get("processor", "")),
+        mi.get("python_version"),
+        (mi.get("cpu") or {}).get("count", os.cpu_count()),
+    )
     if RUN_INFO:
         title += "; suite %.0f s, load average %s before, %s after (2 cores, shared)" % (
-            RUN_INFO["suite_seconds"], RUN_INFO["loadavg_before"][:1], RUN_INFO["loadavg_after"][:1])
+            RUN_INFO["suite_seconds"],
+            RUN_INFO["loadavg_before"][:1],
+            RUN_INFO["loadavg_after"][:1],
+        )
     print(title)
     print(table)
-    latest = {"meta": {"title": title, "datetime": data.get("datetime"), "commit": ci, "machine": mi,
-                       "source": os.path.relpath(json_path, ROOT), "generated": datetime.datetime.now().isoformat(),
-                       "pytest_exit_code": rc, "run": RUN_INFO},
-              "targets_limits": TARGETS, **r, "table": table}
+    latest = {
+        "meta": {
+            "title": title,
+            "datetime": data.get("datetime"),
+            "commit": ci,
+            "machine": mi,
+            "source": os.path.relpath(json_path, ROOT),
+            "generated": datetime.datetime.now().isoformat(),
+            "pytest_exit_code": rc,
+            "run": RUN_INFO,
+        },
+        "targets_limits": TARGETS,
+        **r,
+        "table": table,
+    }
     with open(os.path.join(args.out, "latest.json"), "w") as f:
         json.dump(latest, f, indent=1, default=str)
     err = plot(r, os.path.join(args.out, "scaling.png"), title)
-    print("wrote %s%s" % (os.path.relpath(os.path.join(args.out, "latest.json")),
-                          "" if err else " and " + os.path.relpath(os.path.join(args.out, "scaling.png"))))
+    print(
+        "wrote %s%s"
+        % (
+            os.path.relpath(os.path.join(args.out, "latest.json")),
+            "" if err else " and " + os.path.relpath(os.path.join(args.out, "scaling.png")),
+        )
+    )
     if err:
         print("no plot: %s" % err, file=sys.stderr)
     return rc

@@ -4,6 +4,7 @@ Run the suite with ``python -m pytest benchmarks`` (``benchmarks/pytest.ini`` en
 benchmarks; the project's own pytest configuration skips them), or through
 ``python benchmarks/compare.py``, which also prints the comparison table.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,12 @@ import benchutil  # noqa: E402
 
 
 def pytest_addoption(parser):
-    parser.addoption("--quick", action="store_true", default=False,
-                     help="fewer rounds and events (a smoke run of the suite, numbers are rougher)")
+    parser.addoption(
+        "--quick",
+        action="store_true",
+        default=False,
+        help="fewer rounds and events (a smoke run of the suite, numbers are rougher)",
+    )
 
 
 @pytest.fixture(scope="session")

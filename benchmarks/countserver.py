@@ -5,6 +5,7 @@ listening. ``GET /count`` answers ``{"events": n, "requests": n, "lines": n, "li
 ``events`` from the Initial State events API (``POST /api/events``, a JSON array or one object),
 ``lines`` from the InfluxDB v2 write API (``POST /api/v2/write``, line protocol, one point a line).
 """
+
 from __future__ import annotations
 
 import asyncio

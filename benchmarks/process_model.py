@@ -12,6 +12,7 @@ against a baseline measured in the same run, or a count.
 
     python benchmarks/process_model.py [--quick] [--json benchmarks/results/process_model.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -112,8 +113,14 @@ def main() -> int:
             st = s.stats()
         finally:
             os.kill(pid, signal.SIGCONT)
-        out["burst"] = {"events": burst, "ns_sender_running": base_ns, "ns_sender_stopped": stopped_ns,
-                        "ratio": stopped_ns / base_ns, "dropped": st["dropped"], "ring_fill": s.ring_fill()}
+        out["burst"] = {
+            "events": burst,
+            "ns_sender_running": base_ns,
+            "ns_sender_stopped": stopped_ns,
+            "ratio": stopped_ns / base_ns,
+            "dropped": st["dropped"],
+            "ring_fill": s.ring_fill(),
+        }
         s.close(60)
 
         # drop: a full ring in a drop episode vs a normal call
@@ -131,19 +138,31 @@ def main() -> int:
             dropped = s.stats()["dropped"].get("ring_full", 0)
         finally:
             os.kill(pid, signal.SIGCONT)
-        out["drop"] = {"ns_normal": normal_ns, "ns_dropped": drop_ns, "ratio": drop_ns / normal_ns,
-                       "dropped": dropped}
+        out["drop"] = {"ns_normal": normal_ns, "ns_dropped": drop_ns, "ratio": drop_ns / normal_ns, "dropped": dropped}
         s.close(30)
 
         # hang: the API holds every request
         silent = _Silent()
-        s = isstreamer.Streamer(bucket_key="hang", access_key="k", api_base=silent.url, spool_dir=spool,
-                                request_timeout=60.0, close_timeout=1.0, ring_size=8 << 20)
+        s = isstreamer.Streamer(
+            bucket_key="hang",
+            access_key="k",
+            api_base=silent.url,
+            spool_dir=spool,
+            request_timeout=60.0,
+            close_timeout=1.0,
+            ring_size=8 << 20,
+        )
         time.sleep(0.5)
         hang_ns = _per_call(_loop(s), burst)
         st = s.stats()
-        out["hang"] = {"events": burst, "ns_normal": base_ns, "ns_hanging_api": hang_ns, "ratio": hang_ns / base_ns,
-                       "dropped": st["dropped"], "spooled": st["spooled"]}
+        out["hang"] = {
+            "events": burst,
+            "ns_normal": base_ns,
+            "ns_hanging_api": hang_ns,
+            "ratio": hang_ns / base_ns,
+            "dropped": st["dropped"],
+            "spooled": st["spooled"],
+        }
         s.close(1.0)
         silent.close()
 
@@ -173,13 +192,25 @@ def main() -> int:
         benchutil.stop(proc)
     out["loadavg_after"] = benchutil.loadavg()
     b, d, h, i, f = out["burst"], out["drop"], out["hang"], out["idle"], out["flush_ms"]
-    print("burst of %d, sender stopped: %.0f ns/call (running: %.0f ns, %.2fx); dropped %s; ring %.0f%% full"
-          % (b["events"], b["ns_sender_stopped"], b["ns_sender_running"], b["ratio"], b["dropped"] or "nothing",
-             100 * b["ring_fill"]))
-    print("dropped call on a full ring: %.0f ns vs %.0f ns normal (%.2fx; target <= 2x); %d counted"
-          % (d["ns_dropped"], d["ns_normal"], d["ratio"], d["dropped"]))
-    print("log() while the API hangs: %.0f ns vs %.0f ns (%.2fx; target <= 1.5x); dropped %s, spooled %d"
-          % (h["ns_hanging_api"], h["ns_normal"], h["ratio"], h["dropped"] or "nothing", h["spooled"]))
+    print(
+        "burst of %d, sender stopped: %.0f ns/call (running: %.0f ns, %.2fx); dropped %s; ring %.0f%% full"
+        % (
+            b["events"],
+            b["ns_sender_stopped"],
+            b["ns_sender_running"],
+            b["ratio"],
+            b["dropped"] or "nothing",
+            100 * b["ring_fill"],
+        )
+    )
+    print(
+        "dropped call on a full ring: %.0f ns vs %.0f ns normal (%.2fx; target <= 2x); %d counted"
+        % (d["ns_dropped"], d["ns_normal"], d["ratio"], d["dropped"])
+    )
+    print(
+        "log() while the API hangs: %.0f ns vs %.0f ns (%.2fx; target <= 1.5x); dropped %s, spooled %d"
+        % (h["ns_hanging_api"], h["ns_normal"], h["ratio"], h["dropped"] or "nothing", h["spooled"])
+    )
     print("idle sender: %.2f wake-ups/s, %.3f s CPU in %.0f s" % (i["wakeups_per_s"], i["cpu_s"], i["seconds"]))
     print("flush(timeout) of one event: median %.2f ms, p99 %.2f ms" % (f["median"], f["p99"]))
     print("load average before / after: %s / %s" % (out["loadavg_before"], out["loadavg_after"]))

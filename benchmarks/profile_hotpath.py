@@ -11,6 +11,7 @@ with the sender paused). ``callgrind`` needs valgrind (Debian package), ``sender
 (``pip install py-spy``). Not part of the pytest suite: these are diagnostics, their numbers are
 not ratios from one run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,9 +43,14 @@ def _paused_streamer(tmp: str, ring_mb: int = 256):
     """A native Streamer whose sender is paused (SIGSTOP), so only the producer runs."""
     import isstreamer
 
-    s = isstreamer.Streamer(bucket_name="prof", access_key="k", api_base="http://127.0.0.1:%d" %
-                            benchutil.free_port_closed(), spool_dir=os.path.join(tmp, "spool"),
-                            ring_size=ring_mb << 20, full_timeout=60.0)
+    s = isstreamer.Streamer(
+        bucket_name="prof",
+        access_key="k",
+        api_base="http://127.0.0.1:%d" % benchutil.free_port_closed(),
+        spool_dir=os.path.join(tmp, "spool"),
+        ring_size=ring_mb << 20,
+        full_timeout=60.0,
+    )
     s.log("temperature", 1.0)
     spid = benchutil.sender_pid(s)
     os.kill(spid, signal.SIGSTOP)
@@ -68,6 +74,7 @@ def ladder() -> None:
     n = 100_000
     rows = []
     try:
+
         class Noop:
             def log(self, key, value):
                 return None
@@ -80,6 +87,7 @@ def ladder() -> None:
             def run():
                 for _ in range(n):
                     f("temperature", v)
+
             return run
 
         rows.append(("no-op method call (floor)", _median_ns(loop(Noop().log), n)))
@@ -94,15 +102,20 @@ def ladder() -> None:
             except TypeError:
                 extra = (NAN,)
             if extra:
+
                 def direct():
                     for _ in range(n):
                         c_fn(p, kid, 21.5, NAN)
             else:
+
                 def direct():
                     for _ in range(n):
                         c_fn(p, kid, 21.5)
-            label = "cffi %s(p, key_id, v%s) alone" % (getattr(c_fn, "__name__", "iss_log_f64"),
-                                                      ", NaN" if extra else "")
+
+            label = "cffi %s(p, key_id, v%s) alone" % (
+                getattr(c_fn, "__name__", "iss_log_f64"),
+                ", NaN" if extra else "",
+            )
 
             class Body:  # Streamer.log's Python work for a float, the C call replaced by a constant
                 def __init__(self):
@@ -133,6 +146,7 @@ def ladder() -> None:
             def direct():
                 for _ in range(n):
                     c_fn(p, kb, 11, 21.5, NAN)
+
             label = "cffi iss_put_f64(p, key, keylen, v, NaN) alone"
 
             class Body:
@@ -148,6 +162,7 @@ def ladder() -> None:
                         rc = 0
                     if rc:
                         return None
+
         rows.append(("log()'s Python body, no C call", _median_ns(loop(Body().log), n)))
         rows.append((label, _median_ns(direct, n)))
         rows.append(("Streamer.log(\"temperature\", 21.5)", _median_ns(loop(s.log), n)))
@@ -188,11 +203,15 @@ os._exit(0)
 
 
 def _callgrind_run(child: str, calls: int, out: str, mode: str = "log") -> str:
-    subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out, sys.executable, child, str(calls),
-                    mode],
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=900)
-    return subprocess.run(["callgrind_annotate", "--auto=no", "--threshold=100", out], capture_output=True,
-                          text=True).stdout
+    subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out, sys.executable, child, str(calls), mode],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=900,
+    )
+    return subprocess.run(
+        ["callgrind_annotate", "--auto=no", "--threshold=100", out], capture_output=True, text=True
+    ).stdout
 
 
 def _callgrind_functions(ann: str):
@@ -214,14 +233,22 @@ def _callgrind_functions(ann: str):
 
 _CATEGORIES = [
     ("C: ring write + clock (iss_*, put, clock_gettime)", r"ring\.c:|iss_|clock_gettime|vdso|now_realtime"),
-    ("GIL released and retaken around the C call (cffi)", r"take_gil|drop_gil|SaveThread|RestoreThread|pthread_|"
-                                                         r"ceval_gil|_PyThreadState|futex"),
-    ("cffi wrapper: argument tuple, unpacking, conversion, result int",
-     r"_cffi_|_native\.c:|convert_from_object|_prepare_pointer|PyArg_Unpack|tupledealloc|_PyTuple_FromArray|"
-     r"MakeTpCall|PyLong_FromLong|Py_TYPE|cdata|PyLong_As|_PyObject_Vectorcall|vectorcall|tupleobject"),
+    (
+        "GIL released and retaken around the C call (cffi)",
+        r"take_gil|drop_gil|SaveThread|RestoreThread|pthread_|"
+        r"ceval_gil|_PyThreadState|futex",
+    ),
+    (
+        "cffi wrapper: argument tuple, unpacking, conversion, result int",
+        r"_cffi_|_native\.c:|convert_from_object|_prepare_pointer|PyArg_Unpack|tupledealloc|_PyTuple_FromArray|"
+        r"MakeTpCall|PyLong_FromLong|Py_TYPE|cdata|PyLong_As|_PyObject_Vectorcall|vectorcall|tupleobject",
+    ),
     ("dict lookups (key -> id, attributes)", r"dictobject\.c|_PyType_Lookup|GetMethod|GenericGetAttr"),
-    ("interpreter: bytecode of log() and the loop, frames", r"ceval\.c|frame\.c|object\.h|_PyFrame|rangeobject|"
-                                                            r"obmalloc|floatobject|longobject"),
+    (
+        "interpreter: bytecode of log() and the loop, frames",
+        r"ceval\.c|frame\.c|object\.h|_PyFrame|rangeobject|"
+        r"obmalloc|floatobject|longobject",
+    ),
 ]
 
 
@@ -244,8 +271,10 @@ def callgrind(n: int = 100_000) -> None:
         b, _ = _callgrind_functions(_callgrind_run(child, 2 * n, os.path.join(tmp, "cg.%s2" % mode), mode))
         floors[mode] = (b - a) / n
     print("callgrind: instructions per call (loop included, deterministic: a ratio free of the machine's noise)")
-    print("  no-op method call %.0f; method call + time.time() (FLOOR) %.0f; Streamer.log(float) %.0f = %.2fx FLOOR"
-          % (floors["noop"], floors["floor"], per_call, per_call / floors["floor"]))
+    print(
+        "  no-op method call %.0f; method call + time.time() (FLOOR) %.0f; Streamer.log(float) %.0f = %.2fx FLOOR"
+        % (floors["noop"], floors["floor"], per_call, per_call / floors["floor"])
+    )
     diff = sorted((((f2.get(k, 0) - f1.get(k, 0)) / n, k) for k in set(f1) | set(f2)), reverse=True)
     cats: dict = {}
     for ins, name in diff:
@@ -280,8 +309,11 @@ def sender(events: int = 2_000_000) -> None:
         s.flush(30)
         spid = benchutil.sender_pid(s)
         raw = os.path.join(tmp, "sender.txt")
-        spy = subprocess.Popen(["py-spy", "record", "--pid", str(spid), "--rate", "400", "--format", "raw",
-                                "--native", "-o", raw], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        spy = subprocess.Popen(
+            ["py-spy", "record", "--pid", str(spid), "--rate", "400", "--format", "raw", "--native", "-o", raw],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         time.sleep(1.0)
         c0 = benchutil.proc_cpu_seconds(spid)
         t0 = time.perf_counter()
@@ -294,8 +326,10 @@ def sender(events: int = 2_000_000) -> None:
         spy.send_signal(signal.SIGINT)
         spy.wait(30)
         s.close(timeout=30)
-        print("sender: %d events in %.2f s (%.0f ev/s), sender CPU %.2f s = %.2f s per million events"
-              % (events, dt, events / dt, cpu, cpu / events * 1e6))
+        print(
+            "sender: %d events in %.2f s (%.0f ev/s), sender CPU %.2f s = %.2f s per million events"
+            % (events, dt, events / dt, cpu, cpu / events * 1e6)
+        )
         _summarise_raw(raw)
     finally:
         benchutil.stop(server)

@@ -7,6 +7,7 @@ ISStreamer 2.0.0 posts with ``http.client`` on a new connection per request.
 
     python benchmarks/request_latency.py [--trials 3] [--n 300]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,7 +34,7 @@ def main() -> int:
     p, url = benchutil.start_count_server()
     body = json.dumps([{"key": "k%d" % i, "value": 21.5, "epoch": time.time()} for i in range(10)])
     hdr = {"Content-Type": "application/json", "X-IS-AccessKey": "b", "X-IS-BucketKey": "b", "Accept-Version": "~0"}
-    host = url[len("http://"):]
+    host = url[len("http://") :]
     try:
         s = requests.Session()
         s.trust_env = False
@@ -53,9 +54,11 @@ def main() -> int:
             kc.getresponse().read()
 
         for t in range(a.trials):
-            for name, fn in (("requests.Session, keep-alive (isstreamer)", req_session),
-                             ("http.client, new connection (2.0.0)", httpclient_new),
-                             ("http.client, keep-alive", httpclient_keepalive)):
+            for name, fn in (
+                ("requests.Session, keep-alive (isstreamer)", req_session),
+                ("http.client, new connection (2.0.0)", httpclient_new),
+                ("http.client, keep-alive", httpclient_keepalive),
+            ):
                 xs = []
                 for _ in range(a.n):
                     t0 = time.perf_counter()

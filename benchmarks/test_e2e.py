@@ -14,6 +14,7 @@ per call grows with the number of runnable processes; CPU time per call shows co
 ring itself (shared cache lines, locks), which is what a producer costs on a machine with a
 core to spare.
 """
+
 from __future__ import annotations
 
 import multiprocessing
@@ -48,9 +49,13 @@ def _one_producer(benchmark, s, events, rounds, server_count, server_pid, reques
     stats = []
 
     def snapshot():
-        return {"count": server_count(), "sender_cpu": benchutil.proc_cpu_seconds(spid),
-                "server_cpu": benchutil.proc_cpu_seconds(server_pid), "cpu": time.process_time(),
-                "requests": requests() if requests else 0}
+        return {
+            "count": server_count(),
+            "sender_cpu": benchutil.proc_cpu_seconds(spid),
+            "server_cpu": benchutil.proc_cpu_seconds(server_pid),
+            "cpu": time.process_time(),
+            "requests": requests() if requests else 0,
+        }
 
     def setup():
         stats.append({"before": snapshot()})
@@ -70,7 +75,8 @@ def _one_producer(benchmark, s, events, rounds, server_count, server_pid, reques
         return med(st[k] for st in stats) / events * 1e6
 
     benchmark.extra_info.update(
-        kind="e2e", events_per_round=events,
+        kind="e2e",
+        events_per_round=events,
         delivered_per_round=[st["count"] for st in stats],
         all_delivered=all(st["count"] == events for st in stats),
         loop_ns_per_call=med(st["loop_s"] for st in stats) / events * 1e9,
@@ -97,8 +103,15 @@ def test_e2e_countserver(benchmark, make_streamer, count_server, quick, config):
     opts = {} if config == "defaults" else {"ring_size": 64 * 1024 * 1024}
     s = make_streamer("native", api_base=count_server, **opts)
     events = 200_000 if quick else 1_000_000
-    _one_producer(benchmark, s, events, 2 if quick else 5, lambda: benchutil.count_of(count_server),
-                  benchutil.count_of(count_server, "pid"), lambda: benchutil.count_of(count_server, "requests"))
+    _one_producer(
+        benchmark,
+        s,
+        events,
+        2 if quick else 5,
+        lambda: benchutil.count_of(count_server),
+        benchutil.count_of(count_server, "pid"),
+        lambda: benchutil.count_of(count_server, "requests"),
+    )
     benchmark.extra_info.update(server="countserver", config=config)
 
 
@@ -107,8 +120,9 @@ def test_e2e_collector(benchmark, make_streamer, collector_server, quick):
     url, pid = collector_server
     s = make_streamer("native", api_base=url)
     events = 50_000 if quick else 200_000
-    _one_producer(benchmark, s, events, 2 if quick else 3,
-                  lambda: int(benchutil.get_json(url + "/api/stats")["events"]), pid)
+    _one_producer(
+        benchmark, s, events, 2 if quick else 3, lambda: int(benchutil.get_json(url + "/api/stats")["events"]), pid
+    )
     benchmark.extra_info.update(server="collector", config="defaults")
 
 
@@ -135,8 +149,16 @@ def _producer_task(n):
     loop_end = time.perf_counter()
     c1, w1 = benchutil.thread_schedstat()
     ok = s.flush(300)
-    return {"pid": os.getpid(), "start": start, "loop_s": loop_end - start, "cpu_s": c1 - c0, "wait_s": w1 - w0,
-            "flushed_at": time.perf_counter(), "flushed": ok, "n": n}
+    return {
+        "pid": os.getpid(),
+        "start": start,
+        "loop_s": loop_end - start,
+        "cpu_s": c1 - c0,
+        "wait_s": w1 - w0,
+        "flushed_at": time.perf_counter(),
+        "flushed": ok,
+        "n": n,
+    }
 
 
 @pytest.mark.parametrize("producers", [1, 2, 4, 8])
@@ -144,21 +166,22 @@ def _producer_task(n):
 def test_e2e_producers(benchmark, make_streamer, count_server, quick, producers):
     # 16 MiB per segment: a producer's events of a round fit, so the per-call figures are the
     # producer's own cost, not waits for the sender; the throughput is the delivery rate.
-    s = make_streamer("native", api_base=count_server, ring_size=16 * 1024 * 1024,
-                      full_timeout=60.0)
+    s = make_streamer("native", api_base=count_server, ring_size=16 * 1024 * 1024, full_timeout=60.0)
     n = 50_000 if quick else 300_000
     ctx = multiprocessing.get_context()
     barrier = ctx.Barrier(producers)
     spid = benchutil.sender_pid(s)
     results = []
     with ctx.Pool(producers, initializer=_pool_init, initargs=(s, barrier)) as pool:
+
         def run():
             before = benchutil.count_of(count_server)
             c0 = benchutil.proc_cpu_seconds(spid)
             res = pool.map(_producer_task, [n] * producers, chunksize=1)
             got, _ = benchutil.wait_count(count_server, before + producers * n + producers, timeout=60)
-            results.append({"res": res, "delivered": got - before,
-                            "sender_cpu_s": benchutil.proc_cpu_seconds(spid) - c0})
+            results.append(
+                {"res": res, "delivered": got - before, "sender_cpu_s": benchutil.proc_cpu_seconds(spid) - c0}
+            )
 
         benchmark.pedantic(run, rounds=2 if quick else 3, warmup_rounds=0)
     per_call_wall, per_call_cpu, per_call_wait, rates = [], [], [], []
@@ -172,8 +195,11 @@ def test_e2e_producers(benchmark, make_streamer, count_server, quick, producers)
         rates.append(producers * n / span)
     med = statistics.median
     benchmark.extra_info.update(
-        kind="producers", producers=producers, events_per_producer=n,
-        per_call_wall_ns=med(per_call_wall), per_call_cpu_ns=med(per_call_cpu),
+        kind="producers",
+        producers=producers,
+        events_per_producer=n,
+        per_call_wall_ns=med(per_call_wall),
+        per_call_cpu_ns=med(per_call_cpu),
         per_call_runqueue_wait_ns=med(per_call_wait),
         per_call_wall_ns_max_producer=med(max(x["loop_s"] / x["n"] for x in r["res"]) * 1e9 for r in results),
         events_per_s=med(rates),

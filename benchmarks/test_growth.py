@@ -17,6 +17,7 @@
   a few million events to mean anything; over 10M events it stays within 38-40 MB). The growth
   over the first million is reported too.
 """
+
 from __future__ import annotations
 
 import os
@@ -75,11 +76,17 @@ def test_ring_fill(benchmark, make_streamer, count_server, quick):
         return statistics.median(xs) if xs else None
 
     def bands(curves, col):
-        return {"0-10%": band(curves, 0, 0.1, col), "45-55%": band(curves, 0.45, 0.55, col),
-                "85-95%": band(curves, 0.85, 0.96, col)}
+        return {
+            "0-10%": band(curves, 0, 0.1, col),
+            "45-55%": band(curves, 0.45, 0.55, col),
+            "85-95%": band(curves, 0.85, 0.96, col),
+        }
 
     benchmark.extra_info.update(
-        kind="ring-fill", calls_per_round=chunk * 40, segment_bytes=seg, curves=curves,
+        kind="ring-fill",
+        calls_per_round=chunk * 40,
+        segment_bytes=seg,
+        curves=curves,
         bands={"cold": bands(curves[:1], 1), "warm": bands(curves[1:], 1)},
         cpu_bands={"cold": bands(curves[:1], 2), "warm": bands(curves[1:], 2)},
     )
@@ -126,8 +133,9 @@ def test_value_length(benchmark, make_streamer, count_server, quick, value_len):
 @pytest.mark.benchmark(group="growth-outage-memory")
 def test_outage_memory(benchmark, make_streamer, tmp_path, quick):
     closed = "http://127.0.0.1:%d" % benchutil.free_port_closed()
-    s = make_streamer("native", api_base=closed, spool_dir=str(tmp_path / "spool"), full_timeout=60.0,
-                      request_timeout=2.0)
+    s = make_streamer(
+        "native", api_base=closed, spool_dir=str(tmp_path / "spool"), full_timeout=60.0, request_timeout=2.0
+    )
     chunk = 100_000
     chunks = 12 if quick else 50
     warm = 4 if quick else 10  # chunks of warm-up
@@ -136,8 +144,14 @@ def test_outage_memory(benchmark, make_streamer, tmp_path, quick):
     samples = []
 
     def sample(n):
-        samples.append({"events": n, "t": time.perf_counter(), "producer": benchutil.proc_mem(me),
-                        "sender": benchutil.proc_mem(spid)})
+        samples.append(
+            {
+                "events": n,
+                "t": time.perf_counter(),
+                "producer": benchutil.proc_mem(me),
+                "sender": benchutil.proc_mem(spid),
+            }
+        )
 
     def run():
         log = s.log
@@ -159,10 +173,20 @@ def test_outage_memory(benchmark, make_streamer, tmp_path, quick):
         return (max(vals) - min(vals)) / MB
 
     benchmark.extra_info.update(
-        kind="outage-memory", events=chunks * chunk, calls_per_round=chunks * chunk,
-        samples=[{"events": x["events"], "producer_rss": x["producer"]["VmRSS"],
-                  "producer_anon": x["producer"]["RssAnon"], "producer_shmem": x["producer"]["RssShmem"],
-                  "sender_rss": x["sender"]["VmRSS"], "sender_anon": x["sender"]["RssAnon"]} for x in samples],
+        kind="outage-memory",
+        events=chunks * chunk,
+        calls_per_round=chunks * chunk,
+        samples=[
+            {
+                "events": x["events"],
+                "producer_rss": x["producer"]["VmRSS"],
+                "producer_anon": x["producer"]["RssAnon"],
+                "producer_shmem": x["producer"]["RssShmem"],
+                "sender_rss": x["sender"]["VmRSS"],
+                "sender_anon": x["sender"]["RssAnon"],
+            }
+            for x in samples
+        ],
         producer_rss_growth_mb_per_million=growth("producer", "VmRSS"),
         producer_rss_spread_mb=spread("producer", "VmRSS"),
         producer_anon_growth_mb_per_million=growth("producer", "RssAnon"),
@@ -174,7 +198,9 @@ def test_outage_memory(benchmark, make_streamer, tmp_path, quick):
         warmup_events=samples[warm]["events"],
         sender_rss_warmup_growth_mb=(samples[warm]["sender"]["VmRSS"] - samples[0]["sender"]["VmRSS"]) / MB,
         producer_rss_warmup_growth_mb=(samples[warm]["producer"]["VmRSS"] - samples[0]["producer"]["VmRSS"]) / MB,
-        spooled=st.get("spooled"), dropped=st["dropped"], logged=st["logged"],
+        spooled=st.get("spooled"),
+        dropped=st["dropped"],
+        logged=st["logged"],
     )
 
 
@@ -203,7 +229,11 @@ def test_streamer_churn_memory(benchmark, make_streamer, count_server, quick):
     benchmark.pedantic(run, rounds=1, warmup_rounds=0)
     shm = [x["RssShmem"] / MB for x in samples]
     benchmark.extra_info.update(
-        kind="streamer-churn", streamers=streamers, events_per_streamer=events, calls_per_round=streamers * events,
-        rss_shmem_mb=shm, rss_mb=[x["VmRSS"] / MB for x in samples],
+        kind="streamer-churn",
+        streamers=streamers,
+        events_per_streamer=events,
+        calls_per_round=streamers * events,
+        rss_shmem_mb=shm,
+        rss_mb=[x["VmRSS"] / MB for x in samples],
         shmem_growth_mb_per_closed_streamer=(shm[-1] - shm[0]) / streamers,
     )

@@ -20,6 +20,7 @@ state of a long-running producer; the first pass over a fresh ring costs more (t
 
     python -m pytest benchmarks/test_log_cost.py
 """
+
 from __future__ import annotations
 
 import time
@@ -31,8 +32,18 @@ import benchutil
 N = 2000  # calls per round
 N_OBJECT = 200  # log_object calls per round (10 events each)
 VALUES = {"float": 21.5, "int": 21, "str": "warm", "bool": True}
-OBJECT = {"temp": 21.5, "humidity": 40.25, "pressure": 1013.2, "count": 7, "ok": True, "state": "idle",
-          "voltage": 3.3, "current": 0.25, "rpm": 1200, "errors": 0}
+OBJECT = {
+    "temp": 21.5,
+    "humidity": 40.25,
+    "pressure": 1013.2,
+    "count": 7,
+    "ok": True,
+    "state": "idle",
+    "voltage": 3.3,
+    "current": 0.25,
+    "rpm": 1200,
+    "errors": 0,
+}
 
 
 def rounds(quick: bool) -> int:
@@ -55,6 +66,7 @@ def _loop(log, value, n, cpu):
         for _ in range(n):
             log("temperature", value)
         cpu.append(time.thread_time() - c0)
+
     return run
 
 
@@ -64,6 +76,7 @@ def _time_loop(n, cpu):
         for _ in range(n):
             now()
         cpu.append(time.thread_time() - c0)
+
     return run
 
 
@@ -73,18 +86,19 @@ def _object_loop(log_object, obj, n, cpu):
         for _ in range(n):
             log_object(obj)
         cpu.append(time.thread_time() - c0)
+
     return run
 
 
 def _record(benchmark, kind, calls, cpu, **extra):
     cpu = sorted(cpu)
-    benchmark.extra_info.update(kind=kind, calls_per_round=calls,
-                                cpu_median_ns=cpu[len(cpu) // 2] / calls * 1e9 if cpu else None, **extra)
+    benchmark.extra_info.update(
+        kind=kind, calls_per_round=calls, cpu_median_ns=cpu[len(cpu) // 2] / calls * 1e9 if cpu else None, **extra
+    )
 
 
 def _streamer(make_streamer, count_server, backend):
-    s = make_streamer(backend, api_base=count_server, ring_size=16 * 1024 * 1024,
-                      full_timeout=60.0)
+    s = make_streamer(backend, api_base=count_server, ring_size=16 * 1024 * 1024, full_timeout=60.0)
     benchutil.prefault(s)
     return s
 
@@ -137,5 +151,14 @@ def test_log_object(benchmark, make_streamer, count_server, quick, backend):
     r = rounds(quick) // 2 if backend == "native" else max(10, rounds(quick) // 5)
     benchmark.pedantic(_object_loop(s.log_object, OBJECT, N_OBJECT, cpu), rounds=r, warmup_rounds=3)
     st = _check_delivered(s)
-    _record(benchmark, "log_object", N_OBJECT, cpu, backend=backend, value="dict10", events_per_call=len(OBJECT),
-            events=st["logged"], sent=st["sent"])
+    _record(
+        benchmark,
+        "log_object",
+        N_OBJECT,
+        cpu,
+        backend=backend,
+        value="dict10",
+        events_per_call=len(OBJECT),
+        events=st["logged"],
+        sent=st["sent"],
+    )

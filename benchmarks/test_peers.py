@@ -8,6 +8,7 @@ round time pytest-benchmark records includes one pipe round trip (tens of micros
 rounds of milliseconds); the worker's own ``perf_counter`` figures, without it, are kept in
 ``extra_info["inner"]`` and are what compare.py reports.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -40,17 +41,29 @@ def test_peer(benchmark, peers_python, count_server, quick, peer):
     timed = w.rounds[-rounds:]
     inner = benchutil.per_call_summary([r["elapsed"] for r in timed], N)
     cpu = sorted(r["cpu"] / N * 1e9 for r in timed)
-    benchmark.extra_info.update(kind="peer", peer=peer, value="float", calls_per_round=N, inner=inner,
-                                cpu_median_ns=cpu[len(cpu) // 2], info=w.ready, close_s=closed.get("close_s"),
-                                logged=logged, delivered=got - before)
+    benchmark.extra_info.update(
+        kind="peer",
+        peer=peer,
+        value="float",
+        calls_per_round=N,
+        inner=inner,
+        cpu_median_ns=cpu[len(cpu) // 2],
+        info=w.ready,
+        close_s=closed.get("close_s"),
+        logged=logged,
+        delivered=got - before,
+    )
 
 
 @pytest.mark.benchmark(group="per-call-object")
 def test_peer_log_object(benchmark, peers_python, count_server, quick):
     """ISStreamer 2.0.0 ``log_object`` of the same 10-key dict (buffer_size 1000, its cheapest)."""
     before = benchutil.count_of(count_server)
-    w = benchutil.PeerWorker(peers_python, "drive_isstreamer.py",
-                             ["--worker", "--api-base", count_server, "--buffer-size", "1000", "--object"])
+    w = benchutil.PeerWorker(
+        peers_python,
+        "drive_isstreamer.py",
+        ["--worker", "--api-base", count_server, "--buffer-size", "1000", "--object"],
+    )
     try:
         rounds = 8 if quick else 30
         benchmark.pedantic(w.run, args=(N_OBJECT,), rounds=rounds, warmup_rounds=2)
@@ -61,8 +74,16 @@ def test_peer_log_object(benchmark, peers_python, count_server, quick):
     got, _ = benchutil.wait_count(count_server, before + logged, timeout=30)
     timed = w.rounds[-rounds:]
     cpu = sorted(r["cpu"] / N_OBJECT * 1e9 for r in timed)
-    benchmark.extra_info.update(kind="peer-object", peer="isstreamer200-bs1000-log_object", value="dict10",
-                                calls_per_round=N_OBJECT, events_per_call=len(OBJECT),
-                                inner=benchutil.per_call_summary([r["elapsed"] for r in timed], N_OBJECT),
-                                cpu_median_ns=cpu[len(cpu) // 2], info=w.ready, close_s=closed.get("close_s"),
-                                logged=logged, delivered=got - before)
+    benchmark.extra_info.update(
+        kind="peer-object",
+        peer="isstreamer200-bs1000-log_object",
+        value="dict10",
+        calls_per_round=N_OBJECT,
+        events_per_call=len(OBJECT),
+        inner=benchutil.per_call_summary([r["elapsed"] for r in timed], N_OBJECT),
+        cpu_median_ns=cpu[len(cpu) // 2],
+        info=w.ready,
+        close_s=closed.get("close_s"),
+        logged=logged,
+        delivered=got - before,
+    )

@@ -3,6 +3,7 @@
 ``from isstreamer import Streamer`` (or, unchanged from ISStreamer 2.0.0,
 ``from ISStreamer.Streamer import Streamer``).
 """
+
 from __future__ import annotations
 
 __version__ = "3.0.0"

@@ -3,6 +3,7 @@
 Used by ``setup.py`` through ``cffi_modules``; run it directly to build in place. Extra
 compiler flags come from ``ISSTREAMER_CFLAGS`` (CI uses it for the sanitizer build).
 """
+
 from __future__ import annotations
 
 import os
@@ -54,7 +55,6 @@ typedef struct {
 } iss_agg_counters;
 
 """
-
 
 
 def _prototypes(*headers: str) -> str:

@@ -118,10 +118,7 @@ def normalize_api_base(base: str) -> str:
 def _normalize_api_base(base: object, source: str) -> str:
     """Implementation of :func:`normalize_api_base`; ``source`` names where the value came from."""
     if not isinstance(base, str):
-        raise ConfigError(
-            f"isstreamer: {source} must be a str like {DEFAULT_API_BASE!r}, "
-            f"got {type(base).__name__}"
-        )
+        raise ConfigError(f"isstreamer: {source} must be a str like {DEFAULT_API_BASE!r}, got {type(base).__name__}")
     value = base.strip()
     # never echo a query string, fragment or user info: they may carry the access key
     safe = re.sub(r"[?#].*$", "?***", value)
@@ -178,13 +175,9 @@ def _read_ini(path: str) -> configparser.RawConfigParser:
         reason = exc.strerror or type(exc).__name__
         raise ConfigError(f"isstreamer: cannot read config file {path!r}: {reason}") from None
     except UnicodeDecodeError:
-        raise ConfigError(
-            f"isstreamer: cannot read config file {path!r}: it is not valid UTF-8 text"
-        ) from None
+        raise ConfigError(f"isstreamer: cannot read config file {path!r}: it is not valid UTF-8 text") from None
     except configparser.Error as exc:
-        raise ConfigError(
-            f"isstreamer: cannot parse config file {path!r}: {_describe_parse_error(exc)}"
-        ) from None
+        raise ConfigError(f"isstreamer: cannot parse config file {path!r}: {_describe_parse_error(exc)}") from None
     return parser
 
 
@@ -207,17 +200,14 @@ def _find_ini(ini_file_location: str | None, home: str, cwd: str) -> str | None:
     if ini_file_location is not None and ini_file_location != "":
         if not isinstance(ini_file_location, (str, os.PathLike)):
             raise ConfigError(
-                "isstreamer: ini_file_location must be a path string, "
-                f"got {type(ini_file_location).__name__}"
+                f"isstreamer: ini_file_location must be a path string, got {type(ini_file_location).__name__}"
             )
         path = os.fspath(ini_file_location)
         if path == "~" or path.startswith("~/") or path.startswith("~" + os.sep):
             path = home + path[1:]
         path = os.path.join(cwd, path)
         if not os.path.exists(path):
-            raise ConfigError(
-                f"isstreamer: ini_file_location {path!r} does not exist or is not accessible"
-            )
+            raise ConfigError(f"isstreamer: ini_file_location {path!r} does not exist or is not accessible")
         return path
     for directory in (home, cwd):
         candidate = os.path.join(directory, INI_FILE_NAME)
@@ -291,9 +281,7 @@ def load_config(
         key = _KEY_INLINE_COMMENT.sub("", _ini_get(parser, _CLIENT_SECTION, "access_key").strip())
 
     # bucket name
-    bucket = (
-        bucket_arg or env.get(_ENV_BUCKET, "") or _ini_get(parser, _CLIENT_SECTION, "default_bucket")
-    )
+    bucket = bucket_arg or env.get(_ENV_BUCKET, "") or _ini_get(parser, _CLIENT_SECTION, "default_bucket")
 
     # API base (api_config is read even when client_config is absent)
     if base_arg:

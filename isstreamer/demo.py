@@ -5,6 +5,7 @@ A :class:`~isstreamer.collector.server.CollectorServer` runs in this process; ON
 ``multiprocessing`` pool (spawn context) that received the Streamer through ``initargs``. Progress
 bars follow ``stats()``; the summary reads the delivered count back from the collector database.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -41,10 +42,17 @@ def aggregate_rules() -> Dict[str, Any]:
     from .rules import Deadband, OnChange, Window
 
     # the loops read once a second (TICK_SECONDS): their windows are a minute long
-    return {"temperature": Window(60.0, ("mean", "min", "max")), "humidity": Window(60.0),
-            "pressure_hpa": Window(60.0), "door_open": OnChange(), "pump_*_rpm": Deadband(absolute=25.0, heartbeat=60.0),
-            "pump_*_load": Window(60.0, ("mean", "max")), "pump_*_queue": Window(60.0, ("max",)),
-            "pump_*_state": OnChange(), "pump_*_ok": OnChange()}
+    return {
+        "temperature": Window(60.0, ("mean", "min", "max")),
+        "humidity": Window(60.0),
+        "pressure_hpa": Window(60.0),
+        "door_open": OnChange(),
+        "pump_*_rpm": Deadband(absolute=25.0, heartbeat=60.0),
+        "pump_*_load": Window(60.0, ("mean", "max")),
+        "pump_*_queue": Window(60.0, ("max",)),
+        "pump_*_state": OnChange(),
+        "pump_*_ok": OnChange(),
+    }
 
 
 def sensor_readings(n: int, seed: int = 1, end: Optional[float] = None) -> List[Reading]:
@@ -61,7 +69,9 @@ def sensor_readings(n: int, seed: int = 1, end: Optional[float] = None) -> List[
         ep = start + t * TICK_SECONDS
         out.append(("temperature", round(21.0 + 3.0 * wave + rng.gauss(0, 0.15), 2), ep))
         out.append(("humidity", round(45.0 - 8.0 * wave + rng.gauss(0, 0.6), 1), ep))
-        out.append(("pressure_hpa", round(1013.25 + 2.5 * math.sin(2 * math.pi * t / 7200) + rng.gauss(0, 0.05), 2), ep))
+        out.append(
+            ("pressure_hpa", round(1013.25 + 2.5 * math.sin(2 * math.pi * t / 7200) + rng.gauss(0, 0.05), 2), ep)
+        )
         out.append(("door_open", t % 600 < 45, ep))
     del out[n:]
     return out
@@ -89,8 +99,15 @@ def _pump_task(task: Tuple[str, int, int]) -> Tuple[int, bool]:
         rpm = int(1450 + 120 * math.sin(2 * math.pi * t / 600 + seed) + rng.gauss(0, 8))
         s.log(name + "_rpm", rpm, ep)
         s.log(name + "_state", "running" if rpm >= 1340 else "throttled", ep)
-        s.log_object({"load": round(0.6 + 0.25 * math.sin(2 * math.pi * t / 1800) + rng.gauss(0, 0.02), 3),
-                      "queue": max(0, int(rng.gauss(12, 4))), "ok": rng.random() > 0.002}, key_prefix=name, epoch=ep)
+        s.log_object(
+            {
+                "load": round(0.6 + 0.25 * math.sin(2 * math.pi * t / 1800) + rng.gauss(0, 0.02), 3),
+                "queue": max(0, int(rng.gauss(12, 4))),
+                "ok": rng.random() > 0.002,
+            },
+            key_prefix=name,
+            epoch=ep,
+        )
     return steps * EVENTS_PER_STEP, s.flush(60)
 
 
@@ -113,8 +130,9 @@ class _Progress:
         from tqdm import tqdm
 
         fmt = "{desc} {percentage:3.0f}%|{bar}| {n:>9,}/{total:,} [{elapsed}, {rate_fmt}]"
-        kw: Dict[str, Any] = dict(total=total, unit=" ev", unit_scale=True, bar_format=fmt, dynamic_ncols=True,
-                                  disable=not enabled)
+        kw: Dict[str, Any] = dict(
+            total=total, unit=" ev", unit_scale=True, bar_format=fmt, dynamic_ncols=True, disable=not enabled
+        )
         self._bars = (tqdm(desc="  logged   ", position=0, **kw), tqdm(desc="  delivered", position=1, **kw))
         self._streamer = streamer
         self._stop = threading.Event()
@@ -179,8 +197,12 @@ class DemoResult:
     def ok(self) -> bool:
         """Every logged event was delivered and stored, none dropped."""
         expected = self.sensor_events + self.worker_events
-        return (not self.problems and self.logged == expected and self.delivered == expected - self.folded + self.aggregated
-                and not sum(self.dropped.values()))
+        return (
+            not self.problems
+            and self.logged == expected
+            and self.delivered == expected - self.folded + self.aggregated
+            and not sum(self.dropped.values())
+        )
 
 
 def _ring_size(events: int, worker_events: int) -> int:
@@ -194,7 +216,7 @@ def _timed_loop(log: Callable[..., None], readings: List[Reading]) -> Tuple[List
     clock = time.perf_counter_ns
     t_start = clock()
     for i in range(0, len(readings), BURST):
-        chunk = readings[i:i + BURST]
+        chunk = readings[i : i + BURST]
         t0 = clock()
         for k, v, ep in chunk:
             log(k, v, ep)
@@ -240,8 +262,15 @@ def _wait_stored(server: Any, bucket_key: str, expected: int, timeout: float) ->
         time.sleep(0.05)
 
 
-def run_workload(server: Any, events: int, workers: int, work_dir: str, progress: Optional[bool],
-                 echo: Callable[[str], None], aggregate: bool = False) -> DemoResult:
+def run_workload(
+    server: Any,
+    events: int,
+    workers: int,
+    work_dir: str,
+    progress: Optional[bool],
+    echo: Callable[[str], None],
+    aggregate: bool = False,
+) -> DemoResult:
     """Stream the sensor loop and the pool's events through one Streamer into ``server``."""
     import multiprocessing
 
@@ -255,15 +284,23 @@ def run_workload(server: Any, events: int, workers: int, work_dir: str, progress
     echo("  bucket       \"%s\"  (key %s)" % (BUCKET_NAME, bucket_key))
     echo("  workload     %s sensor readings from a tight log() loop in this process" % _n(events))
     if workers:
-        echo("               + %s events from %s (spawn) using log() and log_object()"
-             % (_n(worker_events), _plural(workers, "pool worker")))
+        echo(
+            "               + %s events from %s (spawn) using log() and log_object()"
+            % (_n(worker_events), _plural(workers, "pool worker"))
+        )
     show_bars = sys.stderr.isatty() if progress is None else progress
     if show_bars:
         echo("")
-    streamer = Streamer(bucket_name=BUCKET_NAME, bucket_key=bucket_key, access_key=ACCESS_KEY, api_base=server.url,
-                        spool_dir=os.path.join(work_dir, "spool"), close_timeout=1.0,
-                        ring_size=_ring_size(events, worker_events // max(1, workers)),
-                        rules=aggregate_rules() if aggregate else None)
+    streamer = Streamer(
+        bucket_name=BUCKET_NAME,
+        bucket_key=bucket_key,
+        access_key=ACCESS_KEY,
+        api_base=server.url,
+        spool_dir=os.path.join(work_dir, "spool"),
+        close_timeout=1.0,
+        ring_size=_ring_size(events, worker_events // max(1, workers)),
+        rules=aggregate_rules() if aggregate else None,
+    )
     pool = None
     bar: Optional[_Progress] = None
     completed = False
@@ -302,13 +339,27 @@ def run_workload(server: Any, events: int, workers: int, work_dir: str, progress
         streamer.close(timeout=1)
         _stop_sender(ring_path, 10.0 if completed else 1.0)
     return DemoResult(
-        url=server.url, db_path=server.db_path, bucket_key=bucket_key, bucket_name=BUCKET_NAME,
-        sensor_events=events, worker_events=worker_events, workers=workers, logged=st.get("logged", 0),
-        delivered=delivered, sent=st.get("sent", 0), dropped={k: v for k, v in st["dropped"].items() if v},
-        backend=st["backend"], ns_per_call=statistics.median(per_call) if per_call else 0.0,
-        ns_per_call_mean=loop_seconds * 1e9 / max(1, events), loop_seconds=loop_seconds,
-        requests=st.get("requests", 0), batches=st.get("batches", 0), seconds=seconds,
-        spooled=st.get("spooled", 0), problems=problems, folded=st.get("folded", 0),
+        url=server.url,
+        db_path=server.db_path,
+        bucket_key=bucket_key,
+        bucket_name=BUCKET_NAME,
+        sensor_events=events,
+        worker_events=worker_events,
+        workers=workers,
+        logged=st.get("logged", 0),
+        delivered=delivered,
+        sent=st.get("sent", 0),
+        dropped={k: v for k, v in st["dropped"].items() if v},
+        backend=st["backend"],
+        ns_per_call=statistics.median(per_call) if per_call else 0.0,
+        ns_per_call_mean=loop_seconds * 1e9 / max(1, events),
+        loop_seconds=loop_seconds,
+        requests=st.get("requests", 0),
+        batches=st.get("batches", 0),
+        seconds=seconds,
+        spooled=st.get("spooled", 0),
+        problems=problems,
+        folded=st.get("folded", 0),
         aggregated=st.get("aggregated", 0),
     )
 
@@ -326,28 +377,53 @@ def format_summary(r: DemoResult) -> str:
     rows: List[Tuple[str, str, str]] = []
     dropped = sum(r.dropped.values())
     missing = r.logged - r.folded + r.aggregated - r.delivered
-    rows.append(("logged", _n(r.logged), "events: %s sensor readings + %s from %s"
-                 % (_n(r.sensor_events), _n(r.worker_events), _plural(r.workers, "worker"))
-                 if r.workers else "events (sensor readings)"))
-    rows.append(("delivered", _n(r.delivered), "events read back from the collector database"
-                 + ("  <-- %s MISSING" % _n(missing) if missing else "")))
+    rows.append(
+        (
+            "logged",
+            _n(r.logged),
+            "events: %s sensor readings + %s from %s"
+            % (_n(r.sensor_events), _n(r.worker_events), _plural(r.workers, "worker"))
+            if r.workers
+            else "events (sensor readings)",
+        )
+    )
+    rows.append(
+        (
+            "delivered",
+            _n(r.delivered),
+            "events read back from the collector database" + ("  <-- %s MISSING" % _n(missing) if missing else ""),
+        )
+    )
     if r.folded:
-        rows.append(("downsampled", _n(r.folded), "events folded by the rules (--aggregate), sent as %s events: "
-                     "%.0fx fewer on the wire" % (_n(r.aggregated), r.folded / max(1, r.aggregated))))
+        rows.append(
+            (
+                "downsampled",
+                _n(r.folded),
+                "events folded by the rules (--aggregate), sent as %s events: "
+                "%.0fx fewer on the wire" % (_n(r.aggregated), r.folded / max(1, r.aggregated)),
+            )
+        )
     if dropped:
         detail = "DROPPED: " + ", ".join("%s %s" % (k, _n(v)) for k, v in sorted(r.dropped.items()))
     else:
         detail = "none: every event logged was delivered" if not missing else "none reported"
     rows.append(("dropped", _n(dropped), detail))
-    rows.append(("log() cost", _n(r.ns_per_call), "ns per call, %s backend (median of %s-call bursts)"
-                 % (r.backend, _n(BURST))))
-    rows.append(("sensor loop", "%.2f" % r.loop_seconds, "s for the %s calls, including waits for the GIL "
-                 "held by the in-process collector" % _n(r.sensor_events)))
+    rows.append(
+        ("log() cost", _n(r.ns_per_call), "ns per call, %s backend (median of %s-call bursts)" % (r.backend, _n(BURST)))
+    )
+    rows.append(
+        (
+            "sensor loop",
+            "%.2f" % r.loop_seconds,
+            "s for the %s calls, including waits for the GIL held by the in-process collector" % _n(r.sensor_events),
+        )
+    )
     per_batch = " of %s events on average" % _n(r.sent / r.batches) if r.batches else ""
     rows.append(("requests", _n(r.requests), "HTTP requests, %s batches%s" % (_n(r.batches), per_batch)))
     rate = r.delivered / r.seconds if r.seconds > 0 else 0.0
-    rows.append(("end to end", "%.1f" % r.seconds, "s from the first log() to the last event stored: %s events/s"
-                 % _n(rate)))
+    rows.append(
+        ("end to end", "%.1f" % r.seconds, "s from the first log() to the last event stored: %s events/s" % _n(rate))
+    )
     if r.spooled:
         rows.append(("spooled", _n(r.spooled), "events written to the spool for a later retry"))
     width = max(len(v) for _, v, _ in rows)
@@ -371,9 +447,16 @@ def _serve_until_interrupted(echo: Callable[[str], None]) -> None:
         signal.signal(signal.SIGTERM, previous)
 
 
-def run_demo(events: int = 200_000, workers: int = 2, port: int = 0, db: Optional[str] = None,
-             serve: bool = True, progress: Optional[bool] = None,
-             echo: Callable[[str], None] = lambda s: print(s, flush=True), aggregate: bool = False) -> int:
+def run_demo(
+    events: int = 200_000,
+    workers: int = 2,
+    port: int = 0,
+    db: Optional[str] = None,
+    serve: bool = True,
+    progress: Optional[bool] = None,
+    echo: Callable[[str], None] = lambda s: print(s, flush=True),
+    aggregate: bool = False,
+) -> int:
     """Run the demo; return the exit status (0 when every event was delivered, else 1).
 
     ``db=None`` keeps the collector database in a temporary directory removed at the end.
@@ -387,8 +470,10 @@ def run_demo(events: int = 200_000, workers: int = 2, port: int = 0, db: Optiona
         os.makedirs(os.path.dirname(db_path), exist_ok=True)
         server = CollectorServer(db_path=db_path, port=port).start()
         try:
-            echo("isstreamer demo: one Streamer shared by %s, streaming to the embedded collector"
-                 % ("this process and %s" % _plural(workers, "pool worker") if workers else "this process"))
+            echo(
+                "isstreamer demo: one Streamer shared by %s, streaming to the embedded collector"
+                % ("this process and %s" % _plural(workers, "pool worker") if workers else "this process")
+            )
             echo("  collector    %s  (in this process; it accepts any access key)" % server.url)
             echo("  database     %s%s" % (db_path, "" if db else "  (temporary: --db PATH keeps it)"))
             try:

@@ -5,6 +5,7 @@ named :func:`point` for the n-th time removes the file (so only one process fire
 restarted sender runs clean) and kills itself with SIGKILL. Without the variable every point is
 a no-op; the variable is read once, when this module is imported.
 """
+
 from __future__ import annotations
 
 import os

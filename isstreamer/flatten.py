@@ -56,9 +56,7 @@ def flatten_object(obj: object, key_prefix: str | None = None) -> list[tuple[str
         key_prefix = str(key_prefix)
         prefix = key_prefix + "_" if key_prefix else ""
 
-    if obj is None or isinstance(obj, _SCALAR_TYPES) or isinstance(obj, Set) or _is_numpy_scalar(
-        obj
-    ):
+    if obj is None or isinstance(obj, _SCALAR_TYPES) or isinstance(obj, Set) or _is_numpy_scalar(obj):
         return [(key_prefix or type_name, obj)]
 
     items = _container_items(obj)
@@ -71,9 +69,7 @@ def flatten_object(obj: object, key_prefix: str | None = None) -> list[tuple[str
     return pairs
 
 
-def _flatten_into(
-    pairs: list[tuple[str, object]], key: str, value: object, depth: int, path: set[int]
-) -> None:
+def _flatten_into(pairs: list[tuple[str, object]], key: str, value: object, depth: int, path: set[int]) -> None:
     """Append ``value`` (flattened when it is a nested container) under ``key``.
 
     ``depth`` is the nesting level of ``value`` (top-level children are 1); ``path`` holds the ids

@@ -7,6 +7,7 @@ sender's dependencies (:func:`sender_path`); its settings come on stdin (the acc
 shows in ``ps``); its stderr is forwarded to ours. A sender that cannot start is reported once,
 never restarted in a loop.
 """
+
 from __future__ import annotations
 
 import collections
@@ -41,8 +42,17 @@ def package_parent() -> str:
 
 # The modules the sender process imports beyond the standard library (a fallback for a source
 # tree that is not installed, whose distribution metadata cannot say).
-SENDER_IMPORTS = ("requests", "urllib3", "idna", "charset_normalizer", "chardet", "certifi", "orjson",
-                  "_cffi_backend", "cffi")
+SENDER_IMPORTS = (
+    "requests",
+    "urllib3",
+    "idna",
+    "charset_normalizer",
+    "chardet",
+    "certifi",
+    "orjson",
+    "_cffi_backend",
+    "cffi",
+)
 
 
 def _script_dirs() -> set:
@@ -87,8 +97,14 @@ def sender_path() -> list:
     out = [parent]
     for p in sys.path:
         a = os.path.abspath(p) if p else ""
-        if (a and a not in banned and a not in out and os.path.isdir(a) and not _writable_by_others(a)
-                and _holds_module(a, SENDER_IMPORTS)):
+        if (
+            a
+            and a not in banned
+            and a not in out
+            and os.path.isdir(a)
+            and not _writable_by_others(a)
+            and _holds_module(a, SENDER_IMPORTS)
+        ):
             out.append(a)
     return out
 
@@ -109,8 +125,13 @@ class SenderProcess:
         if not settings.native:
             env[ENV_NO_EXTENSION] = "1"
         self.proc = subprocess.Popen(
-            sender_command(), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            start_new_session=True, close_fds=True, env=env,
+            sender_command(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            close_fds=True,
+            env=env,
         )
         self.tail: Deque[str] = collections.deque(maxlen=20)
         assert self.proc.stdin is not None
@@ -164,9 +185,11 @@ def ensure_sender(table: Table, settings: Callable[[], SenderSettings]) -> None:
                 if rc is not None:
                     sp.thread.join(1.0)
                 n = _START_FAILURES[table.path] = _START_FAILURES.get(table.path, 0) + 1
-                log.error("isstreamer: the sender process could not start (%s); events stay in the ring%s:\n%s",
-                          "exit code %s" % rc if rc is not None else "no answer in %gs" % SENDER_START_WAIT,
-                          "; not trying again" if n >= MAX_START_FAILURES else "",
-                          "\n".join(sp.tail) or "(no output)")
+                log.error(
+                    "isstreamer: the sender process could not start (%s); events stay in the ring%s:\n%s",
+                    "exit code %s" % rc if rc is not None else "no answer in %gs" % SENDER_START_WAIT,
+                    "; not trying again" if n >= MAX_START_FAILURES else "",
+                    "\n".join(sp.tail) or "(no output)",
+                )
                 return
             time.sleep(0.002)

@@ -6,6 +6,7 @@ The Streamer's signature, the sender's settings (:class:`~isstreamer.settings.Se
 the delivery policy (:class:`~isstreamer.sender.delivery.Policy`), the transport and the CLI all
 read their defaults from here. Nothing here imports anything heavy: producers import it.
 """
+
 from __future__ import annotations
 
 import sys
@@ -43,10 +44,22 @@ class Options:
     offline_file: Optional[str] = None  # None: the configuration's, else OFFLINE_FILE
 
     # the least value each numeric option may take (bools are refused)
-    MINIMA = {"max_batch_events": 1, "max_producers": 0, "max_attempts": 1, "ring_size": 1, "max_ring_memory": 0,
-              "max_batch_bytes": 1, "spool_max_bytes": 1, "flush_interval": 1e-3, "request_timeout": 1e-3,
-              "backoff_max": 0.0, "auth_retry_interval": 0.0, "close_timeout": 0.0, "full_timeout": 0.0,
-              "max_rps": 0.0}
+    MINIMA = {
+        "max_batch_events": 1,
+        "max_producers": 0,
+        "max_attempts": 1,
+        "ring_size": 1,
+        "max_ring_memory": 0,
+        "max_batch_bytes": 1,
+        "spool_max_bytes": 1,
+        "flush_interval": 1e-3,
+        "request_timeout": 1e-3,
+        "backoff_max": 0.0,
+        "auth_retry_interval": 0.0,
+        "close_timeout": 0.0,
+        "full_timeout": 0.0,
+        "max_rps": 0.0,
+    }
 
     def __post_init__(self) -> None:
         if self.on_full not in ("block", "drop"):
@@ -79,6 +92,17 @@ RETRY_AFTER_MAX = 300.0  # s, the longest wait a Retry-After / X-RateLimit-Reset
 FINISH_BACKOFF = 0.25  # s, the longest backoff while finishing (close / exit budget)
 BUFFER_SIZE = 10  # ISStreamer 2.0.0's default: events waiting that trigger a send
 
-__all__: Tuple[str, ...] = ("API_BASE", "BACKOFF_INITIAL", "BUFFER_SIZE", "DEFAULTS", "DEFAULT_RING_SIZE",
-                            "FINISH_BACKOFF", "MIB", "OFFLINE_FILE", "Options", "REJECTED_FILE", "RETRY_AFTER_MAX",
-                            "check_number")
+__all__: Tuple[str, ...] = (
+    "API_BASE",
+    "BACKOFF_INITIAL",
+    "BUFFER_SIZE",
+    "DEFAULTS",
+    "DEFAULT_RING_SIZE",
+    "FINISH_BACKOFF",
+    "MIB",
+    "OFFLINE_FILE",
+    "Options",
+    "REJECTED_FILE",
+    "RETRY_AFTER_MAX",
+    "check_number",
+)

@@ -8,6 +8,7 @@ which marks the thread as busy; while it is busy, a ``log()`` that needs the slo
 :func:`held` section (in order, with the thread still marked, so a handler interrupting that
 is deferred too). The C put never needs this: a Python handler never runs inside a C call.
 """
+
 from __future__ import annotations
 
 import contextlib

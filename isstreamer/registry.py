@@ -8,6 +8,7 @@ environment's import path, with exactly the package directory this process impor
 that cannot start is reported once, never restarted in a loop. Orphaned rings (no live
 producer, no live sender) of this user are adopted by the next Streamer.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -43,6 +44,7 @@ SEGMENT_MIN = 1 << 20  # a new producer's segment is at least this large (while 
 
 # ---- fork hooks ----------------------------------------------------------------------------------
 
+
 def _before_fork() -> None:
     R.before_fork()
 
@@ -75,8 +77,7 @@ def _after_fork_in_child() -> None:
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
-                        after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
 
 
 def track(streamer: Any) -> None:
@@ -95,6 +96,7 @@ def live_streamers() -> list:
 
 
 # ---- tables ------------------------------------------------------------------------------------------
+
 
 def create_table(seg_data_size: int, meta: Dict[str, Any], native: bool) -> Table:
     """A new ring for a new Streamer (one user in this process)."""
@@ -169,6 +171,7 @@ def last_one_out(table: Table) -> bool:
 
 
 # ---- this process's segment ------------------------------------------------------------------------
+
 
 def segment_size(ring_size: int, total_max: int, in_use: int) -> int:
     """Data bytes of a new producer's segment: ``ring_size``, but no more than a quarter of
@@ -255,8 +258,10 @@ def _view(table: Table, seg_id: int) -> Optional[R.Segment]:
 
 # ---- orphans --------------------------------------------------------------------------------------------
 
-def adopt_orphans(directory: str, settings: Callable[[Dict[str, Any]], Optional[SenderSettings]],
-                  min_age: float = ORPHAN_MIN_AGE) -> int:
+
+def adopt_orphans(
+    directory: str, settings: Callable[[Dict[str, Any]], Optional[SenderSettings]], min_age: float = ORPHAN_MIN_AGE
+) -> int:
     """Start a sender on every ring of this user in ``directory`` that has no live producer and
     no live sender (its processes were killed; an empty ring only once ``min_age`` old): what they logged is delivered or spooled, then
     the ring is removed. ``settings(meta)`` gives the sender's settings for a ring's recorded meta
@@ -294,8 +299,11 @@ def adopt_orphans(directory: str, settings: Callable[[Dict[str, Any]], Optional[
             with table.spawning():
                 if table.sender_alive() or table.closing:
                     continue
-                log.warning("isstreamer: adopting ring %s left by processes that were killed; its events are "
-                            "delivered or spooled", path)
+                log.warning(
+                    "isstreamer: adopting ring %s left by processes that were killed; its events are "
+                    "delivered or spooled",
+                    path,
+                )
                 launch.SenderProcess(s)
                 adopted += 1
         finally:

@@ -1,6 +1,7 @@
 """``isstreamer replay``: resubmit spooled events to the events API (the command; the loop over
 a stream's files is :class:`isstreamer.sender.replay.StreamReplay`, the sender's too).
 """
+
 from __future__ import annotations
 
 import logging
@@ -12,11 +13,21 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 from .sender.delivery import Delivery, Policy
 from .options import DEFAULTS, REJECTED_FILE
 from .sender.replay import Stop, StreamReplay, pending_events, plural
-from .sender.spool import (ReplayFile, SpoolUnsafe, SpoolWriter, StreamMeta, check_root, key_fingerprint,
-                           pending_files, read_meta, streams)
+from .sender.spool import (
+    ReplayFile,
+    SpoolUnsafe,
+    SpoolWriter,
+    StreamMeta,
+    check_root,
+    key_fingerprint,
+    pending_files,
+    read_meta,
+    streams,
+)
 from .sender.transport import Transport
 
 log = logging.getLogger("isstreamer")
+
 
 class ReplayError(ValueError):
     """PATH is not a spool directory, stream directory or spool file."""
@@ -50,9 +61,16 @@ class ReplaySummary:
 
     def line(self) -> str:
         """One-line summary."""
-        text = ("%d file%s, %d batch%s, %d event%s delivered, %d rejected, %d left"
-                % (self.files, plural(self.files), self.batches, "" if self.batches == 1 else "es",
-                   self.delivered, plural(self.delivered), self.rejected, self.left))
+        text = "%d file%s, %d batch%s, %d event%s delivered, %d rejected, %d left" % (
+            self.files,
+            plural(self.files),
+            self.batches,
+            "" if self.batches == 1 else "es",
+            self.delivered,
+            plural(self.delivered),
+            self.rejected,
+            self.left,
+        )
         if self.busy:
             text += ", %d file%s in use by a running sender" % (self.busy, plural(self.busy))
         return text
@@ -88,9 +106,16 @@ def resolve(path: str) -> Tuple[str, List[Target]]:
 class Replayer:
     """Replays spool files with one :class:`Delivery` per API base (``isstreamer replay``)."""
 
-    def __init__(self, access_key: str, api_base: Optional[str] = None, policy: Optional[Policy] = None,
-                 request_timeout: float = DEFAULTS.request_timeout, use_gzip: bool = False, progress: Optional[bool] = None,
-                 warn: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> None:
+    def __init__(
+        self,
+        access_key: str,
+        api_base: Optional[str] = None,
+        policy: Optional[Policy] = None,
+        request_timeout: float = DEFAULTS.request_timeout,
+        use_gzip: bool = False,
+        progress: Optional[bool] = None,
+        warn: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+    ) -> None:
         self.access_key = access_key
         self.fp = key_fingerprint(access_key)
         self.api_base = api_base.rstrip("/") if api_base else None
@@ -118,12 +143,20 @@ class Replayer:
                 n = sum(pending_events(f) for f in t.files)
                 sm.other_streams += 1
                 sm.other_events += n
-                self.warn("isstreamer replay: skipping %s (bucket %r, %d event%s): spooled with another access key"
-                          % (t.meta.path, t.meta.bucket_key, n, plural(n)))
+                self.warn(
+                    "isstreamer replay: skipping %s (bucket %r, %d event%s): spooled with another access key"
+                    % (t.meta.path, t.meta.bucket_key, n, plural(n))
+                )
         total = sum(max(0, _size(f) - ReplayFile(f).position()) for t in mine for f in t.files)
         writer = SpoolWriter(root, max_bytes=sys.maxsize)
-        bar = tqdm(total=total, unit="B", unit_scale=True, desc="replay", leave=False,
-                   disable=None if self.progress is None else not self.progress)
+        bar = tqdm(
+            total=total,
+            unit="B",
+            unit_scale=True,
+            desc="replay",
+            leave=False,
+            disable=None if self.progress is None else not self.progress,
+        )
         try:
             for t in mine:
                 self._stream(t, root, writer, bar)
@@ -132,8 +165,9 @@ class Replayer:
             writer.close_all()
             for d in self._deliveries.values():
                 d.t.close()
-        sm.left = sum(pending_events(f) for f in {f for t in mine for f in t.files} | self._written
-                      if os.path.exists(f))
+        sm.left = sum(
+            pending_events(f) for f in {f for t in mine for f in t.files} | self._written if os.path.exists(f)
+        )
         sm.stopped = ["%s: %s" % (base, why) for base, why in self._blocked.items()]
         return sm
 
@@ -154,8 +188,13 @@ class Replayer:
         def respool(meta: StreamMeta, body: bytes) -> None:
             self._written.add(writer.write(meta.api_base, meta.bucket_key, meta.bucket_name, meta.fingerprint, body))
 
-        loop = StreamReplay(self._delivery(base, root), respool, patient=True, on_progress=bar.update,
-                            warn=lambda msg: self.warn(msg.replace("isstreamer:", "isstreamer replay:", 1)))
+        loop = StreamReplay(
+            self._delivery(base, root),
+            respool,
+            patient=True,
+            on_progress=bar.update,
+            warn=lambda msg: self.warn(msg.replace("isstreamer:", "isstreamer replay:", 1)),
+        )
         if not loop.bucket(m):
             self._blocked.setdefault(base, loop.why)
             return

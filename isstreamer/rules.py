@@ -11,6 +11,7 @@ A key takes the rule of its exact name if there is one, else of the first glob p
 Strings and booleans under any rule are sent on change. Rules travel to the sender (and to every
 process using the Streamer) as JSON, see :func:`rules_to_json`.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -27,10 +28,15 @@ KIND_CHANGE = 3
 
 
 def _num(name: str, v: Any, least: float, strict: bool = False) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or \
-            (v <= least if strict else v < least):
-        raise ValueError("isstreamer: %s must be a finite number %s %g, not %r"
-                         % (name, ">" if strict else ">=", least, v))
+    if (
+        isinstance(v, bool)
+        or not isinstance(v, (int, float))
+        or not math.isfinite(v)
+        or (v <= least if strict else v < least)
+    ):
+        raise ValueError(
+            "isstreamer: %s must be a finite number %s %g, not %r" % (name, ">" if strict else ">=", least, v)
+        )
     return float(v)
 
 
@@ -87,8 +93,7 @@ def rule_to_dict(rule: Rule) -> Dict[str, Any]:
     if isinstance(rule, Window):
         return {"kind": "window", "seconds": rule.seconds, "stats": list(rule.stats)}
     if isinstance(rule, Deadband):
-        return {"kind": "deadband", "absolute": rule.absolute, "relative": rule.relative,
-                "heartbeat": rule.heartbeat}
+        return {"kind": "deadband", "absolute": rule.absolute, "relative": rule.relative, "heartbeat": rule.heartbeat}
     if isinstance(rule, OnChange):
         return {"kind": "change", "heartbeat": rule.heartbeat}
     raise TypeError("isstreamer: a rule must be Window, Deadband or OnChange, not %s" % type(rule).__name__)

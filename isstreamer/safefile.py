@@ -11,6 +11,7 @@ files, the offline CSV all follow them):
   group or others (:func:`check_private_dir`). Anything else is refused with a message that says
   why (:class:`Refused`).
 """
+
 from __future__ import annotations
 
 import errno
@@ -89,8 +90,9 @@ def _own_file(fd: int, path: str, single_link: bool) -> os.stat_result:
     if why is not None:
         raise Refused("isstreamer: refusing %s: %s" % (path, why))
     if single_link and st.st_nlink > 1:
-        raise Refused("isstreamer: refusing %s: it has %d hard links (another name for another file)"
-                      % (path, st.st_nlink))
+        raise Refused(
+            "isstreamer: refusing %s: it has %d hard links (another name for another file)" % (path, st.st_nlink)
+        )
     return st
 
 
@@ -149,9 +151,16 @@ def check_parents(path: str) -> None:
     while True:
         st = os.stat(parent)
         if st.st_uid not in (0, uid) or (st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX):
-            raise Refused("refusing %s: the directory %s above it is %s" % (
-                path, parent, "owned by uid %d" % st.st_uid if st.st_uid not in (0, uid) else
-                "writable by other users without the sticky bit (mode %04o)" % stat.S_IMODE(st.st_mode)))
+            raise Refused(
+                "refusing %s: the directory %s above it is %s"
+                % (
+                    path,
+                    parent,
+                    "owned by uid %d" % st.st_uid
+                    if st.st_uid not in (0, uid)
+                    else "writable by other users without the sticky bit (mode %04o)" % stat.S_IMODE(st.st_mode),
+                )
+            )
         up = os.path.dirname(parent)
         if up == parent:
             return

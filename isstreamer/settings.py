@@ -2,6 +2,7 @@
 
 Nothing here imports the HTTP stack, so ``import isstreamer`` and a first ``log()`` stay light.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,9 +15,20 @@ from .options import BUFFER_SIZE, DEFAULTS, Options
 from .sender.spool import key_fingerprint
 
 # the options the sender needs (the others are the producers')
-SENDER_OPTIONS = ("spool_dir", "flush_interval", "max_batch_events", "max_batch_bytes", "request_timeout",
-                  "close_timeout", "spool_max_bytes", "use_gzip", "max_attempts", "backoff_max",
-                  "auth_retry_interval", "max_rps")
+SENDER_OPTIONS = (
+    "spool_dir",
+    "flush_interval",
+    "max_batch_events",
+    "max_batch_bytes",
+    "request_timeout",
+    "close_timeout",
+    "spool_max_bytes",
+    "use_gzip",
+    "max_attempts",
+    "backoff_max",
+    "auth_retry_interval",
+    "max_rps",
+)
 
 
 @dataclass

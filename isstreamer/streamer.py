@@ -1,4 +1,5 @@
 """The Streamer: ISStreamer 2.0.0's API on a shared-memory ring with a sender process."""
+
 from __future__ import annotations
 
 import atexit
@@ -16,8 +17,17 @@ from .ring import layout as L
 from . import launch, reentry, registry
 from .config import load_config
 from .flatten import flatten_object
-from .ring import (Attachment, RingClosed, RingRefused, check_fallback_safe, default_ring_dir, fallback_reason,
-                   logs_for, puts_for, use_native)
+from .ring import (
+    Attachment,
+    RingClosed,
+    RingRefused,
+    check_fallback_safe,
+    default_ring_dir,
+    fallback_reason,
+    logs_for,
+    puts_for,
+    use_native,
+)
 from .rules import ceiling_settings, normalize_rules
 from .safefile import open_private_output
 from .settings import SenderSettings
@@ -34,10 +44,14 @@ _KEY_CACHE_MAX = 65536
 
 _RESOURCE_DROPS = ("ring_full", "no_space", "no_segment", "closed")  # never raised: not the caller's input
 _FULL_MESSAGES = {
-    "ring_full": "isstreamer: the ring is full (the API drains slower than you log); events dropped until it "
-                 "has room, see stats()['dropped']['ring_full']",
-    "no_space": "isstreamer: the ring directory's file system is full (no page can be reserved for the ring); "
-                "events dropped until there is room, see stats()['dropped']['no_space']",
+    "ring_full": (
+        "isstreamer: the ring is full (the API drains slower than you log); events dropped until it "
+        "has room, see stats()['dropped']['ring_full']"
+    ),
+    "no_space": (
+        "isstreamer: the ring directory's file system is full (no page can be reserved for the ring); "
+        "events dropped until there is room, see stats()['dropped']['no_space']"
+    ),
 }
 
 
@@ -76,8 +90,7 @@ def _validate_bucket_key(key: str) -> str:
     if not isinstance(key, str):
         raise TypeError("isstreamer: bucket_key must be a str, not %s" % type(key).__name__)
     if len(key) > 250 or any(c in key for c in ':"\''):
-        raise ValueError("isstreamer: bucket_key %r is invalid: at most 250 characters, without : \" or '"
-                         % key[:60])
+        raise ValueError("isstreamer: bucket_key %r is invalid: at most 250 characters, without : \" or '" % key[:60])
     return key
 
 
@@ -126,14 +139,32 @@ class Streamer:
     ) -> None:
         check_number("buffer_size", buffer_size, 1)
         options = Options(
-            flush_interval=flush_interval, max_batch_events=max_batch_events, max_batch_bytes=max_batch_bytes,
-            ring_size=ring_size, max_ring_memory=max_ring_memory, max_producers=max_producers,
-            close_timeout=close_timeout, on_full=on_full, full_timeout=full_timeout, spool_dir=spool_dir,
-            spool_max_bytes=spool_max_bytes, request_timeout=request_timeout, max_rps=max_rps,
-            max_attempts=max_attempts, backoff_max=backoff_max, auth_retry_interval=auth_retry_interval,
-            use_gzip=use_gzip, offline_file=offline_file)
-        cfg = load_config(bucket_name=bucket_name, access_key=access_key, ini_file_location=ini_file_location,
-                          offline=offline, api_base=api_base)
+            flush_interval=flush_interval,
+            max_batch_events=max_batch_events,
+            max_batch_bytes=max_batch_bytes,
+            ring_size=ring_size,
+            max_ring_memory=max_ring_memory,
+            max_producers=max_producers,
+            close_timeout=close_timeout,
+            on_full=on_full,
+            full_timeout=full_timeout,
+            spool_dir=spool_dir,
+            spool_max_bytes=spool_max_bytes,
+            request_timeout=request_timeout,
+            max_rps=max_rps,
+            max_attempts=max_attempts,
+            backoff_max=backoff_max,
+            auth_retry_interval=auth_retry_interval,
+            use_gzip=use_gzip,
+            offline_file=offline_file,
+        )
+        cfg = load_config(
+            bucket_name=bucket_name,
+            access_key=access_key,
+            ini_file_location=ini_file_location,
+            offline=offline,
+            api_base=api_base,
+        )
         self.DebugLevel = int(debug_level)
         self.BufferSize = int(buffer_size)
         self.AccessKey = cfg.access_key
@@ -144,9 +175,11 @@ class Streamer:
         self.BucketKey = _validate_bucket_key(bucket_key or str(uuid.uuid4()))
         self.IsClosed = False
         # resolved once: the offline file, the spool directory and the ring memory cap
-        self._options = options.replace(offline_file=offline_file or cfg.offline_file,
-                                        spool_dir=spool_dir or default_spool_dir(),
-                                        max_ring_memory=max_ring_memory or _default_ring_memory())
+        self._options = options.replace(
+            offline_file=offline_file or cfg.offline_file,
+            spool_dir=spool_dir or default_spool_dir(),
+            max_ring_memory=max_ring_memory or _default_ring_memory(),
+        )
         self._rules = normalize_rules(rules)  # downsampling (isstreamer.rules), applied by the sender
         self._ceiling = ceiling_settings(max_events_per_second, monthly_budget, fallback)
         self._init_local()
@@ -154,8 +187,10 @@ class Streamer:
             self._open_offline("w")
         else:
             if not self.AccessKey:
-                log.warning("isstreamer: no access key (argument, ISSTREAMER_ACCESS_KEY or isstreamer.ini); "
-                            "the events API will refuse the events, which are kept in the spool")
+                log.warning(
+                    "isstreamer: no access key (argument, ISSTREAMER_ACCESS_KEY or isstreamer.ini); "
+                    "the events API will refuse the events, which are kept in the spool"
+                )
             if not self._native:
                 check_fallback_safe()
                 why = fallback_reason()
@@ -214,11 +249,18 @@ class Streamer:
 
     def _sender_settings(self) -> SenderSettings:
         ring = getattr(self, "_ring", None)
-        return SenderSettings.of(self._options, ring_path=ring.path if ring is not None else "",
-                                 api_base=self.StreamApiBase, access_key=self.AccessKey, buffer_size=self.BufferSize,
-                                 debug_level=self.DebugLevel, native=self._native,
-                                 ring_identity=list(ring.identity) if ring is not None else [],
-                                 rules=self._rules, ceiling=self._ceiling)
+        return SenderSettings.of(
+            self._options,
+            ring_path=ring.path if ring is not None else "",
+            api_base=self.StreamApiBase,
+            access_key=self.AccessKey,
+            buffer_size=self.BufferSize,
+            debug_level=self.DebugLevel,
+            native=self._native,
+            ring_identity=list(ring.identity) if ring is not None else [],
+            rules=self._rules,
+            ceiling=self._ceiling,
+        )
 
     def _adopt_settings(self, meta: Dict[str, Any]) -> Optional[SenderSettings]:
         """Sender settings for an orphaned ring of this user (see registry.adopt_orphans)."""
@@ -237,12 +279,15 @@ class Streamer:
         counts what is logged as dropped (``no_space``), and tries again every RING_RETRY s."""
         self._ring_retry_at = time.monotonic() + RING_RETRY
         try:
-            ring = registry.create_table(max(L.SEG_DATA_MIN, int(self._options.ring_size)),
-                                         self._sender_settings().meta(), native=self._native)
+            ring = registry.create_table(
+                max(L.SEG_DATA_MIN, int(self._options.ring_size)), self._sender_settings().meta(), native=self._native
+            )
         except OSError as exc:
             self._refused = "cannot make the ring in %s (%s)" % (default_ring_dir(), exc)
-            self._warn_once("no_ring", "isstreamer: %s; events are counted as dropped['no_space'] until it "
-                                       "can be made" % self._refused)
+            self._warn_once(
+                "no_ring",
+                "isstreamer: %s; events are counted as dropped['no_space'] until it can be made" % self._refused,
+            )
             return
         self._ring = ring
         self._refused = None
@@ -325,8 +370,19 @@ class Streamer:
 
     # ---- pickling: a handle on the same ring and sender --------------------------------------
     def __reduce__(self):
-        state = {k: getattr(self, k) for k in ("DebugLevel", "BufferSize", "AccessKey", "Offline", "Async",
-                                               "StreamApiBase", "BucketName", "BucketKey")}
+        state = {
+            k: getattr(self, k)
+            for k in (
+                "DebugLevel",
+                "BufferSize",
+                "AccessKey",
+                "Offline",
+                "Async",
+                "StreamApiBase",
+                "BucketName",
+                "BucketKey",
+            )
+        }
         state["options"] = self._options.as_dict()
         state["rules"], state["ceiling"] = self._rules, self._ceiling
         state["IsClosed"] = self.IsClosed
@@ -345,8 +401,17 @@ class Streamer:
         file planted at its path after it was removed is refused (logged; log() then counts the
         events as dropped, or raises at debug_level >= 2)."""
         self = cls.__new__(cls)
-        for k in ("DebugLevel", "BufferSize", "AccessKey", "Offline", "Async", "StreamApiBase", "BucketName",
-                  "BucketKey", "IsClosed"):
+        for k in (
+            "DebugLevel",
+            "BufferSize",
+            "AccessKey",
+            "Offline",
+            "Async",
+            "StreamApiBase",
+            "BucketName",
+            "BucketKey",
+            "IsClosed",
+        ):
             setattr(self, k, state[k])
         self._options = Options(**state["options"])
         self._rules, self._ceiling = state["rules"], state["ceiling"]
@@ -484,8 +549,10 @@ class Streamer:
                     return self._log_closed(kb.decode("utf-8", "replace"), v)
                 except (RingRefused, OSError, ValueError) as exc:
                     no_space = self._ring is None or getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
-                    self._drop("no_space" if no_space else "no_segment",
-                               "isstreamer: cannot get a ring segment (%s); events dropped" % exc)
+                    self._drop(
+                        "no_space" if no_space else "no_segment",
+                        "isstreamer: cannot get a ring segment (%s); events dropped" % exc,
+                    )
                     return
             reason = "ring_full"
             if rc == L.RESERVE:
@@ -520,8 +587,10 @@ class Streamer:
                 time.sleep(pause)
                 pause = min(pause * 2, 0.005)
                 continue
-            self._drop("too_large" if rc == L.ETOOBIG else "invalid_input",
-                       "isstreamer: the ring refused an event (code %d)" % rc)
+            self._drop(
+                "too_large" if rc == L.ETOOBIG else "invalid_input",
+                "isstreamer: the ring refused an event (code %d)" % rc,
+            )
             return
 
     def _drop(self, reason: str, message: str) -> None:
@@ -563,7 +632,13 @@ class Streamer:
         """log() with the 2.0.0 console echo (debug_level >= 1) and/or use_async=False flushing."""
         Streamer.log(self, key, value, epoch)
         if self.DebugLevel >= 1:
-            print(console_line(str(key), value, epoch if isinstance(epoch, (int, float)) and not isinstance(epoch, bool) else time.time()))
+            print(
+                console_line(
+                    str(key),
+                    value,
+                    epoch if isinstance(epoch, (int, float)) and not isinstance(epoch, bool) else time.time(),
+                )
+            )
         if not self.Async:
             self._sync_count += 1
             if self._sync_count >= self.BufferSize:
@@ -792,8 +867,11 @@ class Streamer:
             pass
 
     def __repr__(self) -> str:
-        return "<Streamer bucket=%r key=%r %s>" % (self.BucketName, self.BucketKey,
-                                                   "closed" if self.IsClosed else "open")
+        return "<Streamer bucket=%r key=%r %s>" % (
+            self.BucketName,
+            self.BucketKey,
+            "closed" if self.IsClosed else "open",
+        )
 
 
 def _close_all_at_exit() -> None:

@@ -95,9 +95,7 @@ class _Problem(Exception):
     ``error`` overrides the strict-mode exception class chosen from the reason.
     """
 
-    def __init__(
-        self, reason: str, message: str, error: type[Exception] | None = None
-    ) -> None:
+    def __init__(self, reason: str, message: str, error: type[Exception] | None = None) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
@@ -174,9 +172,7 @@ def _coerce_key(key: object, strict: bool) -> tuple[str, str | None]:
     elif key is None:
         raise _Problem("empty_key", f"isstreamer: key is None; {_RULE_KEY}", TypeError)
     else:
-        message = (
-            f"isstreamer: key {_short(key)} is {type(key).__name__}, not str; {_RULE_KEY}"
-        )
+        message = f"isstreamer: key {_short(key)} is {type(key).__name__}, not str; {_RULE_KEY}"
         if strict:
             raise _Problem("key_not_str", message)
         reason = "key_not_str"
@@ -194,7 +190,8 @@ def _coerce_key(key: object, strict: bool) -> tuple[str, str | None]:
 
     if not text or text.isspace():
         raise _Problem(
-            "empty_key", f"isstreamer: key {text!r} is empty or whitespace; {_RULE_KEY}",
+            "empty_key",
+            f"isstreamer: key {text!r} is empty or whitespace; {_RULE_KEY}",
         )
     fixed, changed = _fix_unicode(text)
     if changed:
@@ -221,9 +218,7 @@ def _coerce_key(key: object, strict: bool) -> tuple[str, str | None]:
 # values
 
 
-def coerce_value(
-    value: object, strict: bool, *, key: str | None = None
-) -> tuple[bool | int | float | str, str | None]:
+def coerce_value(value: object, strict: bool, *, key: str | None = None) -> tuple[bool | int | float | str, str | None]:
     """Normalize an event value to ``bool``, int64 ``int``, finite ``float`` or a short ``str``.
 
     Plain values, their subclasses, ``__index__`` objects (numpy ints), ``Decimal``/``Fraction``/
@@ -251,9 +246,7 @@ def _convert(reason: str, message: str, strict: bool) -> str:
     return reason
 
 
-def _coerce_str(
-    text: str, strict: bool, key: str | None, reason: str | None
-) -> tuple[str, str | None]:
+def _coerce_str(text: str, strict: bool, key: str | None, reason: str | None) -> tuple[str, str | None]:
     """Apply the str rules (valid UTF-8, at most MAX_VALUE_CHARS) to an exact ``str``."""
     if len(text) <= MAX_VALUE_CHARS and text.isascii():
         return text, reason
@@ -279,9 +272,7 @@ def _coerce_str(
     return text, reason
 
 
-def _coerce_int(
-    number: int, strict: bool, key: str | None, reason: str | None
-) -> tuple[int | str, str | None]:
+def _coerce_int(number: int, strict: bool, key: str | None, reason: str | None) -> tuple[int | str, str | None]:
     """Apply the int rules to an exact ``int``: int64 stays, larger becomes its decimal string."""
     if INT64_MIN <= number <= INT64_MAX:
         return number, reason
@@ -344,7 +335,8 @@ def _coerce_value(
 
     if value is None:
         raise _Problem(
-            "none_value", f"isstreamer: {_what(key)} is None; {_RULE_VALUE}",
+            "none_value",
+            f"isstreamer: {_what(key)} is None; {_RULE_VALUE}",
         )
     if _is_numpy_bool(value):
         return bool(value), None
@@ -361,13 +353,10 @@ def _coerce_value(
                 f"isstreamer: {_what(key)} is {kind} (Decimal); {_RULE_NUMBER}",
             )
         return _real_to_float(value, strict, key)
-    if isinstance(value, complex) or (
-        isinstance(value, numbers.Complex) and not isinstance(value, numbers.Real)
-    ):
+    if isinstance(value, complex) or (isinstance(value, numbers.Complex) and not isinstance(value, numbers.Real)):
         raise _Problem(
             "unsupported_type",
-            f"isstreamer: {_what(key)} is a complex number ({type(value).__name__}); "
-            f"{_RULE_VALUE}",
+            f"isstreamer: {_what(key)} is a complex number ({type(value).__name__}); {_RULE_VALUE}",
         )
     if hasattr(t, "__index__"):
         try:
@@ -382,8 +371,7 @@ def _coerce_value(
     if isinstance(value, (bytes, bytearray, memoryview)):
         r = _convert(
             "bytes_decoded",
-            f"isstreamer: {_what(key)} is {t.__name__}, not str; decode it first "
-            f"({_RULE_VALUE})",
+            f"isstreamer: {_what(key)} is {t.__name__}, not str; decode it first ({_RULE_VALUE})",
             strict,
         )
         data = value.tobytes() if isinstance(value, memoryview) else bytes(value)
@@ -446,8 +434,7 @@ def _real_to_float(value: object, strict: bool, key: str | None) -> tuple[float,
         raise _Problem("non_finite", f"isstreamer: {_what(key)} is {name}; {_RULE_NUMBER}")
     raise _Problem(
         "non_finite",
-        f"isstreamer: {_what(key)} {_short(value)} is too large for a "
-        f"64-bit float; {_RULE_NUMBER}",
+        f"isstreamer: {_what(key)} {_short(value)} is too large for a 64-bit float; {_RULE_NUMBER}",
     )
 
 
@@ -466,8 +453,7 @@ def _coerce_enum(
     or as a number/string conversion, their ``.name``."""
     _convert(
         "enum_value",
-        f"isstreamer: {_what(key)} is an enum member {_short(member)}; {_RULE_VALUE} "
-        "(pass .value or .name)",
+        f"isstreamer: {_what(key)} is an enum member {_short(member)}; {_RULE_VALUE} (pass .value or .name)",
         strict,
     )
     inner = getattr(member, "value", None)
@@ -487,9 +473,7 @@ def _coerce_enum(
 # epochs
 
 
-def coerce_epoch(
-    epoch: object, strict: bool, *, key: str | None = None
-) -> tuple[float | None, str | None]:
+def coerce_epoch(epoch: object, strict: bool, *, key: str | None = None) -> tuple[float | None, str | None]:
     """Normalize an event timestamp to float seconds since 1970, or ``None`` meaning "now".
 
     ``None`` -> ``(None, None)``.  Positive finite numbers are seconds, except that values that
@@ -560,9 +544,7 @@ def _coerce_epoch(epoch: object, strict: bool, key: str | None) -> tuple[float, 
     number: float
     if isinstance(epoch, int):
         integer = int.__int__(epoch)
-    elif not isinstance(epoch, (float, decimal.Decimal, str, bytes)) and hasattr(
-        type(epoch), "__index__"
-    ):
+    elif not isinstance(epoch, (float, decimal.Decimal, str, bytes)) and hasattr(type(epoch), "__index__"):
         try:
             integer = int.__int__(operator.index(epoch))  # type: ignore[arg-type]
         except Exception:  # noqa: BLE001

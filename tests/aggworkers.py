@@ -1,4 +1,5 @@
 """Pool workers of tests/test_aggregate.py (importable by fork and spawn children)."""
+
 from __future__ import annotations
 
 import random
@@ -27,7 +28,9 @@ def log_random(task: Tuple[int, int, int, int]) -> List[Tuple[str, Any, float]]:
     for i in range(n):
         for k, key in enumerate(KEYS):
             epoch = T0 + ((i * len(KEYS) + k) * nworkers + w) * 0.00390625  # 1/256 s: exact
-            value: Any = rng.randrange(-1000, 1000) if key == "count_c" else rng.gauss(20.0, 5.0) * 10 ** rng.randrange(-3, 4)
+            value: Any = (
+                rng.randrange(-1000, 1000) if key == "count_c" else rng.gauss(20.0, 5.0) * 10 ** rng.randrange(-3, 4)
+            )
             _streamer.log(key, value, epoch)
             out.append((key, value, epoch))
     return out

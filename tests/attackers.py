@@ -4,6 +4,7 @@ connections that hog it, and a legitimate client that measures how it is served 
 Every attacker is bounded in count and time: it opens ``count`` connections, then ``top_up``
 more every ``top_every`` seconds, until :meth:`Hogs.stop`.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,8 +26,9 @@ from support import ROOT
 class Served:
     """``isstreamer serve --port 0 ARGS`` in a child process (stderr kept in a file)."""
 
-    def __init__(self, tmp_path: Any, *args: str, env: Optional[Dict[str, str]] = None,
-                 db: Optional[str] = None) -> None:
+    def __init__(
+        self, tmp_path: Any, *args: str, env: Optional[Dict[str, str]] = None, db: Optional[str] = None
+    ) -> None:
         e = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
         e.update(env or {})
         self.db = db or str(tmp_path / "served.db")
@@ -34,7 +36,11 @@ class Served:
         self._stderr = open(self.stderr_path, "w+")  # a file: a full pipe would stall the server
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "isstreamer.cli", "serve", "--port", "0", "--db", self.db, *args],
-            stdout=subprocess.PIPE, stderr=self._stderr, text=True, env=e)
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+            env=e,
+        )
         line = self.proc.stdout.readline()  # type: ignore[union-attr]
         m = re.search(r"listening on (http://[^\s/]+)", line)
         if not m:
@@ -89,8 +95,18 @@ class Hogs(threading.Thread):
     Their receive buffers are small so that unread answers back up in the server quickly.
     """
 
-    def __init__(self, port: int, first: bytes, *, count: int, again: bytes = b"", period: float = 1.0,
-                 read: bool = False, top_up: int = 5, top_every: float = 3.0) -> None:
+    def __init__(
+        self,
+        port: int,
+        first: bytes,
+        *,
+        count: int,
+        again: bytes = b"",
+        period: float = 1.0,
+        read: bool = False,
+        top_up: int = 5,
+        top_every: float = 3.0,
+    ) -> None:
         super().__init__(daemon=True)
         self.port, self.first, self.again, self.period, self.read = port, first, again, period, read
         self.count, self.top_up, self.top_every = count, top_up, top_every
@@ -174,8 +190,13 @@ class Legit(threading.Thread):
     """A legitimate client: ``request()`` every ``interval`` seconds on a fresh connection, each
     given ``timeout`` seconds; records ``(answered as expected, seconds)`` per request."""
 
-    def __init__(self, request: Callable[[float], requests.Response], expect: Sequence[int] = (200, 204),
-                 interval: float = 0.25, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        request: Callable[[float], requests.Response],
+        expect: Sequence[int] = (200, 204),
+        interval: float = 0.25,
+        timeout: float = 10.0,
+    ) -> None:
         super().__init__(daemon=True)
         self.request, self.expect, self.interval, self.timeout = request, tuple(expect), interval, timeout
         self.results: List[Tuple[bool, float]] = []
@@ -217,4 +238,8 @@ class Legit(threading.Thread):
         """A line for assertion messages."""
         answered = sum(ok for ok, _ in self.results)
         return "%d requests, %d answered, median %.3f s, errors %s" % (
-            len(self.results), answered, self.median(), sorted(set(self.errors)))
+            len(self.results),
+            answered,
+            self.median(),
+            sorted(set(self.errors)),
+        )

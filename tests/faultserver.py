@@ -11,6 +11,7 @@ faults on and off with thread-safe methods: ``fail_next``, ``reset_next``, ``slo
 Answers are made after the request is processed, like a real server: a slow answer whose
 client gave up (or died) has still been stored.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -202,8 +203,11 @@ class FaultServer:
     def values(self, key: Optional[str] = None, bucket: Optional[str] = None) -> List[Any]:
         """Values of the stored events (of one event key and/or bucket), in arrival order."""
         with self._lock:
-            return [e["value"] for e in self.events
-                    if (key is None or e["key"] == key) and (bucket is None or e["bucket"] == bucket)]
+            return [
+                e["value"]
+                for e in self.events
+                if (key is None or e["key"] == key) and (bucket is None or e["bucket"] == bucket)
+            ]
 
     def duplicates(self, key: Optional[str] = None) -> Dict[Any, int]:
         """Values stored more than once, with their count."""
@@ -257,8 +261,16 @@ class FaultServer:
         with self._lock:
             rec.t_out, rec.status, rec.nevents, rec.nbytes = time.monotonic(), status, nevents, nbytes
 
-    async def _answer(self, request: web.Request, t_in: float, status: int, nevents: int, nbytes: int,
-                      body: Any = None, headers: Optional[Dict[str, str]] = None) -> web.StreamResponse:
+    async def _answer(
+        self,
+        request: web.Request,
+        t_in: float,
+        status: int,
+        nevents: int,
+        nbytes: int,
+        body: Any = None,
+        headers: Optional[Dict[str, str]] = None,
+    ) -> web.StreamResponse:
         with self._lock:
             delay = self._slow
         if delay:
@@ -320,15 +332,19 @@ class FaultServer:
             if not reset and fault is None and bucket in self._removed:
                 fault = (400, {"error": "BUCKET_REMOVED", "message": "bucket %s was removed" % bucket}, None)
             if not reset and fault is None:
-                bad = [e for e in events if isinstance(e, dict) and any(
-                    type(e.get("value")) is type(p) and e.get("value") == p for p in self._poison)]
+                bad = [
+                    e
+                    for e in events
+                    if isinstance(e, dict)
+                    and any(type(e.get("value")) is type(p) and e.get("value") == p for p in self._poison)
+                ]
                 if bad:
-                    fault = (400, {"error": "INVALID_EVENT", "message": "poisoned value",
-                                   "event": bad[0]}, None)
+                    fault = (400, {"error": "INVALID_EVENT", "message": "poisoned value", "event": bad[0]}, None)
             if not reset and fault is None:
                 for e in events:
-                    self.events.append({"bucket": bucket, "key": e.get("key"), "value": e.get("value"),
-                                        "epoch": e.get("epoch")})
+                    self.events.append(
+                        {"bucket": bucket, "key": e.get("key"), "value": e.get("value"), "epoch": e.get("epoch")}
+                    )
                 self.access_keys.append(request.headers.get("X-IS-AccessKey", ""))
         if reset:
             return self._reset(request, t_in, n, nbytes)

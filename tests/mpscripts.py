@@ -3,6 +3,7 @@
 Every script uses the public API only. Every process started here runs in its own session
 (process group) so that a test can kill it and everything it forked, whatever state it is in.
 """
+
 from __future__ import annotations
 
 import os
@@ -103,8 +104,10 @@ def duplicates(db_path: str, bucket_like: str) -> int:
     """Events stored more than once (same bucket, key, value and epoch)."""
     con = sqlite3.connect(db_path, timeout=30)
     try:
-        q = ("SELECT COALESCE(SUM(c - 1), 0) FROM (SELECT COUNT(*) AS c FROM events e JOIN buckets b "
-             "ON b.id = e.bucket_id WHERE b.bucket_key LIKE ? GROUP BY b.bucket_key, e.key, e.value_json, e.epoch)")
+        q = (
+            "SELECT COALESCE(SUM(c - 1), 0) FROM (SELECT COUNT(*) AS c FROM events e JOIN buckets b "
+            "ON b.id = e.bucket_id WHERE b.bucket_key LIKE ? GROUP BY b.bucket_key, e.key, e.value_json, e.epoch)"
+        )
         return con.execute(q, [bucket_like]).fetchone()[0]
     finally:
         con.close()
@@ -659,4 +662,4 @@ def pid_gone(pid: int) -> bool:
             stat = f.read()
     except OSError:
         return True
-    return stat[stat.rindex(b")") + 2: stat.rindex(b")") + 3] in (b"Z", b"X")
+    return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] in (b"Z", b"X")

@@ -1,4 +1,5 @@
 """Pool worker functions for the tests (importable by spawn and forkserver children)."""
+
 from __future__ import annotations
 
 from typing import Any, Optional, Tuple

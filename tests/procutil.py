@@ -1,4 +1,5 @@
 """Process liveness checks that see through zombies."""
+
 from __future__ import annotations
 
 import os
@@ -18,6 +19,6 @@ def pid_alive(pid: int) -> bool:
         with open("/proc/%d/stat" % pid, "rb") as f:
             stat = f.read()
         # state is the field after the parenthesised command name
-        return stat[stat.rindex(b")") + 2: stat.rindex(b")") + 3] not in (b"Z", b"X")
+        return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] not in (b"Z", b"X")
     except (OSError, ValueError):
         return True

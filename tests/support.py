@@ -1,4 +1,5 @@
 """Helpers for the tests: subprocess scripts, bounded waits, the repo root."""
+
 from __future__ import annotations
 
 import asyncio
@@ -50,12 +51,16 @@ def wait_until(cond: Callable[[], bool], timeout: float = 60.0, every: float = 0
         time.sleep(every)
 
 
-def int_values_summary(db_path: str, bucket_key: str, key: Optional[str] = None) -> Tuple[int, int, float, float, float]:
+def int_values_summary(
+    db_path: str, bucket_key: str, key: Optional[str] = None
+) -> Tuple[int, int, float, float, float]:
     """(count, distinct values, min, max, sum) of the numeric events of a bucket in a collector DB."""
     con = sqlite3.connect(db_path, timeout=30)
     try:
-        q = ("SELECT COUNT(*), COUNT(DISTINCT e.value_json), MIN(e.value_num), MAX(e.value_num), SUM(e.value_num) "
-             "FROM events e JOIN buckets b ON b.id = e.bucket_id WHERE b.bucket_key = ?")
+        q = (
+            "SELECT COUNT(*), COUNT(DISTINCT e.value_json), MIN(e.value_num), MAX(e.value_num), SUM(e.value_num) "
+            "FROM events e JOIN buckets b ON b.id = e.bucket_id WHERE b.bucket_key = ?"
+        )
         args = [bucket_key]
         if key is not None:
             q += " AND e.key = ?"
@@ -91,11 +96,11 @@ class ProxyServer:
         from aiohttp import ClientSession, web
 
         body = await request.read()
-        headers = {k: v for k, v in request.headers.items()
-                   if k.lower() not in ("host", "content-length", "transfer-encoding")}
+        headers = {
+            k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length", "transfer-encoding")
+        }
         async with ClientSession() as session:
-            async with session.request(request.method, url, params=request.query, headers=headers,
-                                       data=body) as r:
+            async with session.request(request.method, url, params=request.query, headers=headers, data=body) as r:
                 data = await r.read()
                 keep = {k: v for k, v in r.headers.items() if k.lower() in keep_headers}
                 return web.Response(status=r.status, body=data, headers=keep)

@@ -3,6 +3,7 @@ deadband and change reports computed independently here, for streams from severa
 
 Real processes (fork and spawn pools, scripts that exit), a real collector; no timing assertions.
 """
+
 from __future__ import annotations
 
 import math
@@ -54,15 +55,20 @@ def expected_windows(events: List[Tuple[str, Any, float]], seconds: float) -> Di
             v, t = val[sel], ep[sel]
             total = math.fsum(v.tolist())
             out[(key, float(e))] = {
-                "mean": total / len(v), "sum": total, "count": int(len(v)),
-                "min": float(v.min()), "max": float(v.max()),
-                "first": float(v[np.argmin(t)]), "last": float(v[np.argmax(t)]),
+                "mean": total / len(v),
+                "sum": total,
+                "count": int(len(v)),
+                "min": float(v.min()),
+                "max": float(v.max()),
+                "first": float(v[np.argmin(t)]),
+                "last": float(v[np.argmax(t)]),
             }
     return out
 
 
-def check_windows(stored: List[Dict[str, Any]], expected: Dict[Tuple[str, float], Dict[str, Any]],
-                  stats: Tuple[str, ...]) -> None:
+def check_windows(
+    stored: List[Dict[str, Any]], expected: Dict[Tuple[str, float], Dict[str, Any]], stats: Tuple[str, ...]
+) -> None:
     """Every expected statistic arrived once, exact (mean/sum: within 1e-12 relative), nothing else."""
     got: Dict[Tuple[str, float], Any] = {}
     for e in stored:
@@ -93,8 +99,16 @@ def test_rule_lookup_exact_before_globs_in_order():
     assert rs.lookup("other") == -1
 
 
-@pytest.mark.parametrize("bad", [lambda: Window(0), lambda: Window(1, ("median",)), lambda: Deadband(-1),
-                                 lambda: OnChange(float("nan")), lambda: normalize_rules({"": Window(1)})])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda: Window(0),
+        lambda: Window(1, ("median",)),
+        lambda: Deadband(-1),
+        lambda: OnChange(float("nan")),
+        lambda: normalize_rules({"": Window(1)}),
+    ],
+)
 def test_bad_rules_are_refused(bad):
     with pytest.raises(ValueError):
         bad()
@@ -110,8 +124,11 @@ def test_windows_of_a_pool_equal_the_independent_computation(collector, tmp_path
     nworkers, n = 3, 600 if method == "fork" else 300
     ctx = multiprocessing.get_context(method)
     with ctx.Pool(nworkers, initializer=aggworkers.init, initargs=(s,)) as pool:
-        logged = [ev for part in pool.map(aggworkers.log_random, [(w, nworkers, n, 7) for w in range(nworkers)])
-                  for ev in part]
+        logged = [
+            ev
+            for part in pool.map(aggworkers.log_random, [(w, nworkers, n, 7) for w in range(nworkers)])
+            for ev in part
+        ]
         pool.close()
         pool.join()
     windowed = [ev for ev in logged if ev[0] != "load"]
@@ -159,9 +176,18 @@ def test_deadband_heartbeat_and_change_rules_are_exact(collector, tmp_path, back
     ints = [(rng.randrange(5), T0 + i * 0.125) for i in range(500)]
     strings = [(rng.choice(["open", "closed"]) if i % 5 == 0 else None, T0 + i * 0.125) for i in range(800)]
     flags = [(rng.random() < 0.2, T0 + i * 0.125) for i in range(800)]
-    s = _streamer(collector, tmp_path, bucket_key="rbe", rules={
-        "walk": Deadband(absolute=0.5, heartbeat=10.0), "rel": Deadband(relative=0.01),
-        "ints": Deadband(), "door": OnChange(heartbeat=20.0), "flag": OnChange()})
+    s = _streamer(
+        collector,
+        tmp_path,
+        bucket_key="rbe",
+        rules={
+            "walk": Deadband(absolute=0.5, heartbeat=10.0),
+            "rel": Deadband(relative=0.01),
+            "ints": Deadband(),
+            "door": OnChange(heartbeat=20.0),
+            "flag": OnChange(),
+        },
+    )
     last_door = "open"
     door = []
     for v, ep in strings:
@@ -220,7 +246,10 @@ def test_nothing_of_a_closing_window_is_lost(collector, tmp_path, backend, endin
     """A script logs into windows that are open when it ends (close(), plain interpreter exit, a
     with block): every event is in a window that arrives."""
     end = {"close": "s.close()", "exit": "pass", "with": "pass"}[ending]
-    script = write_script(tmp_path, "ends.py", '''
+    script = write_script(
+        tmp_path,
+        "ends.py",
+        '''
         import isstreamer, os, sys
         from isstreamer import Window
         def run(s):
@@ -236,12 +265,18 @@ def test_nothing_of_a_closing_window_is_lost(collector, tmp_path, backend, endin
             s = isstreamer.Streamer(**kw)
             run(s)
             END
-    '''.replace("ENDING", ending).replace("END", end))
+    '''.replace("ENDING", ending).replace("END", end),
+    )
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, script, collector.url, str(tmp_path / "spool")], env=script_env(backend),
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, script, collector.url, str(tmp_path / "spool")],
+        env=script_env(backend),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     pid = int(r.stdout.split()[0])
     assert wait_until(lambda: pid_gone(pid), 120)

@@ -2,6 +2,7 @@
 stream does not fit, the sender reports it once (stats()["unfit"]) and, with ``fallback=``,
 downsamples the keys without a rule instead of letting a backlog grow. Real collector, real
 sender; no timing assertions (waits are bounded polls)."""
+
 from __future__ import annotations
 
 import time
@@ -30,8 +31,15 @@ def _run_until_unfit(s, key: str = "x", limit: float = 120.0) -> None:
 @pytest.mark.parametrize("limit", ["max_events_per_second", "monthly_budget"])
 def test_stream_over_the_ceiling_falls_back_to_the_rule(collector, tmp_path, backend, limit):
     opts = {"max_events_per_second": 200.0} if limit == "max_events_per_second" else {"monthly_budget": 1_000_000}
-    s = isstreamer.Streamer(bucket_key="ceil", access_key="k", api_base=collector.url, spool_dir=str(tmp_path / "spool"),
-                            flush_interval=0.2, fallback=Window(1.0, ("mean", "count")), **opts)
+    s = isstreamer.Streamer(
+        bucket_key="ceil",
+        access_key="k",
+        api_base=collector.url,
+        spool_dir=str(tmp_path / "spool"),
+        flush_interval=0.2,
+        fallback=Window(1.0, ("mean", "count")),
+        **opts,
+    )
     _run_until_unfit(s)
     assert wait_until(lambda: s.stats()["fallback"] == 1, 60)
     for i in range(1000):  # a key first seen after the switch: windowed
@@ -51,8 +59,14 @@ def test_stream_over_the_ceiling_falls_back_to_the_rule(collector, tmp_path, bac
 
 
 def test_without_fallback_it_is_reported_once_and_nothing_changes(collector, tmp_path, backend):
-    s = isstreamer.Streamer(bucket_key="ceil2", access_key="k", api_base=collector.url,
-                            spool_dir=str(tmp_path / "spool"), flush_interval=0.2, max_events_per_second=100.0)
+    s = isstreamer.Streamer(
+        bucket_key="ceil2",
+        access_key="k",
+        api_base=collector.url,
+        spool_dir=str(tmp_path / "spool"),
+        flush_interval=0.2,
+        max_events_per_second=100.0,
+    )
     _run_until_unfit(s)
     for i in range(100):
         s.log("y", float(i), T0 + i)
@@ -66,8 +80,15 @@ def test_without_fallback_it_is_reported_once_and_nothing_changes(collector, tmp
 def test_rate_limited_stream_falls_back(collector_factory, tmp_path, backend):
     """The collector allows 2 requests a second; batches of 50 events cannot carry the stream."""
     server = collector_factory(rate_limit=(2, 1.0))
-    s = isstreamer.Streamer(bucket_key="rl", access_key="k", api_base=server.url, spool_dir=str(tmp_path / "spool"),
-                            flush_interval=0.05, max_batch_events=50, fallback=Window(1.0, ("count",)))
+    s = isstreamer.Streamer(
+        bucket_key="rl",
+        access_key="k",
+        api_base=server.url,
+        spool_dir=str(tmp_path / "spool"),
+        flush_interval=0.05,
+        max_batch_events=50,
+        fallback=Window(1.0, ("count",)),
+    )
     _run_until_unfit(s, limit=180.0)
     assert wait_until(lambda: s.stats()["fallback"] == 1, 60)
     pid = s.sender_pid

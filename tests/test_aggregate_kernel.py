@@ -1,6 +1,7 @@
 """The aggregation kernel: the C kernel (csrc/aggregate.c) and its Python twin fold the same ring
 into the same events, to the last bit; a batch read again is not folded twice; windows close by
 the clock in a running sender."""
+
 from __future__ import annotations
 
 import math
@@ -18,8 +19,12 @@ from isstreamer.ring import Attachment, Segment, native_available, puts_for
 from support import pid_gone, wait_until
 
 needs_native = pytest.mark.skipif(not native_available(), reason="needs the C extension")
-RULES = [("w", Window(0.25, ("mean", "min", "max", "last", "first", "count", "sum"))),
-         ("d", Deadband(absolute=0.3, heartbeat=2.0)), ("r", Deadband(relative=0.05)), ("c", OnChange(1.0))]
+RULES = [
+    ("w", Window(0.25, ("mean", "min", "max", "last", "first", "count", "sum"))),
+    ("d", Deadband(absolute=0.3, heartbeat=2.0)),
+    ("r", Deadband(relative=0.05)),
+    ("c", OnChange(1.0)),
+]
 
 
 def _fill(ring: Segment, rng: random.Random, n: int) -> List[Any]:
@@ -99,9 +104,14 @@ def test_windows_close_by_the_clock(collector, tmp_path, backend):
     """Live epochs (log() stamps them): windows whose end passed arrive while the Streamer is
     still open; at close() every event is in exactly one window, and each window is sent once
     (neither the sender's first, forced, turn nor close() splits one)."""
-    s = isstreamer.Streamer(bucket_key="clock", access_key="k", api_base=collector.url,
-                            spool_dir=str(tmp_path / "spool"), flush_interval=0.2,
-                            rules={"t": Window(0.5, ("count",))})
+    s = isstreamer.Streamer(
+        bucket_key="clock",
+        access_key="k",
+        api_base=collector.url,
+        spool_dir=str(tmp_path / "spool"),
+        flush_interval=0.2,
+        rules={"t": Window(0.5, ("count",))},
+    )
     n = 0
     while True:  # log until a window has arrived by the clock (no flush): no timing assertion
         for _ in range(50):
@@ -127,9 +137,14 @@ def test_a_backlog_of_past_epochs_is_not_cut_into_pieces(collector, tmp_path, ba
     import collections
     import time as _time
 
-    s = isstreamer.Streamer(bucket_key="backlog", access_key="k", api_base=collector.url,
-                            spool_dir=str(tmp_path / "spool"), flush_interval=0.2,
-                            rules={"b": Window(1.0, ("count",))})
+    s = isstreamer.Streamer(
+        bucket_key="backlog",
+        access_key="k",
+        api_base=collector.url,
+        spool_dir=str(tmp_path / "spool"),
+        flush_interval=0.2,
+        rules={"b": Window(1.0, ("count",))},
+    )
     t0 = float(int(_time.time()) - 300)
     n = 60000
     for i in range(n):

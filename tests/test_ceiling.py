@@ -1,6 +1,7 @@
 """The ceiling of downsampling (``max_events_per_second``, ``monthly_budget``, the API's rate
 limit) as pure policy: a fake clock, no sender, no server (the end-to-end cases are in
 tests/test_aggregate_ceiling.py)."""
+
 from __future__ import annotations
 
 import calendar

@@ -1,4 +1,5 @@
 """The ``isstreamer log`` and ``isstreamer demo`` commands, run as real subprocesses."""
+
 from __future__ import annotations
 
 import os
@@ -25,11 +26,19 @@ def cli_env(tmp_path, **extra: str) -> Dict[str, str]:
     return env
 
 
-def isstreamer(tmp_path, *args: str, stdin: Optional[str] = None, timeout: float = 60,
-               **env: str) -> subprocess.CompletedProcess:
+def isstreamer(
+    tmp_path, *args: str, stdin: Optional[str] = None, timeout: float = 60, **env: str
+) -> subprocess.CompletedProcess:
     """Run ``python -m isstreamer.cli ARGS`` in tmp_path; output captured as text."""
-    return subprocess.run([sys.executable, "-m", "isstreamer.cli", *args], input=stdin, capture_output=True,
-                          text=True, timeout=timeout, cwd=str(tmp_path), env=cli_env(tmp_path, **env))
+    return subprocess.run(
+        [sys.executable, "-m", "isstreamer.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=str(tmp_path),
+        env=cli_env(tmp_path, **env),
+    )
 
 
 def by_key(events: List[dict]) -> Dict[str, object]:
@@ -41,8 +50,9 @@ def by_key(events: List[dict]) -> Dict[str, object]:
 
 def test_log_single_event_lands_with_its_type(tmp_path, collector):
     for key, text in (("temp", "21.5"), ("count", "7"), ("cold", "-3.5"), ("on", "TRUE"), ("state", "open")):
-        r = isstreamer(tmp_path, "log", key, text, "--api-base", collector.url, "--access-key", "k",
-                       "--bucket-key", "shell")
+        r = isstreamer(
+            tmp_path, "log", key, text, "--api-base", collector.url, "--access-key", "k", "--bucket-key", "shell"
+        )
         assert r.returncode == 0, r.stderr
         assert "1 logged, 1 delivered, 0 dropped" in r.stderr
     got = by_key(collector.events("shell"))
@@ -51,8 +61,20 @@ def test_log_single_event_lands_with_its_type(tmp_path, collector):
 
 
 def test_log_single_event_with_epoch_and_quiet(tmp_path, collector):
-    r = isstreamer(tmp_path, "log", "t", "1", "--epoch", "1700000000.5", "--quiet",
-                   "--api-base", collector.url, "--bucket-key", "ep", ISSTREAMER_ACCESS_KEY="k")
+    r = isstreamer(
+        tmp_path,
+        "log",
+        "t",
+        "1",
+        "--epoch",
+        "1700000000.5",
+        "--quiet",
+        "--api-base",
+        collector.url,
+        "--bucket-key",
+        "ep",
+        ISSTREAMER_ACCESS_KEY="k",
+    )
     assert r.returncode == 0, r.stderr
     assert r.stderr == ""  # (--access-key would add its warning: other users can see it)
     [ev] = collector.events("ep")
@@ -60,10 +82,31 @@ def test_log_single_event_with_epoch_and_quiet(tmp_path, collector):
 
 
 def test_log_stdin_mixed_lines_bad_line_reported_exit_1(tmp_path, collector):
-    lines = ["# a comment", "temperature,21.5", "", "humidity = 40", "door=true", "this line has no separator",
-             "note,hello, world", "=5", "empty,", "   # indented comment", "big,123456789012345678901234567890"]
-    r = isstreamer(tmp_path, "log", "-", "--api-base", collector.url, "--access-key", "k",
-                   "--bucket-name", "Shell Lines", stdin="\n".join(lines) + "\n")
+    lines = [
+        "# a comment",
+        "temperature,21.5",
+        "",
+        "humidity = 40",
+        "door=true",
+        "this line has no separator",
+        "note,hello, world",
+        "=5",
+        "empty,",
+        "   # indented comment",
+        "big,123456789012345678901234567890",
+    ]
+    r = isstreamer(
+        tmp_path,
+        "log",
+        "-",
+        "--api-base",
+        collector.url,
+        "--access-key",
+        "k",
+        "--bucket-name",
+        "Shell Lines",
+        stdin="\n".join(lines) + "\n",
+    )
     assert r.returncode == 1
     err = r.stderr.splitlines()
     assert any(line.startswith("isstreamer log: line 6:") and "no separator" in line for line in err), r.stderr
@@ -72,14 +115,29 @@ def test_log_stdin_mixed_lines_bad_line_reported_exit_1(tmp_path, collector):
     assert "5 logged, 5 delivered, 0 dropped, 3 bad lines" in err[-1]
     # the bucket key is derived from the bucket name, so repeated calls share one bucket
     got = by_key(collector.events("shell-lines"))
-    assert got == {"temperature": 21.5, "humidity": 40, "door": True, "note": "hello, world",
-                   "big": "123456789012345678901234567890"}
+    assert got == {
+        "temperature": 21.5,
+        "humidity": 40,
+        "door": True,
+        "note": "hello, world",
+        "big": "123456789012345678901234567890",
+    }
     assert [b["name"] for b in collector.buckets() if b["key"] == "shell-lines"] == ["Shell Lines"]
 
 
 def test_log_stdin_all_good_exits_0(tmp_path, collector):
-    r = isstreamer(tmp_path, "log", "-", "--api-base", collector.url, "--access-key", "k", "--bucket-key", "ok",
-                   stdin="".join("n,%d\n" % i for i in range(500)))
+    r = isstreamer(
+        tmp_path,
+        "log",
+        "-",
+        "--api-base",
+        collector.url,
+        "--access-key",
+        "k",
+        "--bucket-key",
+        "ok",
+        stdin="".join("n,%d\n" % i for i in range(500)),
+    )
     assert r.returncode == 0, r.stderr
     assert "500 logged, 500 delivered, 0 dropped" in r.stderr
     assert sorted(e["value"] for e in collector.events("ok")) == list(range(500))
@@ -89,12 +147,21 @@ def test_log_config_from_env_and_ini(tmp_path, collector):
     """Arguments > ISSTREAMER_* environment > isstreamer.ini (here: ./isstreamer.ini)."""
     (tmp_path / "isstreamer.ini").write_text(
         "[isstreamer.client_config]\naccess_key = from-ini\ndefault_bucket = Ini Bucket\n"
-        "[isstreamer.api_config]\nstream_api_base = http://127.0.0.1:1\n")
+        "[isstreamer.api_config]\nstream_api_base = http://127.0.0.1:1\n"
+    )
     r = isstreamer(tmp_path, "log", "x", "1", ISSTREAMER_API_BASE=collector.url)
     assert r.returncode == 0, r.stderr
     assert by_key(collector.events("ini-bucket")) == {"x": 1}
-    r = isstreamer(tmp_path, "log", "y", "2", "--bucket-name", "Arg Bucket", ISSTREAMER_API_BASE=collector.url,
-                   ISSTREAMER_BUCKET="Env Bucket")
+    r = isstreamer(
+        tmp_path,
+        "log",
+        "y",
+        "2",
+        "--bucket-name",
+        "Arg Bucket",
+        ISSTREAMER_API_BASE=collector.url,
+        ISSTREAMER_BUCKET="Env Bucket",
+    )
     assert r.returncode == 0, r.stderr
     assert by_key(collector.events("arg-bucket")) == {"y": 2}
 
@@ -147,9 +214,14 @@ def test_demo_exit_delivers_every_event(tmp_path):
 
 
 def test_demo_serves_dashboard_until_sigint(tmp_path):
-    p = subprocess.Popen([sys.executable, "-m", "isstreamer.cli", "demo", "--events", "4000", "--workers", "1"],
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=str(tmp_path),
-                         env=cli_env(tmp_path))
+    p = subprocess.Popen(
+        [sys.executable, "-m", "isstreamer.cli", "demo", "--events", "4000", "--workers", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=str(tmp_path),
+        env=cli_env(tmp_path),
+    )
     try:
         assert p.stdout is not None
         out = []
@@ -186,12 +258,31 @@ def key_file(tmp_path, key: str, mode: int = 0o600) -> str:
 
 
 def test_log_takes_the_key_from_a_key_file(tmp_path, collector):
-    r = isstreamer(tmp_path, "log", "t", "1", "--api-base", collector.url, "--access-key-file",
-                   key_file(tmp_path, "from-file"), "--bucket-key", "kf")
+    r = isstreamer(
+        tmp_path,
+        "log",
+        "t",
+        "1",
+        "--api-base",
+        collector.url,
+        "--access-key-file",
+        key_file(tmp_path, "from-file"),
+        "--bucket-key",
+        "kf",
+    )
     assert r.returncode == 0, r.stderr
     assert "warning" not in r.stderr.lower()
-    r = isstreamer(tmp_path, "log", "t", "2", "--api-base", collector.url, "--bucket-key", "kf",
-                   ISSTREAMER_ACCESS_KEY_FILE=key_file(tmp_path, "from-file"))
+    r = isstreamer(
+        tmp_path,
+        "log",
+        "t",
+        "2",
+        "--api-base",
+        collector.url,
+        "--bucket-key",
+        "kf",
+        ISSTREAMER_ACCESS_KEY_FILE=key_file(tmp_path, "from-file"),
+    )
     assert r.returncode == 0, r.stderr
     assert [e["value"] for e in collector.events("kf")] == [1, 2]
     from isstreamer.collector.store import hash_access_key
@@ -200,8 +291,9 @@ def test_log_takes_the_key_from_a_key_file(tmp_path, collector):
 
 
 def test_access_key_on_the_command_line_warns(tmp_path, collector):
-    r = isstreamer(tmp_path, "log", "t", "1", "--api-base", collector.url, "--access-key", "visible",
-                   "--bucket-key", "warned")
+    r = isstreamer(
+        tmp_path, "log", "t", "1", "--api-base", collector.url, "--access-key", "visible", "--bucket-key", "warned"
+    )
     assert r.returncode == 0, r.stderr
     assert "visible to other users" in r.stderr and "--access-key-file" in r.stderr
     assert by_key(collector.events("warned")) == {"t": 1}  # still works, as in 2.0.0
@@ -225,8 +317,14 @@ def test_replay_takes_the_key_from_a_key_file(tmp_path, collector):
     w = SpoolWriter(str(tmp_path / "spool"))
     w.write(collector.url, "replayed", "Replayed", key_fingerprint("spool-key"), b'[{"key":"n","value":7}]')
     w.close_all()
-    r = isstreamer(tmp_path, "replay", str(tmp_path / "spool"), "--access-key-file", key_file(tmp_path, "spool-key"),
-                   "--no-progress")
+    r = isstreamer(
+        tmp_path,
+        "replay",
+        str(tmp_path / "spool"),
+        "--access-key-file",
+        key_file(tmp_path, "spool-key"),
+        "--no-progress",
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "warning" not in r.stderr.lower()
     assert by_key(collector.events("replayed")) == {"n": 7}

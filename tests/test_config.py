@@ -74,8 +74,7 @@ def test_config_is_frozen() -> None:
 
 
 def test_constructor_arguments(dirs: tuple[Path, Path]) -> None:
-    cfg = load(dirs, bucket_name="B", access_key="  ist_abc \n", offline=True,
-               api_base="http://localhost:8080/")
+    cfg = load(dirs, bucket_name="B", access_key="  ist_abc \n", offline=True, api_base="http://localhost:8080/")
     assert cfg.access_key == "ist_abc"  # whitespace stripped
     assert cfg.bucket_name == "B"
     assert cfg.offline is True
@@ -84,8 +83,9 @@ def test_constructor_arguments(dirs: tuple[Path, Path]) -> None:
 
 def test_none_arguments_mean_not_given(dirs: tuple[Path, Path]) -> None:
     home, _ = dirs
-    write_ini(home / "isstreamer.ini",
-              "[isstreamer.client_config]\naccess_key = ini_key\ndefault_bucket = ini_bucket\n")
+    write_ini(
+        home / "isstreamer.ini", "[isstreamer.client_config]\naccess_key = ini_key\ndefault_bucket = ini_bucket\n"
+    )
     cfg = load(dirs, bucket_name=None, access_key=None)
     assert (cfg.access_key, cfg.bucket_name) == ("ini_key", "ini_bucket")
 
@@ -96,9 +96,7 @@ def test_non_string_argument_rejected_without_echo(dirs: tuple[Path, Path]) -> N
     assert "123456789" not in str(info.value)
 
 
-def test_uses_process_environment_home_and_cwd_by_default(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_uses_process_environment_home_and_cwd_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     home = tmp_path / "h"
     work = tmp_path / "w"
     work.mkdir()
@@ -147,8 +145,7 @@ def test_first_found_wins_even_if_it_lacks_the_option(dirs: tuple[Path, Path]) -
 def test_explicit_ini_location_wins_over_search(dirs: tuple[Path, Path], tmp_path: Path) -> None:
     home, _ = dirs
     write_ini(home / "isstreamer.ini", "[isstreamer.client_config]\naccess_key = home_key\n")
-    explicit = write_ini(tmp_path / "elsewhere" / "my.ini",
-                         "[isstreamer.client_config]\naccess_key = explicit_key\n")
+    explicit = write_ini(tmp_path / "elsewhere" / "my.ini", "[isstreamer.client_config]\naccess_key = explicit_key\n")
     cfg = load(dirs, ini_file_location=str(explicit))
     assert cfg.access_key == "explicit_key"
     assert cfg.ini_path == str(explicit)
@@ -180,9 +177,7 @@ def test_directory_at_searched_ini_path_is_unreadable_error(dirs: tuple[Path, Pa
     assert "cannot read" in str(info.value)
 
 
-def test_directory_at_explicit_ini_path_is_unreadable_error(
-    dirs: tuple[Path, Path], tmp_path: Path
-) -> None:
+def test_directory_at_explicit_ini_path_is_unreadable_error(dirs: tuple[Path, Path], tmp_path: Path) -> None:
     bad = tmp_path / "dir.ini"
     bad.mkdir()
     with pytest.raises(ConfigError, match="cannot read config file") as info:
@@ -254,9 +249,21 @@ def test_all_ini_options(dirs: tuple[Path, Path]) -> None:
 @pytest.mark.parametrize(
     "mode, expected",
     [
-        ("false", False), ("FALSE", False), ("False", False), ("0", False), ("no", False),
-        ("No", False), ("off", False), ("OFF", False), ("", False),
-        ("true", True), ("1", True), ("yes", True), ("on", True), ("offline", True), ("nope", True),
+        ("false", False),
+        ("FALSE", False),
+        ("False", False),
+        ("0", False),
+        ("no", False),
+        ("No", False),
+        ("off", False),
+        ("OFF", False),
+        ("", False),
+        ("true", True),
+        ("1", True),
+        ("yes", True),
+        ("on", True),
+        ("offline", True),
+        ("nope", True),
     ],
 )
 def test_offline_mode_values(dirs: tuple[Path, Path], mode: str, expected: bool) -> None:
@@ -282,9 +289,7 @@ def test_access_key_whitespace_and_inline_comment_stripped(dirs: tuple[Path, Pat
 
 def test_utf8_bom_is_accepted(dirs: tuple[Path, Path]) -> None:
     home, _ = dirs
-    (home / "isstreamer.ini").write_bytes(
-        b"\xef\xbb\xbf[isstreamer.client_config]\naccess_key = bom_key\n"
-    )
+    (home / "isstreamer.ini").write_bytes(b"\xef\xbb\xbf[isstreamer.client_config]\naccess_key = bom_key\n")
     assert load(dirs).access_key == "bom_key"
 
 
@@ -297,9 +302,7 @@ def test_utf8_bom_is_accepted(dirs: tuple[Path, Path]) -> None:
         (f"[isstreamer.client_config]\nthis line {SECRET} is garbage\n", "malformed line"),
     ],
 )
-def test_malformed_ini_is_config_error_naming_file_not_key(
-    dirs: tuple[Path, Path], text: str, fragment: str
-) -> None:
+def test_malformed_ini_is_config_error_naming_file_not_key(dirs: tuple[Path, Path], text: str, fragment: str) -> None:
     home, _ = dirs
     path = write_ini(home / "isstreamer.ini", text)
     with pytest.raises(ConfigError) as info:
@@ -336,12 +339,19 @@ def test_env_overrides_ini_and_arguments_override_env(dirs: tuple[Path, Path]) -
     }
     cfg = load(dirs, environ=env)
     assert (cfg.access_key, cfg.bucket_name, cfg.api_base, cfg.offline) == (
-        "env_key", "env_bucket", "https://env.example", True,
+        "env_key",
+        "env_bucket",
+        "https://env.example",
+        True,
     )
-    cfg = load(dirs, environ=env, access_key="arg_key", bucket_name="arg_bucket",
-               api_base="https://arg.example", offline=False)
+    cfg = load(
+        dirs, environ=env, access_key="arg_key", bucket_name="arg_bucket", api_base="https://arg.example", offline=False
+    )
     assert (cfg.access_key, cfg.bucket_name, cfg.api_base, cfg.offline) == (
-        "arg_key", "arg_bucket", "https://arg.example", False,
+        "arg_key",
+        "arg_bucket",
+        "https://arg.example",
+        False,
     )
 
 
@@ -352,24 +362,37 @@ def test_empty_arguments_and_env_values_fall_through(dirs: tuple[Path, Path]) ->
         "[isstreamer.client_config]\naccess_key = ini_key\ndefault_bucket = ini_bucket\n"
         "offline_mode = true\n[isstreamer.api_config]\nstream_api_base = https://ini.example\n",
     )
-    env = {"ISSTREAMER_ACCESS_KEY": "  ", "ISSTREAMER_BUCKET": "", "ISSTREAMER_API_BASE": " ",
-           "ISSTREAMER_OFFLINE": ""}
+    env = {"ISSTREAMER_ACCESS_KEY": "  ", "ISSTREAMER_BUCKET": "", "ISSTREAMER_API_BASE": " ", "ISSTREAMER_OFFLINE": ""}
     cfg = load(dirs, environ=env, access_key="   ", bucket_name="", api_base="", offline=None)
     assert (cfg.access_key, cfg.bucket_name, cfg.api_base, cfg.offline) == (
-        "ini_key", "ini_bucket", "https://ini.example", True,
+        "ini_key",
+        "ini_bucket",
+        "https://ini.example",
+        True,
     )
 
 
 @pytest.mark.parametrize(
     "raw, expected",
-    [("true", True), ("TRUE", True), ("1", True), ("yes", True), ("on", True),
-     ("false", False), ("False", False), ("0", False), ("no", False), ("off", False)],
+    [
+        ("true", True),
+        ("TRUE", True),
+        ("1", True),
+        ("yes", True),
+        ("on", True),
+        ("false", False),
+        ("False", False),
+        ("0", False),
+        ("no", False),
+        ("off", False),
+    ],
 )
 def test_env_offline_values(dirs: tuple[Path, Path], raw: str, expected: bool) -> None:
     home, _ = dirs
     # the ini says the opposite, so the env value must be what decides
-    write_ini(home / "isstreamer.ini",
-              f"[isstreamer.client_config]\noffline_mode = {'false' if expected else 'true'}\n")
+    write_ini(
+        home / "isstreamer.ini", f"[isstreamer.client_config]\noffline_mode = {'false' if expected else 'true'}\n"
+    )
     assert load(dirs, environ={"ISSTREAMER_OFFLINE": raw}).offline is expected
 
 

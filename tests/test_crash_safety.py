@@ -6,6 +6,7 @@ return of the batch's pages; its successor must deliver every event (duplicates 
 delivery is at-least-once), count nothing as dropped, and flush() must say True only then. The
 random-kill loop kills the sender at arbitrary instants while a producer logs.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,14 @@ import pytest
 
 from support import int_values_summary, script_env, wait_until, write_script
 
-STEPS = ("commit.begin", "commit.journal_consumed", "commit.journal_end", "commit.pages", "commit.consumed",
-         "commit.tail")
+STEPS = (
+    "commit.begin",
+    "commit.journal_consumed",
+    "commit.journal_end",
+    "commit.pages",
+    "commit.consumed",
+    "commit.tail",
+)
 # a kill after the journal's end is stored and before tail is: the successor finishes the commit
 RECOVERED = {"commit.journal_end", "commit.pages", "commit.consumed"}
 
@@ -45,8 +52,9 @@ def _run_faulted(tmp_path, collector, backend: str, step: str, nth: int, n: int,
     fault.write_text("%s %d" % (step, nth))
     script = write_script(tmp_path, "faulted.py", FAULTED)
     env = script_env(backend, ISSTREAMER_FAULT_FILE=str(fault))
-    r = subprocess.run([sys.executable, script, collector.url, str(n), bucket], env=env, capture_output=True,
-                       text=True, timeout=180)
+    r = subprocess.run(
+        [sys.executable, script, collector.url, str(n), bucket], env=env, capture_output=True, text=True, timeout=180
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert not fault.exists(), "the fault at %s never fired" % step
     out = json.loads(r.stdout.strip().splitlines()[-1])
@@ -112,8 +120,13 @@ def _random_kills(tmp_path, collector, backend: str, kills: int, n: int, seed: i
     rng = random.Random(seed)
     script = write_script(tmp_path, "producer.py", PRODUCER)
     bucket = "randkill-%d" % seed
-    p = subprocess.Popen([sys.executable, script, collector.url, str(n), bucket], env=script_env(backend),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, script, collector.url, str(n), bucket],
+        env=script_env(backend),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         first = p.stdout.readline()
         assert first, p.stderr.read()[-3000:]

@@ -6,6 +6,7 @@ for 400s, all but the refused one, which is in ``<spool_dir>/rejected.jsonl``), 
 sender processes, real SIGKILLs, real spool files. The figures of each scenario are printed at
 the end of the module (``pytest -s``).
 """
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,14 @@ ACCESS_KEY = "test-access-key"
 FIGURES: Dict[str, Dict[str, int]] = {}
 
 # small timings so that the whole module runs in about a minute
-FAST = dict(flush_interval=0.05, close_timeout=3.0, max_attempts=3, backoff_max=0.3,
-            auth_retry_interval=0.5, request_timeout=5.0)
+FAST = dict(
+    flush_interval=0.05,
+    close_timeout=3.0,
+    max_attempts=3,
+    backoff_max=0.3,
+    auth_retry_interval=0.5,
+    request_timeout=5.0,
+)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -139,10 +146,14 @@ def rejected(spool: str) -> List[Dict[str, Any]]:
 
 def record(name: str, st: Dict[str, Any], server: Optional[FaultServer], logged: int) -> None:
     """Keep the figures of a scenario (stats() and what the server stored) for the summary."""
-    FIGURES[name] = dict(logged=logged, delivered=len(server.values()) if server else 0,
-                         spooled=st.get("spooled", 0), replayed=st.get("replayed", 0),
-                         rejected=st.get("rejected", 0),
-                         duplicates=sum(c - 1 for c in server.duplicates().values()) if server else 0)
+    FIGURES[name] = dict(
+        logged=logged,
+        delivered=len(server.values()) if server else 0,
+        spooled=st.get("spooled", 0),
+        replayed=st.get("replayed", 0),
+        rejected=st.get("rejected", 0),
+        duplicates=sum(c - 1 for c in server.duplicates().values()) if server else 0,
+    )
 
 
 def wait_stat(s: Streamer, name: str, value: int, timeout: float = 15) -> Dict[str, Any]:
@@ -168,8 +179,14 @@ def rss_kb(pid: int) -> int:
 def run_script(code: str, timeout: float = 60, **popen: Any) -> subprocess.Popen:
     """Start ``python -c code`` with the work tree importable."""
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **popen)
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
 
 
 # --------------------------------------------------------------------------- transient failures
@@ -192,8 +209,9 @@ def test_503_burst_is_retried(server: FaultServer, make_streamer: Callable[..., 
 
 
 @pytest.mark.slow
-def test_503_outage_spools_then_replays(server: FaultServer, make_streamer: Callable[..., Streamer],
-                                        spool: str) -> None:
+def test_503_outage_spools_then_replays(
+    server: FaultServer, make_streamer: Callable[..., Streamer], spool: str
+) -> None:
     """More 503s than max_attempts: the batch goes to the spool, then a probe replays it."""
     s = make_streamer(server.url, max_attempts=2)
     server.fail_next(5, 503)
@@ -283,9 +301,14 @@ def test_answers_slower_than_request_timeout(server: FaultServer, make_streamer:
     assert sum(c - 1 for c in got.values()) == sum(r.nevents for r in late)
     st = s.stats()
     assert st["retries"] == len(late)
-    FIGURES["slower than timeout"] = dict(logged=300, delivered=sum(got.values()), spooled=st["spooled"],
-                                          replayed=st["replayed"], rejected=0,
-                                          duplicates=sum(c - 1 for c in got.values()))
+    FIGURES["slower than timeout"] = dict(
+        logged=300,
+        delivered=sum(got.values()),
+        spooled=st["spooled"],
+        replayed=st["replayed"],
+        rejected=0,
+        duplicates=sum(c - 1 for c in got.values()),
+    )
 
 
 @pytest.mark.slow
@@ -306,17 +329,18 @@ def test_429_waits_for_retry_after(server: FaultServer, make_streamer: Callable[
         later = [q for q in reqs if q.t_in > r.t_in]
         assert later, "nothing was sent after a 429"
         assert later[0].t_in >= r.t_out + 1.5, "a request came %.3fs after a 429 with Retry-After 1.5" % (
-            later[0].t_in - r.t_out)
+            later[0].t_in - r.t_out
+        )
     assert st["sent"] == 200 and st["replayed"] == st["spooled"]
     record("429 Retry-After", st, server, 200)
 
 
-def test_segment_filled_before_the_sender_runs(server: FaultServer, make_streamer: Callable[..., Streamer],
-                                               backend: str) -> None:
+def test_segment_filled_before_the_sender_runs(
+    server: FaultServer, make_streamer: Callable[..., Streamer], backend: str
+) -> None:
     """A producer fills its segment at once (long flush_interval, huge buffer_size): it blocks, the
     sender drains the full segment, nothing is dropped (on_full='block')."""
-    s = make_streamer(server.url, ring_size=1024 * 1024, flush_interval=30,
-                      buffer_size=10**6, full_timeout=5.0)
+    s = make_streamer(server.url, ring_size=1024 * 1024, flush_interval=30, buffer_size=10**6, full_timeout=5.0)
     n = 100000  # about 4 segments of 1 MiB
     for i in range(n):
         s.log("n", i)
@@ -410,8 +434,7 @@ def test_401_spools_then_replays(server: FaultServer, make_streamer: Callable[..
 
 
 @pytest.mark.slow
-def test_flush_returns_once_spooled_when_api_unreachable(make_streamer: Callable[..., Streamer],
-                                                         spool: str) -> None:
+def test_flush_returns_once_spooled_when_api_unreachable(make_streamer: Callable[..., Streamer], spool: str) -> None:
     """Nobody listens: after max_attempts failed requests the events are spooled and flush() returns."""
     s = make_streamer("http://127.0.0.1:%d" % free_port(), max_attempts=2)
     for i in range(500):
@@ -422,7 +445,6 @@ def test_flush_returns_once_spooled_when_api_unreachable(make_streamer: Callable
     assert st["retries"] >= 2  # the failed requests (bucket creation) that made it an outage
     assert spool_events(spool) == 500
     record("unreachable flush", st, None, 500)
-
 
 
 DOWN_SCRIPT = """
@@ -503,9 +525,16 @@ def _outage_at_exit(server: FaultServer, spool: str, close: bool) -> Dict[str, A
     left = spool_events(spool)
     got = Counter(server.values("n"))
     assert sorted(got) == list(range(n)) or left, "events lost"
-    return dict(logged=n, delivered=sum(got.values()), spooled=left, replayed=0, rejected=0,
-                duplicates=sum(c - 1 for c in got.values()), http_503=server.statuses()[503],
-                close_s=float(out.split()[0]) if close and out.split() else -1)
+    return dict(
+        logged=n,
+        delivered=sum(got.values()),
+        spooled=left,
+        replayed=0,
+        rejected=0,
+        duplicates=sum(c - 1 for c in got.values()),
+        http_503=server.statuses()[503],
+        close_s=float(out.split()[0]) if close and out.split() else -1,
+    )
 
 
 def test_exiting_sender_spends_its_budget_on_a_short_outage(server: FaultServer, spool: str) -> None:
@@ -531,8 +560,15 @@ def test_close_spends_its_budget_on_a_short_outage(server: FaultServer, spool: s
     assert_exactly_once(server, list(range(20000)))
 
 
-def make_spool_file(spool: str, api_base: str, bucket_key: str, batches: List[List[Any]],
-                    access_key: str = ACCESS_KEY, torn: bool = False, seq: int = 1) -> str:
+def make_spool_file(
+    spool: str,
+    api_base: str,
+    bucket_key: str,
+    batches: List[List[Any]],
+    access_key: str = ACCESS_KEY,
+    torn: bool = False,
+    seq: int = 1,
+) -> str:
     """Write a spool file by hand in the documented format (meta.json + .jsonl, one array a line).
 
     Each batch is a list of values of key ``n``; ``torn`` cuts the last line in the middle.
@@ -541,11 +577,17 @@ def make_spool_file(spool: str, api_base: str, bucket_key: str, batches: List[Li
     d = os.path.join(spool, stream_id(api_base, bucket_key, fp))
     os.makedirs(d, exist_ok=True)
     with open(os.path.join(d, "meta.json"), "w") as f:
-        json.dump({"api_base": api_base, "bucket_key": bucket_key, "bucket_name": bucket_key.upper(),
-                   "access_key_sha256_prefix": fp}, f)
+        json.dump(
+            {
+                "api_base": api_base,
+                "bucket_key": bucket_key,
+                "bucket_name": bucket_key.upper(),
+                "access_key_sha256_prefix": fp,
+            },
+            f,
+        )
     path = os.path.join(d, "%017.6f-%d-%d.jsonl" % (1700000000 + seq, 1, seq))
-    lines = [json.dumps([{"key": "n", "value": v, "epoch": 1700000000.5} for v in batch]) + "\n"
-             for batch in batches]
+    lines = [json.dumps([{"key": "n", "value": v, "epoch": 1700000000.5} for v in batch]) + "\n" for batch in batches]
     if torn:
         lines[-1] = lines[-1][: len(lines[-1]) // 2]
     with open(path, "w") as f:
@@ -555,8 +597,9 @@ def make_spool_file(spool: str, api_base: str, bucket_key: str, batches: List[Li
 
 def test_torn_last_spool_line_is_skipped(server: FaultServer, spool: str) -> None:
     """A spool file written by hand in the documented format, last line cut: the rest replays once."""
-    path = make_spool_file(spool, server.url, "bk-torn", [list(range(0, 10)), list(range(10, 20)),
-                                                          list(range(20, 30))], torn=True)
+    path = make_spool_file(
+        spool, server.url, "bk-torn", [list(range(0, 10)), list(range(10, 20)), list(range(20, 30))], torn=True
+    )
     s = Streamer("x", "bk-live", ACCESS_KEY, api_base=server.url, spool_dir=spool, **FAST)
     try:
         assert server.wait_events(20)
@@ -594,8 +637,15 @@ def test_sender_exit_stops_replay_at_close_timeout(server: FaultServer, spool: s
         assert_exactly_once(server, list(range(300)))
     finally:
         s2.close(2)
-    FIGURES["exit mid-replay"] = dict(logged=300, delivered=len(server.values()), spooled=300, replayed=300,
-                                      rejected=0, duplicates=0, before_exit=first)  # type: ignore
+    FIGURES["exit mid-replay"] = dict(
+        logged=300,
+        delivered=len(server.values()),
+        spooled=300,
+        replayed=300,
+        rejected=0,
+        duplicates=0,
+        before_exit=first,
+    )  # type: ignore
 
 
 KILL_PRODUCER_SCRIPT = """
@@ -626,8 +676,15 @@ def test_sigkill_producer(server: FaultServer, spool: str, backend: str) -> None
     assert _wait(lambda: not pid_alive(sender), 15), "the sender outlived its producer"
     assert not os.path.exists(ring_path), "the ring file was left behind"
     assert _wait(lambda: spool_events(spool) == 0, 10)
-    FIGURES["SIGKILL producer/" + backend] = dict(logged=n, delivered=len(server.values()), spooled=0, replayed=0,
-                                       rejected=0, duplicates=0, pending_at_kill=int(pending))  # type: ignore
+    FIGURES["SIGKILL producer/" + backend] = dict(
+        logged=n,
+        delivered=len(server.values()),
+        spooled=0,
+        replayed=0,
+        rejected=0,
+        duplicates=0,
+        pending_at_kill=int(pending),
+    )  # type: ignore
 
 
 def test_sigkill_sender_mid_batch(server: FaultServer, make_streamer: Callable[..., Streamer], backend: str) -> None:
@@ -660,8 +717,14 @@ def test_sigkill_sender_mid_batch(server: FaultServer, make_streamer: Callable[.
     st = s.stats()
     assert st["backend"] == backend
     assert st["sent"] >= 600  # counted by the sender that got the answers
-    FIGURES["SIGKILL sender/" + backend] = dict(logged=600, delivered=sum(got.values()), spooled=st["spooled"],
-                                     replayed=st["replayed"], rejected=0, duplicates=len(dups))
+    FIGURES["SIGKILL sender/" + backend] = dict(
+        logged=600,
+        delivered=sum(got.values()),
+        spooled=st["spooled"],
+        replayed=st["replayed"],
+        rejected=0,
+        duplicates=len(dups),
+    )
 
 
 def test_sender_memory_flat_during_outage(make_streamer: Callable[..., Streamer], spool: str) -> None:
@@ -687,9 +750,16 @@ def test_sender_memory_flat_during_outage(make_streamer: Callable[..., Streamer]
         assert server.wait_events(220000, timeout=60)
         st = wait_stat(s, "replayed", 220000)
         assert_exactly_once(server, list(range(220000)))
-        FIGURES["outage 220k (RSS)"] = dict(logged=220000, delivered=len(server.values()),
-                                            spooled=st["spooled"], replayed=st["replayed"], rejected=0,
-                                            duplicates=0, rss_before_kb=before, rss_after_kb=after)  # type: ignore
+        FIGURES["outage 220k (RSS)"] = dict(
+            logged=220000,
+            delivered=len(server.values()),
+            spooled=st["spooled"],
+            replayed=st["replayed"],
+            rejected=0,
+            duplicates=0,
+            rss_before_kb=before,
+            rss_after_kb=after,
+        )  # type: ignore
 
 
 SHORT_WRITE_SCRIPT = """
@@ -723,8 +793,13 @@ print(json.dumps({"results": results, "values": values, "torn": torn}))
 def test_spool_write_cut_short_leaves_whole_lines(tmp_path: Any) -> None:
     """A spool write cut short (file size limit, as on a full disk) fails and leaves no partial line."""
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    done = subprocess.run([sys.executable, "-c", SHORT_WRITE_SCRIPT, str(tmp_path / "spool")], env=env,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", SHORT_WRITE_SCRIPT, str(tmp_path / "spool")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert out["results"] == ["ok", "ok", "ok", "error", "error", "ok"]
@@ -741,8 +816,14 @@ def run_replay(cwd: Any, *args: str, key: Optional[str] = ACCESS_KEY) -> subproc
     env.pop("ISSTREAMER_ACCESS_KEY", None)
     if key is not None:
         env["ISSTREAMER_ACCESS_KEY"] = key
-    return subprocess.run([sys.executable, "-m", "isstreamer.cli", "replay", "--no-progress", "--backoff-max",
-                           "0.2", *args], cwd=str(cwd), env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "isstreamer.cli", "replay", "--no-progress", "--backoff-max", "0.2", *args],
+        cwd=str(cwd),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_replay_cli(server: FaultServer, spool: str, tmp_path: Any) -> None:
@@ -764,8 +845,9 @@ def test_replay_cli(server: FaultServer, spool: str, tmp_path: Any) -> None:
     assert server.statuses()[503] == 2
     assert {b["bucket"] for b in server.buckets} == {"bk-a", "bk-b"}
     assert set(server.access_keys) == {ACCESS_KEY}
-    FIGURES["cli replay"] = dict(logged=301, delivered=len(server.values()), spooled=301, replayed=300,
-                                 rejected=1, duplicates=0)
+    FIGURES["cli replay"] = dict(
+        logged=301, delivered=len(server.values()), spooled=301, replayed=300, rejected=1, duplicates=0
+    )
 
 
 def test_replay_cli_one_file_other_api_base(server: FaultServer, spool: str, tmp_path: Any) -> None:
@@ -787,8 +869,17 @@ def test_replay_cli_outage_and_401_keep_everything(server: FaultServer, spool: s
     """API down, then key refused: nothing sent twice, nothing removed, exit 1; then all goes once."""
     path = make_spool_file(spool, server.url, "bk-a", [list(range(0, 100)), list(range(100, 200))])
     dead = "http://127.0.0.1:%d" % free_port()
-    p = run_replay(tmp_path, spool, "--api-base", dead, "--max-attempts", "2", "--access-key", ACCESS_KEY,
-                   key="wrong-key-overridden-by-the-option")
+    p = run_replay(
+        tmp_path,
+        spool,
+        "--api-base",
+        dead,
+        "--max-attempts",
+        "2",
+        "--access-key",
+        ACCESS_KEY,
+        key="wrong-key-overridden-by-the-option",
+    )
     assert p.returncode == 1 and "0 events delivered, 0 rejected, 200 left" in p.stdout, (p.stdout, p.stderr)
     assert "2 failed requests in a row (last: ConnectionError" in p.stderr, p.stderr
     server.unauthorized(True)

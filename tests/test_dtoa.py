@@ -1,4 +1,5 @@
 """csrc/dtoa.c (iss_dtoa, Schubfach): byte-for-byte equal to Python's repr(float)."""
+
 from __future__ import annotations
 
 import json
@@ -46,22 +47,72 @@ def _bits(v: float) -> int:
 
 
 def _edge_cases() -> list:
-    vals = [0.0, -0.0, 5e-324, -5e-324, 1e-323, 2.2250738585072014e-308,
-            1.7976931348623157e308, -1.7976931348623157e308, 0.1, 0.2, 0.3, 0.1 + 0.2, 1 / 3,
-            2 / 3, 21.5, 3.0, -3.0, 1.5, 123456.7, 1e-300, 1.5e300, 123456789012345.0,
-            2.0**53 - 1, 2.0**53, 2.0**53 + 2, 9007199254740993.0, 2.0**63, 2.0**64,
-            1e15, 1e16, 1e17, 9999999999999998.0, 9999999999999999.0, 999999999999999.9,
-            1e15 + 0.5, 1e16 - 2, 1e-4, 1e-5, 0.00011, 0.000099, 1e21, 1e22, 1e23,
-            5e-310, 4.9406564584124654e-324, 1.2345678901234567, 0.30000000000000004,
-            2.718281828459045, math.pi, math.e, 1.7976931348623157e308 / 3, 8.41e21,
-            5.684341886080802e-14, 4.35679e-10, 1.7800590868057611e-307,
-            2.0019531250000004, 9.007199254740993e15, 4503599627370497.0]
+    vals = [
+        0.0,
+        -0.0,
+        5e-324,
+        -5e-324,
+        1e-323,
+        2.2250738585072014e-308,
+        1.7976931348623157e308,
+        -1.7976931348623157e308,
+        0.1,
+        0.2,
+        0.3,
+        0.1 + 0.2,
+        1 / 3,
+        2 / 3,
+        21.5,
+        3.0,
+        -3.0,
+        1.5,
+        123456.7,
+        1e-300,
+        1.5e300,
+        123456789012345.0,
+        2.0**53 - 1,
+        2.0**53,
+        2.0**53 + 2,
+        9007199254740993.0,
+        2.0**63,
+        2.0**64,
+        1e15,
+        1e16,
+        1e17,
+        9999999999999998.0,
+        9999999999999999.0,
+        999999999999999.9,
+        1e15 + 0.5,
+        1e16 - 2,
+        1e-4,
+        1e-5,
+        0.00011,
+        0.000099,
+        1e21,
+        1e22,
+        1e23,
+        5e-310,
+        4.9406564584124654e-324,
+        1.2345678901234567,
+        0.30000000000000004,
+        2.718281828459045,
+        math.pi,
+        math.e,
+        1.7976931348623157e308 / 3,
+        8.41e21,
+        5.684341886080802e-14,
+        4.35679e-10,
+        1.7800590868057611e-307,
+        2.0019531250000004,
+        9.007199254740993e15,
+        4503599627370497.0,
+    ]
     smallest_normal = 2.2250738585072014e-308
     for base in (smallest_normal, 1.0, 2.0**52, 2.0**53, 1e16, 1e-4, 1e22):
         b = _bits(base)
         vals += [_f(b + i) for i in range(-3, 4)]
-    vals += [_f(b) for b in range(1, 200)]                  # smallest subnormals
-    vals += [_f((1 << 52) - i) for i in range(1, 50)]       # largest subnormals
+    vals += [_f(b) for b in range(1, 200)]  # smallest subnormals
+    vals += [_f((1 << 52) - i) for i in range(1, 50)]  # largest subnormals
     vals += [_f(0x7FEFFFFFFFFFFFFF - i) for i in range(50)]  # near DBL_MAX
     for e in range(-1074, 1024):
         vals.append(2.0**e)
@@ -73,7 +124,7 @@ def _edge_cases() -> list:
             v = float(f"{m}e{e}")
             if math.isfinite(v):
                 vals.append(v)
-    for n in range(1, 18):                                  # 17-digit and shorter values
+    for n in range(1, 18):  # 17-digit and shorter values
         vals.append(float("0." + "9" * n))
         vals.append(float("1." + "0" * (n - 1) + "1"))
         vals.append(float("1" * n))
@@ -107,7 +158,7 @@ def test_short_decimals(native):
     rnd = random.Random(7)
     for _ in range(50_000):
         digits = rnd.randint(1, 17)
-        v = float(f"{rnd.randrange(10 ** digits)}e{rnd.randint(-30, 30)}")
+        v = float(f"{rnd.randrange(10**digits)}e{rnd.randint(-30, 30)}")
         assert dtoa(v) == repr(v), v.hex()
 
 
@@ -141,12 +192,12 @@ def test_non_finite_and_bounds(native):
         small = ffi.new("char[]", n + 1)
         small[n] = b"#"
         assert lib.iss_dtoa(v, small, n) == n
-        assert ffi.unpack(small, n) == text and small[n] == b"#"   # nothing past cap
+        assert ffi.unpack(small, n) == text and small[n] == b"#"  # nothing past cap
         small[0] = b"@"
         assert lib.iss_dtoa(v, small, n - 1) == 0
-        assert small[0] == b"@"                                    # nothing written
+        assert small[0] == b"@"  # nothing written
         assert lib.iss_dtoa(v, small, 0) == 0
-    assert len(repr(-2.2250738585072014e-308)) == 24                # ISS_DTOA_MAX_LEN
+    assert len(repr(-2.2250738585072014e-308)) == 24  # ISS_DTOA_MAX_LEN
 
 
 def test_generated_table_is_current():

@@ -4,6 +4,7 @@ that reads back as exactly that float, and both encoders write the same bytes.
 ``time.time()`` = 1796396556.4154694 used to go out as 1796396556.41547 (C encoder) and
 1796396556.415469 (fallback); ``floor(epoch*1e6+0.5)`` also mis-rounded ties.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,13 +34,29 @@ def epochs() -> List[float]:
     """The issue's value, time.time() now and around it, ties, and positive floats of every size."""
     rnd = random.Random(20261204)
     now = time.time()
-    vals = [1796396556.4154694, 1700000000.0, 1700000000.5, 1700000000.0000005, 1764270000.1234565,
-            1764270000.1234575, 0.1, 1e-300, 5e-324, 2.2250738585072014e-308, 1.7976931348623157e308,
-            1e16, 1e11, 99999999999.99998, 1.0e-4, 9.999999999999999e-5, now]
-    vals += [now + rnd.uniform(-1e6, 1e6) for _ in range(3000)]                    # time.time()-like
+    vals = [
+        1796396556.4154694,
+        1700000000.0,
+        1700000000.5,
+        1700000000.0000005,
+        1764270000.1234565,
+        1764270000.1234575,
+        0.1,
+        1e-300,
+        5e-324,
+        2.2250738585072014e-308,
+        1.7976931348623157e308,
+        1e16,
+        1e11,
+        99999999999.99998,
+        1.0e-4,
+        9.999999999999999e-5,
+        now,
+    ]
+    vals += [now + rnd.uniform(-1e6, 1e6) for _ in range(3000)]  # time.time()-like
     vals += [_f(struct.unpack("<Q", struct.pack("<d", now))[0] + i) for i in range(-200, 200)]  # its neighbours
     vals += [rnd.uniform(1e9, 4e9) for _ in range(3000)]
-    vals += [round(rnd.uniform(1e9, 2e9), 6) + 5e-7 for _ in range(500)]            # microsecond ties
+    vals += [round(rnd.uniform(1e9, 2e9), 6) + 5e-7 for _ in range(500)]  # microsecond ties
     while len(vals) < 12000:
         v = _f(rnd.getrandbits(63))  # positive, every exponent
         if math.isfinite(v) and v > 0:
@@ -109,8 +126,15 @@ def test_epochs_arrive_exactly(server: FaultServer, tmp_path: Any, backend: str)
 
     rnd = random.Random(7)
     values = [1796396556.4154694] + [time.time() + rnd.uniform(-1e5, 1e5) for _ in range(1999)]
-    s = Streamer("epochs", "bk-epochs", "key", api_base=server.url, spool_dir=str(tmp_path / "spool"),
-                 flush_interval=0.05, close_timeout=3)
+    s = Streamer(
+        "epochs",
+        "bk-epochs",
+        "key",
+        api_base=server.url,
+        spool_dir=str(tmp_path / "spool"),
+        flush_interval=0.05,
+        close_timeout=3,
+    )
     try:
         assert s.stats()["backend"] == backend
         for i, v in enumerate(values):

@@ -116,7 +116,9 @@ def test_empty_prefix_means_bare_keys() -> None:
 
 def test_non_str_mapping_keys_use_str() -> None:
     assert flatten_object({1: "a", (2, 3): "b", None: "c"}, key_prefix="") == [
-        ("1", "a"), ("(2, 3)", "b"), ("None", "c"),
+        ("1", "a"),
+        ("(2, 3)", "b"),
+        ("None", "c"),
     ]
 
 
@@ -131,10 +133,14 @@ def test_empty_containers_log_nothing() -> None:
 def test_psutil_like_namedtuple() -> None:
     mem = svmem(total=8_000_000, available=2_000_000, percent=75.0)
     assert flatten_object(mem) == [
-        ("svmem_total", 8_000_000), ("svmem_available", 2_000_000), ("svmem_percent", 75.0),
+        ("svmem_total", 8_000_000),
+        ("svmem_available", 2_000_000),
+        ("svmem_percent", 75.0),
     ]
     assert flatten_object(mem, key_prefix="mem") == [
-        ("mem_total", 8_000_000), ("mem_available", 2_000_000), ("mem_percent", 75.0),
+        ("mem_total", 8_000_000),
+        ("mem_available", 2_000_000),
+        ("mem_percent", 75.0),
     ]
 
 
@@ -144,7 +150,9 @@ def test_typing_namedtuple_uses_field_names_not_indices() -> None:
 
 def test_dataclass_fields() -> None:
     assert flatten_object(Reading("t1", 2.5, {"k": 1})) == [
-        ("Reading_sensor", "t1"), ("Reading_value", 2.5), ("Reading_extra_k", 1),
+        ("Reading_sensor", "t1"),
+        ("Reading_value", 2.5),
+        ("Reading_extra_k", 1),
     ]
 
 
@@ -188,7 +196,10 @@ def test_object_without_public_state_logs_nothing() -> None:
 def test_numpy_array_flattened_by_index() -> None:
     np = pytest.importorskip("numpy")
     assert flatten_object(np.array([[1, 2], [3, 4]]), "m") == [
-        ("m_0_0", 1), ("m_0_1", 2), ("m_1_0", 3), ("m_1_1", 4),
+        ("m_0_0", 1),
+        ("m_0_1", 2),
+        ("m_1_0", 3),
+        ("m_1_1", 4),
     ]
 
 
@@ -207,9 +218,13 @@ def test_nested_mixed_containers() -> None:
         "t": (7,),
     }
     assert flatten_object(data, "") == [
-        ("mem_total", 1), ("mem_available", 2), ("mem_percent", 3.0),
-        ("pts_0_x", 0), ("pts_0_y", 1),
-        ("r_sensor", "s"), ("r_value", 1.0),
+        ("mem_total", 1),
+        ("mem_available", 2),
+        ("mem_percent", 3.0),
+        ("pts_0_x", 0),
+        ("pts_0_y", 1),
+        ("r_sensor", "s"),
+        ("r_value", 1.0),
         ("t_0", 7),
     ]
 
@@ -217,11 +232,25 @@ def test_nested_mixed_containers() -> None:
 def test_nested_objects_sets_and_scalars_are_leaves() -> None:
     sensor = Sensor()
     when = dt.datetime(2024, 1, 1)
-    data = {"obj": sensor, "set": {1}, "s": "text", "b": b"raw", "n": None, "when": when,
-            "mode": Mode.ON, "d": decimal.Decimal("1.5")}
+    data = {
+        "obj": sensor,
+        "set": {1},
+        "s": "text",
+        "b": b"raw",
+        "n": None,
+        "when": when,
+        "mode": Mode.ON,
+        "d": decimal.Decimal("1.5"),
+    }
     assert flatten_object(data, "") == [
-        ("obj", sensor), ("set", {1}), ("s", "text"), ("b", b"raw"), ("n", None),
-        ("when", when), ("mode", Mode.ON), ("d", decimal.Decimal("1.5")),
+        ("obj", sensor),
+        ("set", {1}),
+        ("s", "text"),
+        ("b", b"raw"),
+        ("n", None),
+        ("when", when),
+        ("mode", Mode.ON),
+        ("d", decimal.Decimal("1.5")),
     ]
 
 
@@ -272,9 +301,17 @@ def test_depth_limit() -> None:
 
 @pytest.mark.parametrize(
     "value, name",
-    [(3.5, "float"), (7, "int"), (True, "bool"), ("hi", "str"), (b"b", "bytes"),
-     (None, "NoneType"), (decimal.Decimal("2"), "Decimal"), (Mode.ON, "Mode"),
-     (dt.date(2024, 1, 1), "date")],
+    [
+        (3.5, "float"),
+        (7, "int"),
+        (True, "bool"),
+        ("hi", "str"),
+        (b"b", "bytes"),
+        (None, "NoneType"),
+        (decimal.Decimal("2"), "Decimal"),
+        (Mode.ON, "Mode"),
+        (dt.date(2024, 1, 1), "date"),
+    ],
 )
 def test_top_level_scalar(value: object, name: str) -> None:
     assert flatten_object(value) == [(name, value)]

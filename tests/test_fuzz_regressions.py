@@ -6,6 +6,7 @@ fuzz_encode.c does and run through both encoders: the output must be strict JSON
 The ``put`` corpus is replayed through both producers. Under ``.ci/sanitize.sh`` these also run
 with ASan, which turns the old out-of-bounds reads into failures.
 """
+
 from __future__ import annotations
 
 import math
@@ -46,7 +47,7 @@ def _files(target: str, hostile: Optional[bool] = None) -> List[str]:
 def _preamble(data: bytes) -> Tuple[Tuple[int, ...], bytes]:
     """The 37-byte preamble (zero-extended) and the payload, as fuzz_encode.c reads them."""
     head = data[: PREAMBLE.size].ljust(PREAMBLE.size, b"\0")
-    return PREAMBLE.unpack(head), data[PREAMBLE.size:]
+    return PREAMBLE.unpack(head), data[PREAMBLE.size :]
 
 
 def check_batch(body: bytes, nevents: int) -> List[Any]:
@@ -126,8 +127,7 @@ def _hostile_buf(fields: Tuple[int, ...], payload: bytes) -> bytearray:
     buf = bytearray(map_size)
     for k in range(L.HDR_SIZE, map_size):
         buf[k] = payload[(k - L.HDR_SIZE) % len(payload)] if payload else 0
-    struct.pack_into("=QIIIIIIQ", buf, 0, L.MAGIC, L.LAYOUT_VERSION, L.HDR_SIZE, nsegs, sds, nbuckets,
-                     L.BUCKET_SIZE, 0)
+    struct.pack_into("=QIIIIIIQ", buf, 0, L.MAGIC, L.LAYOUT_VERSION, L.HDR_SIZE, nsegs, sds, nbuckets, L.BUCKET_SIZE, 0)
     seg_off = (L.HDR_SIZE + nbuckets * L.BUCKET_SIZE + seg_index * (L.SEG_HDR_SIZE + sds)) % U64
     if seg_off + L.SEG_HDR_SIZE <= map_size:
         struct.pack_into("=Q", buf, seg_off + L.S_HEAD, (frm + delta) % U64)
@@ -216,7 +216,7 @@ def _expected_text(raw: bytes) -> str:
     while i < len(raw):
         for n in (1, 2, 3, 4):
             try:
-                out.append(raw[i: i + n].decode("utf-8"))
+                out.append(raw[i : i + n].decode("utf-8"))
             except UnicodeDecodeError:
                 continue
             i += n
@@ -255,7 +255,7 @@ def test_put_corpus(tmp_path, path, backend):
 
     try:
         for at in range(0, len(data), OP.size):
-            op, aux, klen, slen, bits, _esel, pos = OP.unpack(data[at: at + OP.size].ljust(OP.size, b"\0"))
+            op, aux, klen, slen, bits, _esel, pos = OP.unpack(data[at : at + OP.size].ljust(OP.size, b"\0"))
             kind, klen, slen = op % 8, klen % 1100, slen % 8400
             if kind == 4:
                 p.bucket = aux % 4
@@ -281,8 +281,12 @@ def test_put_corpus(tmp_path, path, backend):
                 key_id = _lib.iss_key_intern(key, len(key))  # the hot path's interned keys
                 assert key_id >= 0 or key_id == L.EINVAL
                 if key_id >= 0:
-                    at = {f64: _lib.iss_log_f64_at, i64: _lib.iss_log_i64_at, boolean: _lib.iss_log_bool_at,
-                          string: _lib.iss_log_str_at}[fn]
+                    at = {
+                        f64: _lib.iss_log_f64_at,
+                        i64: _lib.iss_log_i64_at,
+                        boolean: _lib.iss_log_bool_at,
+                        string: _lib.iss_log_str_at,
+                    }[fn]
                     call = lambda at=at, key_id=key_id, args=args: at(p, key_id, *args, 1.7e9)  # noqa: E731
             rc = call()
             if rc == L.FULL:
@@ -320,8 +324,14 @@ def test_small_max_batch_bytes_still_delivers(tmp_path, collector, monkeypatch, 
         monkeypatch.setenv("ISSTREAMER_NO_EXTENSION", "1")
     else:
         monkeypatch.delenv("ISSTREAMER_NO_EXTENSION", raising=False)
-    s = isstreamer.Streamer(bucket_key="tiny-batches", access_key="k", api_base=collector.url,
-                            spool_dir=str(tmp_path / "spool"), max_batch_bytes=1, flush_interval=0.1)
+    s = isstreamer.Streamer(
+        bucket_key="tiny-batches",
+        access_key="k",
+        api_base=collector.url,
+        spool_dir=str(tmp_path / "spool"),
+        max_batch_bytes=1,
+        flush_interval=0.1,
+    )
     try:
         for i in range(20):
             s.log("n", i)
@@ -336,8 +346,9 @@ def test_ring_check_refuses_a_layout_that_wraps():
     """The header of regress-hostile-layout-wraps claims 2^32-8 segments of 2^32-312 bytes:
     the product wraps to a few KB, which an 8 KiB mapping seems to hold."""
     buf = bytearray(8192)
-    struct.pack_into("=QIIIIIIQ", buf, 0, L.MAGIC, L.LAYOUT_VERSION, L.HDR_SIZE, 2**32 - 8, 2**32 - 312, 1,
-                     L.BUCKET_SIZE, 0)
+    struct.pack_into(
+        "=QIIIIIIQ", buf, 0, L.MAGIC, L.LAYOUT_VERSION, L.HDR_SIZE, 2**32 - 8, 2**32 - 312, 1, L.BUCKET_SIZE, 0
+    )
     ptr = _ffi.cast("uint8_t *", _ffi.from_buffer(buf))
     p = _ffi.new("iss_producer *")
     assert _lib.iss_ring_check(ptr, len(buf)) == L.EINVAL

@@ -2,6 +2,7 @@
 directory that cannot be created or is full. Each gives a clear message; none crashes the loop
 that logs (scripts run as subprocesses, with their sender processes, against real servers).
 """
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,6 @@ from support import ProxyServer, script_env, write_script
 
 import isstreamer
 from isstreamer.config import ConfigError, load_config
-
-
 
 
 def dead_url() -> str:
@@ -47,8 +46,9 @@ class PrefixProxy(ProxyServer):
         self.paths.append(request.path)
         if not request.path.startswith(self.prefix + "/"):
             return web.Response(status=404, text="not under the prefix")
-        return await self.forward(request, self.target + request.path[len(self.prefix):],
-                                  ("content-type", "retry-after", "x-request-id"))
+        return await self.forward(
+            request, self.target + request.path[len(self.prefix) :], ("content-type", "retry-after", "x-request-id")
+        )
 
 
 # --------------------------------------------------------------------------- ini files
@@ -76,16 +76,19 @@ def test_unreadable_ini_in_a_script_is_one_clear_line(tmp_path):
     """A user's script with HOME/isstreamer.ini unreadable fails at construction, saying why."""
     home = tmp_path / "home"
     (home / "isstreamer.ini").mkdir(parents=True)
-    path = write_script(tmp_path, "ini.py", """
+    path = write_script(
+        tmp_path,
+        "ini.py",
+        """
         import isstreamer
         try:
             isstreamer.Streamer(bucket_key="b")
         except isstreamer.config.ConfigError as exc:
             print("ERROR", exc)
-    """)
+    """,
+    )
     env = script_env("python", HOME=str(home))
-    r = subprocess.run([sys.executable, path], env=env, capture_output=True, text=True, timeout=60,
-                       cwd=str(tmp_path))
+    r = subprocess.run([sys.executable, path], env=env, capture_output=True, text=True, timeout=60, cwd=str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert "ERROR isstreamer: cannot read config file" in r.stdout and "isstreamer.ini" in r.stdout
 
@@ -93,11 +96,13 @@ def test_unreadable_ini_in_a_script_is_one_clear_line(tmp_path):
 def test_percent_signs_in_ini_values(tmp_path, collector, backend):
     """'%' is data, not interpolation: key, bucket name and base URL come through unchanged."""
     ini = tmp_path / "isstreamer.ini"
-    ini.write_text("[isstreamer.client_config]\n"
-                   "access_key = ist_100%%key%(x)s\n"
-                   "default_bucket = 100% sure %s %(name)s\n"
-                   "[isstreamer.api_config]\n"
-                   "stream_api_base = " + collector.url + "\n")
+    ini.write_text(
+        "[isstreamer.client_config]\n"
+        "access_key = ist_100%%key%(x)s\n"
+        "default_bucket = 100% sure %s %(name)s\n"
+        "[isstreamer.api_config]\n"
+        "stream_api_base = " + collector.url + "\n"
+    )
     cfg = load_config(ini_file_location=str(ini), environ={})
     assert cfg.access_key == "ist_100%%key%(x)s"
     assert cfg.bucket_name == "100% sure %s %(name)s"
@@ -118,9 +123,14 @@ def test_base_url_with_a_path_prefix(tmp_path, collector, backend):
     """Events and buckets go to <base>/api/events and <base>/api/buckets under the prefix."""
     proxy = PrefixProxy(collector.url, "/ingest/v1").start()
     try:
-        s = isstreamer.Streamer(bucket_name="prefixed", bucket_key="prefix", access_key="k",
-                                api_base=proxy.url + "/ingest/v1/", spool_dir=str(tmp_path / "spool"),
-                                flush_interval=0.1)
+        s = isstreamer.Streamer(
+            bucket_name="prefixed",
+            bucket_key="prefix",
+            access_key="k",
+            api_base=proxy.url + "/ingest/v1/",
+            spool_dir=str(tmp_path / "spool"),
+            flush_interval=0.1,
+        )
         try:
             assert s.StreamApiBase == proxy.url + "/ingest/v1"  # trailing slash dropped
             for i in range(30):
@@ -153,8 +163,13 @@ LOOP_SCRIPT = """
 
 def _loop(tmp_path, backend: str, spool_dir: str, n: int, cap: int = 512 * 1024 * 1024) -> subprocess.CompletedProcess:
     path = write_script(tmp_path, "loop.py", LOOP_SCRIPT)
-    r = subprocess.run([sys.executable, path, dead_url(), spool_dir, str(n), str(cap)], env=script_env(backend),
-                       capture_output=True, text=True, timeout=180)
+    r = subprocess.run(
+        [sys.executable, path, dead_url(), spool_dir, str(n), str(cap)],
+        env=script_env(backend),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert r.returncode == 0, r.stderr
     assert "loop done" in r.stdout, r.stdout + r.stderr
     return r
@@ -177,8 +192,9 @@ def tiny_fs(tmp_path):
     """A 64 KiB tmpfs (needs mount rights: root in a container with CAP_SYS_ADMIN), else skip."""
     mnt = tmp_path / "tiny"
     mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs", str(mnt)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs", str(mnt)], capture_output=True, text=True
+    )
     if r.returncode != 0:
         pytest.skip("cannot mount a small tmpfs here (%s): spool-full test needs mount rights" % r.stderr.strip())
     yield mnt
@@ -223,8 +239,14 @@ def test_max_batch_events_zero_is_refused_or_works(tmp_path, collector, backend)
     import signal
 
     try:
-        s = isstreamer.Streamer(bucket_key="zero-batch", access_key="k", api_base=collector.url,
-                                spool_dir=str(tmp_path / "spool"), max_batch_events=0, close_timeout=1)
+        s = isstreamer.Streamer(
+            bucket_key="zero-batch",
+            access_key="k",
+            api_base=collector.url,
+            spool_dir=str(tmp_path / "spool"),
+            max_batch_events=0,
+            close_timeout=1,
+        )
     except ValueError as exc:
         assert "max_batch_events" in str(exc)
         return

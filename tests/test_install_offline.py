@@ -5,6 +5,7 @@
 writes ``offline_file`` as named (the design card's fix), and the README tells 2.0.0 users to
 name the old file to keep reading it. Both halves are checked here, end to end.
 """
+
 from __future__ import annotations
 
 import os

@@ -6,6 +6,7 @@ Each runs the scenario in a child process (the states involved, a fork child wit
 a low file limit, a mounted tmpfs, a planted file, are that process's own) and checks that every
 event is delivered or counted, and that nothing crashes or hangs.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,13 @@ from support import ROOT, int_values_summary, script_env, wait_until, write_scri
 def _run(tmp_path, code: str, args, backend: str = "native", timeout: float = 180, **env: str) -> dict:
     """Run ``code`` in a child Python; its last stdout line is JSON, returned as a dict."""
     script = write_script(tmp_path, "scenario.py", code)
-    r = subprocess.run([sys.executable, script] + [str(a) for a in args], env=script_env(backend, **env),
-                       capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run(
+        [sys.executable, script] + [str(a) for a in args],
+        env=script_env(backend, **env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert r.returncode == 0, "exit %s\n%s" % (r.returncode, r.stderr[-4000:])
     lines = r.stdout.strip().splitlines()
     assert lines, r.stderr[-4000:]
@@ -192,8 +198,10 @@ def test_first_calls_of_many_threads_attach_once_into_the_right_bucket(tmp_path,
     n = trials * 16 * 100
     assert _delivered(collector, "first-new", n) == n
     con = __import__("sqlite3").connect(collector.db_path)
-    misrouted = con.execute("SELECT COUNT(*) FROM events e JOIN buckets b ON b.id = e.bucket_id "
-                            "WHERE b.bucket_key = 'first-old' AND e.key = 'post'").fetchone()[0]
+    misrouted = con.execute(
+        "SELECT COUNT(*) FROM events e JOIN buckets b ON b.id = e.bucket_id "
+        "WHERE b.bucket_key = 'first-old' AND e.key = 'post'"
+    ).fetchone()[0]
     con.close()
     assert misrouted == 0
 
@@ -297,8 +305,9 @@ def test_streamers_opened_and_closed_leak_nothing(tmp_path, collector):
     ring_dir.mkdir(mode=0o700)
     # (one glibc malloc arena per thread that ever allocated would add 64 MiB of address space now
     # and then: a single arena keeps the figure about the library's own mappings)
-    out = _run(tmp_path, CYCLES, [collector.url, 100], "native", ISSTREAMER_RING_DIR=str(ring_dir),
-               MALLOC_ARENA_MAX="1")
+    out = _run(
+        tmp_path, CYCLES, [collector.url, 100], "native", ISSTREAMER_RING_DIR=str(ring_dir), MALLOC_ARENA_MAX="1"
+    )
     a, b = out["marks"]["20"], out["marks"]["100"]
     _flat(a, b)
     assert os.listdir(str(ring_dir)) == [] or wait_until(lambda: os.listdir(str(ring_dir)) == [], 30)
@@ -443,8 +452,13 @@ def test_a_dead_sender_is_replaced_while_the_program_logs_slowly(tmp_path, colle
     calls flush() or close(): a producer notices within flush_interval and starts a new one, so
     the events keep arriving (before: none until the next flush, close or full ring)."""
     script = write_script(tmp_path, "slow.py", SLOW_LOGGER)
-    p = subprocess.Popen([sys.executable, script, collector.url], env=script_env("native"),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, script, collector.url],
+        env=script_env("native"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = p.stdout.readline()
         assert line, p.stderr.read()[-3000:]
@@ -453,7 +467,9 @@ def test_a_dead_sender_is_replaced_while_the_program_logs_slowly(tmp_path, colle
         # everything logged before the line was printed arrives without flush() or close()
         n = out["logged"] - 100  # the last second may still be in its flush_interval
         assert wait_until(lambda: int_values_summary(collector.db_path, "slowlog")[1] >= n, 20), (
-            int_values_summary(collector.db_path, "slowlog"), out)
+            int_values_summary(collector.db_path, "slowlog"),
+            out,
+        )
     finally:
         p.kill()
         p.wait()
@@ -480,13 +496,13 @@ def test_the_sender_never_imports_from_the_scripts_directory(tmp_path, collector
     shared.mkdir()
     os.chmod(str(shared), 0o777)
     marker = tmp_path / "planted-ran"
-    (shared / "requests.py").write_text("open(%r, 'w').write('pwned')\nraise ImportError('planted')\n"
-                                        % str(marker))
+    (shared / "requests.py").write_text("open(%r, 'w').write('pwned')\nraise ImportError('planted')\n" % str(marker))
     script = write_script(shared, "app.py", PLANTED)
     env = script_env("native")
     env["PYTHONPATH"] = ROOT  # the package from the work tree; the script's directory comes first
-    r = subprocess.run([sys.executable, script, collector.url], env=env, capture_output=True, text=True,
-                       timeout=120, cwd=str(tmp_path))
+    r = subprocess.run(
+        [sys.executable, script, collector.url], env=env, capture_output=True, text=True, timeout=120, cwd=str(tmp_path)
+    )
     assert not marker.exists(), "the planted module ran: " + r.stderr[-2000:]
     assert r.returncode == 0 and json.loads(r.stdout.strip().splitlines()[-1])["ok"], r.stderr[-3000:]
     assert _delivered(collector, "planted", 100) == 100
@@ -497,12 +513,15 @@ def test_the_sender_path_covers_every_module_it_imports():
     that list names every third-party module the sender imports."""
     from isstreamer import launch
 
-    code = ("import sys; sys.path[:0] = sys.argv[1:]; import isstreamer.sender.loop, isstreamer.sender.main; "
-            "std = set(sys.stdlib_module_names) if hasattr(sys, 'stdlib_module_names') else set(); "
-            "print(' '.join(sorted({m.split('.')[0] for m, mod in list(sys.modules.items())"
-            " if getattr(mod, '__file__', None)} - std)))")
-    r = subprocess.run([sys.executable, "-I", "-c", code] + launch.sender_path(), capture_output=True,
-                       text=True, timeout=60)
+    code = (
+        "import sys; sys.path[:0] = sys.argv[1:]; import isstreamer.sender.loop, isstreamer.sender.main; "
+        "std = set(sys.stdlib_module_names) if hasattr(sys, 'stdlib_module_names') else set(); "
+        "print(' '.join(sorted({m.split('.')[0] for m, mod in list(sys.modules.items())"
+        " if getattr(mod, '__file__', None)} - std)))"
+    )
+    r = subprocess.run(
+        [sys.executable, "-I", "-c", code] + launch.sender_path(), capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 0, r.stderr
     if sys.version_info < (3, 10):
         pytest.skip("sys.stdlib_module_names needs Python 3.10")
@@ -528,8 +547,11 @@ def test_a_source_tree_shadowing_the_install_says_so(tmp_path):
     """Issue 16 item 11: a copy of the package without the compiled extension imported first
     (a script run from the repo root after `pip install .`) warns once, naming the fix."""
     src = tmp_path / "src"
-    shutil.copytree(os.path.join(ROOT, "isstreamer"), str(src / "isstreamer"),
-                    ignore=shutil.ignore_patterns("_native*", "__pycache__"))
+    shutil.copytree(
+        os.path.join(ROOT, "isstreamer"),
+        str(src / "isstreamer"),
+        ignore=shutil.ignore_patterns("_native*", "__pycache__"),
+    )
     script = write_script(src, "app.py", SHADOWED.replace("offline=True", "offline=False"))
     env = script_env("native", ISSTREAMER_RING_DIR=str(tmp_path))
     env["PYTHONPATH"] = ROOT  # the copy with the extension, after the script's directory

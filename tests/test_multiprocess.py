@@ -11,6 +11,7 @@ directory (ISSTREAMER_RING_DIR under /dev/shm) so that "the ring directory is cl
 on files of this test only: a ring may be several files (a table at ``Streamer.ring_path`` and
 per-producer segment files whose names start with the ring file's name minus its extension).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -115,12 +116,14 @@ def test_wide_pool_every_worker_alive_at_once(backend, collector, streamers, met
     barrier = ctx.Barrier(workers)
     per = 10  # on the old code each event of a worker without a segment blocked full_timeout (2 s)
     with ctx.Pool(workers, initializer=poolworkers.init_with_barrier, initargs=(s, barrier)) as pool:
-        res = pool.map_async(poolworkers.log_then_meet, [(t, per, 120.0) for t in range(workers)],
-                             chunksize=1).get(300)
+        res = pool.map_async(poolworkers.log_then_meet, [(t, per, 120.0) for t in range(workers)], chunksize=1).get(300)
     assert len({pid for pid, _, _ in res}) == workers, "not every worker was alive at once"
     worker_drops = {pid: d for pid, _, d in res if d}
     assert not worker_drops, "%d of %d workers dropped events, e.g. %r" % (
-        len(worker_drops), workers, next(iter(worker_drops.values())))
+        len(worker_drops),
+        workers,
+        next(iter(worker_drops.values())),
+    )
     assert all(ok for _, ok, _ in res), "%d workers' flush() failed" % sum(not ok for _, ok, _ in res)
     s.log("parent", 1)
     assert s.flush(60)
@@ -158,17 +161,31 @@ def test_fork_storm_while_threads_log_set_bucket_intern_and_create(backend, coll
     st = out["status"]
     assert out["forks"] == forks and not st["hung"], (
         "%d of %d forks done in the 100 s budget; %d children hung (killed by their alarm), e.g. child #%s; "
-        "progress: %s" % (out["forks"], forks, len(st["hung"]), st["hung"][:5],
-                          [x for x in r.stderr.splitlines() if x.startswith("storm:")][-3:]))
+        "progress: %s"
+        % (
+            out["forks"],
+            forks,
+            len(st["hung"]),
+            st["hung"][:5],
+            [x for x in r.stderr.splitlines() if x.startswith("storm:")][-3:],
+        )
+    )
     assert not st["hung"], "%d of %d children hung (killed by their alarm), e.g. child #%s" % (
-        len(st["hung"]), forks, st["hung"][:5])
+        len(st["hung"]),
+        forks,
+        st["hung"][:5],
+    )
     assert not st["failed"], "%d children failed (exit status): %s; stderr: %s" % (
-        len(st["failed"]), st["failed"][:5], _tail(r.stderr))
+        len(st["failed"]),
+        st["failed"][:5],
+        _tail(r.stderr),
+    )
     assert st["ok"] == forks
     assert not out["errors"], out["errors"][:2]
     assert out["alive_threads"] == 0
-    assert all(out["checks"]) and len(out["checks"]) == forks // 250, \
+    assert all(out["checks"]) and len(out["checks"]) == forks // 250, (
         "the sender stopped draining during the storm: %r" % out["checks"]
+    )
     assert out["flushed"]
     assert not out["dropped"] and not out["moving_dropped"], (out["dropped"], out["moving_dropped"])
     assert r.returncode == 0, _tail(r.stderr)
@@ -190,11 +207,13 @@ def test_fork_storm_while_threads_log_set_bucket_intern_and_create(backend, coll
 
 # --------------------------------------------------------------------------- 3. exit and close races
 
+
 def _unreachable_api_env(backend, tmp_path):
     """The API on a port nobody listens on: the tight loops' millions of events go to a capped
     spool (spool_max_bytes in the scripts) instead of loading the collector."""
-    return _env(backend, ISSTREAMER_API_BASE="http://127.0.0.1:%d" % free_port(),
-                ISSTREAMER_SPOOL_DIR=str(tmp_path / "spool"))
+    return _env(
+        backend, ISSTREAMER_API_BASE="http://127.0.0.1:%d" % free_port(), ISSTREAMER_SPOOL_DIR=str(tmp_path / "spool")
+    )
 
 
 EXIT_RUNS = 200  # interpreter exits per backend (forked children of one driver script)
@@ -215,8 +234,9 @@ def test_daemon_threads_logging_through_interpreter_exit_never_crash(backend, pr
     bad = out["bad"]
     crashes = r.stderr.count("Traceback") + r.stderr.count("Fatal Python error")
     assert not bad and not crashes, (
-        "%d of %d exits died (exit code, negative = killed by that signal; e.g. %r) and %d tracebacks:\n%s" % (
-            len(bad), EXIT_RUNS, bad[:5], crashes, _tail(r.stderr, 1200)))
+        "%d of %d exits died (exit code, negative = killed by that signal; e.g. %r) and %d tracebacks:\n%s"
+        % (len(bad), EXIT_RUNS, bad[:5], crashes, _tail(r.stderr, 1200))
+    )
 
 
 @pytest.mark.slow
@@ -248,7 +268,12 @@ def test_fresh_scripts_exit_while_daemon_threads_log(backend, procs, tmp_path):
                 bad.append((n, p.returncode, _tail(err, 600)))
         assert time.monotonic() < deadline, "the runs took too long; bad so far: %r" % bad[:3]
     assert not bad, "%d of %d runs crashed; e.g. run %s: returncode %s (negative = killed by that signal)\n%s" % (
-        len(bad), EXIT_SCRIPT_RUNS, bad[0][0], bad[0][1], bad[0][2])
+        len(bad),
+        EXIT_SCRIPT_RUNS,
+        bad[0][0],
+        bad[0][1],
+        bad[0][2],
+    )
 
 
 @pytest.mark.slow
@@ -260,7 +285,10 @@ def test_log_racing_close_never_raises(backend, collector, procs, tmp_path):
     r = procs.run(M.py(path) + ["40"], env, timeout=150)
     assert not r.timed_out, "the close race script hung; stderr: %s" % _tail(r.stderr)
     assert r.returncode == 0, "returncode %s (negative = killed by that signal): %s%s" % (
-        r.returncode, _tail(r.stdout), _tail(r.stderr))
+        r.returncode,
+        _tail(r.stdout),
+        _tail(r.stderr),
+    )
     assert "ERRORS 0" in r.stdout, _tail(r.stdout, 3000)
 
 
@@ -274,8 +302,11 @@ def test_pid_reuse_in_a_private_pid_namespace(backend, collector, procs, tmp_pat
     _need_pid_namespaces()
     path = M.script(tmp_path, "pid_reuse.py", M.PID_REUSE)
     n = 2000
-    r = procs.run(["unshare", "--pid", "--fork", "--mount-proc"] + M.py(path) + [collector.url, str(n)],
-                  _env(backend, ISSTREAMER_SPOOL_DIR=str(tmp_path / "spool")), timeout=150)
+    r = procs.run(
+        ["unshare", "--pid", "--fork", "--mount-proc"] + M.py(path) + [collector.url, str(n)],
+        _env(backend, ISSTREAMER_SPOOL_DIR=str(tmp_path / "spool")),
+        timeout=150,
+    )
     assert not r.timed_out, "the pid reuse script hung; stderr: %s" % _tail(r.stderr)
     out = M.last_json(r.stdout)
     assert out is not None, "rc=%s stderr: %s" % (r.returncode, _tail(r.stderr))
@@ -285,8 +316,10 @@ def test_pid_reuse_in_a_private_pid_namespace(backend, collector, procs, tmp_pat
     assert wait_until(lambda: collector.event_count("pidreuse") >= n + 2, 30)
     assert int_values_summary(collector.db_path, "pidreuse", "worker")[:2] == (n, n)
     assert int_values_summary(collector.db_path, "pidreuse", "parent")[:2] == (2, 2)
-    assert out["sender_exited"], "the sender did not exit within 30 s of close(): the dead worker's " \
-                                 "segment is held by the process that reused its pid (%r)" % out
+    assert out["sender_exited"], (
+        "the sender did not exit within 30 s of close(): the dead worker's "
+        "segment is held by the process that reused its pid (%r)" % out
+    )
     assert out["leftovers"] == [], out
     assert not out["stats"]["dropped"], out
 
@@ -302,7 +335,10 @@ def test_two_pid_namespaces_share_a_ring(backend, collector, procs, tmp_path, ri
     ns = ["unshare", "--pid", "--fork", "--mount-proc"]
     a = procs.popen(ns + M.py(M.script(tmp_path, "ns_a.py", M.NS_A)) + [collector.url, handoff, stopfile], env)
     line = M.readline(a, 60)
-    assert line and line.startswith("ready"), "namespace A did not start: %r %s" % (line, _tail(a.stderr.read() if a.poll() is not None else ""))
+    assert line and line.startswith("ready"), "namespace A did not start: %r %s" % (
+        line,
+        _tail(a.stderr.read() if a.poll() is not None else ""),
+    )
     ring_path = line.split()[3]
     n = 20000
     rb = procs.run(ns + M.py(M.script(tmp_path, "ns_b.py", M.NS_B)) + [handoff, str(n)], env, timeout=150)
@@ -325,8 +361,9 @@ def test_two_pid_namespaces_share_a_ring(backend, collector, procs, tmp_path, ri
     assert b["flushed"], "B's events never got out of the ring (%d of %d delivered): %r" % (got_b, n, b)
     assert a_res["flushed"], a_res
     assert int_values_summary(db, "ns-shared", "b")[:2] == (n, n), "events of namespace B lost"
-    assert int_values_summary(db, "ns-shared", "a")[:2] == (a_res["logged"], a_res["logged"]), \
+    assert int_values_summary(db, "ns-shared", "a")[:2] == (a_res["logged"], a_res["logged"]), (
         "events of namespace A lost"
+    )
     assert M.duplicates(db, "ns-shared") == 0
     assert not b["dropped"] and not a_res["dropped"], (b["dropped"], a_res["dropped"])
     assert wait_until(lambda: not M.ring_leftovers(ring_path), 30), M.ring_leftovers(ring_path)
@@ -452,11 +489,14 @@ def test_orphaned_ring_is_adopted_by_a_new_streamer(backend, collector_factory, 
     total = n * (kids + 1)
     delivered = wait_until(lambda: collector.event_count("orphan") >= total, 60)
     assert delivered, "the orphaned events were not delivered: %d of %d after 60 s" % (
-        collector.event_count("orphan"), total)
+        collector.event_count("orphan"),
+        total,
+    )
     assert collector.event_count("orphan") == total
     assert M.duplicates(collector.db_path, "orphan") == 0
-    assert wait_until(lambda: not M.ring_leftovers(ring_path), 60), \
+    assert wait_until(lambda: not M.ring_leftovers(ring_path), 60), (
         "the orphaned ring's files stayed: %r" % M.ring_leftovers(ring_path)
+    )
 
 
 @pytest.mark.parametrize("log2_size", [40, 50], ids=["1TiB", "1PiB"])
@@ -470,8 +510,10 @@ def test_failed_ring_creation_leaves_no_file(backend, procs, tmp_path, ring_dir,
     msg = r.stdout.split("RAISED", 1)[1].split("\n", 1)[0]
     left = "LEFT []" not in r.stdout
     unclear = not ("isstreamer" in msg or "ring" in msg.lower())
-    assert not (left or unclear), "%s%s" % ("files left behind; " if left else "",
-                                            ("not a clear error:" + msg) if unclear else "")
+    assert not (left or unclear), "%s%s" % (
+        "files left behind; " if left else "",
+        ("not a clear error:" + msg) if unclear else "",
+    )
     assert os.listdir(ring_dir) == []
 
 
@@ -482,8 +524,15 @@ def test_full_ring_block_waits_once_then_drops_at_log_speed(backend, collector, 
     """Issue 9 item 9: on_full="block", full_timeout=0.5, the ring full (the API hangs): 2000 more
     log() calls finish far below 2000 x full_timeout (a hang detector: < 30 s), are all counted
     as ring_full drops, and what was taken is delivered exactly once when the API answers."""
-    s = streamers(bucket_key="full", api_base=gated.url, on_full="block", full_timeout=0.5,
-                  ring_size=1 << 20, request_timeout=120.0, flush_interval=0.01)
+    s = streamers(
+        bucket_key="full",
+        api_base=gated.url,
+        on_full="block",
+        full_timeout=0.5,
+        ring_size=1 << 20,
+        request_timeout=120.0,
+        flush_interval=0.01,
+    )
     assert wait_until(lambda: gated.waiting > 0, 60), "the sender never reached the API"
     # a hanging API alone no longer fills the ring (the sender spills it to the spool): stop the
     # sender too, inside its request
@@ -516,8 +565,7 @@ def _fill_then_drop(s) -> None:
         s.log("n", "%d:%s" % (i + done, value))
         done += 1
     took = time.monotonic() - t1
-    assert done == 2000, "only %d of 2000 log() calls on a full ring in %.0f s (each waits full_timeout)" % (
-        done, took)
+    assert done == 2000, "only %d of 2000 log() calls on a full ring in %.0f s (each waits full_timeout)" % (done, took)
     after = s.stats()["dropped"]["ring_full"]
     assert after - before == 2000, "drops counted: %d of 2000" % (after - before)
 
@@ -535,7 +583,9 @@ def test_log_from_a_signal_handler_interrupting_log(backend, collector, procs, t
     assert not r.timed_out, "deadlock: a log() from the signal handler never returned (killed after 120 s)"
     out = M.last_json(r.stdout)
     assert r.returncode == 0 and out is not None, "rc=%s (negative = killed by that signal) %s" % (
-        r.returncode, _tail(r.stderr))
+        r.returncode,
+        _tail(r.stderr),
+    )
     assert out["fired"] > 0 and out["flushed"], out
     # a re-entry guard may drop (and count) a log() made by the handler inside log(); nothing else
     dropped = sum(out["dropped"].values())

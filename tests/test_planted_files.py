@@ -4,6 +4,7 @@
 Another user is played by uid/gid 65534 (``nobody``): the tests that need to give a file away run
 as root only.
 """
+
 from __future__ import annotations
 
 import os
@@ -104,15 +105,27 @@ def test_database_in_a_directory_reached_through_your_symlink(tmp_path: Any) -> 
     (tmp_path / "link").symlink_to(tmp_path / "real")  # e.g. a data directory on another disk
     with CollectorServer(db_path=str(tmp_path / "link" / "c.db")) as server:
         assert server.store is not None and server.store.path == str(tmp_path / "real" / "c.db")
-        assert requests.post(server.url + "/api/events", json={"key": "t", "value": 1},
-                             headers={"X-IS-AccessKey": "k", "X-IS-BucketKey": "b"}).status_code == 204
+        assert (
+            requests.post(
+                server.url + "/api/events",
+                json={"key": "t", "value": 1},
+                headers={"X-IS-AccessKey": "k", "X-IS-BucketKey": "b"},
+            ).status_code
+            == 204
+        )
     assert (tmp_path / "real" / "c.db").exists()
 
 
 def test_database_created_private(tmp_path: Any) -> None:
     with CollectorServer(db_path=str(tmp_path / "new.db")) as server:
-        assert requests.post(server.url + "/api/events", json={"key": "t", "value": 1},
-                             headers={"X-IS-AccessKey": "k", "X-IS-BucketKey": "b"}).status_code == 204
+        assert (
+            requests.post(
+                server.url + "/api/events",
+                json={"key": "t", "value": 1},
+                headers={"X-IS-AccessKey": "k", "X-IS-BucketKey": "b"},
+            ).status_code
+            == 204
+        )
         for name in ("new.db", "new.db-wal", "new.db-shm"):
             assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o600, name
 
@@ -202,4 +215,3 @@ def test_own_older_offline_csv_made_private(tmp_path: Any) -> None:
     s.log("t", 1)
     s.close()
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-

@@ -3,6 +3,7 @@ fake clock, no server, no sleeping. What it checks against a real server and rea
 test_delivery.py; here each rule of the policy is one small test (in the manner of urllib3's
 ``Retry`` tests).
 """
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
-from isstreamer.sender.delivery import (AUTH_STATUSES, Delivery, Kind, Policy, Result, classify,
-                                 retry_after_seconds)
+from isstreamer.sender.delivery import AUTH_STATUSES, Delivery, Kind, Policy, Result, classify, retry_after_seconds
 from isstreamer.sender.transport import Answer
 
 WALL = 1_800_000_000.0  # the fake wall clock (time.time()) of every test
@@ -67,8 +67,16 @@ def make(*script: Any, tmp_path: Any = None, **policy: Any) -> Tuple[Delivery, F
     clock = FakeClock()
     reports: List[str] = []
     rejected = os.path.join(str(tmp_path), "rejected.jsonl") if tmp_path is not None else "/nonexistent/rejected.jsonl"
-    d = Delivery(t, Policy(**policy), rejected, reports.append, clock=clock, sleep=clock.sleep,  # type: ignore[arg-type]
-                 wall=lambda: WALL, rng=random.Random(1))
+    d = Delivery(
+        t,
+        Policy(**policy),
+        rejected,
+        reports.append,
+        clock=clock,
+        sleep=clock.sleep,  # type: ignore[arg-type]
+        wall=lambda: WALL,
+        rng=random.Random(1),
+    )
     return d, t, clock, reports
 
 
@@ -93,12 +101,27 @@ BOTH = pytest.mark.parametrize("what", ["events", "buckets"])
 # --------------------------------------------------------------------------- classification
 
 
-@pytest.mark.parametrize("status,kind", [
-    (200, Kind.DELIVERED), (201, Kind.DELIVERED), (204, Kind.DELIVERED), (0, Kind.TRANSIENT),
-    (500, Kind.TRANSIENT), (502, Kind.TRANSIENT), (503, Kind.TRANSIENT), (599, Kind.TRANSIENT),
-    (429, Kind.RATE_LIMITED), (401, Kind.AUTH), (402, Kind.AUTH), (403, Kind.AUTH),
-    (400, None), (404, None), (413, None), (418, None),
-])
+@pytest.mark.parametrize(
+    "status,kind",
+    [
+        (200, Kind.DELIVERED),
+        (201, Kind.DELIVERED),
+        (204, Kind.DELIVERED),
+        (0, Kind.TRANSIENT),
+        (500, Kind.TRANSIENT),
+        (502, Kind.TRANSIENT),
+        (503, Kind.TRANSIENT),
+        (599, Kind.TRANSIENT),
+        (429, Kind.RATE_LIMITED),
+        (401, Kind.AUTH),
+        (402, Kind.AUTH),
+        (403, Kind.AUTH),
+        (400, None),
+        (404, None),
+        (413, None),
+        (418, None),
+    ],
+)
 def test_classify(status: int, kind: Optional[Kind]) -> None:
     assert classify(status) is kind
 
@@ -112,30 +135,33 @@ def test_kind_is_an_enum_and_knows_settled() -> None:
 # --------------------------------------------------------------------------- Retry-After
 
 
-@pytest.mark.parametrize("headers,expected", [
-    ({"Retry-After": "3"}, 3.0),
-    ({"Retry-After": "0.5"}, 0.5),
-    ({"Retry-After": "0"}, 0.0),
-    ({"Retry-After": "-5"}, 0.0),
-    ({"Retry-After": "120"}, 120.0),
-    ({"Retry-After": "86400"}, 300.0),  # capped
-    ({"Retry-After": "1e308"}, 300.0),
-    ({"Retry-After": "inf"}, 300.0),
-    ({"Retry-After": "nan"}, 1.0),  # unusable: the default
-    ({"Retry-After": "soon"}, 1.0),
-    ({"Retry-After": formatdate(WALL + 42, usegmt=True)}, 42.0),
-    ({"Retry-After": formatdate(WALL - 42, usegmt=True)}, 0.0),
-    ({"Retry-After": formatdate(WALL + 7 * 86400, usegmt=True)}, 300.0),  # capped
-    ({"Retry-After": "Fri, 31 Dec 9999 23:59:59 GMT"}, 300.0),
-    ({"Retry-After": formatdate(WALL + 30).replace("+0000", "-0000").replace("GMT", "-0000")}, 30.0),
-    ({"Retry-After": " 4 "}, 4.0),
-    ({"Retry-After": ""}, 1.0),
-    ({"X-RateLimit-Reset": str(WALL + 9)}, 9.0),
-    ({"X-RateLimit-Reset": str(WALL + 1e9)}, 300.0),
-    ({"X-RateLimit-Reset": "garbage"}, 1.0),
-    ({"Retry-After": "soon", "X-RateLimit-Reset": str(WALL + 9)}, 9.0),
-    ({}, 1.0),
-])
+@pytest.mark.parametrize(
+    "headers,expected",
+    [
+        ({"Retry-After": "3"}, 3.0),
+        ({"Retry-After": "0.5"}, 0.5),
+        ({"Retry-After": "0"}, 0.0),
+        ({"Retry-After": "-5"}, 0.0),
+        ({"Retry-After": "120"}, 120.0),
+        ({"Retry-After": "86400"}, 300.0),  # capped
+        ({"Retry-After": "1e308"}, 300.0),
+        ({"Retry-After": "inf"}, 300.0),
+        ({"Retry-After": "nan"}, 1.0),  # unusable: the default
+        ({"Retry-After": "soon"}, 1.0),
+        ({"Retry-After": formatdate(WALL + 42, usegmt=True)}, 42.0),
+        ({"Retry-After": formatdate(WALL - 42, usegmt=True)}, 0.0),
+        ({"Retry-After": formatdate(WALL + 7 * 86400, usegmt=True)}, 300.0),  # capped
+        ({"Retry-After": "Fri, 31 Dec 9999 23:59:59 GMT"}, 300.0),
+        ({"Retry-After": formatdate(WALL + 30).replace("+0000", "-0000").replace("GMT", "-0000")}, 30.0),
+        ({"Retry-After": " 4 "}, 4.0),
+        ({"Retry-After": ""}, 1.0),
+        ({"X-RateLimit-Reset": str(WALL + 9)}, 9.0),
+        ({"X-RateLimit-Reset": str(WALL + 1e9)}, 300.0),
+        ({"X-RateLimit-Reset": "garbage"}, 1.0),
+        ({"Retry-After": "soon", "X-RateLimit-Reset": str(WALL + 9)}, 9.0),
+        ({}, 1.0),
+    ],
+)
 def test_retry_after_seconds(headers: Dict[str, str], expected: float) -> None:
     assert retry_after_seconds(answer(429, **headers), 1.0, 300.0, WALL) == pytest.approx(expected, abs=1e-6)
 
@@ -185,8 +211,9 @@ def test_rate_limit_remaining_positive_does_not_pace() -> None:
 def test_an_answer_never_shortens_a_longer_wait(what: str) -> None:
     """The drift issue 10 found: the sender's bucket creation overwrote ``not_before`` with the
     auth pause; a spent rate limit in the same answer asked for longer, and wins."""
-    d, _, clock, _ = make(Answer(401, {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(WALL + 100)}, ""),
-                          auth_retry_interval=10.0)
+    d, _, clock, _ = make(
+        Answer(401, {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(WALL + 100)}, ""), auth_retry_interval=10.0
+    )
     assert attempt(d, what).kind is Kind.AUTH
     assert d.wait_time() == pytest.approx(100.0)
     d.wait_until(clock.now + 3)  # a shorter wait asked later changes nothing
@@ -195,8 +222,7 @@ def test_an_answer_never_shortens_a_longer_wait(what: str) -> None:
 
 @BOTH
 def test_auth_pause_outlasts_a_shorter_retry_after(what: str) -> None:
-    d, _, clock, _ = make(Answer(403, {"Retry-After": "1", "X-RateLimit-Remaining": "0"}, ""),
-                          auth_retry_interval=30.0)
+    d, _, clock, _ = make(Answer(403, {"Retry-After": "1", "X-RateLimit-Remaining": "0"}, ""), auth_retry_interval=30.0)
     attempt(d, what)
     assert d.wait_time() == pytest.approx(30.0)
 
@@ -207,8 +233,7 @@ def test_auth_pause_outlasts_a_shorter_retry_after(what: str) -> None:
 @BOTH
 @pytest.mark.parametrize("status", [0, 500, 502, 503, 504])
 def test_transient_failures_back_off_exponentially_then_outage(what: str, status: int) -> None:
-    d, t, clock, reports = make(status, status, status, status, max_attempts=3, backoff_initial=1.0,
-                                backoff_max=3.0)
+    d, t, clock, reports = make(status, status, status, status, max_attempts=3, backoff_initial=1.0, backoff_max=3.0)
     waits = []
     for _ in range(3):
         r = attempt(d, what)
@@ -296,8 +321,7 @@ def test_413_halves_until_it_fits(tmp_path: Any) -> None:
 
 def test_400_bisects_to_the_poisoned_event(tmp_path: Any) -> None:
     def poison(path: str, events: Any) -> Answer:
-        return Answer(400, {}, '{"error":"INVALID_EVENT"}') if any(e["value"] == "bad" for e in events) \
-            else answer(204)
+        return Answer(400, {}, '{"error":"INVALID_EVENT"}') if any(e["value"] == "bad" for e in events) else answer(204)
 
     d, _, _, _ = make(*[poison] * 20, tmp_path=tmp_path)
     r = d.send("bk", body(0, 1, 2, "bad", 4, 5, 6), 7)
@@ -354,8 +378,7 @@ def test_request_timeout_follows_the_deadline() -> None:
 
 
 def test_finish_by_keeps_backoff_short_and_never_shortens_server_waits() -> None:
-    d, _, clock, _ = make(*[503] * 6, max_attempts=2, backoff_initial=4.0, backoff_max=30.0,
-                          finish_backoff=0.25)
+    d, _, clock, _ = make(*[503] * 6, max_attempts=2, backoff_initial=4.0, backoff_max=30.0, finish_backoff=0.25)
     d.send("bk", body(1), 1)
     assert d.wait_time() >= 2.0  # the normal backoff
     d.finish_by(clock.now + 5.0)

@@ -4,6 +4,7 @@ full-ring drop episodes, the fallback's CPU check, and a sender that imports its
 The end-to-end reproducers of issue 9 (pools, fork storms, exit races, pid namespaces, orphans)
 live in tests/test_multiprocess.py.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,15 +30,34 @@ needs_native = pytest.mark.skipif(not native_available(), reason="needs the C ex
 def test_layout_matches_the_c_structs():
     """layout.py's numbers are the C structs' (ffi.offsetof / sizeof on the compiled extension)."""
     ffi = R.ffi
-    hdr = {"magic": L.H_MAGIC, "version": L.H_VERSION, "nsegs": L.H_NSEGS, "seg_data_size": L.H_SEG_DATA_SIZE,
-           "nbuckets": L.H_NBUCKETS, "total_size": L.H_TOTAL_SIZE, "sender_pid": L.H_SENDER_PID,
-           "closing": L.H_CLOSING, "flush_seq": L.H_FLUSH_SEQ, "nbuckets_used": L.H_NBUCKETS_USED,
-           "nslots_used": L.H_NSLOTS_USED, "counters": L.H_COUNTERS, "drops": L.H_DROPS}
+    hdr = {
+        "magic": L.H_MAGIC,
+        "version": L.H_VERSION,
+        "nsegs": L.H_NSEGS,
+        "seg_data_size": L.H_SEG_DATA_SIZE,
+        "nbuckets": L.H_NBUCKETS,
+        "total_size": L.H_TOTAL_SIZE,
+        "sender_pid": L.H_SENDER_PID,
+        "closing": L.H_CLOSING,
+        "flush_seq": L.H_FLUSH_SEQ,
+        "nbuckets_used": L.H_NBUCKETS_USED,
+        "nslots_used": L.H_NSLOTS_USED,
+        "counters": L.H_COUNTERS,
+        "drops": L.H_DROPS,
+    }
     for field, off in hdr.items():
         assert ffi.offsetof("iss_ring_hdr", field) == off, field
-    seg = {"head": L.S_HEAD, "logged": L.S_LOGGED, "drops": L.S_DROPS, "reserved": L.S_RESERVED,
-           "tail": L.S_TAIL, "consumed": L.S_CONSUMED, "rel_end": L.S_REL_END, "rel_consumed": L.S_REL_CONSUMED,
-           "lost": L.S_LOST}
+    seg = {
+        "head": L.S_HEAD,
+        "logged": L.S_LOGGED,
+        "drops": L.S_DROPS,
+        "reserved": L.S_RESERVED,
+        "tail": L.S_TAIL,
+        "consumed": L.S_CONSUMED,
+        "rel_end": L.S_REL_END,
+        "rel_consumed": L.S_REL_CONSUMED,
+        "lost": L.S_LOST,
+    }
     for field, off in seg.items():
         assert ffi.offsetof("iss_seg_hdr", field) == off, field
     slot = {"state": L.SL_STATE, "seg_id": L.SL_SEG_ID, "owner_pid": L.SL_OWNER_PID, "data_size": L.SL_DATA_SIZE}
@@ -132,8 +152,7 @@ def test_owner_lock_dies_with_the_process_and_is_not_inherited(tmp_path, backend
     once it is SIGKILLed; a fork child of the owner does not hold it."""
     t = _table(tmp_path)
     path = write_script(tmp_path, "owner.py", OWNER)
-    proc = subprocess.Popen([sys.executable, path, t.path], stdout=subprocess.PIPE, text=True,
-                            env=script_env(backend))
+    proc = subprocess.Popen([sys.executable, path, t.path], stdout=subprocess.PIPE, text=True, env=script_env(backend))
     try:
         slot, seg_id = map(int, proc.stdout.readline().split())
         fd = R.open_private(t.seg_path(seg_id))
@@ -225,8 +244,9 @@ def test_sender_imports_its_parents_package_whatever_the_working_directory(tmp_p
     (cwd / "isstreamer" / "sender_main.py").write_text(HOSTILE_PKG)
     script = write_script(tmp_path, "app.py", FROM_ELSEWHERE)
     env = script_env(backend, PYTHONPATH=ROOT)
-    out = subprocess.run([sys.executable, script, collector.url], cwd=str(cwd), env=env, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, script, collector.url], cwd=str(cwd), env=env, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["True", "100", backend], out.stdout + out.stderr
     assert "working directory" not in out.stderr
@@ -249,7 +269,8 @@ def test_a_producer_imports_no_http_stack(tmp_path, collector, backend):
     requests, aiohttp, click or tqdm (only the sender and the CLI do): every pool worker pays
     the import."""
     script = write_script(tmp_path, "light.py", LIGHT)
-    out = subprocess.run([sys.executable, script, collector.url], env=script_env(backend), capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, script, collector.url], env=script_env(backend), capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "none", "a producer imported %s" % out.stdout.strip()

@@ -5,6 +5,7 @@ The expected outcome is predicted in the test with ``isstreamer.values.coerce_*`
 and ``flatten_object``; the collector (a real local server) is the judge. Both backends, several
 threads, and one test from two processes. Examples are bounded so the file runs in ~1 minute.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -27,9 +28,12 @@ from isstreamer.ring import layout as L
 from isstreamer.flatten import flatten_object
 from isstreamer.values import Skip, coerce_epoch, coerce_key, coerce_value
 
-SETTINGS = dict(deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                       HealthCheck.data_too_large])
+SETTINGS = dict(
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 # ------------------------------------------------------------------------------ strategies
 
@@ -44,16 +48,31 @@ keys = st.one_of(
 )
 ints = st.one_of(st.integers(), st.sampled_from([2**63 - 1, -(2**63), 2**63, -(2**63) - 1, 10**1999, 10**2001]))
 scalars = st.one_of(
-    st.booleans(), ints, st.floats(), text, long_text, st.binary(max_size=12), st.none(),
-    st.decimals(allow_nan=True, allow_infinity=True), st.sampled_from([Decimal("1e400"), Decimal("-0.0")]),
-    st.datetimes(timezones=st.sampled_from([None, dt.timezone.utc])), st.dates(), st.times(),
+    st.booleans(),
+    ints,
+    st.floats(),
+    text,
+    long_text,
+    st.binary(max_size=12),
+    st.none(),
+    st.decimals(allow_nan=True, allow_infinity=True),
+    st.sampled_from([Decimal("1e400"), Decimal("-0.0")]),
+    st.datetimes(timezones=st.sampled_from([None, dt.timezone.utc])),
+    st.dates(),
+    st.times(),
 )
-values = st.one_of(scalars, st.recursive(
-    st.one_of(st.integers(-3, 3), text, st.none(), st.floats()),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
-    max_leaves=6))
+values = st.one_of(
+    scalars,
+    st.recursive(
+        st.one_of(st.integers(-3, 3), text, st.none(), st.floats()),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+        max_leaves=6,
+    ),
+)
 epochs = st.one_of(
-    st.none(), st.floats(), st.integers(-2, 2 * 10**18),
+    st.none(),
+    st.floats(),
+    st.integers(-2, 2 * 10**18),
     st.sampled_from([1.7e9, 1.7e12, 1.7e15, 1.7e18, 1e21, 0.0, -1.0, 1e-7, 99999999999.0, 1700000000.1234567]),
     st.datetimes(min_value=dt.datetime(1971, 1, 1), timezones=st.sampled_from([None, dt.timezone.utc])),
     st.dates(min_value=dt.date(1971, 1, 1)),
@@ -62,23 +81,52 @@ calls = st.lists(st.tuples(keys, values, epochs), min_size=1, max_size=30)
 objects = st.recursive(
     st.one_of(scalars, st.lists(scalars, max_size=3)),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.one_of(text, st.integers(0, 9)), inner, max_size=4),
-    max_leaves=12)
+    max_leaves=12,
+)
 prefixes = st.one_of(st.none(), st.just(""), st.text(any_char, max_size=6))
 
 # Every kind of input at least once, whatever the random examples are.
 NASTY = [
-    ("t", 21.5, None), ("t", -0.0, 1700000000.5), ("t", 5e-324, 1.7e12), ("t", 1.7976931348623157e308, 1.7e15),
-    ("t", float("nan"), None), ("t", float("inf"), None), ("t", -float("inf"), 1.7e18),
-    ("i", 2**63 - 1, None), ("i", -(2**63), None), ("i", 2**63, None), ("i", 10**2001, None), ("i", True, None),
-    ("s", "h\u00e9 \"q\" \\ \n\t\x00\x1f\x7f \U0001F600", None), ("s", "lone \ud800 \udfff", None),
-    ("s", "\ud83d\ude00 pair", None), ("s", "x" * 2001, None), ("s", "\U0001F600" * 2000, None),
-    ("b", b"\xff\xfe bytes", None), ("n", None, None), ("c", [1, 2], None), ("c", {"a": 1}, None),
-    ("d", Decimal("1.1"), None), ("d", Decimal("NaN"), None), ("d", Decimal("1e400"), None),
+    ("t", 21.5, None),
+    ("t", -0.0, 1700000000.5),
+    ("t", 5e-324, 1.7e12),
+    ("t", 1.7976931348623157e308, 1.7e15),
+    ("t", float("nan"), None),
+    ("t", float("inf"), None),
+    ("t", -float("inf"), 1.7e18),
+    ("i", 2**63 - 1, None),
+    ("i", -(2**63), None),
+    ("i", 2**63, None),
+    ("i", 10**2001, None),
+    ("i", True, None),
+    ("s", "h\u00e9 \"q\" \\ \n\t\x00\x1f\x7f \U0001f600", None),
+    ("s", "lone \ud800 \udfff", None),
+    ("s", "\ud83d\ude00 pair", None),
+    ("s", "x" * 2001, None),
+    ("s", "\U0001f600" * 2000, None),
+    ("b", b"\xff\xfe bytes", None),
+    ("n", None, None),
+    ("c", [1, 2], None),
+    ("c", {"a": 1}, None),
+    ("d", Decimal("1.1"), None),
+    ("d", Decimal("NaN"), None),
+    ("d", Decimal("1e400"), None),
     ("dt", dt.datetime(2024, 1, 2, 3, 4, 5, 6), dt.datetime(2024, 1, 2, tzinfo=dt.timezone.utc)),
-    ("date", dt.date(2024, 1, 2), dt.date(2024, 1, 2)), ("time", dt.time(1, 2, 3), None),
-    ("", 1, None), ("   ", 1, None), ("k" * 300, 1, None), ("\ud800", 1, None), (7, 1, None),
-    ("e", 1, float("nan")), ("e", 1, -5), ("e", 1, 0), ("e", 1, 1e21), ("e", 1, "yesterday"), ("e", 1, True),
-    ("e", 1, 99999999999.0), ("e", 1, 1e-7),
+    ("date", dt.date(2024, 1, 2), dt.date(2024, 1, 2)),
+    ("time", dt.time(1, 2, 3), None),
+    ("", 1, None),
+    ("   ", 1, None),
+    ("k" * 300, 1, None),
+    ("\ud800", 1, None),
+    (7, 1, None),
+    ("e", 1, float("nan")),
+    ("e", 1, -5),
+    ("e", 1, 0),
+    ("e", 1, 1e21),
+    ("e", 1, "yesterday"),
+    ("e", 1, True),
+    ("e", 1, 99999999999.0),
+    ("e", 1, 1e-7),
 ]
 
 # ------------------------------------------------------------------------------ prediction
@@ -124,8 +172,10 @@ def check_received(collector: Any, bucket: str, want: Expected, t0: float, t1: f
     got: Dict[Tuple[str, str], List[float]] = defaultdict(list)
     for e in collector.events(bucket):
         got[(e["key"], canon(e["value"]))].append(e["epoch"])
-    assert set(got) == set(want.events), (
-        "missing: %r\nunexpected: %r" % (sorted(set(want.events) - set(got))[:5], sorted(set(got) - set(want.events))[:5]))
+    assert set(got) == set(want.events), "missing: %r\nunexpected: %r" % (
+        sorted(set(want.events) - set(got))[:5],
+        sorted(set(got) - set(want.events))[:5],
+    )
     for k, expected in want.events.items():
         received = sorted(got[k])
         assert len(received) == len(expected), (k, received, expected)
@@ -141,10 +191,13 @@ def check_received(collector: Any, bucket: str, want: Expected, t0: float, t1: f
 
 
 def _streamer(collector: Any, tmp_path: Any, bucket: str) -> isstreamer.Streamer:
-    return isstreamer.Streamer(bucket_key=bucket, access_key="prop-key", api_base=collector.url,
-                               spool_dir=str(tmp_path / "spool"), flush_interval=0.02)
-
-
+    return isstreamer.Streamer(
+        bucket_key=bucket,
+        access_key="prop-key",
+        api_base=collector.url,
+        spool_dir=str(tmp_path / "spool"),
+        flush_interval=0.02,
+    )
 
 
 @pytest.fixture
@@ -228,8 +281,9 @@ def test_log_sequences_from_threads(prop_collector, tmp_path, backend, seqs):
 
 @settings(max_examples=15, **SETTINGS)
 @given(obj=objects, prefix=prefixes, epoch=epochs)
-@example(obj={"a": [1, {"b": float("nan")}], "c": None, 3: [b"x", Decimal("2.5")], "": "\ud800"}, prefix=None,
-         epoch=None)
+@example(
+    obj={"a": [1, {"b": float("nan")}], "c": None, 3: [b"x", Decimal("2.5")], "": "\ud800"}, prefix=None, epoch=None
+)
 def test_log_object(prop_collector, tmp_path, backend, obj, prefix, epoch):
     """log_object(): each flattened leaf follows the value rules, all with the one epoch."""
     bucket = uuid.uuid4().hex

@@ -3,6 +3,7 @@ spool files, the delivery policy over a scripted fake transport and a fake clock
 sleeping). The same loop against a real server and real senders is in test_delivery.py and
 test_spool_safety.py.
 """
+
 from __future__ import annotations
 
 import errno
@@ -38,16 +39,31 @@ def spool_with(tmp_path: Any, lines: List[List[Any]]) -> Tuple[StreamMeta, str]:
     return meta, path
 
 
-def make_loop(tmp_path: Any, *script: Any, patient: bool, persist: bool = False,
-              respool: Any = None, keep_going: Any = lambda: True,
-              **policy: Any) -> Tuple[StreamReplay, FakeTransport, FakeClock, List[bytes]]:
+def make_loop(
+    tmp_path: Any,
+    *script: Any,
+    patient: bool,
+    persist: bool = False,
+    respool: Any = None,
+    keep_going: Any = lambda: True,
+    **policy: Any,
+) -> Tuple[StreamReplay, FakeTransport, FakeClock, List[bytes]]:
     t = FakeTransport(*script)
     clock = FakeClock()
-    d = Delivery(t, Policy(**policy), str(tmp_path / "spool" / "rejected.jsonl"), lambda m: None,  # type: ignore
-                 clock=clock, sleep=clock.sleep, wall=lambda: WALL, rng=random.Random(1))
+    d = Delivery(
+        t,
+        Policy(**policy),
+        str(tmp_path / "spool" / "rejected.jsonl"),
+        lambda m: None,  # type: ignore
+        clock=clock,
+        sleep=clock.sleep,
+        wall=lambda: WALL,
+        rng=random.Random(1),
+    )
     respooled: List[bytes] = []
-    loop = StreamReplay(d, respool or (lambda m, b: respooled.append(b)), patient=patient, persist=persist,
-                        keep_going=keep_going)
+    loop = StreamReplay(
+        d, respool or (lambda m, b: respooled.append(b)), patient=patient, persist=persist, keep_going=keep_going
+    )
     return loop, t, clock, respooled
 
 
@@ -89,8 +105,9 @@ def test_one_attempt_per_line_when_not_patient(tmp_path: Any) -> None:
 def test_patient_waits_out_backoff_and_429(tmp_path: Any) -> None:
     """The CLI's mode: 503s and a 429 are waited out (on the fake clock) until the line is settled."""
     meta, path = spool_with(tmp_path, [[1], [2]])
-    loop, t, clock, _ = make_loop(tmp_path, 503, Answer(429, {"Retry-After": "5"}, ""), 204, 204, patient=True,
-                                  max_attempts=4)
+    loop, t, clock, _ = make_loop(
+        tmp_path, 503, Answer(429, {"Retry-After": "5"}, ""), 204, 204, patient=True, max_attempts=4
+    )
     assert loop.run(meta, pending_files(meta.path)) is Stop.DONE
     assert sent_values(t) == [1, 1, 1, 2]
     assert sum(clock.slept) >= 5.0
@@ -102,13 +119,13 @@ def test_patient_gives_up_on_an_outage_unless_persisting(tmp_path: Any) -> None:
     assert loop.run(meta, pending_files(meta.path)) is Stop.LATER
     assert len(t.calls) == 3 and "3 failed requests in a row" in loop.why and os.path.exists(path)
     # persisting (the sender's exit budget): retries through the outage until the time limit
-    loop, t, clock, _ = make_loop(tmp_path, *[503] * 50, patient=True, persist=True, max_attempts=3,
-                                  backoff_max=1.0)
+    loop, t, clock, _ = make_loop(tmp_path, *[503] * 50, patient=True, persist=True, max_attempts=3, backoff_max=1.0)
     assert loop.run(meta, pending_files(meta.path), until=clock.now + 10.0) is Stop.BUDGET
     assert len(t.calls) > 3 and clock.now <= 1000.0 + 10.0 and os.path.exists(path)
     # and delivers once the API answers within it
-    loop, t, clock, _ = make_loop(tmp_path, *[503] * 6, 204, patient=True, persist=True, max_attempts=3,
-                                  backoff_max=1.0)
+    loop, t, clock, _ = make_loop(
+        tmp_path, *[503] * 6, 204, patient=True, persist=True, max_attempts=3, backoff_max=1.0
+    )
     assert loop.run(meta, pending_files(meta.path), until=clock.now + 10.0) is Stop.DONE
     assert not os.path.exists(path)
 

@@ -1,4 +1,5 @@
 """The ring format: the C and pure-Python backends write and read the same bytes."""
+
 from __future__ import annotations
 
 import orjson
@@ -85,7 +86,7 @@ def test_corrupt_record_skips_to_head_and_never_stalls(tmp_path, native):
     ring = Segment.create(L.SEG_DATA_MIN, 1, directory=str(tmp_path), native=True)
     _write(ring, True, 0)
     data = ring.seg_offset(0) + L.SEG_HDR_SIZE
-    ring.mm[data: data + 4] = (999999).to_bytes(4, "little")  # size beyond the segment
+    ring.mm[data : data + 4] = (999999).to_bytes(4, "little")  # size beyond the segment
     enc = Encoder(ring, 1 << 20, native=native)
     b = enc.next_batch(0, 0, 1000)
     assert b.corrupt and b.nevents == 0 and b.end == ring.seg_field(0, L.S_HEAD)

@@ -1,6 +1,7 @@
 """Ring stress: producers SIGKILLed mid-write, wrap-around with records of every size, and a full
 ring under each overflow policy. Both backends; real processes, real mappings, real servers.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,6 @@ import isstreamer
 from isstreamer.ring import layout as L
 from isstreamer.sender.encoder import MIN_BATCH_BYTES, Encoder
 from isstreamer.ring import Attachment, Segment, native_available, puts_for
-
-
 
 
 # --------------------------------------------------------------------------- SIGKILL mid-write
@@ -84,7 +83,9 @@ def _drain_once(ring: Segment, enc: Encoder, seg: int, check: SegmentCheck) -> b
         return False
     b = enc.next_batch(seg, tail, 200)
     assert not b.corrupt and b.skipped == 0, "the consumer met a torn or corrupt record (%s; tail was %d)" % (
-        _state(ring, seg), tail)
+        _state(ring, seg),
+        tail,
+    )
     assert b.end > tail, "no progress: the consumer would stall"
     assert b.end <= ring.load(base + L.S_HEAD), "read past the published head (%s)" % _state(ring, seg)
     check.take(orjson.loads(b.body))
@@ -114,8 +115,9 @@ def test_python_backend_64bit_fields_are_never_seen_half_written(tmp_path):
     reader = Segment.open(ring.path, native=native_available())  # atomic loads where available
     off = ring.seg_offset(0) + L.S_HEAD
     script = write_script(tmp_path, "writer.py", WRITER)
-    proc = subprocess.Popen([sys.executable, script, ring.path, str(off)], stdout=subprocess.PIPE,
-                            env=script_env("python"))
+    proc = subprocess.Popen(
+        [sys.executable, script, ring.path, str(off)], stdout=subprocess.PIPE, env=script_env("python")
+    )
     try:
         assert proc.stdout.readline().strip() == b"ready"
         bad, flips, last = None, 0, None
@@ -136,8 +138,7 @@ def test_python_backend_64bit_fields_are_never_seen_half_written(tmp_path):
         ring.close()
 
 
-@pytest.mark.parametrize("backend", [
-    "native", "python"])
+@pytest.mark.parametrize("backend", ["native", "python"])
 @pytest.mark.slow
 def test_producers_killed_mid_write(tmp_path, backend, monkeypatch):
     """Many rounds of producers SIGKILLed at random points while a consumer drains them: every
@@ -156,8 +157,14 @@ def test_producers_killed_mid_write(tmp_path, backend, monkeypatch):
     procs: List[subprocess.Popen] = []
     try:
         for rnd in range(rounds):
-            procs = [subprocess.Popen([sys.executable, script, ring.path, "1" if native else "0", str(rnd * 10 + k),
-                                       str(k)], stdout=subprocess.PIPE, env=env) for k in range(per_round)]
+            procs = [
+                subprocess.Popen(
+                    [sys.executable, script, ring.path, "1" if native else "0", str(rnd * 10 + k), str(k)],
+                    stdout=subprocess.PIPE,
+                    env=env,
+                )
+                for k in range(per_round)
+            ]
             segs: Dict[int, Tuple[subprocess.Popen, SegmentCheck]] = {}
             for proc in procs:
                 line = proc.stdout.readline()
@@ -292,9 +299,15 @@ def test_wraparound_with_every_record_size(tmp_path, backend):
 
 def _streamer(gated: GatedProxy, tmp_path, **kw) -> isstreamer.Streamer:
     kw.setdefault("request_timeout", 120.0)
-    return isstreamer.Streamer(bucket_key=kw.pop("bucket_key"), access_key="k", api_base=gated.url,
-                               spool_dir=str(tmp_path / "spool"), ring_size=L.SEG_DATA_MIN,
-                               flush_interval=0.01, **kw)
+    return isstreamer.Streamer(
+        bucket_key=kw.pop("bucket_key"),
+        access_key="k",
+        api_base=gated.url,
+        spool_dir=str(tmp_path / "spool"),
+        ring_size=L.SEG_DATA_MIN,
+        flush_interval=0.01,
+        **kw,
+    )
 
 
 VALUE = "v" * 200

@@ -3,6 +3,7 @@
 Scripts run as real subprocesses (their sender processes included) against a real local
 collector, a collector that refuses the key, or a port nobody listens on.
 """
+
 from __future__ import annotations
 
 import os
@@ -60,8 +61,13 @@ def _run(tmp_path, backend: str, url: str, debug_level: int) -> subprocess.Compl
     path = write_script(tmp_path, "secret_%d.py" % debug_level, SCRIPT)
     env = script_env(backend)
     env.pop("ISSTREAMER_ACCESS_KEY", None)
-    r = subprocess.run([sys.executable, path, "secret-bucket", SECRET, url, str(tmp_path / "spool"),
-                        str(debug_level)], env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, path, "secret-bucket", SECRET, url, str(tmp_path / "spool"), str(debug_level)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     return r
 
@@ -110,8 +116,9 @@ def test_sender_command_line_has_no_key(tmp_path, collector, backend, monkeypatc
     """The key reaches the sender on stdin: never on its command line (visible in ps)."""
     if backend == "python":
         monkeypatch.setenv("ISSTREAMER_NO_EXTENSION", "1")
-    s = isstreamer.Streamer(bucket_key="cmdline", access_key=SECRET, api_base=collector.url,
-                            spool_dir=str(tmp_path / "spool"))
+    s = isstreamer.Streamer(
+        bucket_key="cmdline", access_key=SECRET, api_base=collector.url, spool_dir=str(tmp_path / "spool")
+    )
     try:
         pid = s.sender_pid
         with open("/proc/%d/cmdline" % pid, "rb") as f:
@@ -133,8 +140,7 @@ def _message(make: Callable[[], object]) -> str:
 def test_config_errors_do_not_show_the_key(tmp_path):
     """Bad API base, bad ini, key inside a malformed line, key in user info: never echoed."""
     bad_ini = tmp_path / "bad.ini"
-    bad_ini.write_text("[isstreamer.client_config]\naccess_key = %s\nthis line is broken %s\n"
-                       % (SECRET, SECRET))
+    bad_ini.write_text("[isstreamer.client_config]\naccess_key = %s\nthis line is broken %s\n" % (SECRET, SECRET))
     no_section = tmp_path / "nosection.ini"
     no_section.write_text("access_key = %s\n" % SECRET)
     cases = [
@@ -165,14 +171,27 @@ def test_strict_mode_input_errors_do_not_show_the_key(tmp_path, collector, backe
     """debug_level=2 raises for bad input; the messages talk about the input only."""
     if backend == "python":
         monkeypatch.setenv("ISSTREAMER_NO_EXTENSION", "1")
-    s = isstreamer.Streamer(bucket_key="strict", access_key=SECRET, api_base=collector.url,
-                            spool_dir=str(tmp_path / "spool"), debug_level=2)
+    s = isstreamer.Streamer(
+        bucket_key="strict", access_key=SECRET, api_base=collector.url, spool_dir=str(tmp_path / "spool"), debug_level=2
+    )
     try:
-        bad = [(None, 1), ("", 1), ("k", float("nan")), ("k", None), ("k", [1, 2]), ("k", b"bytes"),
-               ("k", 1j), ("k", 2**70), ("k" * 300, 1), ("k", object()), ("k\ud800", 1)]
+        bad = [
+            (None, 1),
+            ("", 1),
+            ("k", float("nan")),
+            ("k", None),
+            ("k", [1, 2]),
+            ("k", b"bytes"),
+            ("k", 1j),
+            ("k", 2**70),
+            ("k" * 300, 1),
+            ("k", object()),
+            ("k\ud800", 1),
+        ]
         for key, value in bad:
-            assert_no_secret(_message(lambda key=key, value=value: s.log(key, value)),
-                             "a strict-mode error for %r" % (key,))
+            assert_no_secret(
+                _message(lambda key=key, value=value: s.log(key, value)), "a strict-mode error for %r" % (key,)
+            )
         assert_no_secret(_message(lambda: s.log("k", 1, epoch="yesterday")), "a strict-mode epoch error")
         s.close(timeout=10)
         assert_no_secret(_message(lambda: s.log("k", 1)), "log() after close()")
@@ -182,8 +201,9 @@ def test_strict_mode_input_errors_do_not_show_the_key(tmp_path, collector, backe
 
 def test_reprs_do_not_show_the_key(tmp_path, collector):
     """repr()/str() of the Streamer and its configuration mask the key."""
-    s = isstreamer.Streamer(bucket_key="repr", access_key=SECRET, api_base=collector.url,
-                            spool_dir=str(tmp_path / "spool"))
+    s = isstreamer.Streamer(
+        bucket_key="repr", access_key=SECRET, api_base=collector.url, spool_dir=str(tmp_path / "spool")
+    )
     try:
         for text in (repr(s), str(s), repr(load_config(access_key=SECRET)), str(load_config(access_key=SECRET))):
             assert_no_secret(text, "a repr")
@@ -195,15 +215,19 @@ def test_reprs_do_not_show_the_key(tmp_path, collector):
 def test_sender_settings_repr_does_not_show_the_key():
     """The sender's settings object ends up in tracebacks and debug logs: mask its key too
     (it was a plain dataclass whose repr showed the key)."""
-    settings = SenderSettings(ring_path="/dev/shm/x.ring", api_base="http://127.0.0.1:1",
-                              access_key=SECRET, spool_dir="/tmp/spool")
+    settings = SenderSettings(
+        ring_path="/dev/shm/x.ring", api_base="http://127.0.0.1:1", access_key=SECRET, spool_dir="/tmp/spool"
+    )
     assert_no_secret(repr(settings) + str(settings), "repr(SenderSettings)")
 
 
 def test_sender_messages_when_auth_fails(tmp_path, collector_factory, backend):
     """A refused key: events go to the spool, the sender retries; its stderr stays clean."""
     server = collector_factory(access_keys=["another-key"])
-    path = write_script(tmp_path, "auth.py", """
+    path = write_script(
+        tmp_path,
+        "auth.py",
+        """
         import sys, isstreamer
         s = isstreamer.Streamer(bucket_key="auth", access_key=sys.argv[1], api_base=sys.argv[2],
                                 spool_dir=sys.argv[3], flush_interval=0.05, auth_retry_interval=0.2,
@@ -212,14 +236,21 @@ def test_sender_messages_when_auth_fails(tmp_path, collector_factory, backend):
             s.log("n", i)
         s.flush(timeout=5)
         s.close(timeout=5)
-    """)
+    """,
+    )
     env = script_env(backend)
-    r = subprocess.run([sys.executable, path, SECRET, server.url, str(tmp_path / "spool")], env=env,
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, path, SECRET, server.url, str(tmp_path / "spool")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert_no_secret(r.stdout + r.stderr, "stdout/stderr")
-    assert wait_until(lambda: any(n.endswith(".jsonl") for _, _, ns in os.walk(tmp_path / "spool") for n in ns),
-                      timeout=30), "the refused events were not spooled"
+    assert wait_until(
+        lambda: any(n.endswith(".jsonl") for _, _, ns in os.walk(tmp_path / "spool") for n in ns), timeout=30
+    ), "the refused events were not spooled"
 
 
 def _command_lines() -> str:
@@ -251,8 +282,14 @@ def test_cli_command_lines_hold_no_key(tmp_path, collector, form):
         (tmp_path / "key").write_text(SECRET + "\n")
         os.chmod(tmp_path / "key", 0o600)
         args += ["--access-key-file", str(tmp_path / "key")]
-    p = subprocess.Popen([sys.executable, "-m", "isstreamer.cli", *args], stdin=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, cwd=str(tmp_path), env=env)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "isstreamer.cli", *args],
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=str(tmp_path),
+        env=env,
+    )
     try:
         p.stdin.write("t,1\n")  # type: ignore[union-attr]
         p.stdin.flush()  # type: ignore[union-attr]

@@ -3,6 +3,7 @@ a real table and segment (real files, real mappings), a fake transport, a fake c
 producer that is this process (its liveness given) handed to
 :class:`~isstreamer.sender.loop.Sender` (the real-process, real-server cases are in
 tests/test_delivery.py, test_streamer.py and the others)."""
+
 from __future__ import annotations
 
 from typing import Any, Callable, List, Optional, Union
@@ -75,8 +76,15 @@ class Rig:
         self.clock = Clock()
         self.transport = FakeTransport()
         self.spool_dir = str(tmp_path / "spool")
-        s = dict(ring_path=self.table.path, api_base=FakeTransport.api_base, access_key="k", spool_dir=self.spool_dir,
-                 native=native, buffer_size=10, flush_interval=1.0)
+        s = dict(
+            ring_path=self.table.path,
+            api_base=FakeTransport.api_base,
+            access_key="k",
+            spool_dir=self.spool_dir,
+            native=native,
+            buffer_size=10,
+            flush_interval=1.0,
+        )
         s.update(settings)
         self.settings = SenderSettings(**s)
         self.native = native
@@ -86,8 +94,14 @@ class Rig:
 
     def new_sender(self) -> Sender:
         """A sender on this ring (as a restarted sender process would be)."""
-        s = Sender(self.settings, Table.open(self.table.path, native=self.native), self.transport,
-                   clock=self.clock, sleep=self.clock.sleep, owner_alive=lambda table, seg_id: True)
+        s = Sender(
+            self.settings,
+            Table.open(self.table.path, native=self.native),
+            self.transport,
+            clock=self.clock,
+            sleep=self.clock.sleep,
+            owner_alive=lambda table, seg_id: True,
+        )
         self.senders.append(s)
         return s
 

@@ -5,6 +5,7 @@ reason elsewhere), the real ``isstreamer replay`` against the fault server, real
 processes. Where a fault is injected in-process (``os.fsync`` failing with ENOSPC, a progress
 mark failing), the same path is also taken on the real full filesystem when it can be mounted.
 """
+
 from __future__ import annotations
 
 import errno
@@ -19,8 +20,15 @@ from typing import Any, Iterator, List
 import pytest
 
 from isstreamer import spool as S
-from isstreamer.sender.spool import (ReplayFile, SpoolBackoff, SpoolUnsafe, SpoolWriter, key_fingerprint,
-                              pending_files, stream_id)
+from isstreamer.sender.spool import (
+    ReplayFile,
+    SpoolBackoff,
+    SpoolUnsafe,
+    SpoolWriter,
+    key_fingerprint,
+    pending_files,
+    stream_id,
+)
 
 try:
     from faultserver import FaultServer
@@ -55,8 +63,15 @@ def make_spool_file(root: Any, api: str, bucket_key: str, batches: List[List[Any
     d = stream_dir(root, bucket_key, api=api)
     os.makedirs(d, mode=0o700, exist_ok=True)
     with open(os.path.join(d, "meta.json"), "w") as f:
-        json.dump({"api_base": api, "bucket_key": bucket_key, "bucket_name": bucket_key,
-                   "access_key_sha256_prefix": key_fingerprint(ACCESS_KEY)}, f)
+        json.dump(
+            {
+                "api_base": api,
+                "bucket_key": bucket_key,
+                "bucket_name": bucket_key,
+                "access_key_sha256_prefix": key_fingerprint(ACCESS_KEY),
+            },
+            f,
+        )
     path = os.path.join(d, "0001700000000.000000-1-1.jsonl")
     with open(path, "w") as f:
         for batch in batches:
@@ -85,10 +100,20 @@ def open_fds() -> int:
 
 
 def run_replay(cwd: Any, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), HOME=str(cwd),
-               ISSTREAMER_ACCESS_KEY=ACCESS_KEY)
-    return subprocess.run([sys.executable, "-m", "isstreamer.cli", "replay", "--no-progress", "--backoff-max", "0.2",
-                           *args], cwd=str(cwd), env=env, capture_output=True, text=True, timeout=60)
+    env = dict(
+        os.environ,
+        PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        HOME=str(cwd),
+        ISSTREAMER_ACCESS_KEY=ACCESS_KEY,
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "isstreamer.cli", "replay", "--no-progress", "--backoff-max", "0.2", *args],
+        cwd=str(cwd),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @pytest.fixture
@@ -96,8 +121,9 @@ def tiny_fs(tmp_path: Any) -> Iterator[Any]:
     """A 128 KiB tmpfs (needs mount rights: root with CAP_SYS_ADMIN), else skip."""
     mnt = tmp_path / "tiny"
     mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k,mode=0700", "tmpfs", str(mnt)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=128k,mode=0700", "tmpfs", str(mnt)], capture_output=True, text=True
+    )
     if r.returncode != 0:
         pytest.skip("cannot mount a small tmpfs here (%s): the disk-full test needs mount rights" % r.stderr.strip())
     yield mnt
@@ -144,8 +170,9 @@ def test_replay_keeps_the_file_when_the_disk_is_full(server: FaultServer, tiny_f
     assert not os.path.exists(path)
 
 
-def test_failed_mark_stops_the_shared_loop_and_keeps_the_file(server: FaultServer, tmp_path: Any,
-                                                              monkeypatch: Any) -> None:
+def test_failed_mark_stops_the_shared_loop_and_keeps_the_file(
+    server: FaultServer, tmp_path: Any, monkeypatch: Any
+) -> None:
     """The loop the sender and the CLI share, with the mark failing (no mount needed): it stops
     at once, never finishes (unlinks) the file, and reports why."""
     from isstreamer.sender.delivery import Delivery, Policy
@@ -389,8 +416,12 @@ def _unsafe_roots(tmp_path: Any) -> List[Any]:
     group = tmp_path / "group"
     group.mkdir()
     os.chmod(group, 0o770)
-    return [(link, "a symbolic link"), (foreign, "owned by uid 65534"), (open_dir, "writable by other users"),
-            (group, "writable by other users")]
+    return [
+        (link, "a symbolic link"),
+        (foreign, "owned by uid 65534"),
+        (open_dir, "writable by other users"),
+        (group, "writable by other users"),
+    ]
 
 
 @pytest.fixture
@@ -433,8 +464,13 @@ def test_sender_refuses_a_symlinked_spool_root(tmp_path: Any) -> None:
     real.mkdir(mode=0o700)
     (tmp_path / "link").symlink_to(real)
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    r = subprocess.run([sys.executable, "-c", SENDER_SCRIPT, "http://127.0.0.1:9", str(tmp_path / "link")],
-                       env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", SENDER_SCRIPT, "http://127.0.0.1:9", str(tmp_path / "link")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert "refusing spool directory %s: it is a symbolic link" % (tmp_path / "link") in r.stderr, r.stderr
     assert os.listdir(real) == []
@@ -450,8 +486,9 @@ def test_sender_replay_on_a_full_disk_keeps_the_file(server: FaultServer, tiny_f
     root = tiny_fs / "spool"
     path = make_spool_file(root, server.url, "bk-old", [list(range(i, i + 10)) for i in range(0, 50, 10)])
     fill(tiny_fs / "filler")
-    s = Streamer("x", "bk-live", ACCESS_KEY, api_base=server.url, spool_dir=str(root), flush_interval=0.05,
-                 close_timeout=1.0)
+    s = Streamer(
+        "x", "bk-live", ACCESS_KEY, api_base=server.url, spool_dir=str(root), flush_interval=0.05, close_timeout=1.0
+    )
     pid = s.sender_pid or 0
     try:
         assert server.wait_for(lambda: len(server.values()) >= 10, 20)

@@ -2,6 +2,7 @@
 
 Every test runs twice: with the C extension and with the pure-Python fallback.
 """
+
 from __future__ import annotations
 
 import collections
@@ -22,8 +23,6 @@ import pytest
 from support import int_values_summary, pid_gone, run_script, script_env, wait_until, write_script
 
 import isstreamer
-
-
 
 
 @pytest.fixture
@@ -52,7 +51,10 @@ def test_backend_is_the_one_asked_for(make_streamer, backend):
 
 def test_readme_example_verbatim(tmp_path, collector, backend):
     """The seed README's example, unchanged, through the ISStreamer compatibility import."""
-    path = write_script(tmp_path, "example.py", '''
+    path = write_script(
+        tmp_path,
+        "example.py",
+        '''
         from ISStreamer.Streamer import Streamer
         # create or append to a Streamer instance
         streamer = Streamer(bucket_name="Some Bucket Name", bucket_key="bucket_key", access_key="YourAccessKey")
@@ -63,7 +65,8 @@ def test_readme_example_verbatim(tmp_path, collector, backend):
         streamer.flush()
         # close the stream
         streamer.close()
-    ''')
+    ''',
+    )
     env = script_env(backend, ISSTREAMER_API_BASE=collector.url, ISSTREAMER_SPOOL_DIR=str(tmp_path / "spool"))
     r = run_script(path, env)
     assert r.returncode == 0, r.stderr
@@ -82,7 +85,7 @@ def test_values_keep_type_and_full_precision(make_streamer, collector):
     ints = [0, -1, 2**63 - 1, -(2**63), 42]
     for i, v in enumerate(ints):
         s.log("i%d" % i, v)
-    strs = ["hi", "", "h\u00e9 \"quoted\" \\ back\nnew\ttab\x01", "\U0001F600 emoji", "x" * 2000]
+    strs = ["hi", "", "h\u00e9 \"quoted\" \\ back\nnew\ttab\x01", "\U0001f600 emoji", "x" * 2000]
     for i, v in enumerate(strs):
         s.log("s%d" % i, v)
     s.log("t", True)
@@ -90,7 +93,11 @@ def test_values_keep_type_and_full_precision(make_streamer, collector):
     assert s.flush(30)
     got = {e["key"]: e["value"] for e in collector.events("types")}
     for i, f in enumerate(floats):
-        assert type(got["f%d" % i]) is float and got["f%d" % i] == f and math.copysign(1, got["f%d" % i]) == math.copysign(1, f)
+        assert (
+            type(got["f%d" % i]) is float
+            and got["f%d" % i] == f
+            and math.copysign(1, got["f%d" % i]) == math.copysign(1, f)
+        )
     for i, v in enumerate(ints):
         assert type(got["i%d" % i]) is int and got["i%d" % i] == v
     for i, v in enumerate(strs):
@@ -147,8 +154,18 @@ def test_log_object_rules(make_streamer, collector):
     events = collector.events("objects")
     got = {e["key"]: e["value"] for e in events}
     assert got == {
-        "list_0": 1, "list_1": 2, "tup_0": 3, "some_dict_a": 1, "some_dict_b_c": "deep", "z": 9,
-        "Point_x": 1.5, "Point_y": 2.5, "r_temp": 20.5, "r_ok": True, "sensor_level": 7, "sensor_doubled": 14,
+        "list_0": 1,
+        "list_1": 2,
+        "tup_0": 3,
+        "some_dict_a": 1,
+        "some_dict_b_c": "deep",
+        "z": 9,
+        "Point_x": 1.5,
+        "Point_y": 2.5,
+        "r_temp": 20.5,
+        "r_ok": True,
+        "sensor_level": 7,
+        "sensor_doubled": 14,
     }
     # one epoch per log_object call
     assert len({e["epoch"] for e in events if e["key"].startswith("some_dict")}) == 1
@@ -191,19 +208,42 @@ def test_bad_input_is_counted_and_skipped(make_streamer, collector):
     assert s.flush(30)
     got = {e["key"]: e["value"] for e in collector.events("bad")}
     assert got == {
-        "big": str(2**70), "bytes": "caf\u00e9", "long": "y" * 2000, "surrogate": "a\ufffdb", "k" * 250: 1,
-        "17": "int key", "dec": 2.5, "when": "2024-05-06", "good": 1,
+        "big": str(2**70),
+        "bytes": "caf\u00e9",
+        "long": "y" * 2000,
+        "surrogate": "a\ufffdb",
+        "k" * 250: 1,
+        "17": "int key",
+        "dec": 2.5,
+        "when": "2024-05-06",
+        "good": 1,
     }
     st = s.stats()
     assert st["dropped"] == {"none_value": 1, "non_finite": 2, "container_value": 1, "empty_key": 2}
-    assert st["converted"] == {"int_out_of_range": 1, "bytes_decoded": 1, "value_truncated": 1,
-                               "invalid_unicode": 1, "key_truncated": 1, "key_not_str": 1, "datetime_to_str": 1}
+    assert st["converted"] == {
+        "int_out_of_range": 1,
+        "bytes_decoded": 1,
+        "value_truncated": 1,
+        "invalid_unicode": 1,
+        "key_truncated": 1,
+        "key_not_str": 1,
+        "datetime_to_str": 1,
+    }
     assert st["rejected"] == 0
 
 
-@pytest.mark.parametrize("value, exc", [(None, TypeError), (float("nan"), ValueError), ({"a": 1}, TypeError),
-                                        (b"x", TypeError), (2**70, ValueError), ("z" * 2001, ValueError)],
-                         ids=["none", "nan", "dict", "bytes", "bigint", "long-str"])
+@pytest.mark.parametrize(
+    "value, exc",
+    [
+        (None, TypeError),
+        (float("nan"), ValueError),
+        ({"a": 1}, TypeError),
+        (b"x", TypeError),
+        (2**70, ValueError),
+        ("z" * 2001, ValueError),
+    ],
+    ids=["none", "nan", "dict", "bytes", "bigint", "long-str"],
+)
 def test_bad_input_raises_at_debug_level_2(make_streamer, collector, value, exc, capsys):
     s = make_streamer(bucket_key="strict", debug_level=2)
     with pytest.raises(exc, match="isstreamer"):
@@ -242,8 +282,14 @@ def test_log_after_close(make_streamer, collector):
 
 def test_context_manager_and_attributes(make_streamer, collector):
     with make_streamer(bucket_name="Ctx", bucket_key="ctx", buffer_size=3) as s:
-        assert (s.BucketName, s.BucketKey, s.BufferSize, s.DebugLevel, s.Offline, s.IsClosed) == \
-            ("Ctx", "ctx", 3, 0, False, False)
+        assert (s.BucketName, s.BucketKey, s.BufferSize, s.DebugLevel, s.Offline, s.IsClosed) == (
+            "Ctx",
+            "ctx",
+            3,
+            0,
+            False,
+            False,
+        )
         assert s.AccessKey == "test-key"
         s.log("x", 1)
     assert s.IsClosed

@@ -55,6 +55,7 @@ def local_tz(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 # ============================================================================ values
 
+
 class MyInt(int):
     """int subclass."""
 
@@ -183,8 +184,12 @@ CONVERTED: list[tuple[object, object, str, type[Exception]]] = [
     (memoryview(b"mv"), "mv", "bytes_decoded", TypeError),
     (b"y" * 3000, "y" * MAX_VALUE_CHARS, "bytes_decoded", TypeError),  # first reason reported
     (dt.datetime(2024, 1, 2, 3, 4, 5, 6), "2024-01-02T03:04:05.000006", "datetime_to_str", TypeError),
-    (dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc), "2024-01-02T03:04:05+00:00",
-     "datetime_to_str", TypeError),
+    (
+        dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc),
+        "2024-01-02T03:04:05+00:00",
+        "datetime_to_str",
+        TypeError,
+    ),
     (dt.date(2024, 1, 2), "2024-01-02", "datetime_to_str", TypeError),
     (dt.time(13, 14), "13:14:00", "datetime_to_str", TypeError),
     (Color.RED, 1, "enum_value", TypeError),
@@ -199,9 +204,7 @@ CONVERTED: list[tuple[object, object, str, type[Exception]]] = [
 
 
 @pytest.mark.parametrize("value, expected, reason, strict_error", CONVERTED)
-def test_converted_values(
-    value: object, expected: object, reason: str, strict_error: type[Exception]
-) -> None:
+def test_converted_values(value: object, expected: object, reason: str, strict_error: type[Exception]) -> None:
     result, got_reason = coerce_value(value, False)
     assert got_reason == reason
     assert result == expected
@@ -243,9 +246,7 @@ SKIPPED: list[tuple[object, str, type[Exception], str]] = [
 
 
 @pytest.mark.parametrize("value, reason, strict_error, fragment", SKIPPED)
-def test_skipped_values(
-    value: object, reason: str, strict_error: type[Exception], fragment: str
-) -> None:
+def test_skipped_values(value: object, reason: str, strict_error: type[Exception], fragment: str) -> None:
     with pytest.raises(Skip) as info:
         coerce_value(value, False, key="temp")
     assert info.value.reason == reason
@@ -267,9 +268,7 @@ def test_object_whose_str_fails_is_skipped() -> None:
 def test_nan_message_matches_documented_example() -> None:
     with pytest.raises(ValueError) as info:
         coerce_value(float("nan"), True, key="temp")
-    assert str(info.value) == (
-        "isstreamer: value for key 'temp' is NaN; the events API accepts only finite numbers"
-    )
+    assert str(info.value) == ("isstreamer: value for key 'temp' is NaN; the events API accepts only finite numbers")
 
 
 def test_messages_without_key() -> None:
@@ -292,12 +291,20 @@ def test_truncated_invalid_unicode_keeps_utf8_valid() -> None:
     assert_sendable(result)
 
 
-@given(st.one_of(
-    st.text(), st.binary(), st.integers(), st.floats(allow_nan=True, allow_infinity=True),
-    st.booleans(), st.decimals(), st.fractions(), st.datetimes(),
-    st.text(alphabet=st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)),
-    st.text(min_size=1990, max_size=2100),
-))
+@given(
+    st.one_of(
+        st.text(),
+        st.binary(),
+        st.integers(),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.booleans(),
+        st.decimals(),
+        st.fractions(),
+        st.datetimes(),
+        st.text(alphabet=st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)),
+        st.text(min_size=1990, max_size=2100),
+    )
+)
 def test_output_is_always_sendable(value: Any) -> None:
     try:
         result, _reason = coerce_value(value, False)
@@ -307,6 +314,7 @@ def test_output_is_always_sendable(value: Any) -> None:
 
 
 # ---------------------------------------------------------------------------- numpy
+
 
 def test_numpy_scalars() -> None:
     np = pytest.importorskip("numpy")
@@ -346,6 +354,7 @@ def test_numpy_problem_values() -> None:
 
 # ============================================================================ keys
 
+
 @pytest.mark.parametrize("strict", [False, True])
 @pytest.mark.parametrize("key", ["k", "temperature (°C)", " padded ", "k" * MAX_KEY_CHARS, "😀"])
 def test_plain_keys(key: str, strict: bool) -> None:
@@ -374,8 +383,7 @@ KEY_CONVERTED: list[tuple[object, str, str, type[Exception]]] = [
 
 
 @pytest.mark.parametrize("key, expected, reason, strict_error", KEY_CONVERTED)
-def test_converted_keys(key: object, expected: str, reason: str,
-                        strict_error: type[Exception]) -> None:
+def test_converted_keys(key: object, expected: str, reason: str, strict_error: type[Exception]) -> None:
     result, got_reason = coerce_key(key, False)
     assert (result, got_reason, type(result)) == (expected, reason, str)
     assert len(result) <= MAX_KEY_CHARS
@@ -423,8 +431,7 @@ NOW = 1_700_000_000.25
         (fractions.Fraction(3, 2), 1.5),
         (_Index(1_700_000_000), 1_700_000_000.0),
         (dt.datetime(2023, 11, 14, 22, 13, 20, tzinfo=dt.timezone.utc), 1_700_000_000.0),
-        (dt.datetime(2023, 11, 14, 17, 13, 20, tzinfo=dt.timezone(dt.timedelta(hours=-5))),
-         1_700_000_000.0),
+        (dt.datetime(2023, 11, 14, 17, 13, 20, tzinfo=dt.timezone(dt.timedelta(hours=-5))), 1_700_000_000.0),
     ],
 )
 def test_plain_epochs(epoch: object, expected: float, strict: bool) -> None:
@@ -527,14 +534,11 @@ def test_numpy_epochs() -> None:
 
 # ============================================================================ console
 
+
 def test_console_line_format(local_tz: None) -> None:
     assert console_line("temp", 21.5, 1_700_000_000.0) == "2023-11-14 17:13:20.000000: temp 21.5"
-    assert console_line("door", True, 1_700_000_000.123456) == (
-        "2023-11-14 17:13:20.123456: door True"
-    )
-    assert console_line("msg", "hello world", 1_700_000_000.5) == (
-        "2023-11-14 17:13:20.500000: msg hello world"
-    )
+    assert console_line("door", True, 1_700_000_000.123456) == ("2023-11-14 17:13:20.123456: door True")
+    assert console_line("msg", "hello world", 1_700_000_000.5) == ("2023-11-14 17:13:20.500000: msg hello world")
 
 
 def test_console_line_matches_2_0_0_expression() -> None:

@@ -3,6 +3,7 @@ means it (async: hand over and return; with a timeout: wait), close() spends its
 
 Real senders, a real HTTP fault server (tests/faultserver.py) and the local collector.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,8 +34,13 @@ def server():
 
 
 def _streamer(server: FaultServer, tmp_path, **kw) -> isstreamer.Streamer:
-    return isstreamer.Streamer(bucket_key=kw.pop("bucket_key", "wake"), access_key="k", api_base=server.url,
-                               spool_dir=str(tmp_path / "spool"), **kw)
+    return isstreamer.Streamer(
+        bucket_key=kw.pop("bucket_key", "wake"),
+        access_key="k",
+        api_base=server.url,
+        spool_dir=str(tmp_path / "spool"),
+        **kw,
+    )
 
 
 @pytest.mark.slow
@@ -105,7 +111,7 @@ def test_close_retries_through_a_short_outage_instead_of_spooling(server, tmp_pa
     try:
         s.log("warm", 0)
         assert s.flush(timeout=30)
-        server.fail_next(10 ** 6)  # every request fails ...
+        server.fail_next(10**6)  # every request fails ...
         threading.Timer(2.0, lambda: server.fail_next(0)).start()  # ... for about 2 s
         for i in range(2000):
             s.log("z", i)

@@ -24,21 +24,51 @@ Every module of this package imports what it needs at module level, never inside
 fork child whose parent was importing a module in another thread at the fork would wait forever
 on that module's import lock.
 """
+
 from . import layout
 from .attachment import RESERVE_CHUNK, Attachment
-from .backend import (ENV_FORCE_FALLBACK, ENV_NO_EXTENSION, check_fallback_safe, fallback_reason, ffi, lib,
-                      native_available, use_native)
-from .files import (RingClosed, RingRefused, default_ring_dir, lock_held_elsewhere, open_private,
-                    segment_owner_alive)
+from .backend import (
+    ENV_FORCE_FALLBACK,
+    ENV_NO_EXTENSION,
+    check_fallback_safe,
+    fallback_reason,
+    ffi,
+    lib,
+    native_available,
+    use_native,
+)
+from .files import RingClosed, RingRefused, default_ring_dir, lock_held_elsewhere, open_private, segment_owner_alive
 from .mapped import Mapped
 from .segment import Segment
 from .table import Table
-from .twin import (PyProducer, SegmentState, after_fork_in_child, after_fork_in_parent, before_fork, logs_for,
-                   puts_for)
+from .twin import PyProducer, SegmentState, after_fork_in_child, after_fork_in_parent, before_fork, logs_for, puts_for
 
 __all__ = [
-    "Attachment", "ENV_FORCE_FALLBACK", "ENV_NO_EXTENSION", "Mapped", "PyProducer", "RESERVE_CHUNK", "RingClosed",
-    "RingRefused", "Segment", "SegmentState", "Table", "after_fork_in_child", "after_fork_in_parent", "before_fork",
-    "check_fallback_safe", "default_ring_dir", "fallback_reason", "ffi", "layout", "lib", "lock_held_elsewhere",
-    "logs_for", "native_available", "open_private", "puts_for", "segment_owner_alive", "use_native",
+    "Attachment",
+    "ENV_FORCE_FALLBACK",
+    "ENV_NO_EXTENSION",
+    "Mapped",
+    "PyProducer",
+    "RESERVE_CHUNK",
+    "RingClosed",
+    "RingRefused",
+    "Segment",
+    "SegmentState",
+    "Table",
+    "after_fork_in_child",
+    "after_fork_in_parent",
+    "before_fork",
+    "check_fallback_safe",
+    "default_ring_dir",
+    "fallback_reason",
+    "ffi",
+    "layout",
+    "lib",
+    "lock_held_elsewhere",
+    "logs_for",
+    "native_available",
+    "open_private",
+    "puts_for",
+    "segment_owner_alive",
+    "use_native",
 ]

@@ -2,6 +2,7 @@
 created on first use, its pages reserved ahead of the head, its producer handles (C or the
 Python twin), and its closing: the guard first, then the slot, then the mapping.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,8 +34,14 @@ class Attachment:
     guard (C: ``iss_guard``; fallback: ``state``) lets :meth:`close` wait out a put in progress
     and refuse the later ones, so the mapping can then be unmapped."""
 
-    def __init__(self, ring: Segment, seg_index: int = 0, token: int = 0, slot: Optional[int] = None,
-                 table: Optional[Table] = None) -> None:
+    def __init__(
+        self,
+        ring: Segment,
+        seg_index: int = 0,
+        token: int = 0,
+        slot: Optional[int] = None,
+        table: Optional[Table] = None,
+    ) -> None:
         self.ring = ring
         self.table = table  # whose ``sleeping`` flag the producers check after each put
         self.seg_index = seg_index

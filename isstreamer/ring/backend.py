@@ -5,6 +5,7 @@ refused on weakly ordered CPUs unless forced (see :func:`check_fallback_safe`).
 ``ffi`` and ``lib`` are the extension's (None without it): every other module reaches the C code
 through these two names.
 """
+
 from __future__ import annotations
 
 import os
@@ -54,15 +55,18 @@ def fallback_reason() -> str:
         except OSError:
             continue
         if built:
-            return ("isstreamer: imported from %s, a source tree without the compiled C extension, which shadows "
-                    "the installed copy in %s: log() runs on the pure-Python fallback, about 10x slower "
-                    "(stats()['backend'] == 'python'). Run the program from another directory, or build the "
-                    "extension in place: python %s" % (here, other, os.path.join(here, "_build_native.py")))
-    return ("isstreamer: the C extension is not available in %s (%s): log() runs on the pure-Python fallback, "
-            "about 10x slower (stats()['backend'] == 'python'). Install with a C compiler and the Python headers "
-            "(e.g. apt install build-essential python3-dev, then pip install --force-reinstall isstreamer), or "
-            "build it in place: python %s" % (here, _NATIVE_ERROR or "not built",
-                                              os.path.join(here, "_build_native.py")))
+            return (
+                "isstreamer: imported from %s, a source tree without the compiled C extension, which shadows "
+                "the installed copy in %s: log() runs on the pure-Python fallback, about 10x slower "
+                "(stats()['backend'] == 'python'). Run the program from another directory, or build the "
+                "extension in place: python %s" % (here, other, os.path.join(here, "_build_native.py"))
+            )
+    return (
+        "isstreamer: the C extension is not available in %s (%s): log() runs on the pure-Python fallback, "
+        "about 10x slower (stats()['backend'] == 'python'). Install with a C compiler and the Python headers "
+        "(e.g. apt install build-essential python3-dev, then pip install --force-reinstall isstreamer), or "
+        "build it in place: python %s" % (here, _NATIVE_ERROR or "not built", os.path.join(here, "_build_native.py"))
+    )
 
 
 def check_fallback_safe() -> None:
@@ -78,4 +82,5 @@ def check_fallback_safe() -> None:
         "isstreamer: the C extension is not available, and the pure-Python fallback is not safe on "
         "%s (a weakly ordered CPU): install with a C compiler (e.g. apt-get install gcc python3-dev, "
         "then pip install --force-reinstall isstreamer), or set %s=1 to use it anyway"
-        % (machine or "this CPU", ENV_FORCE_FALLBACK))
+        % (machine or "this CPU", ENV_FORCE_FALLBACK)
+    )

@@ -2,6 +2,7 @@
 POSIX record locks that say who owns what (dropped by the kernel when a process dies, never
 inherited by a fork child, immune to pid reuse and pid namespaces).
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -3,6 +3,7 @@
 A test compares these numbers with the compiled C structs. Counter and drop-reason indices
 name the 64-bit slots of the ring header that ``Streamer.stats()`` reports.
 """
+
 from __future__ import annotations
 
 MAGIC = 0x315347524E525349  # a ring-format file (a producer's segment file)

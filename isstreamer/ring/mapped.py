@@ -2,6 +2,7 @@
 8-byte access each without it) behind a gate, so that closing it while another thread uses it
 fails that use (RingClosed) instead of touching unmapped memory.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -9,6 +9,7 @@ Pages of a sparse file on tmpfs are allocated when first written: on a full file
 write is a SIGBUS that kills the process. :func:`reserve` allocates them first, so a full file
 system is an ``OSError(ENOSPC)`` the caller can count.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -29,8 +30,7 @@ def _libc() -> Optional[Any]:
     try:
         lib = ctypes.CDLL(None, use_errno=True)
         lib.mmap.restype = ctypes.c_void_p
-        lib.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                             ctypes.c_long]
+        lib.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
         lib.munmap.restype = ctypes.c_int
         lib.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
         lib.madvise.restype = ctypes.c_int

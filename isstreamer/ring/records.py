@@ -6,6 +6,7 @@ record that would not fit. :func:`read` decodes the record at one position and c
 way the C encoder does; the pure-Python encoder and the aggregation kernel's twin both walk a
 segment with it, and the pure-Python producer writes with :data:`REC`.
 """
+
 from __future__ import annotations
 
 import math
@@ -44,8 +45,15 @@ def read(mm: Any, data: int, data_size: int, pos: int, head: int) -> Optional[Re
     _, rtype, _, bucket, klen, _, vlen, epoch = REC.unpack_from(mm, data + off)
     numeric = rtype in (L.T_F64, L.T_I64)
     body = L.REC_HDR_SIZE + (8 if numeric else 0) + klen + vlen
-    if (rtype < L.T_F64 or rtype > L.T_FALSE or klen == 0 or klen > L.KEY_MAX or vlen > L.STR_MAX
-            or body > size or (rtype != L.T_STR and vlen)):
+    if (
+        rtype < L.T_F64
+        or rtype > L.T_FALSE
+        or klen == 0
+        or klen > L.KEY_MAX
+        or vlen > L.STR_MAX
+        or body > size
+        or (rtype != L.T_STR and vlen)
+    ):
         return None
     p = data + off + L.REC_HDR_SIZE
     value: Any
@@ -57,10 +65,10 @@ def read(mm: Any, data: int, data_size: int, pos: int, head: int) -> Optional[Re
     elif rtype == L.T_I64:
         value = I64.unpack_from(mm, p)[0]
         p += 8
-    key = bytes(mm[p: p + klen])
+    key = bytes(mm[p : p + klen])
     p += klen
     if rtype == L.T_STR:
-        value = bytes(mm[p: p + vlen]).decode("utf-8", "replace")
+        value = bytes(mm[p : p + vlen]).decode("utf-8", "replace")
     elif rtype == L.T_TRUE:
         value = True
     elif rtype == L.T_FALSE:

@@ -3,6 +3,7 @@ ring-format file with one segment; tests and fuzz replays use more), and the sen
 it: reading its counters, the commit protocol that survives the sender's death at any step
 (see ``iss_seg_hdr`` in csrc/isstreamer.h), and returning consumed pages.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -51,12 +52,14 @@ class Segment(Mapped):
             raise ValueError("isstreamer: a ring needs at least one segment")
         seg = max(L.SEG_DATA_MIN, (ring_size // nsegs) // 8 * 8)
         if seg >= 1 << 32:
-            raise ValueError("isstreamer: ring_size %d is too large (at most %d per process)"
-                             % (ring_size, (1 << 32) - 8))
+            raise ValueError(
+                "isstreamer: ring_size %d is too large (at most %d per process)" % (ring_size, (1 << 32) - 8)
+            )
         size = L.layout_size(nsegs, seg, nbuckets)
         if path is None:
-            path = os.path.join(directory or default_ring_dir(),
-                                "isstreamer-%d-%s.ring" % (os.getpid(), secrets.token_hex(6)))
+            path = os.path.join(
+                directory or default_ring_dir(), "isstreamer-%d-%s.ring" % (os.getpid(), secrets.token_hex(6))
+            )
         fd = create_file(path, size, L.seg_offset(nbuckets, seg, 0) + L.SEG_HDR_SIZE)
         try:
             mp = M.Mapping(fd, size)
@@ -75,14 +78,16 @@ class Segment(Mapped):
                     os.unlink(path)
                 raise ValueError("isstreamer: cannot initialise ring (code %d)" % rc)
         else:
-            struct.pack_into("=IIIIIIQ", mp.mm, L.H_VERSION, L.LAYOUT_VERSION, L.HDR_SIZE,
-                             nsegs, seg, nbuckets, L.BUCKET_SIZE, size)
+            struct.pack_into(
+                "=IIIIIIQ", mp.mm, L.H_VERSION, L.LAYOUT_VERSION, L.HDR_SIZE, nsegs, seg, nbuckets, L.BUCKET_SIZE, size
+            )
             _Q.pack_into(mp.mm, L.H_MAGIC, L.MAGIC)
         return cls(path, fd, mp, native)
 
     @classmethod
-    def open(cls, path: str, native: Optional[bool] = None,
-             identity: Optional[Tuple[int, int]] = None, keep_fd: bool = True) -> "Segment":
+    def open(
+        cls, path: str, native: Optional[bool] = None, identity: Optional[Tuple[int, int]] = None, keep_fd: bool = True
+    ) -> "Segment":
         """Map an existing ring-format file of ours (see :func:`open_private`); raises RingClosed
         when it no longer exists, RingRefused when it is not ours or not the file expected.
         ``keep_fd=False``: the descriptor is closed once mapped (a reader: the sender, stats())."""
@@ -209,13 +214,13 @@ class Segment(Mapped):
                     return
 
 
-
 def map_checked(fd: int, path: str, magic: int, identity: Optional[Tuple[int, int]]) -> M.Mapping:
     """Map ``fd`` after checking its identity, size and header magic / version."""
     st = os.fstat(fd)
     if identity is not None and (st.st_dev, st.st_ino) != tuple(identity):
-        raise RingRefused("isstreamer: refusing ring file %s: it is not the file this handle was made for "
-                          "(replaced since)" % path)
+        raise RingRefused(
+            "isstreamer: refusing ring file %s: it is not the file this handle was made for (replaced since)" % path
+        )
     if st.st_size < L.HDR_SIZE or st.st_size % 8:
         raise RingRefused("isstreamer: refusing %s: not a ring file" % path)
     mp = M.Mapping(fd, st.st_size)

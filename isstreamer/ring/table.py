@@ -2,6 +2,7 @@
 non-secret settings an adopter of an orphaned ring needs; its record locks (the table's short
 critical sections, the live sender's, the starter's) and the sender's wake-up socket.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,8 +19,15 @@ from .. import reentry
 from . import layout as L
 from . import mapping as M
 from .backend import use_native
-from .files import (RingClosed, RingRefused, default_ring_dir, lock_held_elsewhere, open_private, record_lock,
-                    record_unlock)
+from .files import (
+    RingClosed,
+    RingRefused,
+    default_ring_dir,
+    lock_held_elsewhere,
+    open_private,
+    record_lock,
+    record_unlock,
+)
 from .mapped import Mapped, create_file
 from .segment import Segment, map_checked
 
@@ -51,27 +59,41 @@ class Table(Mapped):
         self._wake_sock: Any = None
 
     @classmethod
-    def create(cls, seg_data_size: int, meta: Dict[str, Any], directory: Optional[str] = None,
-               native: Optional[bool] = None) -> "Table":
+    def create(
+        cls, seg_data_size: int, meta: Dict[str, Any], directory: Optional[str] = None, native: Optional[bool] = None
+    ) -> "Table":
         """Create a new table file (0600, ``O_EXCL``, every page allocated first: a full file
         system raises ENOSPC, never a SIGBUS) in ``directory`` (default /dev/shm)."""
         native = use_native() if native is None else native
         if not L.SEG_DATA_MIN <= seg_data_size < 1 << 32:
-            raise ValueError("isstreamer: ring_size must be between %d and %d bytes, not %d"
-                             % (L.SEG_DATA_MIN, (1 << 32) - 8, seg_data_size))
+            raise ValueError(
+                "isstreamer: ring_size must be between %d and %d bytes, not %d"
+                % (L.SEG_DATA_MIN, (1 << 32) - 8, seg_data_size)
+            )
         blob = json.dumps(meta, sort_keys=True).encode()
         if len(blob) > L.META_MAX:
             raise ValueError("isstreamer: settings too long to record in the ring")
         size = L.table_size(cls.NBUCKETS, cls.NSLOTS)
-        path = os.path.join(directory or default_ring_dir(),
-                            "isstreamer-%d-%s.ring" % (os.getpid(), secrets.token_hex(6)))
+        path = os.path.join(
+            directory or default_ring_dir(), "isstreamer-%d-%s.ring" % (os.getpid(), secrets.token_hex(6))
+        )
         fd = create_file(path, size, size)
         try:
             mp = M.Mapping(fd, size)
-            struct.pack_into("=IIIIIIQ", mp.mm, L.H_VERSION, L.LAYOUT_VERSION, L.HDR_SIZE, cls.NSLOTS,
-                             seg_data_size // 8 * 8, cls.NBUCKETS, L.BUCKET_SIZE, size)
+            struct.pack_into(
+                "=IIIIIIQ",
+                mp.mm,
+                L.H_VERSION,
+                L.LAYOUT_VERSION,
+                L.HDR_SIZE,
+                cls.NSLOTS,
+                seg_data_size // 8 * 8,
+                cls.NBUCKETS,
+                L.BUCKET_SIZE,
+                size,
+            )
             struct.pack_into("=I", mp.mm, L.H_META, len(blob))
-            mp.mm[L.H_META + 4: L.H_META + 4 + len(blob)] = blob
+            mp.mm[L.H_META + 4 : L.H_META + 4 + len(blob)] = blob
             _Q.pack_into(mp.mm, L.H_MAGIC, L.TABLE_MAGIC)
             return cls(path, fd, mp, native)
         except BaseException:
@@ -81,8 +103,7 @@ class Table(Mapped):
             raise
 
     @classmethod
-    def open(cls, path: str, native: Optional[bool] = None,
-             identity: Optional[Tuple[int, int]] = None) -> "Table":
+    def open(cls, path: str, native: Optional[bool] = None, identity: Optional[Tuple[int, int]] = None) -> "Table":
         """Map an existing table file of ours; RingClosed when gone, RingRefused when not ours."""
         native = use_native() if native is None else native
         fd = open_private(path)
@@ -179,7 +200,7 @@ class Table(Mapped):
         """The non-secret settings recorded at creation (for an adopter of an orphaned ring)."""
         with self.live():
             n = _I.unpack_from(self.mm, L.H_META)[0]
-            blob = bytes(self.mm[L.H_META + 4: L.H_META + 4 + min(n, L.META_MAX)])
+            blob = bytes(self.mm[L.H_META + 4 : L.H_META + 4 + min(n, L.META_MAX)])
         try:
             out = json.loads(blob)
         except ValueError:
@@ -357,8 +378,8 @@ class Table(Mapped):
                 raise RuntimeError("isstreamer: too many buckets for this Streamer (%d)" % self.nbuckets)
             off = L.bucket_offset(used)
             with self.live():
-                self.mm[off + 16: off + 16 + len(kb)] = kb
-                self.mm[off + 16 + L.BUCKET_KEY_MAX: off + 16 + L.BUCKET_KEY_MAX + len(nb)] = nb
+                self.mm[off + 16 : off + 16 + len(kb)] = kb
+                self.mm[off + 16 + L.BUCKET_KEY_MAX : off + 16 + L.BUCKET_KEY_MAX + len(nb)] = nb
                 _BUCKET_HDR.pack_into(self.mm, off, 2, len(kb), len(nb))
             self.store(L.H_NBUCKETS_USED, used + 1)
             return used
@@ -372,9 +393,10 @@ class Table(Mapped):
             state, klen, nlen = _BUCKET_HDR.unpack_from(self.mm, off)
             if state != 2 or klen > L.BUCKET_KEY_MAX or nlen > L.BUCKET_NAME_MAX:
                 return None
-            key = bytes(self.mm[off + 16: off + 16 + klen]).decode("utf-8", "replace")
-            name = bytes(self.mm[off + 16 + L.BUCKET_KEY_MAX: off + 16 + L.BUCKET_KEY_MAX + nlen]).decode(
-                "utf-8", "replace")
+            key = bytes(self.mm[off + 16 : off + 16 + klen]).decode("utf-8", "replace")
+            name = bytes(self.mm[off + 16 + L.BUCKET_KEY_MAX : off + 16 + L.BUCKET_KEY_MAX + nlen]).decode(
+                "utf-8", "replace"
+            )
         return key, name
 
     def buckets_used(self) -> int:

@@ -3,6 +3,7 @@
 :func:`isstreamer.ring.backend.check_fallback_safe`); the process-local key tables of both
 backends, and their fork hooks.
 """
+
 from __future__ import annotations
 
 import struct
@@ -14,7 +15,6 @@ from . import layout as L
 from .records import F64, I64, REC
 from .backend import lib as _lib
 from .segment import Segment
-
 
 
 class SegmentState:
@@ -63,8 +63,26 @@ class PyProducer:
     """Pure-Python producer on one segment: same bytes and return codes as the C ``iss_put_*``
     functions (see ``put`` in csrc/ring.c)."""
 
-    __slots__ = ("ring", "mm", "q", "seg", "data", "ds", "state", "bucket", "cached_tail", "dropping", "wake_q",
-                 "woke", "reserve", "cached_reserved", "check_every", "check_at", "retry_s", "retry_at")
+    __slots__ = (
+        "ring",
+        "mm",
+        "q",
+        "seg",
+        "data",
+        "ds",
+        "state",
+        "bucket",
+        "cached_tail",
+        "dropping",
+        "wake_q",
+        "woke",
+        "reserve",
+        "cached_reserved",
+        "check_every",
+        "check_at",
+        "retry_s",
+        "retry_at",
+    )
 
     def __init__(self, ring: Segment, seg_index: int, state: SegmentState, bucket: int = 0) -> None:
         self.ring = ring
@@ -148,16 +166,16 @@ class PyProducer:
         REC.pack_into(mm, w, size, rtype, 0, self.bucket, klen, 0, slen, epoch)
         w += L.REC_HDR_SIZE
         if num is not None:
-            mm[w: w + 8] = num
+            mm[w : w + 8] = num
             w += 8
-        mm[w: w + klen] = key
+        mm[w : w + klen] = key
         w += klen
         if slen:
-            mm[w: w + slen] = s
+            mm[w : w + slen] = s
             w += slen
         pad = size - body
         if pad:
-            mm[w: w + pad] = bytes(pad)
+            mm[w : w + pad] = bytes(pad)
         q[(seg + L.S_HEAD) >> 3] = head + size  # publish
         q[(seg + L.S_LOGGED) >> 3] += 1
         # without a fence the flag may be read before the head store is seen: the sender then
@@ -233,6 +251,8 @@ def after_fork_in_parent() -> None:
     """Release what :func:`before_fork` took."""
     if _lib is not None:
         _lib.iss_after_fork_parent()
+
+
 _NAN = float("nan")
 
 
@@ -273,8 +293,13 @@ def logs_for(native: bool):
     They take an interned key id and an epoch (NaN: now)."""
     if native:
         assert _lib is not None
-        return (_lib.iss_key_intern, _lib.iss_log_f64_at, _lib.iss_log_i64_at, _lib.iss_log_bool_at,
-                _lib.iss_log_str_at)
+        return (
+            _lib.iss_key_intern,
+            _lib.iss_log_f64_at,
+            _lib.iss_log_i64_at,
+            _lib.iss_log_bool_at,
+            _lib.iss_log_str_at,
+        )
     return py_key_intern, py_log_f64, py_log_i64, py_log_bool, py_log_str
 
 

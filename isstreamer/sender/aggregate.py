@@ -17,6 +17,7 @@ How the sender uses it (see ``Sender._turn`` / ``Sender._pump``, lines marked ``
 * ``before_commit``: while a flush / exit is pending, a batch is released only after what the
   rules emitted is delivered or spooled, so ``flush()`` returning means the windows are out.
 """
+
 from __future__ import annotations
 
 import math
@@ -101,8 +102,7 @@ class PyKernel:
         self._next_due = INF
         self.counts = {"folded": 0, "windows": 0, "emitted": 0, "dropped": 0, "open": 0}
 
-    def add_rule(self, kind: int, mask: int, seconds: float, absolute: float, relative: float,
-                 heartbeat: float) -> int:
+    def add_rule(self, kind: int, mask: int, seconds: float, absolute: float, relative: float, heartbeat: float) -> int:
         """Register a rule; returns its index."""
         self.rules.append((kind, mask, seconds, absolute, relative, heartbeat))
         return len(self.rules) - 1
@@ -213,8 +213,9 @@ class PyKernel:
             w.comp += (x - t) + s
         w.sum = t
 
-    def _filter(self, ctx: Dict[str, Any], rtype: int, bucket: int, key: bytes, value: Any, epoch: float,
-                pos: int) -> int:
+    def _filter(
+        self, ctx: Dict[str, Any], rtype: int, bucket: int, key: bytes, value: Any, epoch: float, pos: int
+    ) -> int:
         pass_ = SKIP if ctx["fold_only"] else ENCODE
         e = self.ents.get((bucket, key))
         if e is None:
@@ -246,8 +247,9 @@ class PyKernel:
                     d = abs(x - e.last_num)
                     send = (absolute > 0.0 and d > absolute) or (relative > 0.0 and d > relative * abs(e.last_num))
             else:
-                send = not (e.have_sent and e.last_type == rtype and
-                            (rtype in (L.T_TRUE, L.T_FALSE) or e.last_val == value))
+                send = not (
+                    e.have_sent and e.last_type == rtype and (rtype in (L.T_TRUE, L.T_FALSE) or e.last_val == value)
+                )
             if not send and heartbeat > 0.0 and ep - e.last_ep >= heartbeat:
                 send = True
             if send:
@@ -256,11 +258,18 @@ class PyKernel:
         self.counts["folded"] += 1
         return TAKE
 
-    def encode(self, ring: Segment, start: int, max_events: int, fold_from: int, fold_only: bool,
-               max_taken: int, now: float) -> Tuple[Batch, int, Miss]:
+    def encode(
+        self, ring: Segment, start: int, max_events: int, fold_from: int, fold_only: bool, max_taken: int, now: float
+    ) -> Tuple[Batch, int, Miss]:
         """The encoder's pass over segment 0 of ``ring`` with the rules' filter (see the C twin)."""
-        ctx: Dict[str, Any] = {"fold_only": fold_only, "fold_from": fold_from, "max_taken": max_taken,
-                               "taken": 0, "now": now, "miss": None}
+        ctx: Dict[str, Any] = {
+            "fold_only": fold_only,
+            "fold_from": fold_from,
+            "max_taken": max_taken,
+            "taken": 0,
+            "now": now,
+            "miss": None,
+        }
 
         def keep(rtype: int, bucket: int, key: bytes, value: Any, epoch: float, pos: int) -> int:
             return self._filter(ctx, rtype, bucket, key, value, epoch, pos)
@@ -289,8 +298,7 @@ class NativeKernel:
         self._n = _ffi.new("uint32_t *")
         self._c = _ffi.new("iss_agg_counters *")
 
-    def add_rule(self, kind: int, mask: int, seconds: float, absolute: float, relative: float,
-                 heartbeat: float) -> int:
+    def add_rule(self, kind: int, mask: int, seconds: float, absolute: float, relative: float, heartbeat: float) -> int:
         r = _lib.iss_agg_add_rule(self.a, kind, mask, seconds, absolute, relative, heartbeat)
         if r < 0:
             raise ValueError("isstreamer: the aggregation kernel refused a rule")
@@ -321,13 +329,27 @@ class NativeKernel:
     def counts(self) -> Dict[str, int]:
         _lib.iss_agg_counts(self.a, self._c)
         c = self._c
-        return {"folded": c.folded, "windows": c.windows, "emitted": c.emitted, "dropped": c.dropped,
-                "open": c.open}
+        return {"folded": c.folded, "windows": c.windows, "emitted": c.emitted, "dropped": c.dropped, "open": c.open}
 
-    def encode(self, ring: Segment, start: int, max_events: int, fold_from: int, fold_only: bool,
-               max_taken: int, now: float) -> Tuple[Batch, int, Miss]:
-        n = _lib.iss_agg_encode_batch(self.a, ring.ptr, ring.size, 0, start, max_events, self._out, self.cap,
-                                      self._info, fold_from, 1 if fold_only else 0, max_taken, now, self._ai)
+    def encode(
+        self, ring: Segment, start: int, max_events: int, fold_from: int, fold_only: bool, max_taken: int, now: float
+    ) -> Tuple[Batch, int, Miss]:
+        n = _lib.iss_agg_encode_batch(
+            self.a,
+            ring.ptr,
+            ring.size,
+            0,
+            start,
+            max_events,
+            self._out,
+            self.cap,
+            self._info,
+            fold_from,
+            1 if fold_only else 0,
+            max_taken,
+            now,
+            self._ai,
+        )
         if n < 0:
             raise ValueError("isstreamer: encoder refused segment 0 (code %d)" % n)
         i, ai = self._info, self._ai
@@ -371,9 +393,19 @@ class Aggregator:
     TICK = 0.1  # seconds between the checks of _tick while the sender drains without a pause
     COUNTERS = (("folded", "folded"), ("windows", "windows"), ("emitted", "aggregated"))
 
-    def __init__(self, host: Host, rules: List[List[Any]], max_batch_bytes: int, max_batch_events: int,
-                 flush_interval: float, native: bool, ceiling: Optional[Dict[str, Any]] = None, *,
-                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        host: Host,
+        rules: List[List[Any]],
+        max_batch_bytes: int,
+        max_batch_events: int,
+        flush_interval: float,
+        native: bool,
+        ceiling: Optional[Dict[str, Any]] = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self.host = host
         self.clock = clock
         self.wall = wall
@@ -385,8 +417,13 @@ class Aggregator:
         c = ceiling or {}
         self.ceiling: Optional[Ceiling] = None
         if c.get("max_events_per_second") or c.get("monthly_budget") or c.get("fallback"):
-            self.ceiling = Ceiling(c.get("max_events_per_second", 0.0), c.get("monthly_budget", 0), max_batch_events,
-                                   clock=clock, wall=wall)
+            self.ceiling = Ceiling(
+                c.get("max_events_per_second", 0.0),
+                c.get("monthly_budget", 0),
+                max_batch_events,
+                clock=clock,
+                wall=wall,
+            )
         fb = c.get("fallback")
         self.fallback_rule = rule_from_dict(fb) if fb else None
         self.fallback = self.kernel.add_rule(*rule_args(self.fallback_rule)) if fb else -1  # kernel index
@@ -405,15 +442,25 @@ class Aggregator:
         self._next_tick = 0.0
 
     @classmethod
-    def for_settings(cls, s: Any, host: Host, clock: Callable[[], float] = time.monotonic,
-                     wall: Callable[[], float] = time.time) -> Optional["Aggregator"]:
+    def for_settings(
+        cls, s: Any, host: Host, clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time
+    ) -> Optional["Aggregator"]:
         """An aggregator for these sender settings, or None when they have no rule."""
         rules = getattr(s, "rules", None)
         ceiling = getattr(s, "ceiling", None)
         if not rules and not ceiling:
             return None
-        return cls(host, rules or [], s.max_batch_bytes, s.max_batch_events, s.flush_interval, s.native, ceiling,
-                   clock=clock, wall=wall)
+        return cls(
+            host,
+            rules or [],
+            s.max_batch_bytes,
+            s.max_batch_events,
+            s.flush_interval,
+            s.native,
+            ceiling,
+            clock=clock,
+            wall=wall,
+        )
 
     def _bind(self, miss: Tuple[int, bytes]) -> None:
         bucket, kb = miss
@@ -441,11 +488,15 @@ class Aggregator:
                 self.kernel.bind(bucket, kb, self.fallback)
             self.passthrough.clear()
             host.count("fallback")
-            host.report("isstreamer: the stream does not fit (%s); from now on keys without a rule are sent as %r"
-                          % (why, self.fallback_rule))
+            host.report(
+                "isstreamer: the stream does not fit (%s); from now on keys without a rule are sent as %r"
+                % (why, self.fallback_rule)
+            )
         else:
-            host.report("isstreamer: the stream does not fit (%s); a backlog will grow (spooled when the ring "
-                          "fills): set rules=, or fallback= to downsample keys without a rule" % why)
+            host.report(
+                "isstreamer: the stream does not fit (%s); a backlog will grow (spooled when the ring "
+                "fills): set rules=, or fallback= to downsample keys without a rule" % why
+            )
 
     # ---- the ring ----------------------------------------------------------------------------
     def next_batch(self, seg: Segment, tail: int, max_events: int) -> Batch:
@@ -531,8 +582,12 @@ class Aggregator:
         now = self.clock()
         if self._since is None:
             self._since = now
-        if not (force or now - self._since >= self.flush_interval or self.held
-                or any(self.kernel.pending(b) >= self.max_events for b in self.kernel.buckets())):
+        if not (
+            force
+            or now - self._since >= self.flush_interval
+            or self.held
+            or any(self.kernel.pending(b) >= self.max_events for b in self.kernel.buckets())
+        ):
             return False, False
         worked = False
         while True:

@@ -2,6 +2,7 @@
 ``monthly_budget`` and the API's rate limit: pure policy, given the events towards the wire and
 what the delivery says, with an injectable clock (tested without a sender or a server).
 """
+
 from __future__ import annotations
 
 import calendar
@@ -19,8 +20,15 @@ class Ceiling:
     SPAN = 10.0  # seconds of sending the rate is measured over
     MIN_AGE = 2.0  # seconds of measurement before the rate is trusted
 
-    def __init__(self, max_events_per_second: float, monthly_budget: int, batch_events: int, *,
-                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        max_events_per_second: float,
+        monthly_budget: int,
+        batch_events: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self.max_eps = float(max_events_per_second or 0.0)
         self.budget = int(monthly_budget or 0)
         self.batch_events = batch_events
@@ -68,6 +76,9 @@ class Ceiling:
             return "%.0f events/s exceed max_events_per_second=%g" % (rate, self.max_eps)
         brate = self.budget_rate(self.wall())
         if brate and rate > brate:
-            return "%.0f events/s would spend monthly_budget=%d in %.1f days" % (rate, self.budget,
-                                                                                 self.budget / rate / 86400)
+            return "%.0f events/s would spend monthly_budget=%d in %.1f days" % (
+                rate,
+                self.budget,
+                self.budget / rate / 86400,
+            )
         return None

@@ -24,6 +24,7 @@ creations (:meth:`Delivery.create_bucket`) go through the same mapping (:func:`c
 Waits only ever grow (``not_before`` takes the max), so one answer never shortens the wait
 another one asked for.
 """
+
 from __future__ import annotations
 
 import enum
@@ -60,8 +61,11 @@ class Kind(enum.Enum):
         return self in (Kind.DELIVERED, Kind.REJECTED)
 
 
-AUTH_STATUSES = {401: "the access key was refused (401)", 402: "the monthly event limit is exceeded (402)",
-                 403: "access denied (403)"}
+AUTH_STATUSES = {
+    401: "the access key was refused (401)",
+    402: "the monthly event limit is exceeded (402)",
+    403: "access denied (403)",
+}
 
 
 @dataclass
@@ -79,8 +83,12 @@ class Policy:
     @classmethod
     def of(cls, settings: Any) -> "Policy":
         """The policy of a sender's settings (or anything with the same four fields)."""
-        return cls(max_attempts=settings.max_attempts, backoff_max=settings.backoff_max,
-                   auth_retry_interval=settings.auth_retry_interval, max_rps=settings.max_rps)
+        return cls(
+            max_attempts=settings.max_attempts,
+            backoff_max=settings.backoff_max,
+            auth_retry_interval=settings.auth_retry_interval,
+            max_rps=settings.max_rps,
+        )
 
 
 @dataclass
@@ -108,8 +116,9 @@ def classify(status: int) -> Optional[Kind]:
     return None
 
 
-def retry_after_seconds(answer: Answer, default: float = 1.0, cap: float = Policy.retry_after_max,
-                        wall: Optional[float] = None) -> float:
+def retry_after_seconds(
+    answer: Answer, default: float = 1.0, cap: float = Policy.retry_after_max, wall: Optional[float] = None
+) -> float:
     """Seconds to wait from a 429 or a spent rate limit, in ``[0, cap]``.
 
     ``Retry-After`` (delta-seconds or HTTP-date), else ``X-RateLimit-Reset`` (epoch seconds),
@@ -155,10 +164,18 @@ class Delivery:
     """Sends batches and creates buckets for one account, keeping the pacing, backoff and
     outage state. ``clock``, ``sleep``, ``wall`` and ``rng`` are injectable for tests."""
 
-    def __init__(self, transport: Transport, policy: Policy, rejected_path: str,
-                 report: Callable[[str], None], *, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep, wall: Callable[[], float] = time.time,
-                 rng: Optional[random.Random] = None) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        policy: Policy,
+        rejected_path: str,
+        report: Callable[[str], None],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        wall: Callable[[], float] = time.time,
+        rng: Optional[random.Random] = None,
+    ) -> None:
         self.t = transport
         self.policy = policy
         self.rejected_path = rejected_path
@@ -243,8 +260,13 @@ class Delivery:
         """True while the API's rate limit (a 429, or ``X-RateLimit-Remaining`` spent) holds
         sending back: the one definition of "rate limited" (the ceiling asks it too)."""
         a = self.last_answer
-        return (a is not None and self.wait_time() > 0 and not self.auth_blocked and not self.outage
-                and (a.status == 429 or limit_spent(a)))
+        return (
+            a is not None
+            and self.wait_time() > 0
+            and not self.auth_blocked
+            and not self.outage
+            and (a.status == 429 or limit_spent(a))
+        )
 
     def _on_answer(self, a: Answer, what: str) -> Optional[Kind]:
         """Apply the policy to one answer (``what`` names the request in reports); returns its
@@ -259,8 +281,10 @@ class Delivery:
             self.wait_until(self.clock() + retry_after_seconds(a, 1.0, self.policy.retry_after_max, self.wall()))
         elif kind is Kind.AUTH:
             if not self.auth_blocked:
-                self.report("isstreamer: %s%s; events are kept in the spool and sending retries every %gs"
-                            % (what, AUTH_STATUSES[a.status], self.policy.auth_retry_interval))
+                self.report(
+                    "isstreamer: %s%s; events are kept in the spool and sending retries every %gs"
+                    % (what, AUTH_STATUSES[a.status], self.policy.auth_retry_interval)
+                )
             self.auth_blocked = True
             self.wait_until(self.clock() + self.policy.auth_retry_interval)
         elif kind is Kind.TRANSIENT:
@@ -291,8 +315,9 @@ class Delivery:
         a = self.t.create_bucket(bucket_key, bucket_name, self._timeout(deadline))
         kind = self._on_answer(a, "creating bucket %r: " % bucket_key)
         if kind is None:
-            self.report("isstreamer: the events API refused bucket %r (HTTP %d: %s)"
-                        % (bucket_key, a.status, a.text[:200]))
+            self.report(
+                "isstreamer: the events API refused bucket %r (HTTP %d: %s)" % (bucket_key, a.status, a.text[:200])
+            )
             kind = Kind.REJECTED
         return Result(kind, answer=a)
 
@@ -323,8 +348,10 @@ class Delivery:
             self._reject(bucket_key, [body.decode("utf-8", "replace")], first)
             return Result(Kind.REJECTED, rejected=1, answer=first)
         if first.status == 400 and "BUCKET_REMOVED" in first.text:
-            self.report("isstreamer: bucket %r was removed on the server (BUCKET_REMOVED); its events are "
-                        "written to %s" % (bucket_key, self.rejected_path))
+            self.report(
+                "isstreamer: bucket %r was removed on the server (BUCKET_REMOVED); its events are "
+                "written to %s" % (bucket_key, self.rejected_path)
+            )
             self._reject(bucket_key, events, first)
             return Result(Kind.REJECTED, rejected=len(events), answer=first)
         if len(events) <= 1:
@@ -351,14 +378,31 @@ class Delivery:
     def _reject(self, bucket_key: str, events: list, answer: Answer) -> None:
         from ..safefile import append_private
 
-        data = b"".join(orjson.dumps({"time": self.wall(), "api_base": self.t.api_base, "bucket_key": bucket_key,
-                                      "status": answer.status, "answer": answer.text[:1000], "event": ev}) + b"\n"
-                        for ev in events)
+        data = b"".join(
+            orjson.dumps(
+                {
+                    "time": self.wall(),
+                    "api_base": self.t.api_base,
+                    "bucket_key": bucket_key,
+                    "status": answer.status,
+                    "answer": answer.text[:1000],
+                    "event": ev,
+                }
+            )
+            + b"\n"
+            for ev in events
+        )
         try:
             append_private(self.rejected_path, data)
         except OSError as exc:
-            self.report("isstreamer: %d event(s) refused by the events API (HTTP %d) could not be written to "
-                        "%s (%s); they are lost" % (len(events), answer.status, self.rejected_path, exc))
+            self.report(
+                "isstreamer: %d event(s) refused by the events API (HTTP %d) could not be written to "
+                "%s (%s); they are lost" % (len(events), answer.status, self.rejected_path, exc)
+            )
             return
-        log.warning("isstreamer: %d event(s) refused by the events API (HTTP %d), written to %s",
-                    len(events), answer.status, self.rejected_path)
+        log.warning(
+            "isstreamer: %d event(s) refused by the events API (HTTP %d), written to %s",
+            len(events),
+            answer.status,
+            self.rejected_path,
+        )

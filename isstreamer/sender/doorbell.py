@@ -1,4 +1,5 @@
 """The idle sender's wake-up: a datagram socket beside the ring that producers ring (``Table.wake``)."""
+
 from __future__ import annotations
 
 import errno

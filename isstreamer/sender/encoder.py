@@ -5,6 +5,7 @@ records are decoded with ``struct`` and serialised with orjson (or the stdlib ``
 orjson is missing). Both produce strict JSON: ``[{"key":..,"value":..,"epoch":..}, ...]``, the
 epoch as the shortest decimal that reads back as the float given (``repr``), byte for byte alike.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,7 +31,6 @@ except ImportError:  # pragma: no cover - orjson is a dependency; this is the pu
 # Bytes one event can take at most once escaped: the C encoder's bound.
 WORST_EVENT = 96 + 6 * L.KEY_MAX + 6 * L.STR_MAX
 MIN_BATCH_BYTES = WORST_EVENT + 2
-
 
 
 @dataclass
@@ -59,9 +59,7 @@ class Encoder:
             assert _ffi is not None
             self._out = _ffi.new("char[]", self.cap)
             self._info = _ffi.new("iss_batch *")
-        self._next: Callable[[Segment, int, int, int], Batch] = (
-            self._next_native if self.native else self._next_python
-        )
+        self._next: Callable[[Segment, int, int, int], Batch] = self._next_native if self.native else self._next_python
 
     def next_batch(self, seg: int, start: int, max_events: int, ring: Optional[Segment] = None) -> Batch:
         """The records of segment ``seg`` from byte ``start`` (at most ``max_events``), encoded."""
@@ -70,13 +68,11 @@ class Encoder:
         return self._next(r, seg, start, max_events)
 
     def _next_native(self, ring: Segment, seg: int, start: int, max_events: int) -> Batch:
-        n = _lib.iss_encode_batch(ring.ptr, ring.size, seg, start, max_events,
-                                  self._out, self.cap, self._info)
+        n = _lib.iss_encode_batch(ring.ptr, ring.size, seg, start, max_events, self._out, self.cap, self._info)
         if n < 0:
             raise ValueError("isstreamer: encoder refused segment %d (code %d)" % (seg, n))
         i = self._info
-        return Batch(_ffi.buffer(self._out, n)[:], seg, start, i.end, i.nevents, i.bucket,
-                     bool(i.corrupt), i.skipped)
+        return Batch(_ffi.buffer(self._out, n)[:], seg, start, i.end, i.nevents, i.bucket, bool(i.corrupt), i.skipped)
 
     def _next_python(self, ring: Segment, seg: int, start: int, max_events: int) -> Batch:
         return encode_batch(ring, seg, start, max_events, self.cap)
@@ -88,8 +84,9 @@ ENCODE, TAKE, SKIP, STOP = 0, 1, 2, 3
 Filter = Callable[[int, int, bytes, Any, float, int], int]  # (type, bucket, key, value, epoch, pos)
 
 
-def encode_batch(ring: Segment, seg: int, start: int, max_events: int, cap: int,
-                 keep: Optional[Filter] = None) -> Batch:
+def encode_batch(
+    ring: Segment, seg: int, start: int, max_events: int, cap: int, keep: Optional[Filter] = None
+) -> Batch:
     """The Python twin of ``iss_encode_batch_filtered``: the records of segment ``seg`` from
     ``start`` (at most ``max_events``, one bucket, within ``cap`` bytes) as a JSON array; with
     ``keep``, each record is first put to it (see ENCODE / TAKE / SKIP / STOP)."""

@@ -10,6 +10,7 @@ the API takes requests again; replay stops at the exit deadline (``close_timeout
 is left is replayed by the next sender using the same spool directory, API base and access
 key (or by ``isstreamer replay``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,8 +27,7 @@ from .aggregate import Aggregator
 from .delivery import Delivery, Kind, Policy, Result
 from .encoder import Batch, Encoder
 from .replay import Stop, StreamReplay, count_events
-from .spool import (ReplayFile, SpoolFull, SpoolWriter, StreamMeta, check_root, key_fingerprint,
-                    pending_files, streams)
+from .spool import ReplayFile, SpoolFull, SpoolWriter, StreamMeta, check_root, key_fingerprint, pending_files, streams
 from .doorbell import Doorbell
 from .transport import Transport
 from .watched import WatchedTransport
@@ -43,9 +43,16 @@ class Sender:
     REPLAY_BUDGET = 0.05  # seconds of replay per loop turn while live events wait
     GIVE_UP_AFTER = 30.0  # seconds past the exit deadline after which a failing sender exits anyway
 
-    def __init__(self, s: SenderSettings, table: Table, transport: Optional[Any] = None, *,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
-                 owner_alive: Callable[[Table, int], bool] = segment_owner_alive) -> None:
+    def __init__(
+        self,
+        s: SenderSettings,
+        table: Table,
+        transport: Optional[Any] = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        owner_alive: Callable[[Table, int], bool] = segment_owner_alive,
+    ) -> None:
         """``transport``: what the delivery sends through (post_events, create_bucket, close,
         api_base); by default HTTP in a worker thread that calls :meth:`while_request_out`.
         ``clock`` and ``sleep``: monotonic seconds and a pause; ``owner_alive(table, seg_id)``:
@@ -59,15 +66,22 @@ class Sender:
         self.segs: Dict[int, Tuple[int, Segment]] = {}  # slot -> (segment id, mapping)
         self.encoder = Encoder(None, s.max_batch_bytes, s.native)
         if transport is None:
-            transport = WatchedTransport(Transport(s.api_base, s.access_key, s.request_timeout, s.use_gzip),
-                                         self.while_request_out)
+            transport = WatchedTransport(
+                Transport(s.api_base, s.access_key, s.request_timeout, s.use_gzip), self.while_request_out
+            )
         self.transport = transport
         self.inflight: Optional[Batch] = None  # the ring batch whose request is out
         # spool-only (an adopted ring of another key): its events are spooled under the ring's key
         self.fingerprint = s.fingerprint if s.spool_only and s.fingerprint else key_fingerprint(s.access_key)
         self.spool = SpoolWriter(s.spool_dir, s.spool_max_bytes)
-        self.delivery = Delivery(self.transport, Policy.of(s), os.path.join(s.spool_dir, REJECTED_FILE), self.report,
-                                 clock=clock, sleep=sleep)
+        self.delivery = Delivery(
+            self.transport,
+            Policy.of(s),
+            os.path.join(s.spool_dir, REJECTED_FILE),
+            self.report,
+            clock=clock,
+            sleep=sleep,
+        )
         self.created: Set[int] = set()
         self.first_seen: Dict[int, float] = {}
         self.attempts: Dict[Tuple[int, int], int] = {}
@@ -380,8 +394,13 @@ class Sender:
                 self.first_seen.pop(slot, None)
                 continue
             fs = self.first_seen.setdefault(slot, now)
-            due = (force or pending >= s.buffer_size or now - fs >= s.flush_interval
-                   or st == L.SLOT_RELEASED or self._occupancy(slot) > 0.5)  # before producers block
+            due = (
+                force
+                or pending >= s.buffer_size
+                or now - fs >= s.flush_interval
+                or st == L.SLOT_RELEASED
+                or self._occupancy(slot) > 0.5
+            )  # before producers block
             if not due:
                 drained = False
                 continue
@@ -390,8 +409,11 @@ class Sender:
                 if tail == seg.head():
                     self.first_seen.pop(slot, None)
                     break
-                b = (self.agg.next_batch(seg, tail, s.max_batch_events) if self.agg is not None  # aggregate
-                     else self.encoder.next_batch(0, tail, s.max_batch_events, ring=seg))
+                b = (
+                    self.agg.next_batch(seg, tail, s.max_batch_events)
+                    if self.agg is not None  # aggregate
+                    else self.encoder.next_batch(0, tail, s.max_batch_events, ring=seg)
+                )
                 b.seg = slot
                 if b.corrupt:
                     self._commit(b, corrupt=True)
@@ -429,8 +451,10 @@ class Sender:
             lost = consumed - seg.consumed()
             seg.count_lost(lost)
             self.table.count("corrupt_records")
-            self.report("isstreamer: unreadable record in ring segment %d: %d bytes holding %d event(s) skipped, "
-                        "counted in stats()['dropped']['corrupt']" % (b.seg, b.end - b.start, lost))
+            self.report(
+                "isstreamer: unreadable record in ring segment %d: %d bytes holding %d event(s) skipped, "
+                "counted in stats()['dropped']['corrupt']" % (b.seg, b.end - b.start, lost)
+            )
         else:
             consumed = seg.consumed() + b.nevents + b.skipped + b.folded  # folded: aggregate
         seg.release(0, b.start, b.end, consumed)
@@ -459,8 +483,7 @@ class Sender:
             if left is not None:
                 urgent = d.wait_time() >= left
             else:
-                urgent = (self._occupancy(b.seg) > 0.5 or self._space_pressure()
-                          or (force and d.wait_time() > 1.0))
+                urgent = self._occupancy(b.seg) > 0.5 or self._space_pressure() or (force and d.wait_time() > 1.0)
             if urgent:
                 return self._to_spool([b.body], b.nevents, key, name)
             return False
@@ -505,8 +528,11 @@ class Sender:
         if self._spilling:
             return
         out = self.clock() - started
-        if out < self.SPILL_SOON or (out < self.SPILL_AFTER and not self._space_pressure() and
-                                     not any(self._occupancy(slot) > self.SPILL_FILL for slot in list(self.segs))):
+        if out < self.SPILL_SOON or (
+            out < self.SPILL_AFTER
+            and not self._space_pressure()
+            and not any(self._occupancy(slot) > self.SPILL_FILL for slot in list(self.segs))
+        ):
             return
         self._spilling = True
         try:
@@ -540,8 +566,11 @@ class Sender:
             tail = seg.tail()
             if tail == seg.head():
                 return
-            b = (self.agg.next_batch(seg, tail, self.settings.max_batch_events) if self.agg is not None  # aggregate
-                 else self.encoder.next_batch(0, tail, self.settings.max_batch_events, ring=seg))
+            b = (
+                self.agg.next_batch(seg, tail, self.settings.max_batch_events)
+                if self.agg is not None  # aggregate
+                else self.encoder.next_batch(0, tail, self.settings.max_batch_events, ring=seg)
+            )
             b.seg = slot
             if b.corrupt or b.end == tail:
                 return  # left to _pump, which reports it
@@ -649,8 +678,10 @@ class Sender:
                 keep = nevents is not None and self.exit_deadline is None
                 if not self._spool_error_reported:
                     self._spool_error_reported = True
-                    self.report("isstreamer: cannot write the spool in %s (%s); %s" % (
-                        self.settings.spool_dir, exc, "events wait in the ring" if keep else "%d event(s) lost" % n))
+                    self.report(
+                        "isstreamer: cannot write the spool in %s (%s); %s"
+                        % (self.settings.spool_dir, exc, "events wait in the ring" if keep else "%d event(s) lost" % n)
+                    )
                 if keep:
                     return False
                 self.table.count("failed", n)
@@ -684,8 +715,11 @@ class Sender:
                     self._spool_error_reported = True
                     self.report("isstreamer: the spool in %s is not replayed (%s)" % (self.settings.spool_dir, exc))
                 found = []
-            self._replay_streams = [m for m in found if m.api_base == self.settings.api_base and m.fingerprint == self.fingerprint
-                                    and pending_files(m.path)]
+            self._replay_streams = [
+                m
+                for m in found
+                if m.api_base == self.settings.api_base and m.fingerprint == self.fingerprint and pending_files(m.path)
+            ]
         self._exit_budget()  # at exit, a pending backoff is shortened first
         if not d.ready() and not patient:
             return False
@@ -711,9 +745,16 @@ class Sender:
             if r.delivered:
                 self.table.count("replayed", r.delivered)
 
-        loop = StreamReplay(d, respool, patient=patient, persist=patient, on_result=on_result, warn=self.report,
-                            deadline=lambda: self.exit_deadline,
-                            keep_going=lambda: not self._any_live_owner())  # a producer joined: back to the ring
+        loop = StreamReplay(
+            d,
+            respool,
+            patient=patient,
+            persist=patient,
+            on_result=on_result,
+            warn=self.report,
+            deadline=lambda: self.exit_deadline,
+            keep_going=lambda: not self._any_live_owner(),
+        )  # a producer joined: back to the ring
         for m in list(self._replay_streams):
             files = pending_files(m.path)
             if not files:

@@ -4,6 +4,7 @@ The lock is taken before the HTTP stack is imported, so the process that started
 learns within milliseconds that a sender serves the ring. A second sender started on a ring
 that already has one exits at once (status 0).
 """
+
 from __future__ import annotations
 
 import logging
@@ -40,11 +41,15 @@ def main() -> int:
     # one line, not to EOF: a fork child of the starter may hold the pipe's write end for a while
     settings = SenderSettings.from_json(sys.stdin.buffer.readline())
     logging.raiseExceptions = False  # our stderr may be a pipe whose reader has exited
-    logging.basicConfig(level=logging.DEBUG if settings.debug_level >= 3 else logging.WARNING,
-                        format="%(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.DEBUG if settings.debug_level >= 3 else logging.WARNING, format="%(message)s", stream=sys.stderr
+    )
     try:
-        table = Table.open(settings.ring_path, native=settings.native,
-                           identity=tuple(settings.ring_identity) if settings.ring_identity else None)
+        table = Table.open(
+            settings.ring_path,
+            native=settings.native,
+            identity=tuple(settings.ring_identity) if settings.ring_identity else None,
+        )
     except RingClosed:
         return 0
     except RingRefused as exc:

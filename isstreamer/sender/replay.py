@@ -20,6 +20,7 @@ The loop over a stream's files (:class:`StreamReplay`) is the sender's too: the 
 one attempt per line while it has live events to send, patiently at exit; this command runs it
 patiently (waiting out backoffs and Retry-After).
 """
+
 from __future__ import annotations
 
 import enum
@@ -36,9 +37,8 @@ from .spool import ReplayFile, StreamMeta
 log = logging.getLogger("isstreamer")
 
 
-
 def plural(n: int) -> str:
-    """"s" unless ``n`` is 1."""
+    """ "s" unless ``n`` is 1."""
     return "" if n == 1 else "s"
 
 
@@ -96,12 +96,19 @@ class StreamReplay:
     ``Stop.FAULT`` and the file is kept: its lines may be sent again later, never lost.
     """
 
-    def __init__(self, d: Delivery, respool: Callable[[StreamMeta, bytes], None], *, patient: bool,
-                 persist: bool = False, on_result: Callable[[Result], None] = lambda r: None,
-                 on_progress: Callable[[int], None] = lambda n: None,
-                 warn: Callable[[str], None] = log.warning,
-                 deadline: Callable[[], Optional[float]] = lambda: None,
-                 keep_going: Callable[[], bool] = lambda: True) -> None:
+    def __init__(
+        self,
+        d: Delivery,
+        respool: Callable[[StreamMeta, bytes], None],
+        *,
+        patient: bool,
+        persist: bool = False,
+        on_result: Callable[[Result], None] = lambda r: None,
+        on_progress: Callable[[int], None] = lambda n: None,
+        warn: Callable[[str], None] = log.warning,
+        deadline: Callable[[], Optional[float]] = lambda: None,
+        keep_going: Callable[[], bool] = lambda: True,
+    ) -> None:
         self.d = d
         self.respool = respool
         self.patient = patient
@@ -139,7 +146,9 @@ class StreamReplay:
             return True
         if d.outage and r.kind is Kind.TRANSIENT and not self.persist:
             self.why = "%d failed requests in a row (last: %s)" % (
-                d.failures, (a.error or "HTTP %d" % a.status) if a else "no answer")
+                d.failures,
+                (a.error or "HTTP %d" % a.status) if a else "no answer",
+            )
             return True
         return False
 

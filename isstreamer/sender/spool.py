@@ -12,6 +12,7 @@ Safety: files are created 0600 and directories 0700; every open uses O_NOFOLLOW 
 files O_EXCL, so a planted symlink is never followed; a spool root that is a symlink, owned by
 another user or writable by others is refused (:func:`check_root`).
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -46,7 +47,9 @@ def key_fingerprint(access_key: str) -> str:
 
 def stream_id(api_base: str, bucket_key: str, fingerprint: str) -> str:
     """Directory name of one (API base, bucket, account) stream."""
-    return hashlib.sha256(("%s\n%s\n%s" % (api_base, bucket_key, fingerprint)).encode("utf-8", "surrogatepass")).hexdigest()[:24]
+    return hashlib.sha256(
+        ("%s\n%s\n%s" % (api_base, bucket_key, fingerprint)).encode("utf-8", "surrogatepass")
+    ).hexdigest()[:24]
 
 
 @dataclass
@@ -118,8 +121,9 @@ class SpoolWriter:
     ERROR_BACKOFF = 0.05
     ERROR_BACKOFF_MAX = 2.0
 
-    def __init__(self, root: str, max_bytes: int = DEFAULTS.spool_max_bytes,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, root: str, max_bytes: int = DEFAULTS.spool_max_bytes, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.root = root
         self.max_bytes = max_bytes
         self.clock = clock
@@ -140,9 +144,17 @@ class SpoolWriter:
                 raise SpoolUnsafe("refusing spool stream %s: not a directory" % d) from None
         meta = os.path.join(d, "meta.json")
         if not os.path.lexists(meta):
-            replace_private(meta, json.dumps({"api_base": api_base, "bucket_key": bucket_key,
-                                              "bucket_name": bucket_name,
-                                              "access_key_sha256_prefix": fingerprint}).encode())
+            replace_private(
+                meta,
+                json.dumps(
+                    {
+                        "api_base": api_base,
+                        "bucket_key": bucket_key,
+                        "bucket_name": bucket_name,
+                        "access_key_sha256_prefix": fingerprint,
+                    }
+                ).encode(),
+            )
         return d
 
     @property
@@ -257,8 +269,9 @@ def read_meta(stream_dir: str) -> Optional[StreamMeta]:
     try:
         with os.fdopen(open_nofollow(os.path.join(stream_dir, "meta.json"), os.O_RDONLY), "rb") as f:
             m = json.loads(f.read(65536))
-        return StreamMeta(stream_dir, m["api_base"], m["bucket_key"], m.get("bucket_name", ""),
-                          m.get("access_key_sha256_prefix", ""))
+        return StreamMeta(
+            stream_dir, m["api_base"], m["bucket_key"], m.get("bucket_name", ""), m.get("access_key_sha256_prefix", "")
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

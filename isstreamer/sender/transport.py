@@ -1,4 +1,5 @@
 """HTTP to the events API over one keep-alive ``requests.Session``."""
+
 from __future__ import annotations
 
 import gzip
@@ -33,8 +34,9 @@ class Answer:
 class Transport:
     """Posts events and creates buckets; never raises for network trouble (see Answer.error)."""
 
-    def __init__(self, api_base: str, access_key: str, timeout: float = DEFAULTS.request_timeout,
-                 use_gzip: bool = False) -> None:
+    def __init__(
+        self, api_base: str, access_key: str, timeout: float = DEFAULTS.request_timeout, use_gzip: bool = False
+    ) -> None:
         self.api_base = api_base.rstrip("/")
         self.timeout = timeout
         self.use_gzip = use_gzip
@@ -46,12 +48,14 @@ class Transport:
         if bundle:
             self.session.verify = bundle
         self.session.trust_env = False
-        self.session.headers.update({
-            "Content-Type": "application/json",
-            "Accept-Version": ACCEPT_VERSION,
-            "User-Agent": USER_AGENT,
-            "X-IS-AccessKey": access_key,
-        })
+        self.session.headers.update(
+            {
+                "Content-Type": "application/json",
+                "Accept-Version": ACCEPT_VERSION,
+                "User-Agent": USER_AGENT,
+                "X-IS-AccessKey": access_key,
+            }
+        )
 
     def _post(self, path: str, body: bytes, headers: Mapping[str, str], timeout: Optional[float]) -> Answer:
         hdrs = dict(headers)
@@ -59,8 +63,12 @@ class Transport:
             body = gzip.compress(body, 5)
             hdrs["Content-Encoding"] = "gzip"
         try:
-            r = self.session.post(self.api_base + path, data=body, headers=hdrs,
-                                  timeout=self.timeout if timeout is None else min(self.timeout, max(0.05, timeout)))
+            r = self.session.post(
+                self.api_base + path,
+                data=body,
+                headers=hdrs,
+                timeout=self.timeout if timeout is None else min(self.timeout, max(0.05, timeout)),
+            )
         except requests.RequestException as exc:
             return Answer(0, {}, "", "%s: %s" % (type(exc).__name__, _short(str(exc))))
         return Answer(r.status_code, r.headers, r.text[:2000])

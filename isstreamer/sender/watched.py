@@ -1,5 +1,6 @@
 """The sender's HTTP requests in a worker thread: the sender's own thread keeps moving the ring
 while a request hangs (see ``Sender._while_waiting``)."""
+
 from __future__ import annotations
 
 import logging
