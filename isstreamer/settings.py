@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List
 
 from .options import BUFFER_SIZE, DEFAULTS, Options
+from .ring import layout as L
 from .sender.spool import key_fingerprint
 
 # the options the sender needs (the others are the producers')
@@ -73,8 +74,8 @@ class SenderSettings:
         d["fingerprint"] = key_fingerprint(self.access_key)
         d["created"] = time.time()
         d["wake"] = secrets.token_hex(8)  # names the sender's wake socket (see Table.wake_path)
-        if len(json.dumps(d, sort_keys=True)) > 2900:  # aggregate: too many rules for the ring header;
-            d.pop("rules")  # an adopter of this ring (after a crash) sends its events without them
+        if len(json.dumps(d, sort_keys=True).encode()) > L.META_MAX:  # aggregate: too many rules for the
+            d.pop("rules")  # ring header; an adopter of this ring (after a crash) sends its events without them
         return d
 
     @classmethod

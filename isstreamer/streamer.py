@@ -14,6 +14,7 @@ import uuid
 from typing import Any, Dict, Optional
 
 from .ring import layout as L
+from .ring.layout import DROPPED
 from . import launch, reentry, registry
 from .config import load_config
 from .flatten import flatten_object
@@ -467,7 +468,7 @@ class Streamer:
         except (KeyError, TypeError, OverflowError, UnicodeEncodeError):
             return self._log_slow(key, value, epoch)
         if rc:
-            if rc == 2:  # dropped on a full ring, already counted by the put
+            if rc == DROPPED:  # dropped on a full ring, already counted by the put
                 return
             self._after_put(rc, key, value, epoch)
 
