@@ -34,7 +34,7 @@ _USERS: Dict[str, int] = {}
 _ATTACH: Dict[str, Attachment] = {}
 _VIEWS: Dict[Tuple[str, int], R.Segment] = {}
 _LIVE: "weakref.WeakSet[Any]" = weakref.WeakSet()
-_ATTACH_FAILED: Dict[str, Tuple[float, str]] = {}  # ring path -> (retry time, why): no attach before
+_ATTACH_FAILED: Dict[str, Tuple[float, Exception]] = {}  # ring path -> (retry time, the error): no attach before
 _ADOPTED = False
 ORPHAN_MIN_AGE = 60.0
 ORPHAN_SCAN_BUDGET = 0.2  # seconds the orphan scan may take at a Streamer's creation, however many names
@@ -196,7 +196,7 @@ def attachment(table: Table, data_size: int, total_max: int) -> Attachment:
         failed = _ATTACH_FAILED.get(table.path)
         now = time.monotonic()
         if failed is not None and now < failed[0]:
-            raise RingRefused(failed[1])
+            raise failed[1].with_traceback(None)  # the same error (ENOSPC stays ENOSPC), at once
         try:
             if not table.free_slot_left():
                 raise RingRefused("isstreamer: every one of the ring's %d producer slots is in use" % table.nslots)
@@ -204,7 +204,7 @@ def attachment(table: Table, data_size: int, total_max: int) -> Attachment:
             att = Attachment.create(table, size, table.native)
         except (RingRefused, OSError, ValueError) as exc:
             if not isinstance(exc, RingClosed):
-                _ATTACH_FAILED[table.path] = (now + ATTACH_RETRY, str(exc))
+                _ATTACH_FAILED[table.path] = (now + ATTACH_RETRY, exc)
             raise
         _ATTACH_FAILED.pop(table.path, None)
         _ATTACH[table.path] = att
