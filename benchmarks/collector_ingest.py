@@ -11,6 +11,7 @@ health check (``GET /api/versions``) sent meanwhile.
     python benchmarks/collector_ingest.py [--batches 200] [--batch-size 1000] [--in-process]
     python benchmarks/collector_ingest.py --gzip-bomb 10
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,12 @@ import requests
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-HEADERS = {"X-IS-AccessKey": "bench", "X-IS-BucketKey": "bench", "Content-Type": "application/json",
-           "Accept-Version": "<=0.0.4"}
+HEADERS = {
+    "X-IS-AccessKey": "bench",
+    "X-IS-BucketKey": "bench",
+    "Content-Type": "application/json",
+    "Accept-Version": "<=0.0.4",
+}
 
 
 def run(url: str, batches: int, batch_size: int, pid: int = 0) -> Tuple[int, float, float]:
@@ -41,8 +46,12 @@ def run(url: str, batches: int, batch_size: int, pid: int = 0) -> Tuple[int, flo
     CPU seconds (0 without ``pid``))."""
     base = time.time()
     bodies = [
-        orjson.dumps([{"key": "k%d" % (i % 8), "value": (i * 0.5 if i % 3 else "s%d" % i), "epoch": base + b + i / 1e4}
-                      for i in range(batch_size)])
+        orjson.dumps(
+            [
+                {"key": "k%d" % (i % 8), "value": (i * 0.5 if i % 3 else "s%d" % i), "epoch": base + b + i / 1e4}
+                for i in range(batch_size)
+            ]
+        )
         for b in range(min(batches, 20))
     ]
     with requests.Session() as s:
@@ -96,8 +105,12 @@ def post_and_linger(url: str, body: bytes, headers: dict, linger: float = 2.0, c
     head = "POST /api/events HTTP/1.1\r\nHost: %s:%s\r\n" % (host, port)
     if chunked:
         head += "Transfer-Encoding: chunked\r\n"
-        body = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 65536]), body[i:i + 65536])
-                        for i in range(0, len(body), 65536)) + b"0\r\n\r\n"
+        body = (
+            b"".join(
+                b"%x\r\n%s\r\n" % (len(body[i : i + 65536]), body[i : i + 65536]) for i in range(0, len(body), 65536)
+            )
+            + b"0\r\n\r\n"
+        )
     else:
         head += "Content-Length: %d\r\n" % len(body)
     head += "".join("%s: %s\r\n" % kv for kv in headers.items()) + "\r\n"
@@ -130,16 +143,22 @@ def run_bomb(url: str, pid: int, n: int) -> None:
     checker.start()
     try:
         no_key = dict(headers, **{"X-IS-AccessKey": ""})
-        for label, hdr, chunked in (("valid key", headers, False), ("no key", no_key, False),
-                                    ("valid key, chunked", headers, True), ("no key, chunked", no_key, True)):
+        for label, hdr, chunked in (
+            ("valid key", headers, False),
+            ("no key", no_key, False),
+            ("valid key, chunked", headers, True),
+            ("no key, chunked", no_key, True),
+        ):
             statuses: dict = {}
             cpu0 = cpu_seconds(pid)
             for _ in range(n):
                 status = post_and_linger(url, bomb, hdr, chunked=chunked)
                 statuses[status] = statuses.get(status, 0) + 1
             per = (cpu_seconds(pid) - cpu0) / n
-            print("gzip bomb %d bytes -> %d MiB, %s: %d requests, answers %s, server CPU %.3f s per request"
-                  % (len(bomb), 900, label, n, statuses, per))
+            print(
+                "gzip bomb %d bytes -> %d MiB, %s: %d requests, answers %s, server CPU %.3f s per request"
+                % (len(bomb), 900, label, n, statuses, per)
+            )
     finally:
         stop.set()
         checker.join(60)
@@ -148,8 +167,12 @@ def run_bomb(url: str, pid: int, n: int) -> None:
 
 def _serve(db: str) -> Iterator[Tuple[str, int]]:
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, "-m", "isstreamer.cli", "serve", "--port", "0", "--db", db],
-                            stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "isstreamer.cli", "serve", "--port", "0", "--db", db],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         m = re.search(r"listening on (http://\S+)", proc.stdout.readline())  # type: ignore[union-attr]
         if not m:
@@ -182,10 +205,18 @@ def main() -> None:
             for url, pid in _serve(db):
                 stored, elapsed, cpu = run(url, args.batches, args.batch_size, pid)
     expected = args.batches * args.batch_size
-    print("%d events in %d POSTs of %d: %.2f s, %.0f events/s stored%s%s"
-          % (stored, args.batches, args.batch_size, elapsed, stored / elapsed,
-             ", server CPU %.2f us per event" % (cpu / stored * 1e6) if cpu else "",
-             "" if stored == expected else " (EXPECTED %d)" % expected))
+    print(
+        "%d events in %d POSTs of %d: %.2f s, %.0f events/s stored%s%s"
+        % (
+            stored,
+            args.batches,
+            args.batch_size,
+            elapsed,
+            stored / elapsed,
+            ", server CPU %.2f us per event" % (cpu / stored * 1e6) if cpu else "",
+            "" if stored == expected else " (EXPECTED %d)" % expected,
+        )
+    )
 
 
 if __name__ == "__main__":
