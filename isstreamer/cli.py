@@ -72,10 +72,14 @@ class _RateLimit(click.ParamType):
 @click.option(
     "--db",
     "db",
-    type=click.Path(dir_okay=False),
     default=None,
-    help="SQLite database file [default: $XDG_STATE_HOME/isstreamer/collector.db].",
+    metavar="FILE|URL",
+    help="SQLite database file, or a PostgreSQL database: postgresql://USER@HOST:PORT/DBNAME (needs "
+    "pip install 'isstreamer[postgres]'; keep a password in PGPASSFILE) "
+    "[default: $XDG_STATE_HOME/isstreamer/collector.db].",
 )
+@click.option("--workers", type=click.IntRange(1, 64), default=limits.WORKERS, show_default=True,
+              help="Collector processes on the one port (Linux SO_REUSEPORT); they share the database.")
 @click.option(
     "--access-key",
     "access_keys",
@@ -126,6 +130,7 @@ def serve(
     host: str,
     port: int,
     db: Optional[str],
+    workers: int,
     access_keys: Tuple[str, ...],
     key_files: Tuple[str, ...],
     admin_key_files: Tuple[str, ...],
@@ -152,7 +157,10 @@ def serve(
     Keys also come from $ISSTREAMER_COLLECTOR_KEYS (comma or space separated).
     """
     from isstreamer.collector import security
+    from isstreamer.collector.dburl import is_postgres_url, masked
     from isstreamer.collector.server import run_collector
+    from isstreamer.collector.store import Unavailable
+    from isstreamer.collector.workers import WorkersRefused
     from isstreamer.safefile import Refused
 
     if access_keys:
@@ -167,12 +175,13 @@ def serve(
             admin += security.read_key_file(f)
     except (OSError, UnicodeDecodeError, Refused) as exc:
         raise click.ClickException("cannot read a key file: %s" % exc) from exc
-    path = Path(db) if db else default_collector_db()
+    target = db if db and is_postgres_url(db) else str(Path(db) if db else default_collector_db())
     try:
         run_collector(
             host=host,
             port=port,
-            db=str(path),
+            db=target,
+            workers=workers,
             access_keys=keys,
             rate_limit=rate_limit,
             monthly_quota=monthly_quota,
@@ -193,8 +202,9 @@ def serve(
             log_rows=log_rows,
             log_days=log_days,
         )
-    except (OSError, Refused) as exc:  # address in use, unwritable or planted database ...
-        raise click.ClickException(str(exc)) from exc
+    except (OSError, Refused, Unavailable, WorkersRefused, ImportError) as exc:
+        # address in use, unwritable or planted database, database unreachable, no psycopg ...
+        raise click.ClickException(masked(str(exc))) from exc
 
 
 # --------------------------------------------------------------------------- demo

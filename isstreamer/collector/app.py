@@ -440,7 +440,7 @@ async def guard_middleware(
     resp = err.response()
     resp.force_close()
     if _is_logged(request):
-        await asyncio.wrap_future(request.app[STORE].call_write(lambda c: st.count_status(c, 403)))
+        await _record(request, lambda s: s.count_status(403))
     return resp
 
 
@@ -477,6 +477,12 @@ async def api_middleware(
             raise
         keep = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
         resp = ApiError(exc.status, exc.reason.upper().replace(" ", "_"), exc.reason, headers=keep).response()
+    except st.Unavailable as exc:
+        log.warning("collector: %s %s: %s", request.method, request.path, exc)
+        if entry is not None:
+            entry.error_type = "DATABASE_UNAVAILABLE"
+        resp = ApiError(503, "DATABASE_UNAVAILABLE", "the collector's database is unavailable; retry",
+                        headers={"Retry-After": "1"}).response()
     except Exception:  # noqa: BLE001 - answer 500 as JSON and keep serving
         log.exception("collector: unhandled error on %s %s", request.method, request.path)
         if entry is not None:
@@ -494,14 +500,21 @@ async def api_middleware(
             # still sending it gets this answer rather than a reset connection
             await _drain(request, max_body, DRAIN_SECONDS)
     if entry is not None and not request.get(_LOGGED):
-        store = request.app[STORE]
         if resp.status in _COUNT_ONLY or entry.owner is None:  # no key accepted: only counted
             status = resp.status
-            await asyncio.wrap_future(store.call_write(lambda c: st.count_status(c, status)))
+            await _record(request, lambda s: s.count_status(status))
         else:
             entry.status = resp.status
-            await asyncio.wrap_future(store.call_write(lambda c: st.log_request(c, entry), entry.owner))
+            await _record(request, lambda s: s.log_request(entry), entry.owner)
     return resp
+
+
+async def _record(request: web.Request, fn: Callable[[st.Session], None], flow: Optional[str] = None) -> None:
+    """Log or count a request (nothing, with a warning, when the database is unavailable)."""
+    try:
+        await asyncio.wrap_future(request.app[STORE].call_write(fn, flow))
+    except st.Unavailable as exc:
+        log.warning("collector: request not logged: %s", exc)
 
 
 # --------------------------------------------------------------------------- keys
@@ -703,21 +716,29 @@ async def post_buckets(request: web.Request) -> web.Response:
     now = time.time()
     quotas = _quotas(request.app[CONFIG])
     result = await asyncio.wrap_future(request.app[STORE].call_write(
-        lambda c: st.create_bucket(c, owner, bucket_key, name, tags, now, entry, quotas), owner))
+        lambda s: s.create_bucket(owner, bucket_key, name, tags, now, entry, quotas), owner))
     request[_LOGGED] = True
     if result.status == 201:
         return json_response({"bucketKey": bucket_key, "bucketName": name}, status=201)
     if result.status == 204:
         return web.Response(status=204)
-    err = ApiError(result.status, result.error_type or "ERROR", result.message)
+    err = ApiError(result.status, result.error_type or "ERROR", result.message, result.extra.get("index"))
     entry.error_type = err.type
     raise err
 
 
-def _rate_limit(request: web.Request, owner: str, now: float) -> None:
-    """Count the request; set the ``X-RateLimit-*`` headers; 429 past a configured limit."""
+async def _rate_limit(request: web.Request, owner: str, now: float) -> None:
+    """Count the request; set the ``X-RateLimit-*`` headers; 429 past a configured limit.
+
+    A configured limit is counted in the database when other collectors may share it (on the
+    database's clock), else in this process's memory."""
     limiter = request.app[LIMITER]
-    allowed, remaining, reset = limiter.hit(owner, now)
+    store = request.app[STORE]
+    if limiter.enforce and store.database.shared:
+        allowed, remaining, reset, now = await asyncio.wrap_future(store.call_read(
+            lambda s: s.rate_hit(owner, limiter.limit, limiter.window)))  # type: ignore[attr-defined]
+    else:
+        allowed, remaining, reset = limiter.hit(owner, now)
     request[_EXTRA_HEADERS] = {
         "X-RateLimit-Limit": str(limiter.limit),
         "X-RateLimit-Remaining": str(remaining),
@@ -775,7 +796,7 @@ async def events(request: web.Request) -> web.Response:
     owner = caller.owner
     assert owner is not None
     now = time.time()
-    _rate_limit(request, owner, now)
+    await _rate_limit(request, owner, now)
     bucket_key = validate_bucket_key(request.headers.get("X-IS-BucketKey") or request.query.get("bucketKey"))
     entry.bucket_key = bucket_key
     pairs = _url_pairs(request)
@@ -787,16 +808,16 @@ async def events(request: web.Request) -> web.Response:
             body = raw
     quotas = _quotas(config)
 
-    def write(conn: Any) -> st.IngestResult:
+    def write(session: st.Session) -> st.IngestResult:
         rows = _event_rows(body, pairs, now, config)
-        return st.ingest(conn, owner, bucket_key, rows, time.time(), entry, quotas)
+        return session.ingest(owner, bucket_key, rows, time.time(), entry, quotas)
 
     cost = 1.0 + len(body or b"") / 1024
     result = await asyncio.wrap_future(app[STORE].call_write(write, owner, cost))
     request[_LOGGED] = True
     if result.status == 204:
         return web.Response(status=204)
-    err = ApiError(result.status, result.error_type or "ERROR", result.message)
+    err = ApiError(result.status, result.error_type or "ERROR", result.message, result.extra.get("index"))
     entry.error_type = err.type
     raise err
 
@@ -834,7 +855,7 @@ def _merge_buckets(found: List[Dict[str, Any]]) -> Dict[str, Any]:
 async def _find(request: web.Request) -> Tuple[Dict[str, Any], List[int]]:
     bucket_key = request.match_info["bucketKey"]
     owner = _read_scope(request)
-    found = await asyncio.wrap_future(request.app[STORE].call_read(lambda c: st.find_buckets(c, bucket_key, owner)))
+    found = await asyncio.wrap_future(request.app[STORE].call_read(lambda s: s.find_buckets(bucket_key, owner)))
     if not found:
         raise ApiError(404, "BUCKET_NOT_FOUND", "no bucket %r" % bucket_key[:250])
     return _merge_buckets(found), [b["id"] for b in found]
@@ -850,7 +871,7 @@ async def list_buckets(request: web.Request) -> web.Response:
     the first ``page_size`` of them (``truncated`` says whether there are more)."""
     owner = _read_scope(request)
     page_size = request.app[CONFIG].page_size
-    found = await asyncio.wrap_future(request.app[STORE].call_read(lambda c: st.list_buckets(c, owner, page_size + 1)))
+    found = await asyncio.wrap_future(request.app[STORE].call_read(lambda s: s.list_buckets(owner, page_size + 1)))
     buckets, truncated = _capped(found, page_size)
     return json_response({"buckets": buckets, "truncated": truncated})
 
@@ -876,7 +897,7 @@ async def delete_bucket(request: web.Request) -> web.Response:
     else:
         owner = caller.owner
     n = await asyncio.wrap_future(request.app[STORE].call_write(
-        lambda c: st.remove_one_bucket(c, bucket_key, owner), caller.owner))
+        lambda s: s.remove_one_bucket(bucket_key, owner), caller.owner))
     if n < 0:
         raise ApiError(409, "AMBIGUOUS_OWNER", "several owners have bucket %r: add owner=" % bucket_key[:250])
     if not n:
@@ -887,7 +908,7 @@ async def delete_bucket(request: web.Request) -> web.Response:
 async def _latest(request: web.Request, ids: List[int]) -> Tuple[List[Dict[str, Any]], bool]:
     """The latest value of the first ``page_size`` keys, and whether there are more keys."""
     page_size = request.app[CONFIG].page_size
-    found = await asyncio.wrap_future(request.app[STORE].call_read(lambda c: st.latest_values(c, ids, page_size + 1)))
+    found = await asyncio.wrap_future(request.app[STORE].call_read(lambda s: s.latest_values(ids, page_size + 1)))
     return _capped(found, page_size)
 
 
@@ -959,7 +980,7 @@ async def bucket_dashboard(request: web.Request) -> web.Response:
     cached = cache.get(key, count, time.monotonic())
     if cached is None:
         t0 = time.monotonic()
-        data = await asyncio.wrap_future(store.call_read(lambda c: st.series(c, ids, columns, SERIES_CELLS)))
+        data = await asyncio.wrap_future(store.call_read(lambda s: s.series(ids, columns, SERIES_CELLS)))
         done = time.monotonic()
         cache.put(key, count, done, done - t0, data, sum(len(s["columns"]) for s in data.values()))
         cached = (count, data)
@@ -1007,7 +1028,7 @@ async def bucket_events(request: web.Request) -> web.Response:
         raise ApiError(400, "INVALID_PARAMETER", "order must be asc or desc")
     after = _cursor_param(request)
     rows, following = await asyncio.wrap_future(request.app[STORE].call_read(
-        lambda c: st.query_events(c, ids, key, since, until, limit, order == "desc", after)))
+        lambda s: s.query_events(ids, key, since, until, limit, order == "desc", after)))
     return json_response({"bucket": info["key"], "events": rows, "next": _encode_cursor(following)})
 
 
@@ -1020,7 +1041,7 @@ async def get_stats(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
     caller = _caller(request, required=False)
     everything = not config.keys_required or caller.admin
-    data = await asyncio.wrap_future(request.app[STORE].call_read(lambda c: st.stats(c, owner, everything)))
+    data = await asyncio.wrap_future(request.app[STORE].call_read(lambda s: s.stats(owner, everything)))
     guard: Optional[ConnectionGuard] = request.app.get(GUARD)  # type: ignore[assignment]
     if everything and guard is not None:
         data["connections"] = guard.counts()
@@ -1038,14 +1059,14 @@ async def data_latest(request: web.Request) -> web.Response:
     caller = _caller(request, required=True)
     bucket_key = validate_bucket_key(request.headers.get("X-IS-BucketKey") or request.query.get("bucketKey"))
     owner = caller.owner
-    found = await asyncio.wrap_future(request.app[STORE].call_read(lambda c: st.find_buckets(c, bucket_key, owner)))
+    found = await asyncio.wrap_future(request.app[STORE].call_read(lambda s: s.find_buckets(bucket_key, owner)))
     if not found:
         raise ApiError(404, "BUCKET_NOT_FOUND", "no bucket %r" % bucket_key)
     ids = [b["id"] for b in found]
     wanted = sorted(set(k for v in request.query.getall("key", []) for k in v.split(",") if k))
     if wanted:
         latest = await asyncio.wrap_future(
-            request.app[STORE].call_read(lambda c: st.latest_values(c, ids, keys=wanted)))
+            request.app[STORE].call_read(lambda s: s.latest_values(ids, keys=wanted)))
     else:
         latest, _ = await _latest(request, ids)
     out = {item["key"]: {"value": item["value"], "epoch": item["epoch"], "date": _iso_date(item["epoch"])}
