@@ -4,6 +4,7 @@ Keep this file tidy: one section per area, fixtures documented, heavy imports in
 """
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 from typing import Any, Callable, Iterator, List
@@ -36,16 +37,90 @@ def backend(request: Any, monkeypatch: Any) -> str:
 
 # --------------------------------------------------------------------------- local collector
 
+#: The collector's storage backends. A test marked ``collector_backends`` (a whole module with
+#: ``pytestmark``) runs once per backend through its collector fixtures; others use SQLite.
+COLLECTOR_BACKENDS = ("sqlite", "postgres")
+
+
+def pytest_generate_tests(metafunc: Any) -> None:
+    """Parametrize ``collector_backend`` for tests marked ``collector_backends(*names, slow=())``
+    (names: all backends when none are given). The variants named in ``slow`` carry the ``slow``
+    marker and are skipped unless ``-m`` selects slow tests."""
+    marker = metafunc.definition.get_closest_marker("collector_backends")
+    if marker is None or "collector_backend" not in metafunc.fixturenames:
+        return
+    slow_selected = "slow" in (metafunc.config.getoption("-m") or "")
+    params = []
+    for name in marker.args or COLLECTOR_BACKENDS:
+        marks: List[Any] = []
+        if name in marker.kwargs.get("slow", ()):
+            marks = [pytest.mark.slow, pytest.mark.skipif(not slow_selected, reason="the %s variant of a slow test: "
+                                                          "run it with -m slow" % name)]
+        params.append(pytest.param(name, marks=marks))
+    metafunc.parametrize("collector_backend", params, indirect=True)
+
 
 @pytest.fixture
-def collector_factory(tmp_path: Any) -> Iterator[Callable[..., Any]]:
-    """Start ``CollectorServer(**kwargs)`` instances (db under tmp_path); all stopped at teardown."""
+def collector_backend(request: Any) -> str:
+    """The storage backend of the collectors this test starts: ``sqlite`` unless parametrized."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture(scope="session")
+def postgres_databases() -> Iterator[Any]:
+    """Fresh PostgreSQL databases (``pgcluster.Databases``): on ``$ISSTREAMER_TEST_POSTGRES``, else
+    on a private cluster started for the session (stopped at its end). Without PostgreSQL's
+    binaries (or psycopg) the PostgreSQL variants skip, saying why; in CI they fail."""
+    import pgcluster
+
+    def unavailable(reason: str) -> None:
+        if pgcluster.required():
+            pytest.fail("PostgreSQL required (CI or %s) but %s" % (pgcluster.REQUIRE_ENV, reason))
+        pytest.skip(reason)
+
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        unavailable("psycopg is not installed (pip install -e '.[postgres]')")
+    given = os.environ.get(pgcluster.URL_ENV)
+    cluster = None
+    if not given:
+        bindir = pgcluster.find_bindir()
+        if bindir is None:
+            unavailable("no PostgreSQL server binaries (apt-get install postgresql, or set ISSTREAMER_PG_BINDIR)")
+        cluster = pgcluster.PgCluster(bindir).start()
+    databases = pgcluster.Databases(given or cluster.url())  # type: ignore[union-attr]
+    try:
+        yield databases
+    finally:
+        try:
+            databases.drop_all()
+        finally:
+            if cluster is not None:
+                cluster.stop()
+
+
+@pytest.fixture
+def collector_db(collector_backend: str, tmp_path: Any, request: Any) -> Iterator[Callable[[], str]]:
+    """Makes databases for collectors: files under tmp_path, or new PostgreSQL databases."""
+    if collector_backend == "sqlite":
+        names = itertools.count()
+        yield lambda: str(tmp_path / ("collector-%d.db" % next(names)))
+        return
+    databases = request.getfixturevalue("postgres_databases")
+    yield databases.create
+
+
+@pytest.fixture
+def collector_factory(collector_db: Callable[[], str]) -> Iterator[Callable[..., Any]]:
+    """Start ``CollectorServer(**kwargs)`` instances (each on a new database of the test's
+    backend unless ``db_path`` is given); all stopped at teardown."""
     from isstreamer.collector.server import CollectorServer
 
     started: List[CollectorServer] = []
 
     def make(**kwargs: Any) -> CollectorServer:
-        kwargs.setdefault("db_path", str(tmp_path / ("collector-%d.db" % len(started))))
+        kwargs.setdefault("db_path", collector_db())
         server = CollectorServer(**kwargs).start()
         started.append(server)
         return server
@@ -53,6 +128,19 @@ def collector_factory(tmp_path: Any) -> Iterator[Callable[..., Any]]:
     yield make
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def hold_writers() -> Callable[[Any, Any], None]:
+    """``hold(server, gate)`` keeps every writer thread of a running collector busy until
+    ``gate`` (a threading.Event) is set: the writes sent meanwhile stay in flight."""
+
+    def hold(server: Any, gate: Any) -> None:
+        store = server._store
+        for _ in range(store.writers):
+            store.call_write(lambda session: gate.wait(30))
+
+    return hold
 
 
 @pytest.fixture

@@ -17,6 +17,10 @@ import requests
 
 from isstreamer.collector.server import CollectorServer
 
+from collector_db import stored_text
+
+pytestmark = pytest.mark.collector_backends()
+
 AK = "ist_test_access_key"
 
 
@@ -82,7 +86,7 @@ def test_buckets_are_scoped_per_access_key(collector: CollectorServer) -> None:
     assert create_bucket(collector, {"bucketKey": "shared"}, access_key="two").status_code == 201
     owners = {b["owner"] for b in collector.buckets()}
     assert len(owners) == 2 and all("one" not in o and "two" not in o for o in owners)
-    raw = open(collector.db_path, "rb").read()
+    raw = stored_text(collector.db_path)
     assert b"ist_test" not in raw and AK.encode() not in raw
 
 
@@ -392,10 +396,10 @@ def test_pages_served(collector: CollectorServer) -> None:
 # --------------------------------------------------------------------------- lifecycle
 
 
-def test_stop_finishes_in_flight_request(collector_factory: Any) -> None:
+def test_stop_finishes_in_flight_request(collector_factory: Any, hold_writers: Any) -> None:
     server = collector_factory()
     gate = threading.Event()
-    server._store.call_write(lambda conn: gate.wait(10))  # hold the writer: the next POST stays in flight
+    hold_writers(server, gate)  # the next POST stays in flight
     replies: list = []
     poster = threading.Thread(target=lambda: replies.append(post_events(server, [{"key": "f", "value": i} for i in range(100)])))
     poster.start()
@@ -415,8 +419,8 @@ def test_stop_finishes_in_flight_request(collector_factory: Any) -> None:
         requests.get("http://127.0.0.1:%d/api/stats" % server.port, timeout=2)
 
 
-def test_context_manager_and_reuse_of_db(tmp_path: Any) -> None:
-    db = str(tmp_path / "c.db")
+def test_context_manager_and_reuse_of_db(collector_db: Any) -> None:
+    db = collector_db()
     with CollectorServer(db_path=db) as s:
         assert s.url.startswith("http://127.0.0.1:")
         assert post_events(s, {"key": "a", "value": 1}).status_code == 204
@@ -425,10 +429,10 @@ def test_context_manager_and_reuse_of_db(tmp_path: Any) -> None:
         assert [e["value"] for e in s.events()] == [1, 2]
 
 
-def test_isstreamer_serve_subprocess(tmp_path: Any) -> None:
+def test_isstreamer_serve_subprocess(tmp_path: Any, collector_backend: str, collector_db: Any) -> None:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    db = tmp_path / "state" / "serve.db"
+    db = tmp_path / "state" / "serve.db" if collector_backend == "sqlite" else collector_db()
     proc = subprocess.Popen(
         [sys.executable, "-m", "isstreamer.cli", "serve", "--port", "0", "--db", str(db), "--access-key", "secret",
          "--rate-limit", "100/10", "--monthly-quota", "1000", "--max-body", "50000"],

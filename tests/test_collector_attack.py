@@ -20,6 +20,9 @@ import pytest
 import requests
 
 from attackers import Hogs, Legit, Served
+from collector_db import execute
+
+pytestmark = pytest.mark.collector_backends()
 
 KEY = "legit-key"
 
@@ -33,11 +36,14 @@ def legit_write(url: str, key: str = KEY) -> Callable[[float], requests.Response
 
 
 @pytest.fixture
-def served(tmp_path: Any) -> Iterator[Callable[..., Served]]:
-    """Start ``isstreamer serve`` processes; all stopped at teardown."""
+def served(tmp_path: Any, collector_backend: str, collector_db: Any) -> Iterator[Callable[..., Served]]:
+    """Start ``isstreamer serve`` processes (each on a new database of the test's backend unless
+    ``db`` is given); all stopped at teardown."""
     started = []
 
     def make(*args: str, **kw: Any) -> Served:
+        if collector_backend != "sqlite":
+            kw.setdefault("db", collector_db())
         server = Served(tmp_path, *args, **kw)
         started.append(server)
         return server
@@ -72,6 +78,7 @@ def _slot_attack(server: Served, kind: str) -> Hogs:
     return Hogs(port, head, again=b" ", period=1.0, count=300)  # a body trickled under the body timeout
 
 
+@pytest.mark.collector_backends(slow=("postgres",))
 @pytest.mark.parametrize("kind", ["pipelined", "keep-alive", "trickled-body"])
 def test_slot_hogs_do_not_lock_out_a_legitimate_client(served: Callable[..., Served], kind: str) -> None:
     server = served()
@@ -113,6 +120,7 @@ def _key_file(tmp_path: Any, *keys: str) -> str:
     return str(path)
 
 
+@pytest.mark.collector_backends(slow=("postgres",))
 def test_readers_that_never_read_do_not_grow_memory(served: Callable[..., Served], tmp_path: Any) -> None:
     server = served("--access-key-file", _key_file(tmp_path, KEY))
     for i in range(12):  # 420,000 events: ~27 MB of JSON when answered whole
@@ -202,19 +210,17 @@ def test_lists_capped_at_the_page_size(collector_factory: Any) -> None:
 
 
 def test_dashboard_series_and_their_cache_are_bounded(collector: Any) -> None:
-    from isstreamer.collector import store as st
     from isstreamer.collector.app import SeriesCache
 
     body = [{"key": "key%d" % k, "value": i, "epoch": 1_700_000_000 + i} for k in range(10) for i in range(50)]
     assert requests.post(collector.url + "/api/events", json=body,
                          headers={"X-IS-AccessKey": KEY, "X-IS-BucketKey": "wide"}).status_code == 204
-    conn = st.connect(collector.db_path, readonly=True)
-    try:
-        ids = [b["id"] for b in st.find_buckets(conn, "wide")]
-        assert len(st.series(conn, ids, 600)) == 10
-        assert list(st.series(conn, ids, 600, max_cells=120)) == ["key0", "key1", "key2"]  # 50 columns each
-    finally:
-        conn.close()
+    def check(session: Any) -> None:
+        ids = [b["id"] for b in session.find_buckets("wide")]
+        assert len(session.series(ids, 600)) == 10
+        assert list(session.series(ids, 600, max_cells=120)) == ["key0", "key1", "key2"]  # 50 columns each
+
+    collector._store.call_read(check).result()
     cache = SeriesCache(size=10, max_cells=100)
     for i in range(5):
         cache.put(((i,), 600), 1, 0.0, 0.0, "series %d" % i, cells=40)
@@ -275,6 +281,7 @@ def test_serve_options_read_their_defaults_from_limits() -> None:
     assert defaults["disk_quota"] is None and defaults["max_db_size"] is None  # the mode decides
 
 
+@pytest.mark.collector_backends("sqlite")  # a database of an older SQLite version
 def test_quota_counts_buckets_and_what_an_older_database_holds(collector_factory: Any, tmp_path: Any) -> None:
     import sqlite3
 
@@ -300,6 +307,7 @@ def test_quota_counts_buckets_and_what_an_older_database_holds(collector_factory
     assert 201 in statuses and statuses[-1] == 507
 
 
+@pytest.mark.collector_backends(slow=("postgres",))
 def test_bulk_writers_do_not_starve_a_small_writer(served: Callable[..., Served]) -> None:
     server = served()
     body = _bomblet(45_000)
@@ -347,14 +355,10 @@ def test_iso8601_range_checked_like_the_epoch(collector: Any) -> None:
 
 
 def test_latest_of_an_out_of_range_epoch_stored_earlier_is_not_a_500(collector: Any) -> None:
-    import sqlite3
-
     hdr = {"X-IS-AccessKey": KEY, "X-IS-BucketKey": "old"}
     assert requests.post(collector.url + "/api/events", json={"key": "t", "value": 1}, headers=hdr).status_code == 204
-    conn = sqlite3.connect(collector.db_path)  # what an older version stored for "9999-12-31T24:00-23:59"
-    conn.execute("UPDATE latest SET epoch = 253402387140.0")
-    conn.commit()
-    conn.close()
+    # what an older version stored for "9999-12-31T24:00-23:59"
+    execute(collector.db_path, "UPDATE latest SET epoch = 253402387140.0")
     r = requests.get(collector.url + "/data/v1/events/latest", headers=hdr)
     assert r.status_code == 200 and r.json()["t"]["epoch"] == 253402387140.0
 

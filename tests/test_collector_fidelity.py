@@ -17,6 +17,8 @@ from isstreamer.collector.server import CollectorServer
 
 from support import ROOT
 
+pytestmark = pytest.mark.collector_backends()
+
 AK = "ist_fakee8do2JQN3Eos8Ah2FS8uiFD3Ola2"
 
 

@@ -14,6 +14,8 @@ from isstreamer.collector.guard import client_of
 
 from support import wait_until
 
+pytestmark = pytest.mark.collector_backends()
+
 
 def closed_by_server(sock: socket.socket, within: float) -> bool:
     """Whether the server closes ``sock`` within ``within`` seconds (answers are read and dropped)."""
@@ -129,10 +131,10 @@ def test_answers_never_read_time_out(collector_factory: Any) -> None:
     assert requests.get(server.url + "/api/stats", timeout=10).json()["connections"]["write_timeouts"] >= 1
 
 
-def test_busy_connections_are_never_evicted(collector_factory: Any) -> None:
+def test_busy_connections_are_never_evicted(collector_factory: Any, hold_writers: Any) -> None:
     server = collector_factory(max_connections=3, max_per_client=3)
     gate = threading.Event()
-    server._store.call_write(lambda conn: gate.wait(20))  # the writer is held: POSTs stay busy
+    hold_writers(server, gate)  # POSTs stay busy
     answers: List[int] = []
 
     def post() -> None:

@@ -24,6 +24,8 @@ from isstreamer.collector.store import hash_access_key
 
 from support import ROOT, wait_until
 
+pytestmark = pytest.mark.collector_backends()
+
 K1, K2, ADMIN = "key-one", "key-two", "admin-key"
 
 
@@ -230,20 +232,21 @@ def test_request_log_bounded(collector_factory: Any) -> None:
     assert server.status_counts() == {204: 150} and server.event_count() == 150
 
 
-def test_request_log_age_bound(tmp_path: Any) -> None:
+def test_request_log_age_bound(collector_db: Any) -> None:
     from isstreamer.collector import store as st
 
-    s = st.Store(str(tmp_path / "age.db"))
+    db = collector_db()
+    s = st.Store(db)
     try:
         now = time.time()
         for age_days in (30, 8, 6, 0):
             entry = st.RequestLog(request_uid="u%d" % age_days, time=now - age_days * 86400, method="POST",
                                   path="/api/events", status=204)
-            s.call_write(lambda c, e=entry: st.log_request(c, e)).result()
-        s.call_write(lambda c: st.prune_requests(c, st.LogBounds(rows=100, max_age=7 * 86400), now)).result()
+            s.call_write(lambda c, e=entry: c.log_request(e)).result()
+        s.call_write(lambda c: c.prune_requests(st.LogBounds(rows=100, max_age=7 * 86400), now)).result()
     finally:
         s.close()
-    assert [r["request_uid"] for r in st.read_requests(str(tmp_path / "age.db"))] == ["u6", "u0"]
+    assert [r["request_uid"] for r in st.read_requests(db)] == ["u6", "u0"]
 
 
 # --------------------------------------------------------------------------- 6. parse errors are 400s

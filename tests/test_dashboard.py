@@ -18,6 +18,8 @@ import requests
 
 from isstreamer.collector.server import CollectorServer
 
+pytestmark = pytest.mark.collector_backends()
+
 AK = "dash-key"
 SCREENSHOT = os.path.join(tempfile.gettempdir(), "isstreamer-dashboard.png")
 
