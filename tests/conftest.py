@@ -4,6 +4,7 @@ Keep this file tidy: one section per area, fixtures documented, heavy imports in
 """
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import os
 import sys
@@ -78,9 +79,7 @@ def postgres_databases() -> Iterator[Any]:
             pytest.fail("PostgreSQL required (CI or %s) but %s" % (pgcluster.REQUIRE_ENV, reason))
         pytest.skip(reason)
 
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("psycopg") is None:
         unavailable("psycopg is not installed (pip install -e '.[postgres]')")
     given = os.environ.get(pgcluster.URL_ENV)
     cluster = None

@@ -237,7 +237,7 @@ def test_disk_quota_per_key_holder_bounds_gzip_amplification(served: Callable[..
     grown = server.disk() - before
     print("50 gzip bodies of %d bytes, quota %d MB: %d stored, disk grew %.1f MB" % (
         len(body), quota >> 20, statuses.count(204), grown / 2**20))
-    assert statuses.count(204) >= 3 and statuses[-1] == 507, statuses
+    assert statuses.count(204) >= 2 and statuses[-1] == 507, statuses  # PostgreSQL counts ~7 MB a body
     assert grown <= quota + 8 * 2**20, "the database grew by %d MB" % (grown >> 20)
     assert _post_gzip(server.url, _bomblet(10), "someone-else").status_code == 204  # another key holder
     r = requests.get(server.url + "/api/stats").json()
@@ -252,7 +252,7 @@ def test_total_database_cap_bounds_rotating_keys(served: Callable[..., Served]) 
     statuses = [_post_gzip(server.url, body, "rotating-%d" % i).status_code for i in range(40)]
     grown = server.disk() - before
     print("40 keys, database cap %d MB: %d stored, disk grew %.1f MB" % (cap >> 20, statuses.count(204), grown / 2**20))
-    assert statuses.count(204) >= 3 and statuses[-1] == 507, statuses
+    assert statuses.count(204) >= 2 and statuses[-1] == 507, statuses
     assert grown <= cap + 8 * 2**20
     assert server.alive()
     no_tracebacks(server)
@@ -276,7 +276,7 @@ def test_serve_options_read_their_defaults_from_limits() -> None:
 
     defaults = {p.name: p.default for p in serve.params}
     for name in ("max_body", "max_key_chars", "max_connections", "max_per_client", "header_timeout", "idle_timeout",
-                 "body_timeout", "write_timeout", "page_size", "log_rows", "log_days"):
+                 "body_timeout", "write_timeout", "page_size", "log_rows", "log_days", "workers"):
         assert defaults[name] == getattr(limits, name.upper()), name
     assert defaults["disk_quota"] is None and defaults["max_db_size"] is None  # the mode decides
 

@@ -43,6 +43,8 @@ from .store import (
 #: Bytes one stored event takes beyond its key (twice) and value: row header and fixed columns,
 #: three index entries (an upper bound for small events, as measured with PostgreSQL 15).
 EVENT_OVERHEAD = 160
+#: Bytes a row of the request log takes, about (for the database's size cap).
+LOG_ROW_BYTES = 400
 #: Rows each status is counted over (a session adds to the one of its backend's process id).
 STATUS_SHARDS = 64
 #: Key of the advisory lock taken while the schema is migrated.
@@ -231,8 +233,8 @@ def migrate(conn: psycopg.Connection) -> int:
 class PostgresDatabase(Database):
     """A PostgreSQL database named by a ``postgresql://`` URL (libpq's; a password is better kept
     in ``PGPASSFILE``, or left out with peer authentication). ``max_db_bytes`` caps its size as
-    ``pg_database_size`` measures it (checked every :data:`SIZE_CHECK_INTERVAL` seconds, so a
-    write may pass it by one interval's worth)."""
+    ``pg_database_size`` measures it (see :meth:`admits`: other collectors' writes of the last
+    second may pass it)."""
 
     shared = True
     unreachable = (psycopg.OperationalError,)
@@ -251,8 +253,8 @@ class PostgresDatabase(Database):
         if "connect_timeout" not in given:
             self._options["connect_timeout"] = 10
         self._size_lock = threading.Lock()
-        self._size_checked = 0.0
-        self._full = False
+        self._measured_at = -SIZE_CHECK_INTERVAL
+        self._size = 0
 
     def connect(self) -> psycopg.Connection:
         """A new autocommit connection."""
@@ -267,18 +269,23 @@ class PostgresDatabase(Database):
         """A session on a new connection."""
         return PostgresSession(self.connect(), self)
 
-    def is_full(self, conn: psycopg.Connection) -> bool:
-        """Whether the database has passed ``max_db_bytes`` (as last measured)."""
-        if not self.max_db_bytes:
-            return False
+    def admits(self, conn: psycopg.Connection, nbytes: int) -> bool:
+        """Whether a write of about ``nbytes`` keeps the database within ``max_db_bytes``: the
+        size last measured (at most :data:`SIZE_CHECK_INTERVAL` seconds ago) plus what this
+        process admitted since, measured again when that would pass the cap."""
+        cap = self.max_db_bytes
+        if not cap:
+            return True
         now = time.monotonic()
         with self._size_lock:
-            if now - self._size_checked < SIZE_CHECK_INTERVAL:
-                return self._full
-            self._size_checked = now
+            if now - self._measured_at < SIZE_CHECK_INTERVAL and self._size + nbytes <= cap:
+                self._size += nbytes
+                return True
         size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]  # type: ignore[index]
-        self._full = size >= self.max_db_bytes
-        return self._full
+        admitted = size + nbytes <= cap
+        with self._size_lock:
+            self._size, self._measured_at = size + (nbytes if admitted else 0), now
+        return admitted
 
 
 class PostgresSession(Session):
@@ -327,7 +334,7 @@ class PostgresSession(Session):
 
     def log_request(self, log: RequestLog) -> None:
         """Record one served request (and count its status); when the database is full, only count it."""
-        if self.database.is_full(self.conn):
+        if not self.database.admits(self.conn, LOG_ROW_BYTES):
             self.count_status(log.status)
             return
         try:
@@ -363,7 +370,7 @@ class PostgresSession(Session):
         refused = _nul_refusal((), bucket_key, name)
         if refused is not None:
             return self._refused_early(log, refused)
-        if self.database.is_full(self.conn):
+        if not self.database.admits(self.conn, bucket_bytes(bucket_key, name) + LOG_ROW_BYTES):
             return self._storage_full(log)
         try:
             with self.conn.transaction():
@@ -409,7 +416,7 @@ class PostgresSession(Session):
         refused = _nul_refusal(rows, bucket_key)
         if refused is not None:
             return self._refused_early(log, refused)
-        if self.database.is_full(self.conn):
+        if not self.database.admits(self.conn, stored_bytes(rows, EVENT_OVERHEAD) + LOG_ROW_BYTES):
             return self._storage_full(log)
         try:
             with self.conn.transaction():
@@ -458,6 +465,8 @@ class PostgresSession(Session):
             return
         bucket_id, _, created = bucket  # type: ignore[misc]
         nbytes = stored_bytes(rows, EVENT_OVERHEAD) + (bucket_bytes(bucket_key, bucket_key) if created else 0)
+        month = month_of(received)
+        self._precheck(owner, month, n, nbytes, quotas)
         with self.conn.cursor() as cur:
             with cur.copy("COPY events (bucket_id, key, value_json, value_num, epoch, received, request_id) "
                           "FROM STDIN") as copy:
@@ -466,13 +475,24 @@ class PostgresSession(Session):
         if self._one("UPDATE buckets SET event_count = event_count + %s, last_update = GREATEST(last_update, %s) "
                      "WHERE id = %s AND removed IS NULL RETURNING id", (n, received, bucket_id)) is None:
             raise _Refusal(removed_refusal(bucket_key))  # removed by another collector meanwhile
-        month = month_of(received)
         used = self._one("INSERT INTO usage AS u (owner, month, events) VALUES (%s, %s, %s) ON CONFLICT (owner, month) "
                          "DO UPDATE SET events = u.events + excluded.events RETURNING events", (owner, month, n))[0]  # type: ignore[index]
         if quotas.monthly_events is not None and used > quotas.monthly_events:
             raise _Refusal(monthly_refusal(quotas.monthly_events, used - n, n))
         self._add_stored(owner, nbytes, quotas.disk_bytes)
         self._upsert_latest(bucket_id, rows, received)
+
+    def _precheck(self, owner: str, month: str, n: int, nbytes: int, quotas: Quotas) -> None:
+        """Refuse a batch past a quota before it is written (a rolled-back write would still take
+        disk space until vacuumed); the check that holds is the one after, under the row locks."""
+        if quotas.monthly_events is None and quotas.disk_bytes is None:
+            return
+        events, stored = self._one("SELECT (SELECT events FROM usage WHERE owner = %s AND month = %s), "
+                                   "(SELECT bytes FROM storage WHERE owner = %s)", (owner, month, owner))  # type: ignore[misc]
+        if quotas.monthly_events is not None and (events or 0) + n > quotas.monthly_events:
+            raise _Refusal(monthly_refusal(quotas.monthly_events, events or 0, n))
+        if quotas.disk_bytes is not None and (stored or 0) + nbytes > quotas.disk_bytes:
+            raise _Refusal(disk_refusal(quotas.disk_bytes, stored or 0, nbytes))
 
     def _upsert_latest(self, bucket_id: int, rows: Sequence[EventRow], received: float) -> None:
         latest: Dict[str, list] = {}

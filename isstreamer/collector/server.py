@@ -358,8 +358,7 @@ def run_collector(
             store.close()
             raise
         warn_if_exposed(sock, config)
-        say(announcement(sock, store.label))
-        serve_socket(config, store, sock, shutdown_timeout)
+        serve_socket(config, store, sock, shutdown_timeout, ready=lambda: say(announcement(sock, store.label)))
     if announce is None:
         print("isstreamer collector stopped", file=sys.stderr, flush=True)
 
@@ -371,9 +370,10 @@ def warn_if_exposed(sock: socket.socket, config: CollectorConfig) -> None:
         print("isstreamer serve: " + warning, file=sys.stderr, flush=True)
 
 
-def serve_socket(config: CollectorConfig, store: Store, sock: socket.socket, shutdown_timeout: float) -> None:
+def serve_socket(config: CollectorConfig, store: Store, sock: socket.socket, shutdown_timeout: float,
+                 ready: Optional[Callable[[], None]] = None) -> None:
     """Serve on a listening socket until SIGINT or SIGTERM, then finish in-flight requests and
-    close ``store``."""
+    close ``store``; ``ready()`` is called once serving, the signal handlers in place."""
 
     async def main() -> None:
         try:
@@ -385,6 +385,8 @@ def serve_socket(config: CollectorConfig, store: Store, sock: socket.socket, shu
                     loop.add_signal_handler(sig, stop.set)
                 except (NotImplementedError, RuntimeError):  # pragma: no cover - Windows
                     signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stop.set))
+            if ready is not None:
+                ready()
             await stop.wait()
             await runner.cleanup()
         finally:
