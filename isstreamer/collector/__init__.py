@@ -1,4 +1,4 @@
-"""The embedded Initial State-compatible local collector (aiohttp + SQLite).
+"""The embedded Initial State-compatible local collector (aiohttp + SQLite, or PostgreSQL).
 
 ``CollectorServer`` runs it in a background thread (tests, demos); ``run_collector`` runs it in
 the foreground (``isstreamer serve``). Names are imported lazily so that importing this package

@@ -480,8 +480,10 @@ class Store:
 
 
 def _with_session(db: str, fn: Callable[[Session], T], write: bool = False) -> T:
+    """``fn`` on a fresh session (a writer's, on a schema made ready, when ``write``)."""
     database = open_database(db)
-    database.prepare()
+    if write:
+        database.prepare()
     session = database.session(write)
     try:
         return fn(session)
