@@ -1,20 +1,27 @@
-"""Ingest throughput of the local collector (events stored per second), and the server CPU a
-gzip bomb costs per request.
+"""Ingest throughput of the local collector (events stored per second, CPU per million events)
+on SQLite or PostgreSQL with one or more collector processes, and the server CPU a gzip bomb
+costs per request.
 
-Starts ``isstreamer serve`` in its own process (so client and server do not share a GIL) on a
-temporary database, POSTs batches of events from one ``requests.Session`` loop, and divides the
-events the collector reports stored by the wall time of the loop. ``--gzip-bomb N`` instead
-POSTs N bodies of about 0.9 MB that inflate to 900 MiB (with a valid key, and without one) and
-reports the collector process's CPU seconds per request (from /proc) and the slowest answer to a
-health check (``GET /api/versions``) sent meanwhile.
+Starts ``isstreamer serve --workers N`` in its own processes (so clients and servers do not
+share a GIL) on a temporary database: an SQLite file, or a database of a private PostgreSQL
+cluster started for the run (``tests/pgcluster.py``, PostgreSQL's default durability: fsync on
+every commit) unless ``--db URL`` names one. ``--clients`` processes POST batches of events over
+keep-alive connections, all at once; events/s is the events the collector reports stored
+divided by the wall time from the first POST to the last answer. CPU per million events is
+counted from /proc for the collector processes and, on a private cluster, for every process of
+the PostgreSQL server. ``--gzip-bomb N`` instead POSTs N bodies of about 0.9 MB that inflate to
+900 MiB (with a valid key, and without one) and reports the collector process's CPU seconds per
+request and the slowest answer to a health check (``GET /api/versions``) sent meanwhile.
 
-    python benchmarks/collector_ingest.py [--batches 200] [--batch-size 1000] [--in-process]
+    python benchmarks/collector_ingest.py [--backend sqlite|postgres] [--collectors 1] [--clients 4]
+        [--batches 100] [--batch-size 1000] [--db URL]
     python benchmarks/collector_ingest.py --gzip-bomb 10
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import re
 import signal
@@ -25,13 +32,14 @@ import tempfile
 import threading
 import time
 import zlib
-from typing import Iterator, List, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import orjson
 import requests
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))  # pgcluster: the private PostgreSQL server
 
 HEADERS = {
     "X-IS-AccessKey": "bench",
@@ -41,30 +49,72 @@ HEADERS = {
 }
 
 
-def run(url: str, batches: int, batch_size: int, pid: int = 0) -> Tuple[int, float, float]:
-    """POST ``batches`` bodies of ``batch_size`` events; return (events stored, seconds, server
-    CPU seconds (0 without ``pid``))."""
+def _bodies(batches: int, batch_size: int, client: int) -> List[bytes]:
     base = time.time()
-    bodies = [
+    return [
         orjson.dumps(
             [
-                {"key": "k%d" % (i % 8), "value": (i * 0.5 if i % 3 else "s%d" % i), "epoch": base + b + i / 1e4}
+                {
+                    "key": "k%d" % (i % 8),
+                    "value": (i * 0.5 if i % 3 else "s%d" % i),
+                    "epoch": base + b + i / 1e4 + client / 1e6,
+                }
                 for i in range(batch_size)
             ]
         )
         for b in range(min(batches, 20))
     ]
+
+
+def _client(
+    url: str,
+    batches: int,
+    batch_size: int,
+    client: int,
+    start: "multiprocessing.synchronize.Event",
+    done: "multiprocessing.Queue",
+) -> None:
+    """One client process: POST ``batches`` bodies once ``start`` is set; put the finish time."""
+    bodies = _bodies(batches, batch_size, client)
     with requests.Session() as s:
-        s.post(url + "/api/events", data=bodies[0], headers=HEADERS).raise_for_status()  # warm up
-        before = s.get(url + "/api/stats").json()["events"]
-        cpu0 = cpu_seconds(pid) if pid else 0.0
-        t0 = time.perf_counter()
+        s.post(url + "/api/versions", timeout=60)  # connected before the start
+        start.wait()
         for b in range(batches):
-            r = s.post(url + "/api/events", data=bodies[b % len(bodies)], headers=HEADERS)
+            r = s.post(url + "/api/events", data=bodies[b % len(bodies)], headers=HEADERS, timeout=120)
             if r.status_code != 204:
-                raise SystemExit("unexpected %d: %s" % (r.status_code, r.text))
-        elapsed = time.perf_counter() - t0
-        cpu = cpu_seconds(pid) - cpu0 if pid else 0.0
+                done.put(("error", "unexpected %d: %s" % (r.status_code, r.text[:300])))
+                return
+    done.put(("done", time.perf_counter()))
+
+
+def run(
+    url: str, batches: int, batch_size: int, clients: int = 1, pids: Optional[List[int]] = None
+) -> Tuple[int, float, float]:
+    """``clients`` processes POST ``batches`` bodies of ``batch_size`` events each; return (events
+    stored, seconds, CPU seconds of the processes ``pids`` and their children)."""
+    ctx = multiprocessing.get_context("spawn")
+    start, done = ctx.Event(), ctx.Queue()
+    with requests.Session() as s:
+        s.post(url + "/api/events", data=_bodies(1, batch_size, 0)[0], headers=HEADERS).raise_for_status()  # warm up
+        before = s.get(url + "/api/stats").json()["events"]
+    procs = [ctx.Process(target=_client, args=(url, batches, batch_size, c, start, done)) for c in range(clients)]
+    for p in procs:
+        p.start()
+    time.sleep(1.0)  # every client imported and connected
+    cpu0 = tree_cpu_seconds(pids or [])
+    t0 = time.perf_counter()
+    start.set()
+    finished = []
+    for _ in procs:
+        kind, value = done.get(timeout=1800)
+        if kind == "error":
+            raise SystemExit(value)
+        finished.append(value)
+    elapsed = max(finished) - t0
+    cpu = tree_cpu_seconds(pids or []) - cpu0
+    for p in procs:
+        p.join(60)
+    with requests.Session() as s:
         stored = s.get(url + "/api/stats").json()["events"] - before
     return stored, elapsed, cpu
 
@@ -82,10 +132,30 @@ def gzip_bomb(inflated: int = 900 * 1024 * 1024) -> bytes:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (Linux /proc)."""
-    with open("/proc/%d/stat" % pid) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
+    """User + system CPU seconds of a process (Linux /proc); 0 once it is gone."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> List[int]:
+    try:
+        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
+            return [int(p) for p in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def tree_cpu_seconds(pids: List[int]) -> float:
+    """CPU seconds of the processes ``pids`` and of their children (a collector's workers, a
+    PostgreSQL server's backends) that are alive now."""
+    total = 0.0
+    for pid in pids:
+        total += cpu_seconds(pid) + sum(cpu_seconds(c) for c in _children(pid))
+    return total
 
 
 def _health_checks(url: str, stop: threading.Event, worst: List[float]) -> None:
@@ -165,10 +235,25 @@ def run_bomb(url: str, pid: int, n: int) -> None:
     print("slowest health check during the bombs: %.3f s" % worst[0])
 
 
-def _serve(db: str) -> Iterator[Tuple[str, int]]:
+def _serve(db: str, workers: int = 1) -> Iterator[Tuple[str, int]]:
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "isstreamer.cli", "serve", "--port", "0", "--db", db],
+        [
+            sys.executable,
+            "-m",
+            "isstreamer.cli",
+            "serve",
+            "--port",
+            "0",
+            "--db",
+            db,
+            "--workers",
+            str(workers),
+            "--disk-quota",
+            "0",
+            "--max-db-size",
+            "0",
+        ],
         stdout=subprocess.PIPE,
         text=True,
         env=env,
@@ -180,12 +265,33 @@ def _serve(db: str) -> Iterator[Tuple[str, int]]:
         yield m.group(1), proc.pid
     finally:
         proc.send_signal(signal.SIGINT)
-        proc.wait(30)
+        proc.wait(60)
+
+
+def _postgres(args: argparse.Namespace) -> Iterator[Tuple[str, List[int]]]:
+    """The database URL and the PostgreSQL server's pids to count (none for ``--db``)."""
+    if args.db:
+        yield args.db, []
+        return
+    import pgcluster
+
+    bindir = pgcluster.find_bindir()
+    if bindir is None:
+        raise SystemExit("no PostgreSQL server binaries (apt-get install postgresql)")
+    cluster = pgcluster.PgCluster(bindir, durable=True).start()
+    try:
+        yield pgcluster.Databases(cluster.url()).create(), [cluster.postmaster_pid()]
+    finally:
+        cluster.stop()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batches", type=int, default=200)
+    ap.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite")
+    ap.add_argument("--db", help="a postgresql:// URL to use instead of a private cluster (--backend postgres)")
+    ap.add_argument("--collectors", type=int, default=1, help="collector processes (serve --workers)")
+    ap.add_argument("--clients", type=int, default=4, help="client processes posting at once")
+    ap.add_argument("--batches", type=int, default=100, help="POSTs per client")
     ap.add_argument("--batch-size", type=int, default=1000)
     ap.add_argument("--in-process", action="store_true", help="run the collector in a thread of this process")
     ap.add_argument("--gzip-bomb", type=int, default=0, metavar="N", help="measure N gzip bomb requests instead")
@@ -200,20 +306,31 @@ def main() -> None:
             from isstreamer.collector.server import CollectorServer
 
             with CollectorServer(db_path=db) as server:
-                stored, elapsed, cpu = run(server.url, args.batches, args.batch_size)
+                stored, elapsed, cpu = run(server.url, args.batches, args.batch_size, args.clients)
+            db_cpu = 0.0
         else:
-            for url, pid in _serve(db):
-                stored, elapsed, cpu = run(url, args.batches, args.batch_size, pid)
-    expected = args.batches * args.batch_size
+            for target, db_pids in _postgres(args) if args.backend == "postgres" else iter([(db, [])]):
+                for url, pid in _serve(target, args.collectors):
+                    db_cpu0 = tree_cpu_seconds(db_pids)
+                    stored, elapsed, cpu = run(url, args.batches, args.batch_size, args.clients, [pid])
+                    db_cpu = tree_cpu_seconds(db_pids) - db_cpu0
+    expected = args.clients * args.batches * args.batch_size
+    per_million = (lambda seconds: seconds / stored * 1e6) if stored else (lambda seconds: 0.0)
     print(
-        "%d events in %d POSTs of %d: %.2f s, %.0f events/s stored%s%s"
+        "%s, %d collector process%s, %d clients: %d events in %d POSTs of %d: %.2f s, %.0f events/s stored; "
+        "CPU per million events: collector %.2f s, database server %.2f s%s"
         % (
+            args.backend,
+            args.collectors,
+            "" if args.collectors == 1 else "es",
+            args.clients,
             stored,
-            args.batches,
+            args.clients * args.batches,
             args.batch_size,
             elapsed,
             stored / elapsed,
-            ", server CPU %.2f us per event" % (cpu / stored * 1e6) if cpu else "",
+            per_million(cpu),
+            per_million(db_cpu),
             "" if stored == expected else " (EXPECTED %d)" % expected,
         )
     )

@@ -3,6 +3,7 @@
 Subcommands import what they need inside their own function, so ``import isstreamer.cli``
 stays light (no aiohttp, no database) and adding a subcommand touches nothing else.
 """
+
 from __future__ import annotations
 
 import math
@@ -53,7 +54,9 @@ class _RateLimit(click.ParamType):
 
     name = "N/SECONDS"
 
-    def convert(self, value: object, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> Tuple[int, float]:
+    def convert(
+        self, value: object, param: Optional[click.Parameter], ctx: Optional[click.Context]
+    ) -> Tuple[int, float]:
         if isinstance(value, tuple):
             return value  # type: ignore[return-value]
         text = str(value)
@@ -69,13 +72,24 @@ class _RateLimit(click.ParamType):
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="Port (0 picks a free one).")
+@click.option(
+    "--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="Port (0 picks a free one)."
+)
 @click.option(
     "--db",
     "db",
-    type=click.Path(dir_okay=False),
     default=None,
-    help="SQLite database file [default: $XDG_STATE_HOME/isstreamer/collector.db].",
+    metavar="FILE|URL",
+    help="SQLite database file, or a PostgreSQL database: postgresql://USER@HOST:PORT/DBNAME (needs "
+    "pip install 'isstreamer[postgres]'; keep a password in PGPASSFILE) "
+    "[default: $XDG_STATE_HOME/isstreamer/collector.db].",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=limits.WORKERS,
+    show_default=True,
+    help="Collector processes on the one port (Linux SO_REUSEPORT); they share the database.",
 )
 @click.option(
     "--access-key",
@@ -84,49 +98,135 @@ class _RateLimit(click.ParamType):
     help="Accepted access key (repeatable; visible in ps: prefer --access-key-file or $ISSTREAMER_COLLECTOR_KEYS). "
     "No key configured: any non-empty key writes and reads are open.",
 )
-@click.option("--access-key-file", "key_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
-              help="File of accepted access keys, one per line (repeatable).")
-@click.option("--admin-key-file", "admin_key_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
-              help="File of admin keys (see every bucket, owner=, DELETE any owner's bucket); also "
-              "$ISSTREAMER_COLLECTOR_ADMIN_KEYS.")
-@click.option("--allowed-host", "allowed_hosts", multiple=True,
-              help="Also answer this Host name (NAME or NAME:PORT, repeatable; '*' any), e.g. behind a proxy.")
-@click.option("--allow-origin", "allowed_origins", multiple=True,
-              help="Web origin whose pages may write (e.g. http://localhost:3000; repeatable).")
-@click.option("--rate-limit", type=_RateLimit(), default=None, help="Requests per access key, e.g. 10/10 (429 past it).")
-@click.option("--monthly-quota", type=click.IntRange(min=0), default=None, help="Events per access key per month (402 past it).")
-@click.option("--max-body", type=click.IntRange(min=1), default=limits.MAX_BODY, show_default=True,
-              help="Largest body in bytes, compressed and decompressed (413 past it).")
-@click.option("--max-key-chars", type=click.IntRange(min=1), default=limits.MAX_KEY_CHARS, show_default=True,
-              help="Longest event key.")
-@click.option("--max-connections", type=click.IntRange(min=1), default=limits.MAX_CONNECTIONS, show_default=True,
-              help="Open connections at most (a new one replaces an idle or stalled one).")
-@click.option("--max-per-client", type=click.IntRange(min=1), default=limits.MAX_PER_CLIENT, show_default=True,
-              help="Open connections of one client address (IPv6: one /64) at most; raise it behind a proxy.")
-@click.option("--header-timeout", type=click.FloatRange(min=0.1), default=limits.HEADER_TIMEOUT, show_default=True,
-              help="Seconds a new connection may take to send its request head.")
-@click.option("--idle-timeout", type=click.FloatRange(min=0.1), default=limits.IDLE_TIMEOUT, show_default=True,
-              help="Seconds a kept-alive connection may wait for its next request.")
-@click.option("--body-timeout", type=click.FloatRange(min=0.1), default=limits.BODY_TIMEOUT, show_default=True,
-              help="Seconds a request body may take to arrive (408 past it).")
-@click.option("--write-timeout", type=click.FloatRange(min=0.1), default=limits.WRITE_TIMEOUT, show_default=True,
-              help="Seconds an answer may wait for a client that reads none of it.")
-@click.option("--disk-quota", type=_Size(), default=None,
-              help="Bytes of stored events each access key may have, e.g. 256M; 0: none (507 past it) "
-              "[default: %dM in any-key mode, none with keys]." % (limits.ANY_KEY_DISK_QUOTA // limits.MIB))
-@click.option("--max-db-size", type=_Size(), default=None,
-              help="The largest the database file may grow, e.g. 4G; 0: no cap (507 past it) "
-              "[default: %dM in any-key mode, none with keys]." % (limits.ANY_KEY_MAX_DB_SIZE // limits.MIB))
-@click.option("--page-size", type=click.IntRange(min=1), default=limits.PAGE_SIZE, show_default=True,
-              help="Most events (buckets, keys) in one read answer; more come page by page.")
-@click.option("--log-rows", type=click.IntRange(min=0), default=limits.LOG_ROWS, show_default=True,
-              help="Write requests kept in the request log.")
-@click.option("--log-days", type=click.FloatRange(min=0), default=limits.LOG_DAYS, show_default=True,
-              help="Days a request stays in the request log.")
+@click.option(
+    "--access-key-file",
+    "key_files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="File of accepted access keys, one per line (repeatable).",
+)
+@click.option(
+    "--admin-key-file",
+    "admin_key_files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="File of admin keys (see every bucket, owner=, DELETE any owner's bucket); also "
+    "$ISSTREAMER_COLLECTOR_ADMIN_KEYS.",
+)
+@click.option(
+    "--allowed-host",
+    "allowed_hosts",
+    multiple=True,
+    help="Also answer this Host name (NAME or NAME:PORT, repeatable; '*' any), e.g. behind a proxy.",
+)
+@click.option(
+    "--allow-origin",
+    "allowed_origins",
+    multiple=True,
+    help="Web origin whose pages may write (e.g. http://localhost:3000; repeatable).",
+)
+@click.option(
+    "--rate-limit", type=_RateLimit(), default=None, help="Requests per access key, e.g. 10/10 (429 past it)."
+)
+@click.option(
+    "--monthly-quota", type=click.IntRange(min=0), default=None, help="Events per access key per month (402 past it)."
+)
+@click.option(
+    "--max-body",
+    type=click.IntRange(min=1),
+    default=limits.MAX_BODY,
+    show_default=True,
+    help="Largest body in bytes, compressed and decompressed (413 past it).",
+)
+@click.option(
+    "--max-key-chars",
+    type=click.IntRange(min=1),
+    default=limits.MAX_KEY_CHARS,
+    show_default=True,
+    help="Longest event key.",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=limits.MAX_CONNECTIONS,
+    show_default=True,
+    help="Open connections at most (a new one replaces an idle or stalled one).",
+)
+@click.option(
+    "--max-per-client",
+    type=click.IntRange(min=1),
+    default=limits.MAX_PER_CLIENT,
+    show_default=True,
+    help="Open connections of one client address (IPv6: one /64) at most; raise it behind a proxy.",
+)
+@click.option(
+    "--header-timeout",
+    type=click.FloatRange(min=0.1),
+    default=limits.HEADER_TIMEOUT,
+    show_default=True,
+    help="Seconds a new connection may take to send its request head.",
+)
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(min=0.1),
+    default=limits.IDLE_TIMEOUT,
+    show_default=True,
+    help="Seconds a kept-alive connection may wait for its next request.",
+)
+@click.option(
+    "--body-timeout",
+    type=click.FloatRange(min=0.1),
+    default=limits.BODY_TIMEOUT,
+    show_default=True,
+    help="Seconds a request body may take to arrive (408 past it).",
+)
+@click.option(
+    "--write-timeout",
+    type=click.FloatRange(min=0.1),
+    default=limits.WRITE_TIMEOUT,
+    show_default=True,
+    help="Seconds an answer may wait for a client that reads none of it.",
+)
+@click.option(
+    "--disk-quota",
+    type=_Size(),
+    default=None,
+    help="Bytes of stored events each access key may have, e.g. 256M; 0: none (507 past it) "
+    "[default: %dM in any-key mode, none with keys]." % (limits.ANY_KEY_DISK_QUOTA // limits.MIB),
+)
+@click.option(
+    "--max-db-size",
+    type=_Size(),
+    default=None,
+    help="The largest the database file may grow, e.g. 4G; 0: no cap (507 past it) "
+    "[default: %dM in any-key mode, none with keys]." % (limits.ANY_KEY_MAX_DB_SIZE // limits.MIB),
+)
+@click.option(
+    "--page-size",
+    type=click.IntRange(min=1),
+    default=limits.PAGE_SIZE,
+    show_default=True,
+    help="Most events (buckets, keys) in one read answer; more come page by page.",
+)
+@click.option(
+    "--log-rows",
+    type=click.IntRange(min=0),
+    default=limits.LOG_ROWS,
+    show_default=True,
+    help="Write requests kept in the request log.",
+)
+@click.option(
+    "--log-days",
+    type=click.FloatRange(min=0),
+    default=limits.LOG_DAYS,
+    show_default=True,
+    help="Days a request stays in the request log.",
+)
 def serve(
     host: str,
     port: int,
     db: Optional[str],
+    workers: int,
     access_keys: Tuple[str, ...],
     key_files: Tuple[str, ...],
     admin_key_files: Tuple[str, ...],
@@ -153,12 +253,18 @@ def serve(
     Keys also come from $ISSTREAMER_COLLECTOR_KEYS (comma or space separated).
     """
     from isstreamer.collector import security
+    from isstreamer.collector.dburl import is_postgres_url, masked
     from isstreamer.collector.server import run_collector
+    from isstreamer.collector.store import Unavailable
+    from isstreamer.collector.workers import WorkersRefused
     from isstreamer.safefile import Refused
 
     if access_keys:
-        click.echo("isstreamer serve: warning: --access-key is visible to other users (ps, /proc/PID/cmdline); "
-                   "use --access-key-file FILE or $%s instead" % security.KEYS_ENV, err=True)
+        click.echo(
+            "isstreamer serve: warning: --access-key is visible to other users (ps, /proc/PID/cmdline); "
+            "use --access-key-file FILE or $%s instead" % security.KEYS_ENV,
+            err=True,
+        )
     keys = list(access_keys) + security.keys_from_env(security.KEYS_ENV)
     admin = security.keys_from_env(security.ADMIN_KEYS_ENV)
     try:
@@ -168,12 +274,13 @@ def serve(
             admin += security.read_key_file(f)
     except (OSError, UnicodeDecodeError, Refused) as exc:
         raise click.ClickException("cannot read a key file: %s" % exc) from exc
-    path = Path(db) if db else default_collector_db()
+    target = db if db and is_postgres_url(db) else str(Path(db) if db else default_collector_db())
     try:
         run_collector(
             host=host,
             port=port,
-            db=str(path),
+            db=target,
+            workers=workers,
             access_keys=keys,
             rate_limit=rate_limit,
             monthly_quota=monthly_quota,
@@ -194,26 +301,46 @@ def serve(
             log_rows=log_rows,
             log_days=log_days,
         )
-    except (OSError, Refused) as exc:  # address in use, unwritable or planted database ...
-        raise click.ClickException(str(exc)) from exc
+    except (OSError, Refused, Unavailable, WorkersRefused, ImportError) as exc:
+        # address in use, unwritable or planted database, database unreachable, no psycopg ...
+        raise click.ClickException(masked(str(exc))) from exc
 
 
 # --------------------------------------------------------------------------- demo
 
 
 @main.command()
-@click.option("--events", "-n", default=200_000, show_default=True, type=click.IntRange(min=1),
-              help="Sensor readings logged by the tight loop of the main process (the pool adds a quarter more).")
-@click.option("--workers", "-w", default=2, show_default=True, type=click.IntRange(0, 32),
-              help="Pool worker processes sharing the Streamer (0: none).")
+@click.option(
+    "--events",
+    "-n",
+    default=200_000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Sensor readings logged by the tight loop of the main process (the pool adds a quarter more).",
+)
+@click.option(
+    "--workers",
+    "-w",
+    default=2,
+    show_default=True,
+    type=click.IntRange(0, 32),
+    help="Pool worker processes sharing the Streamer (0: none).",
+)
 @click.option("--port", default=0, type=click.IntRange(0, 65535), help="Collector port [default: a free one].")
-@click.option("--db", type=click.Path(dir_okay=False), default=None,
-              help="Keep the collector database in this file [default: a temporary one].")
+@click.option(
+    "--db",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Keep the collector database in this file [default: a temporary one].",
+)
 @click.option("--exit", "exit_after", is_flag=True, help="Exit after the summary instead of serving the dashboard.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars [default: when stderr is a terminal].")
-@click.option("--aggregate", is_flag=True, help="The same workload with downsampling rules on (1 s windows, deadband, on change).")
-def demo(events: int, workers: int, port: int, db: Optional[str], exit_after: bool, progress: Optional[bool],
-         aggregate: bool) -> None:
+@click.option(
+    "--aggregate", is_flag=True, help="The same workload with downsampling rules on (1 s windows, deadband, on change)."
+)
+def demo(
+    events: int, workers: int, port: int, db: Optional[str], exit_after: bool, progress: Optional[bool], aggregate: bool
+) -> None:
     """Stream a sensor loop and a process pool through one Streamer into the embedded collector.
 
     Prints what was logged, delivered and dropped, the cost of log() and the dashboard URL, then
@@ -222,8 +349,15 @@ def demo(events: int, workers: int, port: int, db: Optional[str], exit_after: bo
     from isstreamer.demo import run_demo
 
     try:
-        code = run_demo(events=events, workers=workers, port=port, db=db, serve=not exit_after, progress=progress,
-                        aggregate=aggregate)
+        code = run_demo(
+            events=events,
+            workers=workers,
+            port=port,
+            db=db,
+            serve=not exit_after,
+            progress=progress,
+            aggregate=aggregate,
+        )
     except OSError as exc:  # port in use, unwritable database ...
         raise click.ClickException(str(exc)) from exc
     raise SystemExit(code)
@@ -233,20 +367,29 @@ def demo(events: int, workers: int, port: int, db: Optional[str], exit_after: bo
 
 #: Environment variable naming a file that holds the access key (``--access-key-file``).
 KEY_FILE_ENV = "ISSTREAMER_ACCESS_KEY_FILE"
-_VISIBLE_KEY = ("warning: --access-key is visible to other users (ps, /proc/PID/cmdline); use "
-                "--access-key-file FILE, $ISSTREAMER_ACCESS_KEY or isstreamer.ini instead")
-_NO_KEY = ("no access key: use --access-key-file FILE, set ISSTREAMER_ACCESS_KEY or put access_key in "
-           "isstreamer.ini")
+_VISIBLE_KEY = (
+    "warning: --access-key is visible to other users (ps, /proc/PID/cmdline); use "
+    "--access-key-file FILE, $ISSTREAMER_ACCESS_KEY or isstreamer.ini instead"
+)
+_NO_KEY = "no access key: use --access-key-file FILE, set ISSTREAMER_ACCESS_KEY or put access_key in isstreamer.ini"
 
 
 def _key_options(command: Callable[..., None]) -> Callable[..., None]:
     """The ``--access-key`` and ``--access-key-file`` options of a command."""
     command = click.option(
-        "--access-key-file", type=click.Path(dir_okay=False), default=None, envvar=KEY_FILE_ENV, show_envvar=True,
-        help="File holding the access key (one line; # comments; mode 0600).")(command)
-    return click.option("--access-key", default="",
-                        help="Access key; visible to other users: prefer --access-key-file, env "
-                        "ISSTREAMER_ACCESS_KEY or isstreamer.ini.")(command)
+        "--access-key-file",
+        type=click.Path(dir_okay=False),
+        default=None,
+        envvar=KEY_FILE_ENV,
+        show_envvar=True,
+        help="File holding the access key (one line; # comments; mode 0600).",
+    )(command)
+    return click.option(
+        "--access-key",
+        default="",
+        help="Access key; visible to other users: prefer --access-key-file, env "
+        "ISSTREAMER_ACCESS_KEY or isstreamer.ini.",
+    )(command)
 
 
 def command_line_key(command: str, access_key: str, key_file: Optional[str]) -> str:
@@ -317,7 +460,7 @@ def parse_line(line: str) -> Tuple[str, Union[bool, int, float, str]]:
     m = re.search(r"[,=]", line)
     if m is None:
         raise ValueError("expected KEY,VALUE or KEY=VALUE")
-    key, value = line[:m.start()].strip(), line[m.end():].strip()
+    key, value = line[: m.start()].strip(), line[m.end() :].strip()
     if not key:
         raise ValueError("no key before %r" % m.group())
     if not value:
@@ -332,21 +475,51 @@ def _default_bucket_key(bucket_name: str) -> str:
 
 @main.command("log", context_settings={"ignore_unknown_options": True})  # VALUE may be -3.5
 @click.argument("args", nargs=-1, metavar="KEY [VALUE]")
-@click.option("--bucket-name", default="", help="Bucket name [env ISSTREAMER_BUCKET, isstreamer.ini; default: isstreamer].")
-@click.option("--bucket-key", default="", envvar="ISSTREAMER_BUCKET_KEY", show_envvar=True,
-              help="Bucket key [default: derived from the bucket name, so repeated calls share a bucket].")
+@click.option(
+    "--bucket-name", default="", help="Bucket name [env ISSTREAMER_BUCKET, isstreamer.ini; default: isstreamer]."
+)
+@click.option(
+    "--bucket-key",
+    default="",
+    envvar="ISSTREAMER_BUCKET_KEY",
+    show_envvar=True,
+    help="Bucket key [default: derived from the bucket name, so repeated calls share a bucket].",
+)
 @_key_options
-@click.option("--api-base", default="", help="Events API base URL [env ISSTREAMER_API_BASE, isstreamer.ini; "
-                                             "default: https://groker.init.st].")
-@click.option("--ini", type=click.Path(dir_okay=False), default=None,
-              help="isstreamer.ini to read [default: ~/isstreamer.ini, then ./isstreamer.ini].")
-@click.option("--epoch", type=float, default=None, help="Event time in seconds since 1970 (single event only) [default: now].")
-@click.option("--debug-level", type=click.IntRange(0, 2), default=0, show_default=True,
-              help="1 echoes each event to stdout, 2 also makes invalid input an error.")
+@click.option(
+    "--api-base",
+    default="",
+    help="Events API base URL [env ISSTREAMER_API_BASE, isstreamer.ini; default: https://groker.init.st].",
+)
+@click.option(
+    "--ini",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="isstreamer.ini to read [default: ~/isstreamer.ini, then ./isstreamer.ini].",
+)
+@click.option(
+    "--epoch", type=float, default=None, help="Event time in seconds since 1970 (single event only) [default: now]."
+)
+@click.option(
+    "--debug-level",
+    type=click.IntRange(0, 2),
+    default=0,
+    show_default=True,
+    help="1 echoes each event to stdout, 2 also makes invalid input an error.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No summary line on stderr.")
-def log_command(args: Tuple[str, ...], bucket_name: str, bucket_key: str, access_key: str,
-                access_key_file: Optional[str], api_base: str, ini: Optional[str], epoch: Optional[float],
-                debug_level: int, quiet: bool) -> None:
+def log_command(
+    args: Tuple[str, ...],
+    bucket_name: str,
+    bucket_key: str,
+    access_key: str,
+    access_key_file: Optional[str],
+    api_base: str,
+    ini: Optional[str],
+    epoch: Optional[float],
+    debug_level: int,
+    quiet: bool,
+) -> None:
     """Log one event (KEY VALUE), or one per stdin line with KEY "-".
 
     \b
@@ -395,8 +568,14 @@ def log_command(args: Tuple[str, ...], bucket_name: str, bucket_key: str, access
     from isstreamer.streamer import Streamer
 
     try:
-        streamer = Streamer(bucket_name=name, bucket_key=bkey, access_key=cfg.access_key, ini_file_location=ini,
-                            debug_level=debug_level, api_base=cfg.api_base)
+        streamer = Streamer(
+            bucket_name=name,
+            bucket_key=bkey,
+            access_key=cfg.access_key,
+            ini_file_location=ini,
+            debug_level=debug_level,
+            api_base=cfg.api_base,
+        )
     except ValueError as exc:  # bad bucket key
         raise click.UsageError(str(exc)) from exc
     logged = bad = 0
@@ -427,8 +606,11 @@ def log_command(args: Tuple[str, ...], bucket_name: str, bucket_key: str, access
             parts = ["%d logged to %s" % (logged, cfg.offline_file)]
         else:
             parts = ["%d logged" % logged, "%d delivered" % st.get("sent", 0), "%d dropped" % dropped]
-            for label, n in (("rejected by the API", st.get("rejected", 0)), ("failed", st.get("failed", 0)),
-                             ("spooled for a later retry", st.get("spooled", 0))):
+            for label, n in (
+                ("rejected by the API", st.get("rejected", 0)),
+                ("failed", st.get("failed", 0)),
+                ("spooled for a later retry", st.get("spooled", 0)),
+            ):
                 if n:
                     parts.append("%d %s" % (n, label))
         if bad:
@@ -451,31 +633,66 @@ def _adopt_orphans(access_key: str) -> None:
     from isstreamer.ring import default_ring_dir
     from isstreamer.settings import SenderSettings
 
-    n = registry.adopt_orphans(default_ring_dir(), lambda meta: SenderSettings.from_meta(meta, access_key),
-                               min_age=5.0)
+    n = registry.adopt_orphans(default_ring_dir(), lambda meta: SenderSettings.from_meta(meta, access_key), min_age=5.0)
     if n:
-        click.echo("isstreamer replay: %d ring(s) left by killed programs now have a sender: their events are "
-                   "delivered, or spooled for a later replay" % n, err=True)
+        click.echo(
+            "isstreamer replay: %d ring(s) left by killed programs now have a sender: their events are "
+            "delivered, or spooled for a later replay" % n,
+            err=True,
+        )
 
 
 @main.command()
 @click.argument("path", required=False, type=click.Path(), default=None)
 @_key_options
 @click.option("--api-base", default="", help="Send to this API base instead of the one recorded with each stream.")
-@click.option("--ini", type=click.Path(dir_okay=False), default=None,
-              help="isstreamer.ini to read [default: ~/isstreamer.ini, then ./isstreamer.ini].")
-@click.option("--max-attempts", default=DEFAULTS.max_attempts, show_default=True, type=click.IntRange(min=1),
-              help="Failed requests in a row (5xx, no answer) before giving up on an API base.")
-@click.option("--backoff-max", default=DEFAULTS.backoff_max, show_default=True, type=click.FloatRange(min=0),
-              help="Longest wait between retries, in seconds.")
-@click.option("--request-timeout", default=DEFAULTS.request_timeout, show_default=True, type=click.FloatRange(min=0.1),
-              help="Seconds to wait for each answer.")
-@click.option("--max-rps", default=DEFAULTS.max_rps, show_default=True, type=click.FloatRange(min=0),
-              help="At most this many requests per second (0: no ceiling).")
+@click.option(
+    "--ini",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="isstreamer.ini to read [default: ~/isstreamer.ini, then ./isstreamer.ini].",
+)
+@click.option(
+    "--max-attempts",
+    default=DEFAULTS.max_attempts,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Failed requests in a row (5xx, no answer) before giving up on an API base.",
+)
+@click.option(
+    "--backoff-max",
+    default=DEFAULTS.backoff_max,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Longest wait between retries, in seconds.",
+)
+@click.option(
+    "--request-timeout",
+    default=DEFAULTS.request_timeout,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Seconds to wait for each answer.",
+)
+@click.option(
+    "--max-rps",
+    default=DEFAULTS.max_rps,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="At most this many requests per second (0: no ceiling).",
+)
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: when stderr is a terminal].")
-def replay(path: Optional[str], access_key: str, access_key_file: Optional[str], api_base: str, ini: Optional[str],
-           max_attempts: int, backoff_max: float, request_timeout: float, max_rps: float,
-           progress: Optional[bool]) -> None:
+def replay(
+    path: Optional[str],
+    access_key: str,
+    access_key_file: Optional[str],
+    api_base: str,
+    ini: Optional[str],
+    max_attempts: int,
+    backoff_max: float,
+    request_timeout: float,
+    max_rps: float,
+    progress: Optional[bool],
+) -> None:
     """Resubmit spooled events to the events API.
 
     PATH is a spool directory, one stream directory in it or one .jsonl spool file [default: the
@@ -502,9 +719,14 @@ def replay(path: Optional[str], access_key: str, access_key_file: Optional[str],
         raise click.UsageError(_NO_KEY)
     _adopt_orphans(cfg.access_key)
     policy = Policy(max_attempts=max_attempts, backoff_max=backoff_max, max_rps=max_rps)
-    replayer = Replayer(cfg.access_key, api_base=cfg.api_base if api_base else None, policy=policy,
-                        request_timeout=request_timeout, progress=progress,
-                        warn=lambda m: click.echo(m, err=True))
+    replayer = Replayer(
+        cfg.access_key,
+        api_base=cfg.api_base if api_base else None,
+        policy=policy,
+        request_timeout=request_timeout,
+        progress=progress,
+        warn=lambda m: click.echo(m, err=True),
+    )
     try:
         summary = replayer.run(path)
     except ReplayError as exc:
@@ -515,9 +737,16 @@ def replay(path: Optional[str], access_key: str, access_key_file: Optional[str],
     if summary.rejected:
         click.echo("isstreamer replay: the refused events are in %s" % summary.rejected_path, err=True)
     if summary.other_streams:
-        click.echo("isstreamer replay: %d stream%s (%d event%s) of another access key left untouched"
-                   % (summary.other_streams, "" if summary.other_streams == 1 else "s", summary.other_events,
-                      "" if summary.other_events == 1 else "s"), err=True)
+        click.echo(
+            "isstreamer replay: %d stream%s (%d event%s) of another access key left untouched"
+            % (
+                summary.other_streams,
+                "" if summary.other_streams == 1 else "s",
+                summary.other_events,
+                "" if summary.other_events == 1 else "s",
+            ),
+            err=True,
+        )
     if summary.left:
         raise SystemExit(1)
 

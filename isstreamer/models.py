@@ -167,7 +167,9 @@ def choose(mode: Optional[str] = None) -> Any:
     missing = process_model_missing()
     if forced == "process":
         if missing:
-            raise RuntimeError("isstreamer: %s=process, but the process model cannot run here: %s" % (ENV_MODE, missing))
+            raise RuntimeError(
+                "isstreamer: %s=process, but the process model cannot run here: %s" % (ENV_MODE, missing)
+            )
         return PROCESS
     if forced:
         raise ValueError("isstreamer: %s must be 'process' or 'thread', not %r" % (ENV_MODE, forced))

@@ -14,12 +14,16 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import requests
 
+from isstreamer.collector.dburl import is_postgres_url
+
+from collector_db import execute
 from support import ROOT
 
 
@@ -32,7 +36,7 @@ class Served:
         e = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
         e.update(env or {})
         self.db = db or str(tmp_path / "served.db")
-        self.stderr_path = self.db + ".stderr"
+        self.stderr_path = tempfile.mkstemp(prefix="served-", suffix=".stderr", dir=str(tmp_path))[1]
         self._stderr = open(self.stderr_path, "w+")  # a file: a full pipe would stall the server
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "isstreamer.cli", "serve", "--port", "0", "--db", self.db, *args],
@@ -67,7 +71,9 @@ class Served:
             return f.read()
 
     def disk(self) -> int:
-        """Bytes of the database and its -wal/-shm files."""
+        """Bytes of the database: its file and -wal/-shm files, or a PostgreSQL database's size."""
+        if is_postgres_url(self.db):
+            return execute(self.db, "SELECT pg_database_size(current_database())")[0][0]
         return sum(os.path.getsize(self.db + s) for s in ("", "-wal", "-shm") if os.path.exists(self.db + s))
 
     def alive(self) -> bool:

@@ -312,7 +312,7 @@ def test_key_file_problems_are_usage_errors(tmp_path):
 
 
 def test_replay_takes_the_key_from_a_key_file(tmp_path, collector):
-    from isstreamer.spool import SpoolWriter, key_fingerprint
+    from isstreamer.sender.spool import SpoolWriter, key_fingerprint
 
     w = SpoolWriter(str(tmp_path / "spool"))
     w.write(collector.url, "replayed", "Replayed", key_fingerprint("spool-key"), b'[{"key":"n","value":7}]')

@@ -1,4 +1,5 @@
 """The local collector over real HTTP (requests against a CollectorServer), plus `isstreamer serve`."""
+
 from __future__ import annotations
 
 import gzip
@@ -17,6 +18,10 @@ import requests
 
 from isstreamer.collector.server import CollectorServer
 
+from collector_db import stored_text
+
+pytestmark = pytest.mark.collector_backends()
+
 AK = "ist_test_access_key"
 
 
@@ -30,7 +35,9 @@ def headers(bucket: Optional[str] = "b", access_key: Optional[str] = AK, **extra
     return h
 
 
-def post_events(server: CollectorServer, body: Any, bucket: str = "b", access_key: Optional[str] = AK, **kw: Any) -> requests.Response:
+def post_events(
+    server: CollectorServer, body: Any, bucket: str = "b", access_key: Optional[str] = AK, **kw: Any
+) -> requests.Response:
     data = body if isinstance(body, bytes) else orjson.dumps(body)
     return requests.post(server.url + "/api/events", data=data, headers=headers(bucket, access_key), **kw)
 
@@ -59,8 +66,16 @@ def test_create_bucket_201_then_204(collector: CollectorServer) -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [{}, {"bucketName": "n"}, {"bucketKey": ""}, {"bucketKey": "a" * 251}, {"bucketKey": "a:b"},
-     {"bucketKey": 'a"b'}, {"bucketKey": "a'b"}, {"bucketKey": 5}],
+    [
+        {},
+        {"bucketName": "n"},
+        {"bucketKey": ""},
+        {"bucketKey": "a" * 251},
+        {"bucketKey": "a:b"},
+        {"bucketKey": 'a"b'},
+        {"bucketKey": "a'b"},
+        {"bucketKey": 5},
+    ],
 )
 def test_create_bucket_invalid_key_400(collector: CollectorServer, body: Dict[str, Any]) -> None:
     r = create_bucket(collector, body)
@@ -82,7 +97,7 @@ def test_buckets_are_scoped_per_access_key(collector: CollectorServer) -> None:
     assert create_bucket(collector, {"bucketKey": "shared"}, access_key="two").status_code == 201
     owners = {b["owner"] for b in collector.buckets()}
     assert len(owners) == 2 and all("one" not in o and "two" not in o for o in owners)
-    raw = open(collector.db_path, "rb").read()
+    raw = stored_text(collector.db_path)
     assert b"ist_test" not in raw and AK.encode() not in raw
 
 
@@ -146,26 +161,50 @@ def test_bad_gzip_body_400(collector: CollectorServer) -> None:
 
 def test_url_parameter_variant(collector: CollectorServer) -> None:
     before = time.time()
-    params = {"accessKey": AK, "bucketKey": "urlb", "temperature": "21.5", "count": "3", "door": "open",
-              "on": "true", "off": "false", "zip": "007", "neg": "-2e3"}
+    params = {
+        "accessKey": AK,
+        "bucketKey": "urlb",
+        "temperature": "21.5",
+        "count": "3",
+        "door": "open",
+        "on": "true",
+        "off": "false",
+        "zip": "007",
+        "neg": "-2e3",
+    }
     r = requests.get(collector.url + "/api/events", params=params)
     assert r.status_code == 204
     r = requests.post(collector.url + "/api/events", params={"accessKey": AK, "bucketKey": "urlb", "post": "1"})
     assert r.status_code == 204
     got = {e["key"]: e["value"] for e in collector.events("urlb")}
-    assert got == {"temperature": 21.5, "count": 3, "door": "open", "on": True, "off": False, "zip": "007",
-                   "neg": -2000.0, "post": 1}
+    assert got == {
+        "temperature": 21.5,
+        "count": 3,
+        "door": "open",
+        "on": True,
+        "off": False,
+        "zip": "007",
+        "neg": -2000.0,
+        "post": 1,
+    }
     assert all(e["epoch"] >= before for e in collector.events("urlb"))
     r = requests.get(collector.url + "/api/events", params={"accessKey": AK, "bucketKey": "urlb"})
     assert r.status_code == 400
 
 
 def test_accept_version_and_headers_recorded(collector: CollectorServer) -> None:
-    r = requests.post(collector.url + "/api/events", data=b'{"key":"a","value":1}',
-                      headers=headers(**{"Accept-Version": "~0", "User-Agent": "PyStreamer v2.0.0"}))
+    r = requests.post(
+        collector.url + "/api/events",
+        data=b'{"key":"a","value":1}',
+        headers=headers(**{"Accept-Version": "~0", "User-Agent": "PyStreamer v2.0.0"}),
+    )
     assert r.status_code == 204 and r.headers["X-Request-Id"]
     log = collector.requests_log()[-1]
-    assert (log["accept_version"], log["user_agent"], log["content_type"]) == ("~0", "PyStreamer v2.0.0", "application/json")
+    assert (log["accept_version"], log["user_agent"], log["content_type"]) == (
+        "~0",
+        "PyStreamer v2.0.0",
+        "application/json",
+    )
     assert log["bucket_key"] == "b" and log["request_uid"] == r.headers["X-Request-Id"]
     assert collector.events()[0]["request_id"] == log["id"]
 
@@ -201,11 +240,21 @@ def test_concurrent_clients(collector: CollectorServer) -> None:
 @pytest.mark.parametrize(
     "bad",
     [
-        "not an object", {"value": 1}, {"key": "", "value": 1}, {"key": 5, "value": 1}, {"key": "k" * 251, "value": 1},
-        {"key": "k"}, {"key": "k", "value": None}, {"key": "k", "value": {"a": 1}}, {"key": "k", "value": [1]},
-        {"key": "k", "value": "x" * 2001}, {"key": "k", "value": 1, "epoch": "soon"},
-        {"key": "k", "value": 1, "epoch": 1e300}, {"key": "k", "value": 1, "epoch": "1e300"},
-        {"key": "k", "value": 1, "epoch": True}, {"key": "k", "value": 1, "iso8601": "yesterday"},
+        "not an object",
+        {"value": 1},
+        {"key": "", "value": 1},
+        {"key": 5, "value": 1},
+        {"key": "k" * 251, "value": 1},
+        {"key": "k"},
+        {"key": "k", "value": None},
+        {"key": "k", "value": {"a": 1}},
+        {"key": "k", "value": [1]},
+        {"key": "k", "value": "x" * 2001},
+        {"key": "k", "value": 1, "epoch": "soon"},
+        {"key": "k", "value": 1, "epoch": 1e300},
+        {"key": "k", "value": 1, "epoch": "1e300"},
+        {"key": "k", "value": 1, "epoch": True},
+        {"key": "k", "value": 1, "iso8601": "yesterday"},
         {"key": "k", "value": 1, "iso8601": 1700000000},
     ],
 )
@@ -226,8 +275,17 @@ def test_key_limit_is_configurable(collector_factory: Any) -> None:
     assert r.status_code == 400 and r.json()["message"]["error"]["index"] == 0
 
 
-@pytest.mark.parametrize("body", [b'[{"key":"a","value":NaN}]', b'{"key":"a","value":Infinity}',
-                                  b'{"key":"a","value":-Infinity}', b'{"key":"a",', b"", b"42"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'[{"key":"a","value":NaN}]',
+        b'{"key":"a","value":Infinity}',
+        b'{"key":"a","value":-Infinity}',
+        b'{"key":"a",',
+        b"",
+        b"42",
+    ],
+)
 def test_invalid_json_400(collector: CollectorServer, body: bytes) -> None:
     r = post_events(collector, body)
     assert r.status_code == 400
@@ -247,8 +305,9 @@ def test_401_missing_or_unknown_access_key(collector_factory: Any) -> None:
     assert r.status_code == 401 and error_type(r) == "UNAUTHORIZED"
     assert create_bucket(server, {"bucketKey": "b"}, access_key="bad").status_code == 401
     assert post_events(server, {"key": "a", "value": 1}, access_key="good").status_code == 204
-    r = requests.post(server.url + "/api/events", params={"accessKey": "good", "bucketKey": "b"},
-                      data=b'{"key":"a","value":2}')
+    r = requests.post(
+        server.url + "/api/events", params={"accessKey": "good", "bucketKey": "b"}, data=b'{"key":"a","value":2}'
+    )
     assert r.status_code == 204
     assert server.event_count() == 2
     assert server.status_counts() == {401: 3, 204: 2}
@@ -280,7 +339,9 @@ def test_body_over_limit_413(collector_factory: Any) -> None:
     assert len(big) > 10_000
     r = post_events(server, big)
     assert r.status_code == 413 and error_type(r) == "PAYLOAD_TOO_LARGE"
-    r = requests.post(server.url + "/api/events", data=gzip.compress(big), headers=headers(**{"Content-Encoding": "gzip"}))
+    r = requests.post(
+        server.url + "/api/events", data=gzip.compress(big), headers=headers(**{"Content-Encoding": "gzip"})
+    )
     assert r.status_code == 413  # the limit applies to the decoded body
     fits = orjson.dumps([{"key": "k", "value": "x" * 100} for _ in range(50)])
     assert post_events(server, fits).status_code == 204
@@ -374,7 +435,9 @@ def test_read_api(collector: CollectorServer) -> None:
 
     compat = requests.get(collector.url + "/data/v1/events/latest", params={"key": "s"}, headers=headers("r")).json()
     assert compat == {"s": {"value": "late", "epoch": 1700000100.0, "date": "2023-11-14T22:15:00Z"}}
-    assert requests.get(collector.url + "/data/v1/events/latest", headers=headers("r", access_key=None)).status_code == 401
+    assert (
+        requests.get(collector.url + "/data/v1/events/latest", headers=headers("r", access_key=None)).status_code == 401
+    )
 
 
 def test_bucket_key_with_slash_and_space(collector: CollectorServer) -> None:
@@ -392,12 +455,14 @@ def test_pages_served(collector: CollectorServer) -> None:
 # --------------------------------------------------------------------------- lifecycle
 
 
-def test_stop_finishes_in_flight_request(collector_factory: Any) -> None:
+def test_stop_finishes_in_flight_request(collector_factory: Any, hold_writers: Any) -> None:
     server = collector_factory()
     gate = threading.Event()
-    server.store.call_write(lambda conn: gate.wait(10))  # hold the writer: the next POST stays in flight
+    hold_writers(server, gate)  # the next POST stays in flight
     replies: list = []
-    poster = threading.Thread(target=lambda: replies.append(post_events(server, [{"key": "f", "value": i} for i in range(100)])))
+    poster = threading.Thread(
+        target=lambda: replies.append(post_events(server, [{"key": "f", "value": i} for i in range(100)]))
+    )
     poster.start()
     time.sleep(0.2)
     stopper = threading.Thread(target=server.stop)
@@ -415,8 +480,8 @@ def test_stop_finishes_in_flight_request(collector_factory: Any) -> None:
         requests.get("http://127.0.0.1:%d/api/stats" % server.port, timeout=2)
 
 
-def test_context_manager_and_reuse_of_db(tmp_path: Any) -> None:
-    db = str(tmp_path / "c.db")
+def test_context_manager_and_reuse_of_db(collector_db: Any) -> None:
+    db = collector_db()
     with CollectorServer(db_path=db) as s:
         assert s.url.startswith("http://127.0.0.1:")
         assert post_events(s, {"key": "a", "value": 1}).status_code == 204
@@ -425,14 +490,33 @@ def test_context_manager_and_reuse_of_db(tmp_path: Any) -> None:
         assert [e["value"] for e in s.events()] == [1, 2]
 
 
-def test_isstreamer_serve_subprocess(tmp_path: Any) -> None:
+def test_isstreamer_serve_subprocess(tmp_path: Any, collector_backend: str, collector_db: Any) -> None:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    db = tmp_path / "state" / "serve.db"
+    db = tmp_path / "state" / "serve.db" if collector_backend == "sqlite" else collector_db()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "isstreamer.cli", "serve", "--port", "0", "--db", str(db), "--access-key", "secret",
-         "--rate-limit", "100/10", "--monthly-quota", "1000", "--max-body", "50000"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "isstreamer.cli",
+            "serve",
+            "--port",
+            "0",
+            "--db",
+            str(db),
+            "--access-key",
+            "secret",
+            "--rate-limit",
+            "100/10",
+            "--monthly-quota",
+            "1000",
+            "--max-body",
+            "50000",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     try:
         line = proc.stdout.readline()  # type: ignore[union-attr]
@@ -440,10 +524,20 @@ def test_isstreamer_serve_subprocess(tmp_path: Any) -> None:
         assert m, (line, proc.stderr.read() if proc.poll() is not None else "")  # type: ignore[union-attr]
         url = m.group(1)
         h = {"X-IS-AccessKey": "secret", "X-IS-BucketKey": "cli"}
-        assert requests.post(url + "/api/buckets", json={"bucketKey": "cli"}, headers={"X-IS-AccessKey": "secret"}).status_code == 201
+        assert (
+            requests.post(
+                url + "/api/buckets", json={"bucketKey": "cli"}, headers={"X-IS-AccessKey": "secret"}
+            ).status_code
+            == 201
+        )
         r = requests.post(url + "/api/events", json=[{"key": "x", "value": 1.5}], headers=h)
         assert r.status_code == 204 and r.headers["X-RateLimit-Limit"] == "100"
-        assert requests.post(url + "/api/events", json={"key": "x", "value": 1}, headers={**h, "X-IS-AccessKey": "no"}).status_code == 401
+        assert (
+            requests.post(
+                url + "/api/events", json={"key": "x", "value": 1}, headers={**h, "X-IS-AccessKey": "no"}
+            ).status_code
+            == 401
+        )
         assert requests.post(url + "/api/events", data=b"[" + b" " * 60000 + b"]", headers=h).status_code == 413
         assert requests.get(url + "/api/buckets/cli/latest").status_code == 401  # keys configured: reads need one
         latest = requests.get(url + "/api/buckets/cli/latest", headers=h).json()["latest"]
@@ -462,8 +556,11 @@ def test_isstreamer_serve_subprocess(tmp_path: Any) -> None:
 def test_dashboard_endpoint_reduces_to_min_max_columns(collector: CollectorServer) -> None:
     t0 = 1_700_000_000.0
     body = [{"key": "wave", "value": (i % 10) - (100 if i == 555 else 0), "epoch": t0 + i} for i in range(1000)]
-    body += [{"key": "late", "value": 1.5, "epoch": t0 + 5000}, {"key": "late", "value": 2.5, "epoch": t0 + 5010},
-             {"key": "door", "value": "open", "epoch": t0}]
+    body += [
+        {"key": "late", "value": 1.5, "epoch": t0 + 5000},
+        {"key": "late", "value": 2.5, "epoch": t0 + 5010},
+        {"key": "door", "value": "open", "epoch": t0},
+    ]
     assert post_events(collector, body, bucket="dash").status_code == 204
     url = collector.url + "/api/buckets/dash/dashboard"
     d = requests.get(url, params={"columns": 100}).json()
@@ -476,7 +573,11 @@ def test_dashboard_endpoint_reduces_to_min_max_columns(collector: CollectorServe
     assert all((c[2], c[3]) in ((0, 9), (-95, 9)) for c in wave["columns"])  # every column keeps min and max
     assert min(c[2] for c in wave["columns"]) == -95  # the one spike survives the reduction
     late = d["series"]["late"]
-    assert (late["t0"], late["t1"], [c[2:] for c in late["columns"]]) == (t0 + 5000, t0 + 5010, [[1.5, 1.5, 1], [2.5, 2.5, 1]])
+    assert (late["t0"], late["t1"], [c[2:] for c in late["columns"]]) == (
+        t0 + 5000,
+        t0 + 5010,
+        [[1.5, 1.5, 1], [2.5, 2.5, 1]],
+    )
     same = requests.get(url, params={"columns": 100, "known": 1003}).json()
     assert "series" not in same and len(same["latest"]) == 3
     assert requests.get(url, params={"columns": "x"}).status_code == 400

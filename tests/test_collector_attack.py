@@ -4,9 +4,10 @@ real ``isstreamer serve`` on 127.0.0.1.
 Every attack is bounded in count and time. The tests here assert what holds on a loaded
 machine (the legitimate client is served, memory and disk stay bounded); the issue's acceptance
 figures (>= 95% of the legitimate requests answered within a second) are measured by the tests
-marked ``slow`` at the end, over a longer attack; they are skipped unless selected:
+marked ``slow`` at the end, over a longer attack; they run in the slow run:
 ``python -m pytest -m slow tests/test_collector_attack.py``.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -20,24 +21,36 @@ import pytest
 import requests
 
 from attackers import Hogs, Legit, Served
+from collector_db import execute
+
+pytestmark = pytest.mark.collector_backends()
 
 KEY = "legit-key"
 
 
 def legit_write(url: str, key: str = KEY) -> Callable[[float], requests.Response]:
     """A legitimate client's request: one event, on a fresh connection."""
+
     def request(timeout: float) -> requests.Response:
-        return requests.post(url + "/api/events", data=b'{"key":"t","value":1}', timeout=timeout,
-                             headers={"X-IS-AccessKey": key, "X-IS-BucketKey": "legit", "Connection": "close"})
+        return requests.post(
+            url + "/api/events",
+            data=b'{"key":"t","value":1}',
+            timeout=timeout,
+            headers={"X-IS-AccessKey": key, "X-IS-BucketKey": "legit", "Connection": "close"},
+        )
+
     return request
 
 
 @pytest.fixture
-def served(tmp_path: Any) -> Iterator[Callable[..., Served]]:
-    """Start ``isstreamer serve`` processes; all stopped at teardown."""
+def served(tmp_path: Any, collector_backend: str, collector_db: Any) -> Iterator[Callable[..., Served]]:
+    """Start ``isstreamer serve`` processes (each on a new database of the test's backend unless
+    ``db`` is given); all stopped at teardown."""
     started = []
 
     def make(*args: str, **kw: Any) -> Served:
+        if collector_backend != "sqlite":
+            kw.setdefault("db", collector_db())
         server = Served(tmp_path, *args, **kw)
         started.append(server)
         return server
@@ -65,14 +78,18 @@ def _slot_attack(server: Served, kind: str) -> Hogs:
     if kind == "pipelined":  # pipelined requests whose answers are never read
         return Hogs(port, _get(port, "/static/chart.js") * 200, count=300)
     if kind == "keep-alive":  # idle keep-alive connections sending a request every 8 s
-        return Hogs(port, _get(port, "/api/versions"), again=_get(port, "/api/versions"), period=8.0,
-                    read=True, count=300)
-    head = (b"POST /api/events HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nX-IS-AccessKey: hog\r\nX-IS-BucketKey: hog\r\n"
-            b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n[" % port)
+        return Hogs(
+            port, _get(port, "/api/versions"), again=_get(port, "/api/versions"), period=8.0, read=True, count=300
+        )
+    head = (
+        b"POST /api/events HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nX-IS-AccessKey: hog\r\nX-IS-BucketKey: hog\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n[" % port
+    )
     return Hogs(port, head, again=b" ", period=1.0, count=300)  # a body trickled under the body timeout
 
 
 @pytest.mark.slow
+@pytest.mark.collector_backends()
 @pytest.mark.parametrize("kind", ["pipelined", "keep-alive", "trickled-body"])
 def test_slot_hogs_do_not_lock_out_a_legitimate_client(served: Callable[..., Served], kind: str) -> None:
     server = served()
@@ -103,8 +120,12 @@ def _bomblet(n: int) -> bytes:
 
 
 def _post_gzip(url: str, body: bytes, key: str, bucket: str = "bulk", timeout: float = 60) -> requests.Response:
-    return requests.post(url + "/api/events", data=body, timeout=timeout, headers={
-        "X-IS-AccessKey": key, "X-IS-BucketKey": bucket, "Content-Encoding": "gzip", "Connection": "close"})
+    return requests.post(
+        url + "/api/events",
+        data=body,
+        timeout=timeout,
+        headers={"X-IS-AccessKey": key, "X-IS-BucketKey": bucket, "Content-Encoding": "gzip", "Connection": "close"},
+    )
 
 
 def _key_file(tmp_path: Any, *keys: str) -> str:
@@ -115,12 +136,15 @@ def _key_file(tmp_path: Any, *keys: str) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.collector_backends()
 def test_readers_that_never_read_do_not_grow_memory(served: Callable[..., Served], tmp_path: Any) -> None:
     server = served("--access-key-file", _key_file(tmp_path, KEY))
     for i in range(12):  # 420,000 events: ~27 MB of JSON when answered whole
         assert _post_gzip(server.url, _tiny_events(35_000, i * 35_000), KEY, "big").status_code == 204
-    ask = (b"GET /api/buckets/big/events?limit=1000000 HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nX-IS-AccessKey: %s\r\n\r\n"
-           % (server.port, KEY.encode()))
+    ask = b"GET /api/buckets/big/events?limit=1000000 HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nX-IS-AccessKey: %s\r\n\r\n" % (
+        server.port,
+        KEY.encode(),
+    )
     requests.get(server.url + "/api/buckets/big/events", params={"limit": 10}, headers={"X-IS-AccessKey": KEY})
     base = server.rss()
     readers = Hogs(server.port, ask, count=20, top_up=0)
@@ -154,8 +178,12 @@ def test_read_answers_are_pages_with_a_cursor(collector_factory: Any) -> None:
     server = collector_factory(page_size=100)
     t0 = 1_700_000_000.0
     body = [{"key": "k", "value": i, "epoch": t0 + i // 3} for i in range(1050)]  # equal epochs too
-    assert requests.post(server.url + "/api/events", json=body, headers={"X-IS-AccessKey": KEY,
-                                                                        "X-IS-BucketKey": "p"}).status_code == 204
+    assert (
+        requests.post(
+            server.url + "/api/events", json=body, headers={"X-IS-AccessKey": KEY, "X-IS-BucketKey": "p"}
+        ).status_code
+        == 204
+    )
     url = server.url + "/api/buckets/p/events"
     first = requests.get(url, params={"limit": 1_000_000}).json()
     assert len(first["events"]) == 100 and first["next"]  # capped at the page size
@@ -198,25 +226,29 @@ def test_lists_capped_at_the_page_size(collector_factory: Any) -> None:
     assert [x["key"] for x in latest["latest"]] == ["key%02d" % k for k in range(5)] and latest["truncated"]
     dash = requests.get(server.url + "/api/buckets/b0/dashboard").json()
     assert len(dash["latest"]) == 5 and dash["truncated"] and len(dash["series"]) == 8
-    compat = requests.get(server.url + "/data/v1/events/latest", params={"key": "key07"},
-                          headers=dict(hdr, **{"X-IS-BucketKey": "b0"}))
+    compat = requests.get(
+        server.url + "/data/v1/events/latest", params={"key": "key07"}, headers=dict(hdr, **{"X-IS-BucketKey": "b0"})
+    )
     assert list(compat.json()) == ["key07"]
 
 
 def test_dashboard_series_and_their_cache_are_bounded(collector: Any) -> None:
-    from isstreamer.collector import store as st
     from isstreamer.collector.app import SeriesCache
 
     body = [{"key": "key%d" % k, "value": i, "epoch": 1_700_000_000 + i} for k in range(10) for i in range(50)]
-    assert requests.post(collector.url + "/api/events", json=body,
-                         headers={"X-IS-AccessKey": KEY, "X-IS-BucketKey": "wide"}).status_code == 204
-    conn = st.connect(collector.db_path, readonly=True)
-    try:
-        ids = [b["id"] for b in st.find_buckets(conn, "wide")]
-        assert len(st.series(conn, ids, 600)) == 10
-        assert list(st.series(conn, ids, 600, max_cells=120)) == ["key0", "key1", "key2"]  # 50 columns each
-    finally:
-        conn.close()
+    assert (
+        requests.post(
+            collector.url + "/api/events", json=body, headers={"X-IS-AccessKey": KEY, "X-IS-BucketKey": "wide"}
+        ).status_code
+        == 204
+    )
+
+    def check(session: Any) -> None:
+        ids = [b["id"] for b in session.find_buckets("wide")]
+        assert len(session.series(ids, 600)) == 10
+        assert list(session.series(ids, 600, max_cells=120)) == ["key0", "key1", "key2"]  # 50 columns each
+
+    collector.store.call_read(check).result()
     cache = SeriesCache(size=10, max_cells=100)
     for i in range(5):
         cache.put(((i,), 600), 1, 0.0, 0.0, "series %d" % i, cells=40)
@@ -231,9 +263,11 @@ def test_disk_quota_per_key_holder_bounds_gzip_amplification(served: Callable[..
     before = server.disk()
     statuses = [_post_gzip(server.url, body, "amplifier").status_code for _ in range(50)]
     grown = server.disk() - before
-    print("50 gzip bodies of %d bytes, quota %d MB: %d stored, disk grew %.1f MB" % (
-        len(body), quota >> 20, statuses.count(204), grown / 2**20))
-    assert statuses.count(204) >= 3 and statuses[-1] == 507, statuses
+    print(
+        "50 gzip bodies of %d bytes, quota %d MB: %d stored, disk grew %.1f MB"
+        % (len(body), quota >> 20, statuses.count(204), grown / 2**20)
+    )
+    assert statuses.count(204) >= 2 and statuses[-1] == 507, statuses  # PostgreSQL counts ~7 MB a body
     assert grown <= quota + 8 * 2**20, "the database grew by %d MB" % (grown >> 20)
     assert _post_gzip(server.url, _bomblet(10), "someone-else").status_code == 204  # another key holder
     r = requests.get(server.url + "/api/stats").json()
@@ -249,7 +283,7 @@ def test_total_database_cap_bounds_rotating_keys(served: Callable[..., Served]) 
     statuses = [_post_gzip(server.url, body, "rotating-%d" % i).status_code for i in range(40)]
     grown = server.disk() - before
     print("40 keys, database cap %d MB: %d stored, disk grew %.1f MB" % (cap >> 20, statuses.count(204), grown / 2**20))
-    assert statuses.count(204) >= 3 and statuses[-1] == 507, statuses
+    assert statuses.count(204) >= 2 and statuses[-1] == 507, statuses
     assert grown <= cap + 8 * 2**20
     assert server.alive()
     no_tracebacks(server)
@@ -272,20 +306,37 @@ def test_serve_options_read_their_defaults_from_limits() -> None:
     from isstreamer.collector import limits
 
     defaults = {p.name: p.default for p in serve.params}
-    for name in ("max_body", "max_key_chars", "max_connections", "max_per_client", "header_timeout", "idle_timeout",
-                 "body_timeout", "write_timeout", "page_size", "log_rows", "log_days"):
+    for name in (
+        "max_body",
+        "max_key_chars",
+        "max_connections",
+        "max_per_client",
+        "header_timeout",
+        "idle_timeout",
+        "body_timeout",
+        "write_timeout",
+        "page_size",
+        "log_rows",
+        "log_days",
+        "workers",
+    ):
         assert defaults[name] == getattr(limits, name.upper()), name
     assert defaults["disk_quota"] is None and defaults["max_db_size"] is None  # the mode decides
 
 
+@pytest.mark.collector_backends("sqlite")  # a database of an older SQLite version
 def test_quota_counts_buckets_and_what_an_older_database_holds(collector_factory: Any, tmp_path: Any) -> None:
     import sqlite3
 
     db = str(tmp_path / "older.db")
     server = collector_factory(db_path=db)
     hdr = {"X-IS-AccessKey": KEY, "X-IS-BucketKey": "b"}
-    assert requests.post(server.url + "/api/events", json=[{"key": "k", "value": i} for i in range(1000)],
-                         headers=hdr).status_code == 204
+    assert (
+        requests.post(
+            server.url + "/api/events", json=[{"key": "k", "value": i} for i in range(1000)], headers=hdr
+        ).status_code
+        == 204
+    )
     used = requests.get(server.url + "/api/stats").json()["stored_bytes"]
     assert 1000 * 96 < used < 1000 * 120
     server.stop()
@@ -298,12 +349,14 @@ def test_quota_counts_buckets_and_what_an_older_database_holds(collector_factory
     r = requests.post(again.url + "/api/events", json=[{"key": "k", "value": i} for i in range(1000)], headers=hdr)
     assert r.status_code == 507 and r.json()["message"]["error"]["type"] == "DISK_QUOTA_EXCEEDED"
     names = [{"bucketKey": "n%d" % i, "bucketName": "x" * 200} for i in range(200)]
-    statuses = [requests.post(again.url + "/api/buckets", json=b, headers={"X-IS-AccessKey": KEY}).status_code
-                for b in names]
+    statuses = [
+        requests.post(again.url + "/api/buckets", json=b, headers={"X-IS-AccessKey": KEY}).status_code for b in names
+    ]
     assert 201 in statuses and statuses[-1] == 507
 
 
 @pytest.mark.slow
+@pytest.mark.collector_backends()
 def test_bulk_writers_do_not_starve_a_small_writer(served: Callable[..., Served]) -> None:
     server = served()
     body = _bomblet(45_000)
@@ -316,6 +369,7 @@ def test_bulk_writers_do_not_starve_a_small_writer(served: Callable[..., Served]
             r = _post_gzip(server.url, body, "bulk-%d" % n, timeout=timeout)
             bulk_times.append(time.monotonic() - t0)
             return r
+
         return request
 
     writers = [Legit(bulk(n), interval=0, timeout=60) for n in range(4)]
@@ -343,22 +397,19 @@ def test_iso8601_range_checked_like_the_epoch(collector: Any) -> None:
     for bad in ("9999-12-31T24:00-23:59", "9999-12-31T23:59:59-00:01", "0001-01-01T00:00+00:01"):
         r = requests.post(collector.url + "/api/events", json=[{"key": "t", "value": 1, "iso8601": bad}], headers=hdr)
         assert r.status_code == 400 and "outside years 1-9999" in r.text, (bad, r.text)
-    ok = requests.post(collector.url + "/api/events", headers=hdr,
-                       json=[{"key": "t", "value": 1, "iso8601": "9999-12-31T23:59:59Z"}])
+    ok = requests.post(
+        collector.url + "/api/events", headers=hdr, json=[{"key": "t", "value": 1, "iso8601": "9999-12-31T23:59:59Z"}]
+    )
     assert ok.status_code == 204
     r = requests.get(collector.url + "/data/v1/events/latest", headers=hdr)
     assert r.status_code == 200 and r.json()["t"]["date"].startswith("9999-12-31")
 
 
 def test_latest_of_an_out_of_range_epoch_stored_earlier_is_not_a_500(collector: Any) -> None:
-    import sqlite3
-
     hdr = {"X-IS-AccessKey": KEY, "X-IS-BucketKey": "old"}
     assert requests.post(collector.url + "/api/events", json={"key": "t", "value": 1}, headers=hdr).status_code == 204
-    conn = sqlite3.connect(collector.db_path)  # what an older version stored for "9999-12-31T24:00-23:59"
-    conn.execute("UPDATE latest SET epoch = 253402387140.0")
-    conn.commit()
-    conn.close()
+    # what an older version stored for "9999-12-31T24:00-23:59"
+    execute(collector.db_path, "UPDATE latest SET epoch = 253402387140.0")
     r = requests.get(collector.url + "/data/v1/events/latest", headers=hdr)
     assert r.status_code == 200 and r.json()["t"]["epoch"] == 253402387140.0
 
@@ -367,8 +418,10 @@ def test_client_gone_mid_body_is_not_a_500(served: Callable[..., Served]) -> Non
     server = served()
     for _ in range(3):
         with socket.create_connection(("127.0.0.1", server.port)) as s:
-            s.sendall(b"POST /api/events HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nX-IS-AccessKey: k\r\nX-IS-BucketKey: b\r\n"
-                      b"Content-Length: 1000\r\n\r\n[{\"key\":" % server.port)
+            s.sendall(
+                b"POST /api/events HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nX-IS-AccessKey: k\r\nX-IS-BucketKey: b\r\n"
+                b"Content-Length: 1000\r\n\r\n[{\"key\":" % server.port
+            )
             time.sleep(0.2)
     time.sleep(1)
     stats = requests.get(server.url + "/api/stats").json()
@@ -378,8 +431,10 @@ def test_client_gone_mid_body_is_not_a_500(served: Callable[..., Served]) -> Non
 
 def test_invalid_key_bytes_are_counted_not_logged(collector: Any) -> None:
     body = b'{"key":"t","value":1}'
-    head = (b"POST /api/events HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Length: %d\r\nX-IS-BucketKey: b\r\n"
-            b"X-IS-AccessKey: k\xc3\x28\r\nConnection: close\r\n\r\n" % (collector.port, len(body)))
+    head = (
+        b"POST /api/events HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Length: %d\r\nX-IS-BucketKey: b\r\n"
+        b"X-IS-AccessKey: k\xc3\x28\r\nConnection: close\r\n\r\n" % (collector.port, len(body))
+    )
     for _ in range(5):
         with socket.create_connection(("127.0.0.1", collector.port), timeout=10) as s:
             s.sendall(head + body)
@@ -389,8 +444,9 @@ def test_invalid_key_bytes_are_counted_not_logged(collector: Any) -> None:
     assert collector.status_counts() == {400: 5}
 
 
-def test_serve_announces_its_real_address_and_warns_beyond_loopback(served: Callable[..., Served],
-                                                                     tmp_path: Any) -> None:
+def test_serve_announces_its_real_address_and_warns_beyond_loopback(
+    served: Callable[..., Served], tmp_path: Any
+) -> None:
     exposed = served("--host", "0.0.0.0")
     assert exposed.url.startswith("http://0.0.0.0:")
     assert requests.get(exposed.url + "/api/versions", timeout=10).status_code == 200
@@ -404,25 +460,19 @@ def test_serve_announces_its_real_address_and_warns_beyond_loopback(served: Call
 # --------------------------------------------------------------------------- the acceptance figures (slow)
 
 
-@pytest.fixture
-def only_when_selected(request: Any) -> None:
-    """Slow tests run only when asked for: ``python -m pytest -m slow tests/test_collector_attack.py``."""
-    if "slow" not in (request.config.getoption("-m") or ""):
-        pytest.skip("a slow measurement: run it with -m slow")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["pipelined", "keep-alive", "trickled-body", "bulk-writers"])
-def test_acceptance_legitimate_client_served_within_a_second(served: Callable[..., Served], kind: str,
-                                                             only_when_selected: None) -> None:
+def test_acceptance_legitimate_client_served_within_a_second(served: Callable[..., Served], kind: str) -> None:
     """Issue 20: >= 95% of the legitimate client's requests answered within a second while the
     attack runs (45 s of it, after the attackers have settled)."""
     server = served()
     stop: Callable[[], None]
     if kind == "bulk-writers":
         body = _bomblet(45_000)
-        writers = [Legit(lambda t, n=n: _post_gzip(server.url, body, "bulk-%d" % n, timeout=t), interval=0, timeout=60)
-                   for n in range(4)]
+        writers = [
+            Legit(lambda t, n=n: _post_gzip(server.url, body, "bulk-%d" % n, timeout=t), interval=0, timeout=60)
+            for n in range(4)
+        ]
         for w in writers:
             w.start()
 

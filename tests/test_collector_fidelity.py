@@ -1,5 +1,6 @@
 """Request forms and answers of Initial State's public events API documentation (issue 12, item 9),
 against a real collector; the ISO 8601 parser on this Python and on Python 3.9."""
+
 from __future__ import annotations
 
 import json
@@ -16,6 +17,8 @@ from isstreamer.collector.iso8601 import parse_iso8601
 from isstreamer.collector.server import CollectorServer
 
 from support import ROOT
+
+pytestmark = pytest.mark.collector_backends()
 
 AK = "ist_fakee8do2JQN3Eos8Ah2FS8uiFD3Ola2"
 
@@ -37,11 +40,16 @@ def test_bucket_creation_url_parameter_form(collector: CollectorServer) -> None:
 def test_numeric_string_epochs_accepted(collector: CollectorServer) -> None:
     # Initial State's Node client sends every epoch as a string
     now = time.time()
-    body = [{"key": "temperature", "value": "25.4", "epoch": "%.6f" % (now - 60)},
-            {"key": "temperature", "value": 26, "epoch": str(int(now - 30))},
-            {"key": "temperature", "value": 27.5, "epoch": now - 10}]
-    r = requests.post(collector.url + "/api/events", data=orjson.dumps(body),
-                      headers={"X-IS-AccessKey": AK, "X-IS-BucketKey": "node", "Content-Type": "application/json"})
+    body = [
+        {"key": "temperature", "value": "25.4", "epoch": "%.6f" % (now - 60)},
+        {"key": "temperature", "value": 26, "epoch": str(int(now - 30))},
+        {"key": "temperature", "value": 27.5, "epoch": now - 10},
+    ]
+    r = requests.post(
+        collector.url + "/api/events",
+        data=orjson.dumps(body),
+        headers={"X-IS-AccessKey": AK, "X-IS-BucketKey": "node", "Content-Type": "application/json"},
+    )
     assert r.status_code == 204, r.text
     got = [(e["value"], e["epoch"]) for e in collector.events("node")]
     assert got == [("25.4", float("%.6f" % (now - 60))), (26, float(int(now - 30))), (27.5, now - 10)]
@@ -56,8 +64,9 @@ def test_rate_limit_headers_on_every_events_answer(collector: CollectorServer) -
     ]
     assert [r.status_code for r in answers] == [204, 400, 204]
     for r in answers:
-        limit, remaining, reset = (int(r.headers[h]) for h in
-                                   ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"))
+        limit, remaining, reset = (
+            int(r.headers[h]) for h in ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
+        )
         assert 0 <= remaining < limit and reset >= time.time() - 1
     assert int(answers[2].headers["X-RateLimit-Remaining"]) == int(answers[0].headers["X-RateLimit-Remaining"]) - 2
 
@@ -94,8 +103,21 @@ ISO_CASES = [
     ("2023-11-14T24:00:00Z", 1700006400.0),
     ("2024-02-29T00:00:00Z", 1709164800.0),
 ]
-ISO_BAD = ["yesterday", "2023-02-29", "2023-13-01", "2023-11-14T25:00", "2023-11-14T22:60", "2023-11-14T23:59:60Z",
-           "2023-11-14T22:13:20+24:00", "2023-W46-2", "2023-318", "2023-11-14T24:00:01", "2023-1114", "", "0000-01-01"]
+ISO_BAD = [
+    "yesterday",
+    "2023-02-29",
+    "2023-13-01",
+    "2023-11-14T25:00",
+    "2023-11-14T22:60",
+    "2023-11-14T23:59:60Z",
+    "2023-11-14T22:13:20+24:00",
+    "2023-W46-2",
+    "2023-318",
+    "2023-11-14T24:00:01",
+    "2023-1114",
+    "",
+    "0000-01-01",
+]
 
 
 @pytest.mark.parametrize("text,epoch", ISO_CASES)
@@ -111,14 +133,20 @@ def test_iso8601_refused(text: str) -> None:
 def test_iso8601_stored_through_the_api(collector_factory: Any) -> None:
     server = collector_factory(ignore_old_timestamps=False)
     body = [{"key": "k%d" % i, "value": i, "iso8601": text} for i, (text, _) in enumerate(ISO_CASES)]
-    r = requests.post(server.url + "/api/events", data=orjson.dumps(body),
-                      headers={"X-IS-AccessKey": AK, "X-IS-BucketKey": "iso", "Content-Type": "application/json"})
+    r = requests.post(
+        server.url + "/api/events",
+        data=orjson.dumps(body),
+        headers={"X-IS-AccessKey": AK, "X-IS-BucketKey": "iso", "Content-Type": "application/json"},
+    )
     assert r.status_code == 204, r.text
     got = {e["key"]: e["epoch"] for e in server.events("iso")}
     assert got == {"k%d" % i: pytest.approx(ep, abs=1e-6) for i, (_, ep) in enumerate(ISO_CASES)}
     bad = [{"key": "x", "value": 1, "iso8601": "2023-02-29T00:00:00Z"}]
-    r = requests.post(server.url + "/api/events", data=orjson.dumps(bad),
-                      headers={"X-IS-AccessKey": AK, "X-IS-BucketKey": "iso", "Content-Type": "application/json"})
+    r = requests.post(
+        server.url + "/api/events",
+        data=orjson.dumps(bad),
+        headers={"X-IS-AccessKey": AK, "X-IS-BucketKey": "iso", "Content-Type": "application/json"},
+    )
     assert r.status_code == 400 and "iso8601" in r.json()["message"]["error"]["message"]
 
 

@@ -1,5 +1,6 @@
 """The connection guard (issue 20 item 1) phase by phase, on a real collector with small caps:
 the per-client cap, eviction order, the idle and write timeouts, busy connections kept."""
+
 from __future__ import annotations
 
 import socket
@@ -13,6 +14,8 @@ import requests
 from isstreamer.collector.guard import client_of
 
 from support import wait_until
+
+pytestmark = pytest.mark.collector_backends()
 
 
 def closed_by_server(sock: socket.socket, within: float) -> bool:
@@ -75,8 +78,12 @@ def test_idle_connections_evicted_before_heads_and_bodies(collector_factory: Any
     port = server.port
     head = connect(port, 2, b"GET / HTTP/1.1\r\n")
     time.sleep(0.2)
-    body = connect(port, 2, b"POST /api/events HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nX-IS-AccessKey: k\r\n"
-                   b"X-IS-BucketKey: b\r\nContent-Length: 100\r\n\r\n[" % port)
+    body = connect(
+        port,
+        2,
+        b"POST /api/events HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nX-IS-AccessKey: k\r\n"
+        b"X-IS-BucketKey: b\r\nContent-Length: 100\r\n\r\n[" % port,
+    )
     idle = connect(port, 2, get(port))
     assert wait_until(lambda: tiers(server) == [1, 1, 2, 2, 2, 2], 20)  # 2 idle after an answer, 4 sending
     newcomers = connect(port, 2)
@@ -128,15 +135,21 @@ def test_answers_never_read_time_out(collector_factory: Any) -> None:
     assert requests.get(server.url + "/api/stats", timeout=10).json()["connections"]["write_timeouts"] >= 1
 
 
-def test_busy_connections_are_never_evicted(collector_factory: Any) -> None:
+def test_busy_connections_are_never_evicted(collector_factory: Any, hold_writers: Any) -> None:
     server = collector_factory(max_connections=3, max_per_client=3)
     gate = threading.Event()
-    server.store.call_write(lambda conn: gate.wait(20))  # the writer is held: POSTs stay busy
+    hold_writers(server, gate)  # POSTs stay busy
     answers: List[int] = []
 
     def post() -> None:
-        answers.append(requests.post(server.url + "/api/events", json={"key": "t", "value": 1}, timeout=30,
-                                     headers={"X-IS-AccessKey": "k", "X-IS-BucketKey": "b"}).status_code)
+        answers.append(
+            requests.post(
+                server.url + "/api/events",
+                json={"key": "t", "value": 1},
+                timeout=30,
+                headers={"X-IS-AccessKey": "k", "X-IS-BucketKey": "b"},
+            ).status_code
+        )
 
     posters = [threading.Thread(target=post) for _ in range(3)]
     for t in posters:

@@ -1,4 +1,5 @@
 """The collector's fair writer (issue 20 item 2): the order in which queued writes run."""
+
 from __future__ import annotations
 
 import threading
@@ -61,3 +62,15 @@ def test_errors_reach_the_caller_and_shutdown_drains() -> None:
         bad.result(1)
     with pytest.raises(RuntimeError):
         pool.submit(lambda: None)
+
+
+def test_several_workers_run_calls_side_by_side() -> None:
+    ex = FairExecutor("t", workers=2)
+    gate = threading.Event()
+    try:
+        held = ex.submit(lambda: gate.wait(10), "bulk")
+        assert ex.submit(lambda: "ran", "small").result(10) == "ran"  # the other worker took it
+        assert not held.done()
+    finally:
+        gate.set()
+        ex.shutdown()

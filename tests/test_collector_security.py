@@ -2,6 +2,7 @@
 
 Every test first performs the attack as reported, then checks the answer of the fixed collector.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -24,6 +25,8 @@ from isstreamer.collector.store import hash_access_key
 
 from support import ROOT, wait_until
 
+pytestmark = pytest.mark.collector_backends()
+
 K1, K2, ADMIN = "key-one", "key-two", "admin-key"
 
 
@@ -37,7 +40,9 @@ def h(key: Optional[str] = K1, bucket: Optional[str] = None, **extra: str) -> Di
     return out
 
 
-def post(server: CollectorServer, body: Any, bucket: str = "mine", key: Optional[str] = K1, **extra: str) -> requests.Response:
+def post(
+    server: CollectorServer, body: Any, bucket: str = "mine", key: Optional[str] = K1, **extra: str
+) -> requests.Response:
     return requests.post(server.url + "/api/events", data=orjson.dumps(body), headers=h(key, bucket, **extra))
 
 
@@ -96,8 +101,14 @@ def test_reads_need_a_key_and_see_only_its_buckets(keyed: CollectorServer) -> No
     assert post(keyed, {"key": "t", "value": 1}, bucket="mine", key=K1).status_code == 204
     assert post(keyed, {"key": "u", "value": 2}, bucket="theirs", key=K2).status_code == 204
     u = keyed.url
-    for path in ("/api/buckets", "/api/buckets/mine", "/api/buckets/mine/events", "/api/buckets/mine/latest",
-                 "/api/buckets/mine/dashboard", "/api/stats"):
+    for path in (
+        "/api/buckets",
+        "/api/buckets/mine",
+        "/api/buckets/mine/events",
+        "/api/buckets/mine/latest",
+        "/api/buckets/mine/dashboard",
+        "/api/stats",
+    ):
         assert requests.get(u + path).status_code == 401, path
         assert requests.get(u + path, headers=h("wrong")).status_code == 401, path
     assert requests.get(u + "/api/buckets/mine/events", headers=h(K2)).status_code == 404
@@ -136,19 +147,28 @@ def test_host_header_checked(collector_factory: Any) -> None:
 def test_cross_site_writes_refused(collector: CollectorServer) -> None:
     u = collector.url
     # <img src=".../api/events?..."> on another site
-    img = requests.get(u + "/api/events", params={"accessKey": "attacker", "bucketKey": "mine", "t": "666"},
-                       headers={"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"})
+    img = requests.get(
+        u + "/api/events",
+        params={"accessKey": "attacker", "bucketKey": "mine", "t": "666"},
+        headers={"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"},
+    )
     assert img.status_code == 403 and etype(img) == "CROSS_SITE_REFUSED"
     # fetch(url, {mode: "no-cors", method: "POST", body: "...text/plain..."}) from another origin
-    text = requests.post(u + "/api/events", params={"accessKey": "attacker", "bucketKey": "mine"},
-                         data=b'[{"key":"t","value":666}]',
-                         headers={"Content-Type": "text/plain", "Origin": "http://evil.example"})
+    text = requests.post(
+        u + "/api/events",
+        params={"accessKey": "attacker", "bucketKey": "mine"},
+        data=b'[{"key":"t","value":666}]',
+        headers={"Content-Type": "text/plain", "Origin": "http://evil.example"},
+    )
     assert text.status_code == 403
     same_site = post(collector, {"key": "t", "value": 666}, **{"Sec-Fetch-Site": "same-site"})
     assert same_site.status_code == 403
     null = post(collector, {"key": "t", "value": 666}, Origin="null")
     assert null.status_code == 403
-    assert requests.post(u + "/api/buckets", json={"bucketKey": "x"}, headers=h(Origin="http://evil.example")).status_code == 403
+    assert (
+        requests.post(u + "/api/buckets", json={"bucketKey": "x"}, headers=h(Origin="http://evil.example")).status_code
+        == 403
+    )
     assert collector.event_count() == 0 and collector.buckets() == []
     # scripts and curl (no browser headers) and the collector's own pages keep working
     assert requests.get(u + "/api/events", params={"accessKey": "me", "bucketKey": "mine", "t": "1"}).status_code == 204
@@ -187,8 +207,12 @@ def test_gzip_bomb_refused_without_inflating_it(collector: CollectorServer) -> N
     import zlib
 
     deflated = zlib.compress(orjson.dumps([{"key": "z", "value": 2}]))
-    assert requests.post(collector.url + "/api/events", data=deflated,
-                         headers=dict(hdr, **{"Content-Encoding": "deflate"})).status_code == 204
+    assert (
+        requests.post(
+            collector.url + "/api/events", data=deflated, headers=dict(hdr, **{"Content-Encoding": "deflate"})
+        ).status_code
+        == 204
+    )
     r = requests.post(collector.url + "/api/events", data=small[:-8], headers=hdr)
     assert r.status_code == 400 and "truncated" in r.text
     r = requests.post(collector.url + "/api/events", data=small, headers=dict(hdr, **{"Content-Encoding": "br"}))
@@ -197,8 +221,9 @@ def test_gzip_bomb_refused_without_inflating_it(collector: CollectorServer) -> N
 
 
 def test_gzip_bomb_in_bucket_creation(collector: CollectorServer) -> None:
-    r = requests.post(collector.url + "/api/buckets", data=_bomb(50 * 1024 * 1024),
-                      headers=h(**{"Content-Encoding": "gzip"}))
+    r = requests.post(
+        collector.url + "/api/buckets", data=_bomb(50 * 1024 * 1024), headers=h(**{"Content-Encoding": "gzip"})
+    )
     assert r.status_code == 413 and collector.buckets() == []
 
 
@@ -209,11 +234,15 @@ def test_401s_counted_not_stored_and_fields_capped(collector_factory: Any) -> No
     server = collector_factory(access_keys=[K1])
     with requests.Session() as s:
         for _ in range(60):
-            r = s.post(server.url + "/api/events", data=b"{}", headers={"User-Agent": "x" * 6000, "X-IS-BucketKey": "b"})
+            r = s.post(
+                server.url + "/api/events", data=b"{}", headers={"User-Agent": "x" * 6000, "X-IS-BucketKey": "b"}
+            )
             assert r.status_code == 401
     assert server.requests_log() == []
     assert server.status_counts() == {401: 60}
-    r = post(server, {"key": "t", "value": 1}, **{"User-Agent": "y" * 6000, "Content-Type": "application/" + "z" * 6000})
+    r = post(
+        server, {"key": "t", "value": 1}, **{"User-Agent": "y" * 6000, "Content-Type": "application/" + "z" * 6000}
+    )
     assert r.status_code == 204
     [row] = server.requests_log()
     assert len(row["user_agent"]) <= 200 and len(row["content_type"]) <= 200 and row["user_agent"].startswith("yyy")
@@ -230,20 +259,22 @@ def test_request_log_bounded(collector_factory: Any) -> None:
     assert server.status_counts() == {204: 150} and server.event_count() == 150
 
 
-def test_request_log_age_bound(tmp_path: Any) -> None:
+def test_request_log_age_bound(collector_db: Any) -> None:
     from isstreamer.collector import store as st
 
-    s = st.Store(str(tmp_path / "age.db"))
+    db = collector_db()
+    s = st.Store(db)
     try:
         now = time.time()
         for age_days in (30, 8, 6, 0):
-            entry = st.RequestLog(request_uid="u%d" % age_days, time=now - age_days * 86400, method="POST",
-                                  path="/api/events", status=204)
-            s.call_write(lambda c, e=entry: st.log_request(c, e)).result()
-        s.call_write(lambda c: st.prune_requests(c, st.LogBounds(rows=100, max_age=7 * 86400), now)).result()
+            entry = st.RequestLog(
+                request_uid="u%d" % age_days, time=now - age_days * 86400, method="POST", path="/api/events", status=204
+            )
+            s.call_write(lambda c, e=entry: c.log_request(e)).result()
+        s.call_write(lambda c: c.prune_requests(st.LogBounds(rows=100, max_age=7 * 86400), now)).result()
     finally:
         s.close()
-    assert [r["request_uid"] for r in st.read_requests(str(tmp_path / "age.db"))] == ["u6", "u0"]
+    assert [r["request_uid"] for r in st.read_requests(db)] == ["u6", "u0"]
 
 
 # --------------------------------------------------------------------------- 6. parse errors are 400s
@@ -262,8 +293,10 @@ def test_huge_epoch_is_400_and_reads_keep_working(collector: CollectorServer) ->
 
 def test_long_numeric_url_values_are_kept_as_text(collector: CollectorServer) -> None:
     digits400, digits5000 = "9" * 400, "1" * 5000
-    r = requests.get(collector.url + "/api/events", params={"accessKey": K1, "bucketKey": "u", "a": digits400,
-                                                             "b": "1e999", "c": "-" + "9" * 25, "d": "12"})
+    r = requests.get(
+        collector.url + "/api/events",
+        params={"accessKey": K1, "bucketKey": "u", "a": digits400, "b": "1e999", "c": "-" + "9" * 25, "d": "12"},
+    )
     assert r.status_code == 204
     r = requests.post(collector.url + "/api/events", params={"accessKey": K1, "bucketKey": "u", "e": digits5000})
     assert r.status_code == 400 and "longer than 2000 characters" in r.json()["message"]["error"]["message"]
@@ -288,13 +321,21 @@ def _raw_request(server: CollectorServer, head: bytes, body: bytes = b"") -> byt
 
 def test_invalid_utf8_in_headers_is_400_not_500(collector: CollectorServer) -> None:
     body = b'{"key":"t","value":1}'
-    base = b"POST /api/events HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\nContent-Length: %d\r\n" % (
-        collector.port, len(body))
-    for hdr in (b"X-IS-AccessKey: k\r\nX-IS-BucketKey: b\xff\xfe\r\n", b"X-IS-AccessKey: k\xc3\x28\r\nX-IS-BucketKey: b\r\n"):
+    base = (
+        b"POST /api/events HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+        % (collector.port, len(body))
+    )
+    for hdr in (
+        b"X-IS-AccessKey: k\r\nX-IS-BucketKey: b\xff\xfe\r\n",
+        b"X-IS-AccessKey: k\xc3\x28\r\nX-IS-BucketKey: b\r\n",
+    ):
         answer = _raw_request(collector, base + hdr + b"Connection: close\r\n\r\n", body)
         assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
-    answer = _raw_request(collector, base + b"X-IS-AccessKey: k\r\nX-IS-BucketKey: b\r\nUser-Agent: agent\xff\xfe\r\n"
-                          b"Connection: close\r\n\r\n", body)
+    answer = _raw_request(
+        collector,
+        base + b"X-IS-AccessKey: k\r\nX-IS-BucketKey: b\r\nUser-Agent: agent\xff\xfe\r\nConnection: close\r\n\r\n",
+        body,
+    )
     assert answer.startswith(b"HTTP/1.1 204"), answer[:200]
     assert collector.requests_log()[-1]["user_agent"].startswith("agent")
     assert collector.status_counts().get(500) is None
@@ -345,8 +386,13 @@ def test_connection_cap_evicts_slow_heads(collector_factory: Any) -> None:
 def _serve(tmp_path: Any, *args: str, env: Optional[Dict[str, str]] = None) -> "tuple[subprocess.Popen, str]":
     e = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     e.update(env or {})
-    proc = subprocess.Popen([sys.executable, "-m", "isstreamer.cli", "serve", "--port", "0", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "isstreamer.cli", "serve", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=e,
+    )
     line = proc.stdout.readline()  # type: ignore[union-attr]
     m = re.search(r"listening on (http://\S+)", line)
     if not m:
@@ -371,8 +417,14 @@ def test_keys_from_file_and_env_not_on_the_command_line(tmp_path: Any) -> None:
     db = tmp_path / "new" / "deeper" / "c.db"
     old_umask = os.umask(0o022)
     try:
-        proc, url = _serve(tmp_path, "--db", str(db), "--access-key-file", str(keyfile),
-                           env={"ISSTREAMER_COLLECTOR_KEYS": "env-secret-1, env-secret-2"})
+        proc, url = _serve(
+            tmp_path,
+            "--db",
+            str(db),
+            "--access-key-file",
+            str(keyfile),
+            env={"ISSTREAMER_COLLECTOR_KEYS": "env-secret-1, env-secret-2"},
+        )
     finally:
         os.umask(old_umask)
     try:
@@ -381,7 +433,9 @@ def test_keys_from_file_and_env_not_on_the_command_line(tmp_path: Any) -> None:
         for key in ("file-secret-1", "file-secret-2", "env-secret-2"):
             r = requests.post(url + "/api/events", json={"key": "t", "value": 1}, headers=h(key, "b"))
             assert r.status_code == 204, key
-        assert requests.post(url + "/api/events", json={"key": "t", "value": 1}, headers=h("nope", "b")).status_code == 401
+        assert (
+            requests.post(url + "/api/events", json={"key": "t", "value": 1}, headers=h("nope", "b")).status_code == 401
+        )
         # 8: the database (events, key hashes) is private to its user
         for path in (db, db.parent / "c.db-wal"):
             assert wait_until(path.exists, 10)
@@ -418,7 +472,6 @@ def test_host_policy_on_every_interface() -> None:
     assert HostPolicy("::1", 80).allows("[::1]:80") and not HostPolicy("::1", 80).allows("[::2]:80")
 
 
-
 @pytest.mark.slow
 def test_slow_connections_beyond_the_file_limit(tmp_path: Any) -> None:
     import resource
@@ -428,8 +481,14 @@ def test_slow_connections_beyond_the_file_limit(tmp_path: Any) -> None:
 
     e = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     errors = open(tmp_path / "stderr", "w+")  # a file: a full pipe would stall the server
-    proc = subprocess.Popen([sys.executable, "-m", "isstreamer.cli", "serve", "--port", "0", "--db", str(tmp_path / "c.db")],
-                            stdout=subprocess.PIPE, stderr=errors, text=True, env=e, preexec_fn=low_file_limit)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "isstreamer.cli", "serve", "--port", "0", "--db", str(tmp_path / "c.db")],
+        stdout=subprocess.PIPE,
+        stderr=errors,
+        text=True,
+        env=e,
+        preexec_fn=low_file_limit,
+    )
     slow: list = []
     try:
         m = re.search(r"listening on http://127.0.0.1:(\d+)", proc.stdout.readline())  # type: ignore[union-attr]
@@ -439,8 +498,9 @@ def test_slow_connections_beyond_the_file_limit(tmp_path: Any) -> None:
             s = socket.create_connection(("127.0.0.1", port), timeout=10)
             s.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")
             slow.append(s)
-        r = requests.post("http://127.0.0.1:%d/api/events" % port, data=b'{"key":"t","value":1}',
-                          headers=h(bucket="b"), timeout=10)
+        r = requests.post(
+            "http://127.0.0.1:%d/api/events" % port, data=b'{"key":"t","value":1}', headers=h(bucket="b"), timeout=10
+        )
         assert r.status_code == 204
         assert proc.poll() is None, "the collector died"
     finally:

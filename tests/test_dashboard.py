@@ -4,6 +4,7 @@ Skipped only when Playwright or Chromium is missing and ISSTREAMER_REQUIRE_BROWS
 with ISSTREAMER_REQUIRE_BROWSER set (CI) a missing browser fails instead. The Chromium binary
 is Debian's (/usr/bin/chromium) or $ISSTREAMER_CHROMIUM; Playwright's own downloads are not used.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,13 +19,19 @@ import requests
 
 from isstreamer.collector.server import CollectorServer
 
+pytestmark = pytest.mark.collector_backends()
+
 AK = "dash-key"
 SCREENSHOT = os.path.join(tempfile.gettempdir(), "isstreamer-dashboard.png")
 
 
 def _chromium() -> Optional[str]:
-    for candidate in (os.environ.get("ISSTREAMER_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
-                      shutil.which("chromium-browser")):
+    for candidate in (
+        os.environ.get("ISSTREAMER_CHROMIUM"),
+        "/usr/bin/chromium",
+        shutil.which("chromium"),
+        shutil.which("chromium-browser"),
+    ):
         if candidate and os.path.exists(candidate):
             return candidate
     return None
@@ -68,14 +75,20 @@ def page(browser: Any) -> Iterator[Any]:
 
 
 def post(server: CollectorServer, bucket: str, body: Any) -> None:
-    r = requests.post(server.url + "/api/events", data=orjson.dumps(body),
-                      headers={"X-IS-AccessKey": AK, "X-IS-BucketKey": bucket, "Content-Type": "application/json"})
+    r = requests.post(
+        server.url + "/api/events",
+        data=orjson.dumps(body),
+        headers={"X-IS-AccessKey": AK, "X-IS-BucketKey": bucket, "Content-Type": "application/json"},
+    )
     assert r.status_code == 204, r.text
 
 
 def test_index_lists_buckets_and_links_to_dashboard(collector: CollectorServer, page: Any) -> None:
-    r = requests.post(collector.url + "/api/buckets", json={"bucketKey": "house", "bucketName": "My House"},
-                      headers={"X-IS-AccessKey": AK})
+    r = requests.post(
+        collector.url + "/api/buckets",
+        json={"bucketKey": "house", "bucketName": "My House"},
+        headers={"X-IS-AccessKey": AK},
+    )
     assert r.status_code == 201
     post(collector, "house", [{"key": "temperature", "value": 20 + i / 10} for i in range(5)])
     post(collector, "garage", {"key": "door", "value": "open"})
@@ -114,11 +127,20 @@ def test_dashboard_shows_keys_and_updates_live(collector: CollectorServer, page:
     assert page.locator('.key-card[data-key="door"] canvas').count() == 0
 
     # more events arrive: the chart, the values and a brand-new key show up without a reload
-    post(collector, "home", [{"key": "temperature", "value": 99.5}, {"key": "door", "value": "open"},
-                             {"key": "armed", "value": False}, {"key": "pressure", "value": 1013}])
+    post(
+        collector,
+        "home",
+        [
+            {"key": "temperature", "value": 99.5},
+            {"key": "door", "value": "open"},
+            {"key": "armed", "value": False},
+            {"key": "pressure", "value": 1013},
+        ],
+    )
     page.wait_for_selector('.key-card[data-key="temperature"] canvas.chart[data-points="31"]')
     page.wait_for_function(
-        "document.querySelector('.key-card[data-key=\"door\"] .latest-value').textContent === 'open'")
+        "document.querySelector('.key-card[data-key=\"door\"] .latest-value').textContent === 'open'"
+    )
     assert temp.locator(".latest-value").inner_text() == "99.5"
     assert armed.locator(".latest-value").inner_text() == "false"
     page.wait_for_selector('.key-card[data-key="pressure"][data-kind="number"] canvas.chart[data-points="1"]')
@@ -163,7 +185,7 @@ _STROKE_PROFILE_JS = """(canvas) => {
 
 def _post_batches(server: CollectorServer, bucket: str, body: list, size: int = 5000) -> None:
     for i in range(0, len(body), size):
-        post(server, bucket, body[i:i + size])
+        post(server, bucket, body[i : i + size])
 
 
 def test_demo_readings_draw_a_signal_across_the_chart(collector: CollectorServer, page: Any) -> None:
@@ -200,7 +222,11 @@ def test_demo_readings_draw_a_signal_across_the_chart(collector: CollectorServer
 
 def test_one_request_per_refresh_with_many_keys(collector: CollectorServer, page: Any) -> None:
     now = time.time()
-    post(collector, "wide", [{"key": "k%03d" % i, "value": i + j, "epoch": now - 100 + j} for i in range(300) for j in range(3)])
+    post(
+        collector,
+        "wide",
+        [{"key": "k%03d" % i, "value": i + j, "epoch": now - 100 + j} for i in range(300) for j in range(3)],
+    )
     api_calls: list = []
     page.on("request", lambda r: api_calls.append(r.url) if "/api/" in r.url else None)
     page.goto(collector.url + "/dashboard/wide")

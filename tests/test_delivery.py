@@ -449,7 +449,7 @@ def test_flush_returns_once_spooled_when_api_unreachable(make_streamer: Callable
 
 DOWN_SCRIPT = """
 import sys, time
-from isstreamer import Streamer, layout
+from isstreamer import Streamer
 s = Streamer("down", "bk-down", %(key)r, api_base=%(url)r, spool_dir=%(spool)r, close_timeout=%(ct)r,
              flush_interval=0.05, max_attempts=2, backoff_max=0.2, request_timeout=1.0)
 for i in range(%(n)d):
@@ -490,7 +490,7 @@ def test_server_down_for_whole_program(tmp_path: Any, backend: str) -> None:
 
 EXIT_SCRIPT = """
 import sys, time
-from isstreamer import Streamer, layout
+from isstreamer import Streamer
 s = Streamer("exit", "bk-exit", %(key)r, api_base=%(url)r, spool_dir=%(spool)r, close_timeout=5.0)
 for i in range(%(n)d):
     s.log("n", i)
@@ -650,7 +650,7 @@ def test_sender_exit_stops_replay_at_close_timeout(server: FaultServer, spool: s
 
 KILL_PRODUCER_SCRIPT = """
 import sys, time
-from isstreamer import Streamer, layout
+from isstreamer import Streamer
 s = Streamer("kill", "bk-kill", %(key)r, api_base=%(url)r, spool_dir=%(spool)r,
              flush_interval=30, buffer_size=10**6, close_timeout=3)
 for i in range(%(n)d):

@@ -61,8 +61,14 @@ def _env(tmp_path, site: str, backend: str = "native", **extra: str) -> dict:
 
 def _run(tmp_path, code: str, args, env: dict, timeout: float = 180) -> dict:
     script = write_script(tmp_path, "scenario.py", code)
-    r = subprocess.run([sys.executable, script] + [str(a) for a in args], env=env, capture_output=True, text=True,
-                       timeout=timeout, cwd=str(tmp_path))
+    r = subprocess.run(
+        [sys.executable, script] + [str(a) for a in args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=str(tmp_path),
+    )
     assert r.returncode == 0, "exit %s\n%s" % (r.returncode, r.stderr[-4000:])
     out = json.loads(r.stdout.strip().splitlines()[-1])
     out["stderr"] = r.stderr
@@ -163,8 +169,13 @@ for i in range(5000):
 def test_thread_mode_delivers_everything_at_exit_without_close(tmp_path, collector):
     """Nothing lost at exit: a script that never calls flush() or close()."""
     script = write_script(tmp_path, "exit.py", EXIT)
-    r = subprocess.run([sys.executable, script, collector.url], env=_env(tmp_path, WINDOWS_LIKE),
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, script, collector.url],
+        env=_env(tmp_path, WINDOWS_LIKE),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert _delivered(collector, "win-exit", 5000) == 5000
 
@@ -225,9 +236,13 @@ def test_thread_mode_spools_an_outage_and_replays_it(tmp_path, collector):
     out = _run(tmp_path, OUTAGE, [collector.url, spool], _env(tmp_path, WINDOWS_LIKE))
     assert out["mode"] == "thread" and out["spooled"] == 3000, out
     # the spool was written for the dead API base: replay it to the collector from the command line
-    r = subprocess.run([sys.executable, "-m", "isstreamer.cli", "replay", str(spool), "--api-base", collector.url],
-                       env={**_env(tmp_path, WINDOWS_LIKE), "ISSTREAMER_ACCESS_KEY": "k"}, capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "isstreamer.cli", "replay", str(spool), "--api-base", collector.url],
+        env={**_env(tmp_path, WINDOWS_LIKE), "ISSTREAMER_ACCESS_KEY": "k"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert _delivered(collector, "win-outage", 3000) == 3000
 
@@ -301,7 +316,9 @@ def test_process_model_with_ring_files_on_disk_and_no_madv_remove(tmp_path, coll
     delivered, the ring's files removed at the end."""
     ring_dir = tmp_path / "rings"
     ring_dir.mkdir(mode=0o700)
-    out = _run(tmp_path, MAC_POOL, [collector.url, method], _env(tmp_path, MACOS_LIKE, ISSTREAMER_RING_DIR=str(ring_dir)))
+    out = _run(
+        tmp_path, MAC_POOL, [collector.url, method], _env(tmp_path, MACOS_LIKE, ISSTREAMER_RING_DIR=str(ring_dir))
+    )
     assert out["ok"] and out["mode"] == "process" and out["ring_dir"] == str(ring_dir), out
     assert out["sent"] >= 60000, out  # (the workers' segments are drained after they are gone)
     assert _delivered(collector, "mac-" + method, 18000) == 18000

@@ -19,7 +19,7 @@ from typing import Any, Iterator, List
 
 import pytest
 
-from isstreamer import spool as S
+from isstreamer.sender import spool as S
 from isstreamer.sender.spool import (
     ReplayFile,
     SpoolBackoff,

@@ -1,9 +1,10 @@
-"""The embedded Initial State-compatible local collector (aiohttp + SQLite).
+"""The embedded Initial State-compatible local collector (aiohttp + SQLite, or PostgreSQL).
 
 ``CollectorServer`` runs it in a background thread (tests, demos); ``run_collector`` runs it in
 the foreground (``isstreamer serve``). Names are imported lazily so that importing this package
 does not import aiohttp.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any

@@ -28,6 +28,7 @@ is bounded by :mod:`~isstreamer.collector.guard`, what a key holder may store by
 Errors are JSON: ``{"message": {"error": {"type": ..., "message": ..., ["index": i]}}}``; a 402
 is ``{"message": "Event limit exceeded for current cycle ..."}`` as the hosted API answers.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -365,8 +366,10 @@ DRAIN_SECONDS = 2.0
 
 def _is_write(request: web.Request) -> bool:
     path, method = request.path, request.method
-    return path == "/api/events" or (path == "/api/buckets" and method == "POST") or (
-        method == "DELETE" and path.startswith("/api/buckets/")
+    return (
+        path == "/api/events"
+        or (path == "/api/buckets" and method == "POST")
+        or (method == "DELETE" and path.startswith("/api/buckets/"))
     )
 
 
@@ -428,19 +431,27 @@ async def guard_middleware(
     config = request.app[CONFIG]
     err: Optional[ApiError] = None
     if hosts is not None and not hosts.allows(request.headers.get("Host")):
-        err = ApiError(403, "HOST_NOT_ALLOWED", "Host %r is not this collector (start it with --allowed-host NAME)"
-                       % st.cap_text(request.headers.get("Host"), 100))
+        err = ApiError(
+            403,
+            "HOST_NOT_ALLOWED",
+            "Host %r is not this collector (start it with --allowed-host NAME)"
+            % st.cap_text(request.headers.get("Host"), 100),
+        )
     elif _is_write(request):
         reason = cross_site_reason(request.headers, config.allowed_origins)
         if reason is not None:
-            err = ApiError(403, "CROSS_SITE_REFUSED", "refused a write from another site (%s); "
-                           "start the collector with --allow-origin ORIGIN to accept it" % reason)
+            err = ApiError(
+                403,
+                "CROSS_SITE_REFUSED",
+                "refused a write from another site (%s); "
+                "start the collector with --allow-origin ORIGIN to accept it" % reason,
+            )
     if err is None:
         return await handler(request)
     resp = err.response()
     resp.force_close()
     if _is_logged(request):
-        await asyncio.wrap_future(request.app[STORE].call_write(lambda c: st.count_status(c, 403)))
+        await _record(request, lambda s: s.count_status(403))
     return resp
 
 
@@ -477,6 +488,13 @@ async def api_middleware(
             raise
         keep = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
         resp = ApiError(exc.status, exc.reason.upper().replace(" ", "_"), exc.reason, headers=keep).response()
+    except st.Unavailable as exc:
+        log.warning("collector: %s %s: %s", request.method, request.path, exc)
+        if entry is not None:
+            entry.error_type = "DATABASE_UNAVAILABLE"
+        resp = ApiError(
+            503, "DATABASE_UNAVAILABLE", "the collector's database is unavailable; retry", headers={"Retry-After": "1"}
+        ).response()
     except Exception:  # noqa: BLE001 - answer 500 as JSON and keep serving
         log.exception("collector: unhandled error on %s %s", request.method, request.path)
         if entry is not None:
@@ -494,14 +512,21 @@ async def api_middleware(
             # still sending it gets this answer rather than a reset connection
             await _drain(request, max_body, DRAIN_SECONDS)
     if entry is not None and not request.get(_LOGGED):
-        store = request.app[STORE]
         if resp.status in _COUNT_ONLY or entry.owner is None:  # no key accepted: only counted
             status = resp.status
-            await asyncio.wrap_future(store.call_write(lambda c: st.count_status(c, status)))
+            await _record(request, lambda s: s.count_status(status))
         else:
             entry.status = resp.status
-            await asyncio.wrap_future(store.call_write(lambda c: st.log_request(c, entry), entry.owner))
+            await _record(request, lambda s: s.log_request(entry), entry.owner)
     return resp
+
+
+async def _record(request: web.Request, fn: Callable[[st.Session], None], flow: Optional[str] = None) -> None:
+    """Log or count a request (nothing, with a warning, when the database is unavailable)."""
+    try:
+        await asyncio.wrap_future(request.app[STORE].call_write(fn, flow))
+    except st.Unavailable as exc:
+        log.warning("collector: request not logged: %s", exc)
 
 
 # --------------------------------------------------------------------------- keys
@@ -567,6 +592,7 @@ def _read_scope(request: web.Request) -> Optional[str]:
 async def _drain(request: web.Request, limit: int, timeout: float) -> None:
     """Read and drop up to ``limit`` more raw bytes of the body (so a short error answer reaches
     a client still sending), for at most ``timeout`` seconds."""
+
     async def drop() -> None:
         left = limit
         while left > 0:
@@ -702,22 +728,34 @@ async def post_buckets(request: web.Request) -> web.Response:
     owner = caller.owner
     now = time.time()
     quotas = _quotas(request.app[CONFIG])
-    result = await asyncio.wrap_future(request.app[STORE].call_write(
-        lambda c: st.create_bucket(c, owner, bucket_key, name, tags, now, entry, quotas), owner))
+    result = await asyncio.wrap_future(
+        request.app[STORE].call_write(
+            lambda s: s.create_bucket(owner, bucket_key, name, tags, now, entry, quotas), owner
+        )
+    )
     request[_LOGGED] = True
     if result.status == 201:
         return json_response({"bucketKey": bucket_key, "bucketName": name}, status=201)
     if result.status == 204:
         return web.Response(status=204)
-    err = ApiError(result.status, result.error_type or "ERROR", result.message)
+    err = ApiError(result.status, result.error_type or "ERROR", result.message, result.extra.get("index"))
     entry.error_type = err.type
     raise err
 
 
-def _rate_limit(request: web.Request, owner: str, now: float) -> None:
-    """Count the request; set the ``X-RateLimit-*`` headers; 429 past a configured limit."""
+async def _rate_limit(request: web.Request, owner: str, now: float) -> None:
+    """Count the request; set the ``X-RateLimit-*`` headers; 429 past a configured limit.
+
+    A configured limit is counted in the database when other collectors may share it (on the
+    database's clock), else in this process's memory."""
     limiter = request.app[LIMITER]
-    allowed, remaining, reset = limiter.hit(owner, now)
+    store = request.app[STORE]
+    if limiter.enforce and store.database.shared:
+        allowed, remaining, reset, now = await asyncio.wrap_future(
+            store.call_read(lambda s: s.rate_hit(owner, limiter.limit, limiter.window))
+        )  # type: ignore[attr-defined]
+    else:
+        allowed, remaining, reset = limiter.hit(owner, now)
     request[_EXTRA_HEADERS] = {
         "X-RateLimit-Limit": str(limiter.limit),
         "X-RateLimit-Remaining": str(remaining),
@@ -726,7 +764,9 @@ def _rate_limit(request: web.Request, owner: str, now: float) -> None:
     if not allowed:
         retry = max(1, int(math.ceil(reset - now)))
         raise ApiError(
-            429, "RATE_LIMITED", "rate limit of %d requests per %gs exceeded" % (limiter.limit, limiter.window),
+            429,
+            "RATE_LIMITED",
+            "rate limit of %d requests per %gs exceeded" % (limiter.limit, limiter.window),
             headers={"Retry-After": str(retry)},
         )
 
@@ -749,8 +789,9 @@ def _url_events(pairs: List[Tuple[str, str]], base: int, now: float, config: Col
         raise
 
 
-def _event_rows(body: Optional[bytes], pairs: List[Tuple[str, str]], now: float,
-                config: CollectorConfig) -> List[EventRow]:
+def _event_rows(
+    body: Optional[bytes], pairs: List[Tuple[str, str]], now: float, config: CollectorConfig
+) -> List[EventRow]:
     """The events of a JSON body (None: no body) and of URL parameters, validated, all or nothing."""
     rows = parse_events(_loads(body), now, config) if body is not None else []
     if pairs:
@@ -775,7 +816,7 @@ async def events(request: web.Request) -> web.Response:
     owner = caller.owner
     assert owner is not None
     now = time.time()
-    _rate_limit(request, owner, now)
+    await _rate_limit(request, owner, now)
     bucket_key = validate_bucket_key(request.headers.get("X-IS-BucketKey") or request.query.get("bucketKey"))
     entry.bucket_key = bucket_key
     pairs = _url_pairs(request)
@@ -787,16 +828,16 @@ async def events(request: web.Request) -> web.Response:
             body = raw
     quotas = _quotas(config)
 
-    def write(conn: Any) -> st.IngestResult:
+    def write(session: st.Session) -> st.IngestResult:
         rows = _event_rows(body, pairs, now, config)
-        return st.ingest(conn, owner, bucket_key, rows, time.time(), entry, quotas)
+        return session.ingest(owner, bucket_key, rows, time.time(), entry, quotas)
 
     cost = 1.0 + len(body or b"") / 1024
     result = await asyncio.wrap_future(app[STORE].call_write(write, owner, cost))
     request[_LOGGED] = True
     if result.status == 204:
         return web.Response(status=204)
-    err = ApiError(result.status, result.error_type or "ERROR", result.message)
+    err = ApiError(result.status, result.error_type or "ERROR", result.message, result.extra.get("index"))
     entry.error_type = err.type
     raise err
 
@@ -834,7 +875,7 @@ def _merge_buckets(found: List[Dict[str, Any]]) -> Dict[str, Any]:
 async def _find(request: web.Request) -> Tuple[Dict[str, Any], List[int]]:
     bucket_key = request.match_info["bucketKey"]
     owner = _read_scope(request)
-    found = await asyncio.wrap_future(request.app[STORE].call_read(lambda c: st.find_buckets(c, bucket_key, owner)))
+    found = await asyncio.wrap_future(request.app[STORE].call_read(lambda s: s.find_buckets(bucket_key, owner)))
     if not found:
         raise ApiError(404, "BUCKET_NOT_FOUND", "no bucket %r" % bucket_key[:250])
     return _merge_buckets(found), [b["id"] for b in found]
@@ -850,7 +891,7 @@ async def list_buckets(request: web.Request) -> web.Response:
     the first ``page_size`` of them (``truncated`` says whether there are more)."""
     owner = _read_scope(request)
     page_size = request.app[CONFIG].page_size
-    found = await asyncio.wrap_future(request.app[STORE].call_read(lambda c: st.list_buckets(c, owner, page_size + 1)))
+    found = await asyncio.wrap_future(request.app[STORE].call_read(lambda s: s.list_buckets(owner, page_size + 1)))
     buckets, truncated = _capped(found, page_size)
     return json_response({"buckets": buckets, "truncated": truncated})
 
@@ -875,8 +916,9 @@ async def delete_bucket(request: web.Request) -> web.Response:
         raise ApiError(403, "FORBIDDEN", "owner= needs an admin key")
     else:
         owner = caller.owner
-    n = await asyncio.wrap_future(request.app[STORE].call_write(
-        lambda c: st.remove_one_bucket(c, bucket_key, owner), caller.owner))
+    n = await asyncio.wrap_future(
+        request.app[STORE].call_write(lambda s: s.remove_one_bucket(bucket_key, owner), caller.owner)
+    )
     if n < 0:
         raise ApiError(409, "AMBIGUOUS_OWNER", "several owners have bucket %r: add owner=" % bucket_key[:250])
     if not n:
@@ -887,7 +929,7 @@ async def delete_bucket(request: web.Request) -> web.Response:
 async def _latest(request: web.Request, ids: List[int]) -> Tuple[List[Dict[str, Any]], bool]:
     """The latest value of the first ``page_size`` keys, and whether there are more keys."""
     page_size = request.app[CONFIG].page_size
-    found = await asyncio.wrap_future(request.app[STORE].call_read(lambda c: st.latest_values(c, ids, page_size + 1)))
+    found = await asyncio.wrap_future(request.app[STORE].call_read(lambda s: s.latest_values(ids, page_size + 1)))
     return _capped(found, page_size)
 
 
@@ -905,8 +947,9 @@ class SeriesCache:
     every ``max(min_interval, cost_factor * seconds the last computation took)``. At most
     ``size`` series are kept, and ``max_cells`` columns in all (the oldest go first)."""
 
-    def __init__(self, size: int = 64, min_interval: float = 1.0, cost_factor: float = 4.0,
-                 max_cells: int = 4 * SERIES_CELLS) -> None:
+    def __init__(
+        self, size: int = 64, min_interval: float = 1.0, cost_factor: float = 4.0, max_cells: int = 4 * SERIES_CELLS
+    ) -> None:
         self.size, self.min_interval, self.cost_factor, self.max_cells = size, min_interval, cost_factor, max_cells
         self._entries: Dict[Tuple[Tuple[int, ...], int], Tuple[int, float, float, Any, int]] = {}
         self._cells = 0
@@ -921,8 +964,9 @@ class SeriesCache:
             return done_count, data
         return None
 
-    def put(self, key: Tuple[Tuple[int, ...], int], count: int, now: float, cost: float, data: Any,
-            cells: int = 0) -> None:
+    def put(
+        self, key: Tuple[Tuple[int, ...], int], count: int, now: float, cost: float, data: Any, cells: int = 0
+    ) -> None:
         """Remember a computed series of ``cells`` columns (all keys together)."""
         self._drop(key)
         self._entries[key] = (count, now, cost, data, cells)
@@ -959,7 +1003,7 @@ async def bucket_dashboard(request: web.Request) -> web.Response:
     cached = cache.get(key, count, time.monotonic())
     if cached is None:
         t0 = time.monotonic()
-        data = await asyncio.wrap_future(store.call_read(lambda c: st.series(c, ids, columns, SERIES_CELLS)))
+        data = await asyncio.wrap_future(store.call_read(lambda s: s.series(ids, columns, SERIES_CELLS)))
         done = time.monotonic()
         cache.put(key, count, done, done - t0, data, sum(len(s["columns"]) for s in data.values()))
         cached = (count, data)
@@ -1006,8 +1050,9 @@ async def bucket_events(request: web.Request) -> web.Response:
     if order not in ("asc", "desc"):
         raise ApiError(400, "INVALID_PARAMETER", "order must be asc or desc")
     after = _cursor_param(request)
-    rows, following = await asyncio.wrap_future(request.app[STORE].call_read(
-        lambda c: st.query_events(c, ids, key, since, until, limit, order == "desc", after)))
+    rows, following = await asyncio.wrap_future(
+        request.app[STORE].call_read(lambda s: s.query_events(ids, key, since, until, limit, order == "desc", after))
+    )
     return json_response({"bucket": info["key"], "events": rows, "next": _encode_cursor(following)})
 
 
@@ -1020,7 +1065,7 @@ async def get_stats(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
     caller = _caller(request, required=False)
     everything = not config.keys_required or caller.admin
-    data = await asyncio.wrap_future(request.app[STORE].call_read(lambda c: st.stats(c, owner, everything)))
+    data = await asyncio.wrap_future(request.app[STORE].call_read(lambda s: s.stats(owner, everything)))
     guard: Optional[ConnectionGuard] = request.app.get(GUARD)  # type: ignore[assignment]
     if everything and guard is not None:
         data["connections"] = guard.counts()
@@ -1038,18 +1083,19 @@ async def data_latest(request: web.Request) -> web.Response:
     caller = _caller(request, required=True)
     bucket_key = validate_bucket_key(request.headers.get("X-IS-BucketKey") or request.query.get("bucketKey"))
     owner = caller.owner
-    found = await asyncio.wrap_future(request.app[STORE].call_read(lambda c: st.find_buckets(c, bucket_key, owner)))
+    found = await asyncio.wrap_future(request.app[STORE].call_read(lambda s: s.find_buckets(bucket_key, owner)))
     if not found:
         raise ApiError(404, "BUCKET_NOT_FOUND", "no bucket %r" % bucket_key)
     ids = [b["id"] for b in found]
     wanted = sorted(set(k for v in request.query.getall("key", []) for k in v.split(",") if k))
     if wanted:
-        latest = await asyncio.wrap_future(
-            request.app[STORE].call_read(lambda c: st.latest_values(c, ids, keys=wanted)))
+        latest = await asyncio.wrap_future(request.app[STORE].call_read(lambda s: s.latest_values(ids, keys=wanted)))
     else:
         latest, _ = await _latest(request, ids)
-    out = {item["key"]: {"value": item["value"], "epoch": item["epoch"], "date": _iso_date(item["epoch"])}
-           for item in latest}
+    out = {
+        item["key"]: {"value": item["value"], "epoch": item["epoch"], "date": _iso_date(item["epoch"])}
+        for item in latest
+    }
     return json_response(out)
 
 
@@ -1107,16 +1153,21 @@ async def static_file(request: web.Request) -> web.StreamResponse:
     return request.app[STATIC].response(request, request.match_info["name"])  # type: ignore[attr-defined]
 
 
-def create_app(config: CollectorConfig, store: Store, bound: Optional[Tuple[str, int]] = None,
-               guard: Optional[ConnectionGuard] = None) -> web.Application:
+def create_app(
+    config: CollectorConfig,
+    store: Store,
+    bound: Optional[Tuple[str, int]] = None,
+    guard: Optional[ConnectionGuard] = None,
+) -> web.Application:
     """Build the collector application over an open :class:`Store`.
 
     ``bound`` is the listening ``(host, port)``: requests must then carry a ``Host`` header naming
     it (or one of ``config.allowed_hosts``). ``guard`` is the :class:`ConnectionGuard` of the
     server's connections, told what each one does.
     """
-    app = web.Application(client_max_size=config.max_body,
-                          middlewares=[connection_middleware, guard_middleware, api_middleware])
+    app = web.Application(
+        client_max_size=config.max_body, middlewares=[connection_middleware, guard_middleware, api_middleware]
+    )
     app[CONFIG] = config
     app[STORE] = store
     app[STATIC] = StaticFiles(STATIC_DIR)

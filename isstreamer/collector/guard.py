@@ -21,6 +21,7 @@ the newest there). A ``BUSY`` connection is never evicted: a new connection is r
 when every one it could replace is busy. Holding connections thus gains an attacker nothing,
 and a client that sends a whole request is served.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -125,8 +126,13 @@ class ConnectionGuard:
 
     def counts(self) -> Dict[str, int]:
         """Open connections and the counters (see the class docstring)."""
-        return {"open": len(self.open), "refused": self.refused, "evicted": self.evicted,
-                "timed_out": self.timed_out, "write_timeouts": self.write_timeouts}
+        return {
+            "open": len(self.open),
+            "refused": self.refused,
+            "evicted": self.evicted,
+            "timed_out": self.timed_out,
+            "write_timeouts": self.write_timeouts,
+        }
 
     def connection(self, transport: Any) -> Optional["GuardedConnection"]:
         """The guarded connection of a request's transport (None once it is closed)."""

@@ -12,6 +12,7 @@ the interpreter. This parser accepts one documented set of forms everywhere:
 
 Week and ordinal dates and leap seconds are refused.
 """
+
 from __future__ import annotations
 
 import calendar

@@ -5,6 +5,7 @@ options all read them from here (README "The local collector" lists them). It im
 :mod:`isstreamer.values` (standard-library modules), so that ``isstreamer.cli`` may read it
 when it is imported.
 """
+
 from __future__ import annotations
 
 from .. import values
@@ -52,3 +53,9 @@ ANY_KEY_MAX_DB_SIZE = 1024 * MIB
 LOG_ROWS = 10_000
 #: Days a request stays in the request log.
 LOG_DAYS = 7.0
+
+# ---- the database
+#: Writer threads (each with its connection) of a collector on PostgreSQL; on SQLite: one.
+PG_WRITERS = 4
+#: Collector processes ``isstreamer serve`` runs on one port (``--workers``; SO_REUSEPORT).
+WORKERS = 1

@@ -12,6 +12,7 @@ small write of another flow goes next: it waits for the call in progress, not fo
 every bulk writer. Flows that keep the thread busy share it equally; one alone gets all of it.
 New flows start at the virtual time, so using many keys buys no priority.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -24,10 +25,12 @@ __all__ = ["FairExecutor"]
 
 T = TypeVar("T")
 
-class FairExecutor:
-    """One worker thread running submitted calls in fair order (see the module docstring)."""
 
-    def __init__(self, name: str) -> None:
+class FairExecutor:
+    """Worker threads (one unless ``workers``) running submitted calls in fair order (see the
+    module docstring); with several, the next call in that order goes to the first one free."""
+
+    def __init__(self, name: str, workers: int = 1) -> None:
         self._cond = threading.Condition()
         self._queue: List[Tuple[float, int, concurrent.futures.Future, Callable[[], Any], float]] = []
         self._tags: Dict[Hashable, float] = {}  # last tag of each backlogged flow
@@ -35,8 +38,12 @@ class FairExecutor:
         self._now = 0.0  # virtual time
         self._order = itertools.count()
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._run, name="%s-%d" % (name, i) if workers > 1 else name, daemon=True)
+            for i in range(max(1, int(workers)))
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def submit(self, fn: Callable[[], T], flow: Hashable = None, cost: float = 1.0) -> "concurrent.futures.Future[T]":
         """Queue ``fn()`` for ``flow`` at ``cost``; its Future holds the result or the exception."""
@@ -93,4 +100,5 @@ class FairExecutor:
             self._closed = True
             self._cond.notify_all()
         if wait:
-            self._thread.join()
+            for thread in self._threads:
+                thread.join()

@@ -2,6 +2,7 @@
 check and reading keys from a file or the environment instead of the command line (the
 connection caps and timeouts are in :mod:`~isstreamer.collector.guard`).
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -12,7 +13,12 @@ from urllib.parse import urlsplit
 from ..safefile import read_private_text
 
 __all__ = [
-    "HostPolicy", "cross_site_reason", "read_key_file", "keys_from_env", "KEYS_ENV", "ADMIN_KEYS_ENV",
+    "HostPolicy",
+    "cross_site_reason",
+    "read_key_file",
+    "keys_from_env",
+    "KEYS_ENV",
+    "ADMIN_KEYS_ENV",
 ]
 
 #: Environment variables holding accepted access keys / admin keys (comma or whitespace separated).
@@ -29,7 +35,7 @@ def _split_host(value: str) -> Tuple[str, Optional[int]]:
         end = value.find("]")
         if end < 0:
             return value, None
-        host, rest = value[1:end], value[end + 1:]
+        host, rest = value[1:end], value[end + 1 :]
         port = rest[1:] if rest.startswith(":") else ""
     elif value.count(":") == 1:
         host, _, port = value.partition(":")

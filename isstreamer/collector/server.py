@@ -8,6 +8,7 @@ Example::
                       headers={"X-IS-AccessKey": "k", "X-IS-BucketKey": "b"})
         assert server.events("b")[0]["value"] == 21.5
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -26,6 +27,7 @@ from aiohttp import web
 from . import store as st
 from . import limits
 from .app import GUARD, CollectorConfig, create_app, make_config
+from .dburl import masked
 from .guard import ConnectionGuard, GuardedConnection
 from .store import LogBounds, Store
 
@@ -34,11 +36,13 @@ __all__ = ["CollectorServer", "run_collector"]
 log = logging.getLogger("isstreamer.collector")
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    """A listening socket on ``host:port`` (port 0 picks a free one)."""
+def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """A listening socket on ``host:port`` (port 0 picks a free one); ``reuse_port``: with
+    SO_REUSEPORT, so that other sockets of this user may listen on the same port (see
+    :mod:`~isstreamer.collector.workers`)."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     family = infos[0][0] if infos else socket.AF_INET
-    sock = socket.create_server((host, port), family=family, backlog=512)
+    sock = socket.create_server((host, port), family=family, backlog=512, reuse_port=reuse_port)
     sock.setblocking(False)
     return sock
 
@@ -54,14 +58,15 @@ def _url(host: str, port: int) -> str:
     return "http://%s:%d" % (host, port)
 
 
-def _announcement(sock: socket.socket, db_path: str) -> str:
+def announcement(sock: socket.socket, db_label: str, workers: int = 1) -> str:
     """What :func:`run_collector` says once listening: the address really bound (with the URL to
-    use on this machine when that is every interface)."""
+    use on this machine when that is every interface), the database (a password masked) and the
+    number of worker processes when more than one."""
     host, port = sock.getsockname()[:2]
     line = "isstreamer collector listening on http://%s:%d" % ("[%s]" % host if ":" in host else host, port)
     if host in ("0.0.0.0", "::"):
         line += " (every interface; on this machine %s)" % _url(host, port)
-    return line + " (db %s)" % db_path
+    return line + " (db %s%s)" % (db_label, ", %d worker processes" % workers if workers > 1 else "")
 
 
 def exposure_warning(sock: socket.socket, config: CollectorConfig) -> Optional[str]:
@@ -69,8 +74,10 @@ def exposure_warning(sock: socket.socket, config: CollectorConfig) -> Optional[s
     host, port = sock.getsockname()[:2]
     if config.keys_required or ipaddress.ip_address(host.split("%", 1)[0]).is_loopback:
         return None
-    return ("warning: any-key mode on %s port %d: anyone who can reach it writes with any key and reads every "
-            "bucket; configure keys (--access-key-file) or listen on 127.0.0.1" % (host, port))
+    return (
+        "warning: any-key mode on %s port %d: anyone who can reach it writes with any key and reads every "
+        "bucket; configure keys (--access-key-file) or listen on 127.0.0.1" % (host, port)
+    )
 
 
 class _GuardedSite(web.SockSite):
@@ -95,16 +102,22 @@ class _GuardedSite(web.SockSite):
         )
 
 
-async def _start(
-    config: CollectorConfig, store: Store, sock: socket.socket, shutdown_timeout: float
-) -> web.AppRunner:
+async def _start(config: CollectorConfig, store: Store, sock: socket.socket, shutdown_timeout: float) -> web.AppRunner:
     host, port = sock.getsockname()[:2]
     cap, batch = _connection_limits(config.max_connections)
-    guard = ConnectionGuard(cap, config.header_timeout, max_per_client=config.max_per_client,
-                            idle_timeout=config.idle_timeout, write_timeout=config.write_timeout)
+    guard = ConnectionGuard(
+        cap,
+        config.header_timeout,
+        max_per_client=config.max_per_client,
+        idle_timeout=config.idle_timeout,
+        write_timeout=config.write_timeout,
+    )
     app = create_app(config, store, bound=(host, port), guard=guard)
     runner = web.AppRunner(
-        app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout,
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=shutdown_timeout,
         auto_decompress=False,  # bodies are decompressed by the handlers, with a cap
         keepalive_timeout=config.idle_timeout + config.header_timeout,  # a backstop: the guard closes first
     )
@@ -135,16 +148,22 @@ def _log_bounds(config: CollectorConfig) -> LogBounds:
     return LogBounds(rows=config.log_rows, max_age=config.log_days * 86400.0)
 
 
+def open_store(config: CollectorConfig, db: str) -> Store:
+    """The :class:`Store` of a collector with ``config`` on database ``db`` (a file or a URL)."""
+    return Store(db, log_bounds=_log_bounds(config), max_db_bytes=config.max_db_bytes)
+
+
 class CollectorServer:
     """A collector running on its own event loop in a background thread.
 
-    ``db_path=None`` uses a temporary file that lives as long as this object. ``port=0`` picks a
+    ``db_path`` is an SQLite file or a ``postgresql://`` URL; ``db_path=None`` uses a temporary
+    SQLite file that lives as long as this object. ``port=0`` picks a
     free port (see :attr:`url` after :meth:`start`). The other arguments (``options``: admin_keys,
     allowed_hosts, allowed_origins, max_connections, max_per_client, header_timeout,
     idle_timeout, body_timeout, write_timeout, page_size, disk_quota, max_db_size, log_rows,
     log_days) are those of :class:`~isstreamer.collector.app.CollectorConfig`. The
     ``events``/``buckets``/... helpers read
-    the database on a fresh sqlite3 connection and work before and after :meth:`stop`.
+    the database on a fresh session and work before and after :meth:`stop`.
     """
 
     def __init__(
@@ -208,9 +227,9 @@ class CollectorServer:
         """Open the database, start listening in a background thread; return once ready."""
         if self._thread is not None:
             raise RuntimeError("CollectorServer already started")
-        store = Store(self.db_path, log_bounds=_log_bounds(self.config), max_db_bytes=self.config.max_db_bytes)
+        store = open_store(self.config, self.db_path)
         try:
-            sock = _bind(self.host, self.port)
+            sock = bind(self.host, self.port)
         except BaseException:
             store.close()
             raise
@@ -279,7 +298,7 @@ class CollectorServer:
 
     def __repr__(self) -> str:
         state = self.url if self.running else "stopped"
-        return "<CollectorServer %s db=%s>" % (state, self.db_path)
+        return "<CollectorServer %s db=%s>" % (state, masked(self.db_path))
 
     # ----------------------------------------------------------------- looking at the data
 
@@ -303,13 +322,8 @@ class CollectorServer:
         """Mark a bucket removed (events to it then get 400 ``BUCKET_REMOVED``); return count."""
         if self._store is not None:
             return self._store.remove_bucket(bucket_key, access_key)
-        conn = st.connect(self.db_path)
-        try:
-            st.ensure_schema(conn)
-            owner = st.hash_access_key(access_key) if access_key is not None else None
-            return st.remove_bucket(conn, bucket_key, owner)
-        finally:
-            conn.close()
+        owner = st.hash_access_key(access_key) if access_key is not None else None
+        return st.remove_bucket(self.db_path, bucket_key, owner)
 
     def requests_log(self) -> List[Dict[str, Any]]:
         """Write requests served, oldest first: ``method, path, status, error_type, events,
@@ -335,26 +349,60 @@ def run_collector(
     max_body: int = limits.MAX_BODY,
     max_key_chars: int = limits.MAX_KEY_CHARS,
     *,
+    workers: int = limits.WORKERS,
     shutdown_timeout: float = 10.0,
     announce: Optional[Callable[[str], None]] = None,
     **options: Any,
 ) -> None:
     """Serve in the foreground until SIGINT or SIGTERM, then shut down gracefully.
 
-    ``db=None`` means ``collector.db`` in the current directory (created 0600; missing
-    directories 0700; see :func:`~isstreamer.collector.store.prepare_database` for what is
-    refused). ``options`` are further :class:`CollectorConfig` fields. Once listening,
-    ``announce`` (by default a line on stdout) is called with
-    ``"isstreamer collector listening on http://ADDRESS:PORT ..."``, the address as bound; any-key
-    mode beyond the loopback interface is warned about on stderr.
+    ``db`` is an SQLite file (None: ``collector.db`` in the current directory, created 0600;
+    missing directories 0700; see :func:`~isstreamer.collector.sqlite_store.prepare_database`
+    for what is refused) or a ``postgresql://`` URL. ``workers`` > 1 runs that many processes on
+    one port (:mod:`~isstreamer.collector.workers`). ``options`` are further
+    :class:`CollectorConfig` fields. Once listening, ``announce`` (by default a line on stdout)
+    is called with ``"isstreamer collector listening on http://ADDRESS:PORT ..."``, the address
+    as bound; any-key mode beyond the loopback interface is warned about on stderr.
     """
     config = make_config(access_keys, rate_limit, monthly_quota, max_body, max_key_chars, **options)
-    db_path = db or "collector.db"
+    db = db or "collector.db"
+    say = announce if announce is not None else (lambda line: print(line, flush=True))
+    if workers > 1:
+        from .workers import run_workers
+
+        run_workers(config, db, host, port, workers, shutdown_timeout, say)
+    else:
+        store = open_store(config, db)
+        try:
+            sock = bind(host, port)
+        except BaseException:
+            store.close()
+            raise
+        warn_if_exposed(sock, config)
+        serve_socket(config, store, sock, shutdown_timeout, ready=lambda: say(announcement(sock, store.label)))
+    if announce is None:
+        print("isstreamer collector stopped", file=sys.stderr, flush=True)
+
+
+def warn_if_exposed(sock: socket.socket, config: CollectorConfig) -> None:
+    """Print :func:`exposure_warning` on stderr when there is one."""
+    warning = exposure_warning(sock, config)
+    if warning is not None:
+        print("isstreamer serve: " + warning, file=sys.stderr, flush=True)
+
+
+def serve_socket(
+    config: CollectorConfig,
+    store: Store,
+    sock: socket.socket,
+    shutdown_timeout: float,
+    ready: Optional[Callable[[], None]] = None,
+) -> None:
+    """Serve on a listening socket until SIGINT or SIGTERM, then finish in-flight requests and
+    close ``store``; ``ready()`` is called once serving, the signal handlers in place."""
 
     async def main() -> None:
-        store = Store(db_path, log_bounds=_log_bounds(config), max_db_bytes=config.max_db_bytes)
         try:
-            sock = _bind(host, port)
             runner = await _start(config, store, sock, shutdown_timeout)
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
@@ -363,19 +411,11 @@ def run_collector(
                     loop.add_signal_handler(sig, stop.set)
                 except (NotImplementedError, RuntimeError):  # pragma: no cover - Windows
                     signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stop.set))
-            warning = exposure_warning(sock, config)
-            if warning is not None:
-                print("isstreamer serve: " + warning, file=sys.stderr, flush=True)
-            message = _announcement(sock, db_path)
-            if announce is not None:
-                announce(message)
-            else:
-                print(message, flush=True)
+            if ready is not None:
+                ready()
             await stop.wait()
             await runner.cleanup()
         finally:
             store.close()
 
     asyncio.run(main())
-    if announce is None:
-        print("isstreamer collector stopped", file=sys.stderr, flush=True)

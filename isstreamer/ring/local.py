@@ -41,8 +41,10 @@ class LocalTable(Table):
     def create_local(cls, seg_data_size: int, meta: Dict[str, Any], native: bool) -> "LocalTable":
         """A new table of this process (the thread mode)."""
         if not L.SEG_DATA_MIN <= seg_data_size < 1 << 32:
-            raise ValueError("isstreamer: ring_size must be between %d and %d bytes, not %d"
-                             % (L.SEG_DATA_MIN, (1 << 32) - 8, seg_data_size))
+            raise ValueError(
+                "isstreamer: ring_size must be between %d and %d bytes, not %d"
+                % (L.SEG_DATA_MIN, (1 << 32) - 8, seg_data_size)
+            )
         mp = M.Mapping.anonymous(L.table_size(cls.NBUCKETS, cls.NSLOTS))
         cls.format(mp, seg_data_size, cls.meta_blob(meta))
         return cls(mp, native)

@@ -89,8 +89,16 @@ class Segment(Mapped):
                 raise ValueError("isstreamer: cannot initialise ring (code %d)" % rc)
         else:
             struct.pack_into(
-                "=IIIIIIQ", mp.mm, L.H_VERSION, L.LAYOUT_VERSION, L.HDR_SIZE, nsegs, seg_data_size, nbuckets,
-                L.BUCKET_SIZE, size,
+                "=IIIIIIQ",
+                mp.mm,
+                L.H_VERSION,
+                L.LAYOUT_VERSION,
+                L.HDR_SIZE,
+                nsegs,
+                seg_data_size,
+                nbuckets,
+                L.BUCKET_SIZE,
+                size,
             )
             _Q.pack_into(mp.mm, L.H_MAGIC, L.MAGIC)
 
