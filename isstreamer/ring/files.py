@@ -68,6 +68,8 @@ def open_private(path: str, create: bool = False) -> int:
 
 def record_lock(fd: int, start: int, wait: bool) -> bool:
     """Take a POSIX record lock on one byte; False when another process holds it (``wait=False``)."""
+    if fcntl is None:
+        raise OSError(errno.ENOSYS, "isstreamer: no POSIX record locks here (the thread mode runs instead)")
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB), 1, start)
         return True
@@ -78,8 +80,10 @@ def record_lock(fd: int, start: int, wait: bool) -> bool:
 
 
 def record_unlock(fd: int, start: int) -> None:
-    with contextlib.suppress(OSError):
-        fcntl.lockf(fd, fcntl.LOCK_UN, 1, start)
+    """Drop this process's record lock on one byte (nothing where there are none)."""
+    if fcntl is not None:
+        with contextlib.suppress(OSError):
+            fcntl.lockf(fd, fcntl.LOCK_UN, 1, start)
 
 
 # struct flock, as the kernel lays it out: Linux: l_type l_whence l_start l_len l_pid; macOS and
@@ -97,7 +101,7 @@ def lock_held_elsewhere(fd: int, start: int) -> bool:
 
     ``F_GETLK`` asks the kernel without taking the lock, so a probe never makes a starting sender
     believe its ring already has one."""
-    if _FLOCK is not None:
+    if _FLOCK is not None and fcntl is not None:
         if _TYPE_FIELD == 0:
             arg = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, start, 1, 0)
         else:
