@@ -53,7 +53,9 @@ class ProcessModel:
     def open_table(self, path: str, native: bool, identity: Optional[Tuple[int, int]]) -> Table:
         return registry.open_table(path, native, identity)
 
-    def close_table(self, table: Table, budget: float) -> None:  # noqa: ARG002 - the sender process has its own
+    def close_table(self, table: Table, budget: float, last_look: Optional[Callable[[], None]] = None) -> None:  # noqa: ARG002
+        """Release this process's segment and unmap the ring; the sender process drains it on its
+        own (``last_look`` is not called: what it does after this shows in no handle of ours)."""
         registry.close_table(table)
 
     def attachment(self, table: Table, data_size: int, total_max: int) -> Attachment:
@@ -93,10 +95,11 @@ class ThreadModel:
     def open_table(self, path: str, native: bool, identity: Optional[Tuple[int, int]]) -> Table:
         raise RingClosed(2, "isstreamer: a thread-mode ring is not shared between processes", path)
 
-    def close_table(self, table: Table, budget: float) -> None:
+    def close_table(self, table: Table, budget: float, last_look: Optional[Callable[[], None]] = None) -> None:
         """Release this process's segment; wait (up to ``budget`` and a margin) for the sender
-        thread to drain it and finish, then free the memory (left alone if it has not finished:
-        the daemon thread may still read it)."""
+        thread to drain it and finish, call ``last_look`` (the final counters: sent, spooled...),
+        then free the memory (left alone if it has not finished: the daemon thread may still
+        read it)."""
         with self._lock:
             att = self._attachments.pop(id(table), None)
         if att is not None:
@@ -107,6 +110,8 @@ class ThreadModel:
             thread.join(max(0.0, budget) + JOIN_MARGIN)
             if thread.is_alive():
                 return
+        if last_look is not None:
+            last_look()
         if att is not None:
             att.unmap()
         table.close()

@@ -785,7 +785,7 @@ class Streamer:
             except (ValueError, OSError):
                 pass
             self._wait_delivered(budget)
-        self._final_stats = self.stats()
+        self._take_final_stats()
         with reentry.held(self._attach_lock):  # no attach after this (see _attach)
             self.IsClosed = True
             self._select_log()
@@ -794,7 +794,9 @@ class Streamer:
         if att is not None:
             att.refs -= 1
         if ring is not None:
-            self._model.close_table(ring, budget)  # a put racing this in another thread is counted as closed
+            # a put racing this in another thread is counted as closed; the thread mode's sender
+            # finishes within the budget: its final counters (spooled at the deadline...) count
+            self._model.close_table(ring, budget, last_look=self._take_final_stats)
         registry.untrack(self)
 
     def set_bucket(self, bucket_name: str = "", bucket_key: str = "", retries: int = 3) -> None:  # noqa: ARG002
@@ -818,8 +820,14 @@ class Streamer:
             for name, n in self._dropped_local.items():
                 out["dropped"][name] = self._final_stats["dropped"].get(name, 0) + n
             return out
+        return self._live_stats(self._dropped_local)
+
+    def _take_final_stats(self) -> None:
+        self._final_stats = self._live_stats({})  # stats() adds the drops counted here, then and later
+
+    def _live_stats(self, dropped_local: Dict[str, int]) -> Dict[str, Any]:
         out: Dict[str, Any] = {"backend": "native" if self._native else "python", "mode": self._model.name}
-        dropped: Dict[str, int] = dict(self._dropped_local)
+        dropped: Dict[str, int] = dict(dropped_local)
         ring = getattr(self, "_ring", None)
         if self.Offline or ring is None:  # offline, or a handle whose ring was refused
             out.update(logged=0, sent=0, pending=0, dropped=dropped, converted=dict(self._converted))
