@@ -3,6 +3,7 @@
 The extension is optional. When it cannot be compiled (no C compiler, odd platform) the
 install still succeeds and isstreamer runs on its orjson / pure-Python fallback.
 """
+
 import sys
 
 from setuptools import setup

@@ -43,6 +43,8 @@ TARGETS = {
     "log_float_ns": 400.0,
     "floor_ratio": 2.0,
     "peer_speedup": 15.0,
+    "thread_mode_ratio": 2.0,
+    "thread_mode_vs_200": 10.0,
     "producers4_ratio": 1.5,
     "e2e_events_per_s": 1_000_000.0,
     "e2e_delivered_over_log": 0.9,
@@ -124,7 +126,8 @@ def analyse(data: Dict[str, Any]) -> Dict[str, Any]:
             out["per_call"][kind] = _per_call(b)
     for b in by_kind.get("log", []):
         e = b["extra_info"]
-        out["per_call"]["log-%s-%s" % (e["value"], e["backend"])] = _per_call(b)
+        mode = "-thread" if e.get("mode") == "thread" else ""
+        out["per_call"]["log-%s-%s%s" % (e["value"], e["backend"], mode)] = _per_call(b)
     for b in by_kind.get("log_object", []):
         e = b["extra_info"]
         r = _per_call(b)
@@ -230,6 +233,25 @@ def targets(r: Dict[str, Any]) -> List[Dict[str, Any]]:
         "%.2fx",
         "floor %.0f ns" % floor if floor else "",
     )
+    th = pc.get("log-float-native-thread", {}).get("median")
+    if th and f:
+        add(
+            "thread mode log() float <= 2x the process model's",
+            th / f,
+            TARGETS["thread_mode_ratio"],
+            th / f <= TARGETS["thread_mode_ratio"],
+            "%.2fx",
+            "thread mode %.0f ns" % th,
+        )
+    v200 = r["peers"].get("isstreamer200-bs10", {}).get("median")
+    if th and v200:
+        add(
+            "thread mode log() float >= 10x faster than ISStreamer 2.0.0 (buffer_size 10)",
+            v200 / th,
+            TARGETS["thread_mode_vs_200"],
+            v200 / th >= TARGETS["thread_mode_vs_200"],
+            "%.0fx",
+        )
     peers = {k: v["median"] for k, v in r["peers"].items()}
     if peers and f:
         best = min(peers, key=peers.get)
@@ -361,6 +383,12 @@ def build_table(r: Dict[str, Any]) -> str:
             k = "log-%s-%s" % (value, backend)
             if k in pc:
                 per_call_row("log(%s) %s" % (value, backend), pc[k])
+    t, p = pc.get("log-float-native-thread"), pc.get("log-float-native")
+    if t:
+        note = "the thread mode (Windows; ISSTREAMER_MODE=thread)"
+        if p and p.get("median"):
+            note += ": %s the process model's log(float)" % _x(t["median"] / p["median"])
+        per_call_row("log(float) native, thread mode", t, note)
     po = r.get("peer_object")
     for backend in ("native", "python"):
         k = "log_object-dict10-%s" % backend

@@ -143,6 +143,21 @@ def test_log(benchmark, make_streamer, count_server, quick, backend, value):
     _record(benchmark, "log", N, cpu, backend=backend, value=value, events=st["logged"], sent=st["sent"])
 
 
+@pytest.mark.benchmark(group="per-call")
+def test_log_thread_mode(benchmark, make_streamer, count_server, quick, monkeypatch):
+    """log(key, float) in the thread mode (isstreamer.models: Windows, or ISSTREAMER_MODE=thread):
+    the same C put, the sender a thread of this process (its work shares the process's GIL)."""
+    monkeypatch.setenv("ISSTREAMER_MODE", "thread")
+    s = make_streamer("native", api_base=count_server, ring_size=16 * 1024 * 1024, full_timeout=60.0)
+    assert s.stats()["mode"] == "thread"
+    cpu = []
+    benchmark.pedantic(_loop(s.log, VALUES["float"], N, cpu), rounds=rounds(quick), warmup_rounds=3)
+    st = _check_delivered(s)
+    _record(
+        benchmark, "log", N, cpu, backend="native", value="float", mode="thread", events=st["logged"], sent=st["sent"]
+    )
+
+
 @pytest.mark.parametrize("backend", ["native", "python"])
 @pytest.mark.benchmark(group="per-call-object")
 def test_log_object(benchmark, make_streamer, count_server, quick, backend):

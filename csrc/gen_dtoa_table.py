@@ -20,6 +20,7 @@ Layout of the main table: for k in [K_MIN, K_MAX], G[k - K_MIN] = {hi, lo} is th
 integer g(k) = floor(10^-k * 2^-r) + 1 with r chosen so that 2^127 <= 10^-k * 2^-r < 2^128,
 i.e. r = floor(log2(10^-k)) - 127.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,8 +28,8 @@ import sys
 from fractions import Fraction
 
 # binary64 parameters: v = c * 2^q, c < 2^53
-Q_MIN = -1074          # subnormals and the smallest binade
-Q_MAX = 2046 - 1075    # largest finite binade
+Q_MIN = -1074  # subnormals and the smallest binade
+Q_MAX = 2046 - 1075  # largest finite binade
 C_MIN = 1 << 52
 
 
@@ -57,8 +58,8 @@ def floor_log10_three_quarters_pow2(q: int) -> int:
 def floor_log2_pow10(e: int) -> int:
     """Exact floor(log2(10^e))."""
     if e >= 0:
-        return (10 ** e).bit_length() - 1
-    p = 10 ** (-e)                     # 10^e = 1/p, p not a power of two for e < 0
+        return (10**e).bit_length() - 1
+    p = 10 ** (-e)  # 10^e = 1/p, p not a power of two for e < 0
     return -p.bit_length()
 
 
@@ -68,8 +69,11 @@ def pick_mul_shift(exact, args, ratio: float, offset: float, max_shift: int = 24
     Returns the smallest shift that works, so the products stay well inside int32."""
     for shift in range(10, max_shift + 1):
         mul = round(ratio * (1 << shift))
-        for add in (math.floor(offset * (1 << shift)), math.floor(offset * (1 << shift)) + 1,
-                    math.floor(offset * (1 << shift)) - 1):
+        for add in (
+            math.floor(offset * (1 << shift)),
+            math.floor(offset * (1 << shift)) + 1,
+            math.floor(offset * (1 << shift)) - 1,
+        ):
             if all((a * mul + add) >> shift == exact(a) for a in args):
                 return mul, add, shift
     raise SystemExit("no multiplier/shift found")
@@ -81,8 +85,8 @@ def min_residue(a: int, m: int, n: int) -> int:
     a %= m
     if a == 0:
         return 0
-    lx, lr = 1, a      # a*lx ==  lr (mod m): smallest residue seen so far
-    hx, hs = 0, m      # a*hx == -hs (mod m): largest residue seen so far, as m - residue
+    lx, lr = 1, a  # a*lx ==  lr (mod m): smallest residue seen so far
+    hx, hs = 0, m  # a*hx == -hs (mod m): largest residue seen so far, as m - residue
     while True:
         if lr < hs:
             t = (hs - 1) // lr
@@ -101,6 +105,7 @@ def min_residue(a: int, m: int, n: int) -> int:
 
 def self_test_min_residue() -> None:
     import random
+
     rnd = random.Random(12345)
     for _ in range(3000):
         m = rnd.randint(1, 200)
@@ -112,14 +117,14 @@ def self_test_min_residue() -> None:
 def g_of(k: int) -> int:
     if k <= 0:
         p = 10 ** (-k)
-        b = p.bit_length() - 1          # floor(log2(10^-k))
+        b = p.bit_length() - 1  # floor(log2(10^-k))
         if b <= 127:
             g = (p << (127 - b)) + 1
         else:
             g = (p >> (b - 127)) + 1
     else:
-        p = 10 ** k
-        b = p.bit_length()              # floor(log2(10^-k)) = -b
+        p = 10**k
+        b = p.bit_length()  # floor(log2(10^-k)) = -b
         g = (1 << (b + 127)) // p + 1
     assert (1 << 127) < g < (1 << 128), k
     return g
@@ -146,8 +151,8 @@ def check_precision(ks_for_q) -> None:
             n, d = a.numerator, a.denominator
             if d <= (1 << 64):
                 continue
-            lo = min_residue(n, d, X)              # smallest fractional part * D
-            hi = min_residue(d - n % d, d, X)      # D - largest fractional part * D
+            lo = min_residue(n, d, X)  # smallest fractional part * D
+            hi = min_residue(d - n % d, d, X)  # D - largest fractional part * D
             assert lo > 0 and hi > 0
             if (lo << 69) < d or (hi << 69) < d:
                 raise SystemExit(f"precision check failed for q={q} k={k}")
@@ -157,27 +162,26 @@ def check_precision(ks_for_q) -> None:
             if worst_hi is None or rh < worst_hi:
                 worst_hi = rh
     if worst_lo is not None:
-        sys.stderr.write("precision ok (need 2^-69): min frac(E) = 2^%.2f, "
-                         "max frac(E) = 1 - 2^%.2f\n"
-                         % (math.log2(worst_lo), math.log2(worst_hi)))
+        sys.stderr.write(
+            "precision ok (need 2^-69): min frac(E) = 2^%.2f, "
+            "max frac(E) = 1 - 2^%.2f\n" % (math.log2(worst_lo), math.log2(worst_hi))
+        )
 
 
 def main() -> None:
     self_test_min_residue()
     qs = range(Q_MIN, Q_MAX + 1)
     # k actually used per q (dtoa.c: regular spacing everywhere except c == 2^52, q > Q_MIN)
-    ks_for_q = {q: {floor_log10_pow2(q)} | ({floor_log10_three_quarters_pow2(q)}
-                                           if q > Q_MIN else set()) for q in qs}
+    ks_for_q = {q: {floor_log10_pow2(q)} | ({floor_log10_three_quarters_pow2(q)} if q > Q_MIN else set()) for q in qs}
     all_k = set().union(*ks_for_q.values())
     k_min, k_max = min(all_k), max(all_k)
 
     # 1. floor-log approximations, checked over a margin around the needed ranges
     wide_q = range(Q_MIN - 8, Q_MAX + 9)
     l10 = pick_mul_shift(floor_log10_pow2, wide_q, math.log10(2), 0.0)
-    l10t = pick_mul_shift(floor_log10_three_quarters_pow2, wide_q, math.log10(2),
-                          math.log10(0.75))
+    l10t = pick_mul_shift(floor_log10_three_quarters_pow2, wide_q, math.log10(2), math.log10(0.75))
     l2 = pick_mul_shift(floor_log2_pow10, range(-k_max - 8, -k_min + 9), math.log2(10), 0.0)
-    for mul, add, shift in (l10, l10t, l2):
+    for mul, add, _shift in (l10, l10t, l2):
         assert abs(mul) * 2100 + abs(add) < (1 << 31)
 
     # the left shift h = q + floor(log2(10^-k)) + 1 must stay in [1, 4] (cb << h < 2^60)
@@ -192,16 +196,15 @@ def main() -> None:
         rows.append("    {0x%016xu, 0x%016xu}, /* %d */" % (g >> 64, g & ((1 << 64) - 1), k))
 
     # decimal_length() in dtoa.c: t = (bits * 1233) >> 12, n = t + (d >= 10^t), d < 10^17
-    for d in [10 ** m + o for m in range(18) for o in (-1, 0, 1)] + \
-             [(1 << b) + o for b in range(57) for o in (-1, 0)]:
-        if 0 < d < 10 ** 17:
+    for d in [10**m + o for m in range(18) for o in (-1, 0, 1)] + [(1 << b) + o for b in range(57) for o in (-1, 0)]:
+        if 0 < d < 10**17:
             t = (d.bit_length() * 1233) >> 12
-            assert t <= 17 and t + (d >= 10 ** t) == len(str(d)), d
+            assert t <= 17 and t + (d >= 10**t) == len(str(d)), d
 
     # strip_zeros() in dtoa.c: m divisible by 10^j iff rotr64(m * 5^-j mod 2^64, j) <= B_j,
     # and then that value is m / 10^j (exact division by an odd number is a multiplication)
-    inv5 = {j: pow(5 ** j, -1, 1 << 64) for j in (1, 2, 4, 8)}
-    bound = {j: ((1 << 64) - 1) // 10 ** j for j in (1, 2, 4, 8)}
+    inv5 = {j: pow(5**j, -1, 1 << 64) for j in (1, 2, 4, 8)}
+    bound = {j: ((1 << 64) - 1) // 10**j for j in (1, 2, 4, 8)}
 
     def rotr_div(m: int, j: int):
         x = (m * inv5[j]) & ((1 << 64) - 1)
@@ -209,13 +212,14 @@ def main() -> None:
         return x if x <= bound[j] else None
 
     import random
+
     rnd = random.Random(99)
     for _ in range(20000):
         j = rnd.choice((1, 2, 4, 8))
-        m = rnd.randrange(1, 10 ** 16)
+        m = rnd.randrange(1, 10**16)
         if rnd.random() < 0.5:
-            m = m // 10 ** j * 10 ** j or 10 ** j
-        assert rotr_div(m, j) == (m // 10 ** j if m % 10 ** j == 0 else None), (m, j)
+            m = m // 10**j * 10**j or 10**j
+        assert rotr_div(m, j) == (m // 10**j if m % 10**j == 0 else None), (m, j)
 
     pairs = "".join("%02d" % i for i in range(100))
     out = []
@@ -226,8 +230,7 @@ def main() -> None:
     out.append("")
     out.append("#include <stdint.h>")
     out.append("")
-    out.append("/* floor(q*log10(2)) == (q*M + A) >> S, exact for q in [%d, %d] */"
-               % (wide_q.start, wide_q.stop - 1))
+    out.append("/* floor(q*log10(2)) == (q*M + A) >> S, exact for q in [%d, %d] */" % (wide_q.start, wide_q.stop - 1))
     out.append("#define DTOA_L10_MUL %d" % l10[0])
     out.append("#define DTOA_L10_ADD %d" % l10[1])
     out.append("#define DTOA_L10_SHIFT %d" % l10[2])
@@ -235,8 +238,7 @@ def main() -> None:
     out.append("#define DTOA_L10TQ_MUL %d" % l10t[0])
     out.append("#define DTOA_L10TQ_ADD %d" % l10t[1])
     out.append("#define DTOA_L10TQ_SHIFT %d" % l10t[2])
-    out.append("/* floor(e*log2(10)) == (e*M + A) >> S, exact for e in [%d, %d] */"
-               % (-k_max - 8, -k_min + 8))
+    out.append("/* floor(e*log2(10)) == (e*M + A) >> S, exact for e in [%d, %d] */" % (-k_max - 8, -k_min + 8))
     out.append("#define DTOA_L2_MUL %d" % l2[0])
     out.append("#define DTOA_L2_ADD %d" % l2[1])
     out.append("#define DTOA_L2_SHIFT %d" % l2[2])
@@ -256,12 +258,12 @@ def main() -> None:
     out.append("")
     out.append("static const uint64_t dtoa_pow10[18] = {")
     for i in range(0, 18, 3):
-        out.append("    " + " ".join("%du," % (10 ** j) for j in range(i, i + 3)))
+        out.append("    " + " ".join("%du," % (10**j) for j in range(i, i + 3)))
     out.append("};")
     out.append("")
     out.append("static const char dtoa_pairs[201] =")
     for i in range(0, 200, 40):
-        out.append('    "%s"' % pairs[i:i + 40])
+        out.append('    "%s"' % pairs[i : i + 40])
     out[-1] += ";"
     out.append("")
     out.append("#endif")

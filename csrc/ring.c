@@ -7,12 +7,11 @@
 #endif
 #include "isstreamer.h"
 #include "atomics.h"
+#include "platform.h"
 
 #include <math.h>
-#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 _Static_assert(sizeof(iss_ring_hdr) <= ISS_HDR_SIZE, "ring header too large");
 _Static_assert(sizeof(iss_ring_hdr) == 512, "ring header layout changed");
@@ -57,8 +56,8 @@ uint64_t iss_layout_size(uint32_t nsegs, uint32_t seg_data_size, uint32_t nbucke
 {
     /* UINT64_MAX when the dimensions overflow: no mapping can hold that, so checks refuse it */
     uint64_t segs, total;
-    if (__builtin_mul_overflow((uint64_t)nsegs, (uint64_t)ISS_SEG_HDR_SIZE + seg_data_size, &segs) ||
-        __builtin_add_overflow(segs, (uint64_t)ISS_HDR_SIZE + (uint64_t)nbuckets * ISS_BUCKET_SIZE, &total))
+    if (iss_mul_overflow_u64((uint64_t)nsegs, (uint64_t)ISS_SEG_HDR_SIZE + seg_data_size, &segs) ||
+        iss_add_overflow_u64(segs, (uint64_t)ISS_HDR_SIZE + (uint64_t)nbuckets * ISS_BUCKET_SIZE, &total))
         return UINT64_MAX;
     return total;
 }
@@ -143,7 +142,7 @@ int iss_producer_attach(iss_producer *p, uint8_t *base, uint64_t map_size, uint3
 void iss_before_fork(void)
 {
     while (ISS_XCHG_ACQ(&keytab_lock, 1u) != 0)
-        sched_yield();
+        iss_yield();
 }
 
 void iss_after_fork_parent(void) { STORE_REL(&keytab_lock, 0u); }
@@ -158,7 +157,7 @@ static void guard_lock(iss_guard *g)
     while (ISS_XCHG_ACQ(&g->lock, (uint64_t)1) != 0) {
         while (LOAD_RLX(&g->lock) != 0) {
             if (++spins >= 64u) {
-                sched_yield();
+                iss_yield();
                 spins = 0;
             }
         }
@@ -174,26 +173,6 @@ void iss_guard_close(iss_guard *g)
     guard_lock(g); /* waits for a put in progress: after this, none touches the segment */
     ISS_STORE_RLX(&g->closed, (uint64_t)1);
     guard_unlock(g);
-}
-
-static uint64_t now_mono_ns(void)
-{
-    struct timespec ts;
-#ifdef CLOCK_MONOTONIC_COARSE
-    if (clock_gettime(CLOCK_MONOTONIC_COARSE, &ts) != 0)
-#else
-    if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0)
-#endif
-        return 0;
-    return (uint64_t)ts.tv_sec * UINT64_C(1000000000) + (uint64_t)ts.tv_nsec;
-}
-
-static double now_realtime(void)
-{
-    struct timespec ts;
-    if (clock_gettime(CLOCK_REALTIME, &ts) != 0)
-        return 0.0;
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
 /* Append one record. num: the 8 value bytes of F64/I64, or NULL.
@@ -213,7 +192,7 @@ static int put(iss_producer *p, uint8_t type, const char *key, size_t keylen, co
     size_t body = ISS_REC_HDR_SIZE + (num != NULL ? 8u : 0u) + keylen + slen;
     uint64_t size = ((uint64_t)body + 7u) & ~(uint64_t)7u;
     if (isnan(epoch))
-        epoch = now_realtime();
+        epoch = iss_now_realtime();
 
     iss_guard *g = p->guard;
     guard_lock(g);
@@ -244,7 +223,7 @@ static int put(iss_producer *p, uint8_t type, const char *key, size_t keylen, co
         if (head + need > p->cached_reserved) {
             int rc = ISS_RESERVE;
             if (p->dropping) { /* no space to reserve: drops cost a put, a retry once per retry_ns */
-                uint64_t now = now_mono_ns();
+                uint64_t now = iss_now_mono_ns();
                 if (now < p->retry_at) {
                     ISS_ADD_RLX(&seg->drops[ISS_DROP_NO_SPACE], (uint64_t)1);
                     rc = ISS_DROPPED;
@@ -308,7 +287,7 @@ static int put(iss_producer *p, uint8_t type, const char *key, size_t keylen, co
         }
     }
     if (rc == ISS_OK && p->check_every != 0) {
-        uint64_t now = now_mono_ns();
+        uint64_t now = iss_now_mono_ns();
         if (now >= p->check_at) {
             p->check_at = now + p->check_every;
             rc = ISS_CHECK;
@@ -351,7 +330,7 @@ int32_t iss_key_intern(const char *key, size_t keylen)
     k->len = (uint16_t)keylen;
     memcpy(k->bytes, key, keylen);
     while (ISS_XCHG_ACQ(&keytab_lock, 1u) != 0)
-        sched_yield();
+        iss_yield();
     int32_t id = ISS_EINVAL;
     uint32_t n = keytab_n;
     if (n < ISS_KEYTAB_CHUNK * ISS_KEYTAB_CHUNKS) {

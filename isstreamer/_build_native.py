@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import sys
 
 from cffi import FFI
 
@@ -71,14 +72,19 @@ CDEF = CDEF_TYPES + _prototypes("isstreamer.h", "dtoa.h", "aggregate.h")
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 _extra = shlex.split(os.environ.get("ISSTREAMER_CFLAGS", ""))
+# MSVC takes its own flags and has no separate libm; GCC and clang (mingw-w64 included) the usual
+if sys.platform == "win32" and "GCC" not in sys.version:
+    _COMPILE_ARGS, _LIBRARIES = ["/std:c11", "/O2", "/W3"], []
+else:
+    _COMPILE_ARGS, _LIBRARIES = ["-std=c11", "-O2", "-Wall", "-Wextra"], ["m"]
 ffibuilder.set_source(
     "isstreamer._native",
     '#include "isstreamer.h"\n#include "dtoa.h"\n#include "aggregate.h"',
     sources=[os.path.relpath(os.path.join(CSRC, f)) for f in ("ring.c", "encode.c", "dtoa.c", "aggregate.c")],
     include_dirs=[os.path.relpath(CSRC)],
-    extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra"] + _extra,
+    extra_compile_args=_COMPILE_ARGS + _extra,
     extra_link_args=[f for f in _extra if f.startswith("-fsanitize")],
-    libraries=["m"],
+    libraries=_LIBRARIES,
 )
 
 if __name__ == "__main__":

@@ -628,11 +628,14 @@ def _short(text: str, limit: int = 60) -> str:
 
 
 def _adopt_orphans(access_key: str) -> None:
-    """Rings left in the ring directory by killed programs get a sender (README: the process model)."""
-    from isstreamer import registry
+    """Rings left in the ring directory by killed programs get a sender (README: the process model;
+    the thread mode leaves no ring behind)."""
+    from isstreamer import models, registry
     from isstreamer.ring import default_ring_dir
     from isstreamer.settings import SenderSettings
 
+    if models.process_model_missing():
+        return
     n = registry.adopt_orphans(default_ring_dir(), lambda meta: SenderSettings.from_meta(meta, access_key), min_age=5.0)
     if n:
         click.echo(

@@ -155,7 +155,7 @@ def last_one_out(table: Table) -> bool:
             if st == L.SLOT_OWNED and R.segment_owner_alive(table, seg_id):
                 return False
             try:
-                seg = R.Segment.open(table.seg_path(seg_id), native=table.native, keep_fd=False)
+                seg = table.open_segment(seg_id)
             except RingClosed:
                 continue
             except RingRefused:
@@ -249,7 +249,7 @@ def _view(table: Table, seg_id: int) -> Optional[R.Segment]:
     view = _VIEWS.get(key)
     if view is None:
         try:
-            view = R.Segment.open(table.seg_path(seg_id), native=table.native, keep_fd=False)
+            view = table.open_segment(seg_id)
         except (RingClosed, RingRefused, OSError):
             return None
         _VIEWS[key] = view

@@ -19,10 +19,14 @@ import os
 import stat
 from typing import Optional
 
-try:  # POSIX only: a read-only open is made non-blocking to refuse FIFOs, then made blocking again
+try:  # POSIX: flock, and a read-only open made non-blocking to refuse FIFOs
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
+try:  # Windows: byte-range locks
+    import msvcrt
+except ImportError:
+    msvcrt = None  # type: ignore[assignment]
 
 NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -300,3 +304,28 @@ def ensure_private_dir(path: str, what: str = "directory") -> None:
     """Create ``path`` (0700, parents too) if missing, then :func:`check_private_dir` it."""
     makedirs_private(path)
     check_private_dir(path, what)
+
+
+def lock_file(fd: int, blocking: bool = True) -> bool:
+    """Take an exclusive lock on the whole open file ``fd`` (``flock``; on Windows a lock on its
+    first byte), held until it is closed; False when another holder has it and ``blocking`` is
+    off. Where neither exists (a Python without them), there is no lock to take: True."""
+    if fcntl is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            return True
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                return False
+            raise
+    if msvcrt is not None:  # pragma: no cover - Windows
+        pos = os.lseek(fd, 0, os.SEEK_CUR)
+        try:
+            os.lseek(fd, 0, os.SEEK_SET)
+            msvcrt.locking(fd, msvcrt.LK_LOCK if blocking else msvcrt.LK_NBLCK, 1)
+            return True
+        except OSError:
+            return False
+        finally:
+            os.lseek(fd, pos, os.SEEK_SET)
+    return True

@@ -15,7 +15,7 @@ from typing import Any, Dict, Optional
 
 from .ring import layout as L
 from .ring.layout import DROPPED
-from . import launch, reentry, registry
+from . import models, reentry, registry
 from .config import load_config
 from .flatten import flatten_object
 from .ring import (
@@ -76,11 +76,12 @@ def _detached_native():
 
 def _default_ring_memory() -> int:
     """A quarter of the ring directory's file system (at least 16 MiB): the cap on all segments
-    of a ring, leaving room for other rings and other users of a small /dev/shm (Docker: 64 MB)."""
+    of a ring, leaving room for other rings and other users of a small /dev/shm (Docker: 64 MB).
+    Where that cannot be known (no statvfs: Windows, the thread mode), 1 GiB."""
     try:
         st = os.statvfs(default_ring_dir())
         return max(16 << 20, st.f_blocks * st.f_frsize // 4)
-    except OSError:
+    except (OSError, ValueError, AttributeError):
         return 1 << 30
 
 
@@ -197,16 +198,18 @@ class Streamer:
                 why = fallback_reason()
                 if why:
                     log.warning("%s", why)
-            registry.adopt_orphans(default_ring_dir(), self._adopt_settings)
+            self._model.adopt_orphans(self._adopt_settings)
             self._make_ring = True  # this process made the Streamer: it may retry making the ring
             self._open_ring()
         self._select_log()
         registry.track(self)
 
     # ---- construction helpers ------------------------------------------------------------
-    def _init_local(self) -> None:
+    def _init_local(self, mode: Optional[str] = None) -> None:
+        self._model = models.choose(mode)  # the process model or the thread mode (isstreamer.models)
         self._stats_lock = threading.Lock()
         self._attach_lock = threading.Lock()  # attach and set_bucket: one producer, in the right bucket
+        self._ring_lock = threading.Lock()  # making the ring (a Streamer that could not, or a thread-mode child)
         self._converted: Dict[str, int] = {}
         self._dropped_local: Dict[str, int] = {}
         self._warned: set = set()
@@ -272,7 +275,7 @@ class Streamer:
 
     def _ensure_sender(self) -> None:
         """Start a sender if none serves this ring (the kernel's lock says; RingClosed once gone)."""
-        launch.ensure_sender(self._ring, self._sender_settings)
+        self._model.ensure_sender(self._ring, self._sender_settings)
 
     def _open_ring(self) -> None:
         """Make this Streamer's ring, its bucket, this process's segment and the sender. Where the
@@ -280,11 +283,11 @@ class Streamer:
         counts what is logged as dropped (``no_space``), and tries again every RING_RETRY s."""
         self._ring_retry_at = time.monotonic() + RING_RETRY
         try:
-            ring = registry.create_table(
+            ring = self._model.create_table(
                 max(L.SEG_DATA_MIN, int(self._options.ring_size)), self._sender_settings().meta(), native=self._native
             )
         except OSError as exc:
-            self._refused = "cannot make the ring in %s (%s)" % (default_ring_dir(), exc)
+            self._refused = "cannot make the ring (%s)" % exc
             self._warn_once(
                 "no_ring",
                 "isstreamer: %s; events are counted as dropped['no_space'] until it can be made" % self._refused,
@@ -306,31 +309,30 @@ class Streamer:
             self._remove_ring_of(ring)
             raise
 
-    @staticmethod
-    def _remove_ring_of(ring: Any) -> None:
+    def _remove_ring_of(self, ring: Any) -> None:
         with contextlib.suppress(OSError):
             with ring.locked():
                 ring.mark_closing()
                 ring.remove_files()
-        registry.close_table(ring)
+        self._model.close_table(ring, 0.0)
 
     def _attach(self, start_sender: bool = True) -> Any:
         """This process's producer on the ring, attaching first if needed: its segment (created on
         first use in each process), a handle in the current bucket. Under the Streamer's lock, so
         threads making their first calls at once attach exactly once. Raises RingClosed once the
         ring is gone, RingRefused / OSError when no segment can be had (retried later)."""
+        if self._ring is None and self._make_ring and not self.IsClosed:
+            with reentry.held(self._ring_lock):  # (taken before the attach lock, never after)
+                if self._ring is None and time.monotonic() >= self._ring_retry_at:
+                    self._open_ring()  # attaches too, when it can
         with reentry.held(self._attach_lock):
             if self._att is not None:
                 return self._p
             ring = self._ring
             if ring is None:
-                if self._make_ring and not self.IsClosed and time.monotonic() >= self._ring_retry_at:
-                    self._open_ring()
-                    if self._att is not None:
-                        return self._p
                 raise RingRefused("isstreamer: %s" % (self._refused or "no ring"))
-            new = registry.own_attachment(ring) is None
-            att = registry.attachment(ring, self._options.ring_size, self._options.max_ring_memory)
+            new = self._model.own_attachment(ring) is None
+            att = self._model.attachment(ring, self._options.ring_size, self._options.max_ring_memory)
             att.refs += 1
             p = att.new_producer(self._bucket, check_every=self._options.flush_interval / 2)
             self._p = p
@@ -364,7 +366,12 @@ class Streamer:
         segment of the ring; the parent's segment is never written by the child."""
         self._stats_lock = threading.Lock()
         self._attach_lock = threading.Lock()
+        self._ring_lock = threading.Lock()
         self._make_ring = False
+        if not self._model.shares_ring:  # the thread mode: the parent's ring and sender thread are not the child's
+            self._ring = None
+            self._make_ring = not self.IsClosed
+            self._ring_retry_at = 0.0
         self._att = None
         self._p = _detached_native() if self._native else _Detached()
         self._p.bucket = self._bucket
@@ -392,6 +399,7 @@ class Streamer:
             state["ring_identity"] = list(self._ring.identity)
             state["bucket"] = self._bucket
         state["refused"] = self._refused
+        state["mode"] = self._model.name
         return (Streamer._unpickle, (state,))
 
     @classmethod
@@ -416,16 +424,18 @@ class Streamer:
             setattr(self, k, state[k])
         self._options = Options(**state["options"])
         self._rules, self._ceiling = state["rules"], state["ceiling"]
-        self._init_local()
+        self._init_local(state.get("mode"))
         if self.Offline and not self.IsClosed:
             self._open_offline("a")
+        elif not self.IsClosed and not self._model.shares_ring:  # the thread mode: a ring of its own
+            self._make_ring = True
         elif not self.IsClosed and "ring_path" not in state:  # a Streamer that could not make its ring
             self._refused = state.get("refused") or "no ring"
         elif not self.IsClosed:
             path = state["ring_path"]
             ident = state.get("ring_identity")
             try:
-                self._ring = registry.open_table(path, self._native, tuple(ident) if ident else None)
+                self._ring = self._model.open_table(path, self._native, tuple(ident) if ident else None)
                 self._set_backend(self._ring.native)
                 self._bucket = state["bucket"]
                 self._p = _detached_native() if self._native else _Detached()
@@ -775,7 +785,7 @@ class Streamer:
             except (ValueError, OSError):
                 pass
             self._wait_delivered(budget)
-        self._final_stats = self.stats()
+        self._take_final_stats()
         with reentry.held(self._attach_lock):  # no attach after this (see _attach)
             self.IsClosed = True
             self._select_log()
@@ -784,7 +794,9 @@ class Streamer:
         if att is not None:
             att.refs -= 1
         if ring is not None:
-            registry.close_table(ring)  # a put racing this in another thread is counted as closed
+            # a put racing this in another thread is counted as closed; the thread mode's sender
+            # finishes within the budget: its final counters (spooled at the deadline...) count
+            self._model.close_table(ring, budget, last_look=self._take_final_stats)
         registry.untrack(self)
 
     def set_bucket(self, bucket_name: str = "", bucket_key: str = "", retries: int = 3) -> None:  # noqa: ARG002
@@ -808,15 +820,20 @@ class Streamer:
             for name, n in self._dropped_local.items():
                 out["dropped"][name] = self._final_stats["dropped"].get(name, 0) + n
             return out
-        out: Dict[str, Any] = {"backend": "native" if self._native else "python"}
-        dropped: Dict[str, int] = dict(self._dropped_local)
+        return self._live_stats(self._dropped_local)
+
+    def _take_final_stats(self) -> None:
+        self._final_stats = self._live_stats({})  # stats() adds the drops counted here, then and later
+
+    def _live_stats(self, dropped_local: Dict[str, int]) -> Dict[str, Any]:
+        out: Dict[str, Any] = {"backend": "native" if self._native else "python", "mode": self._model.name}
+        dropped: Dict[str, int] = dict(dropped_local)
         ring = getattr(self, "_ring", None)
         if self.Offline or ring is None:  # offline, or a handle whose ring was refused
             out.update(logged=0, sent=0, pending=0, dropped=dropped, converted=dict(self._converted))
             return out
-        out["mode"] = "process"
         try:
-            logged, consumed, drops = registry.segment_counters(ring)
+            logged, consumed, drops = self._model.segment_counters(ring)
             for name, n in zip(L.DROP_REASONS, drops):
                 if n:
                     dropped[name] = dropped.get(name, 0) + n

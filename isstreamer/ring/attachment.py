@@ -18,6 +18,7 @@ from . import mapping as M
 from .backend import ffi as _ffi, lib as _lib
 from .files import RingClosed, RingRefused, record_lock
 from .segment import Segment
+from .local import LocalTable
 from .table import Table
 from .twin import PyProducer, SegmentState
 
@@ -82,10 +83,25 @@ class Attachment:
             raise
         return att
 
+    @classmethod
+    def create_local(cls, table: "LocalTable", data_size: int, native: bool) -> "Attachment":
+        """(The thread mode) a new segment in this process's memory, registered in ``table``."""
+        seg_id, ring = table.create_segment(min(data_size, (1 << 32) - 8))
+        att = cls(ring, 0, seg_id, None, table)
+        try:
+            att.slot = table.claim_slot(seg_id, ring.seg_data_size)
+        except BaseException:
+            table.forget_segment(seg_id)
+            ring.close()
+            raise
+        return att
+
     def new_producer(self, bucket: int, check_every: float = 0.0):  # -> cdata iss_producer * | PyProducer
         """A producer handle with its own current bucket on this segment; ``check_every``
-        seconds: the put returns CHECK once per interval (the caller checks the sender lives)."""
-        reserve = self.slot is not None
+        seconds: the put returns CHECK once per interval (the caller checks the sender lives).
+        A registered segment file has its pages reserved ahead of the head (memory of this
+        process, in the thread mode, needs none)."""
+        reserve = self.slot is not None and self.ring.fd >= 0
         if self.ring.native:
             assert _ffi is not None and _lib is not None
             p = _ffi.new("iss_producer *")
@@ -171,11 +187,12 @@ class Attachment:
         """Fraction of the segment's data area holding events not yet consumed."""
         return (self.head() - self.tail()) / self.ring.seg_data_size
 
-    def close(self, table: Optional[Table]) -> bool:
+    def close(self, table: Optional[Table], unmap: bool = True) -> bool:
         """Close the guard (a put in progress finishes first, later ones get CLOSED and are
         counted by the caller), then hand the segment back to the sender (its slot marked
         released: it drains and removes it; no event can land after that), unmap it and close
-        its file (dropping the owner lock). True when unmapped.
+        its file (dropping the owner lock). True when unmapped. ``unmap=False`` (the thread
+        mode, whose sender reads this very memory): :meth:`unmap` once the sender is done.
 
         A signal handler that closes while its thread is inside a fallback put cannot wait for
         that put: the segment (and its table) are then left mapped, closed to every later put."""
@@ -190,11 +207,15 @@ class Attachment:
         if table is not None and self.slot is not None:
             with contextlib.suppress(RingClosed, OSError):
                 table.release_slot(self.slot, self.seg_id)
-        if interrupted:
+        if interrupted or not unmap:
             self.ring.drop_fd()
             return False
         self.ring.close()
         return True
+
+    def unmap(self) -> None:
+        """Release the segment's memory (after :meth:`close` with ``unmap=False``)."""
+        self.ring.close()
 
     def forget_after_fork(self) -> None:
         """(fork child) The parent's segment: never written here; unmap it and close the file

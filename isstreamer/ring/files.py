@@ -1,20 +1,30 @@
 """Ring files: where they live, how they are opened (never through a symlink, only ours) and the
 POSIX record locks that say who owns what (dropped by the kernel when a process dies, never
 inherited by a fork child, immune to pid reuse and pid namespaces).
+
+This module is the one place the process model meets ``fcntl``: where it is missing (Windows),
+importing works and :data:`RECORD_LOCKS` is False (isstreamer.mode then picks the thread mode).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import struct
+import sys
 import tempfile
 from typing import Any
 
 from .. import safefile
 from . import layout as L
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
+
+RECORD_LOCKS = fcntl is not None and hasattr(fcntl, "lockf")
 
 
 class RingClosed(OSError):
@@ -26,11 +36,21 @@ class RingRefused(ValueError):
 
 
 def default_ring_dir() -> str:
-    """Where rings are created: ``$ISSTREAMER_RING_DIR``, else /dev/shm, else the temp directory."""
+    """Where rings are created: ``$ISSTREAMER_RING_DIR``, else /dev/shm (shared memory, Linux),
+    else a private directory of this user under the temp directory (created 0700 and checked:
+    macOS and the BSDs, where segments are ordinary files)."""
     for d in (os.environ.get("ISSTREAMER_RING_DIR", ""), "/dev/shm"):
         if d and os.path.isdir(d) and os.access(d, os.W_OK):
             return d
-    return tempfile.gettempdir()
+    return private_ring_dir()
+
+
+def private_ring_dir() -> str:
+    """``<temp>/isstreamer-<uid>``: 0700, ours (refused otherwise: see safefile)."""
+    uid = os.geteuid() if hasattr(os, "geteuid") else 0
+    d = os.path.join(tempfile.gettempdir(), "isstreamer-%d" % uid)
+    safefile.ensure_private_dir(d, "ring directory")
+    return d
 
 
 def open_private(path: str, create: bool = False) -> int:
@@ -48,6 +68,8 @@ def open_private(path: str, create: bool = False) -> int:
 
 def record_lock(fd: int, start: int, wait: bool) -> bool:
     """Take a POSIX record lock on one byte; False when another process holds it (``wait=False``)."""
+    if fcntl is None:
+        raise OSError(errno.ENOSYS, "isstreamer: no POSIX record locks here (the thread mode runs instead)")
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB), 1, start)
         return True
@@ -58,11 +80,20 @@ def record_lock(fd: int, start: int, wait: bool) -> bool:
 
 
 def record_unlock(fd: int, start: int) -> None:
-    with contextlib.suppress(OSError):
-        fcntl.lockf(fd, fcntl.LOCK_UN, 1, start)
+    """Drop this process's record lock on one byte (nothing where there are none)."""
+    if fcntl is not None:
+        with contextlib.suppress(OSError):
+            fcntl.lockf(fd, fcntl.LOCK_UN, 1, start)
 
 
-_FLOCK = struct.Struct("@hhqqi")  # struct flock: l_type l_whence l_start l_len l_pid (native layout)
+# struct flock, as the kernel lays it out: Linux: l_type l_whence l_start l_len l_pid; macOS and
+# the BSDs: l_start l_len l_pid l_type l_whence (elsewhere the lock is probed by taking it)
+if sys.platform.startswith("linux"):
+    _FLOCK, _TYPE_FIELD = struct.Struct("@hhqqi"), 0
+elif sys.platform.startswith(("darwin", "freebsd", "netbsd", "openbsd", "dragonfly")):
+    _FLOCK, _TYPE_FIELD = struct.Struct("@qqihh"), 3
+else:
+    _FLOCK, _TYPE_FIELD = None, 0
 
 
 def lock_held_elsewhere(fd: int, start: int) -> bool:
@@ -70,15 +101,20 @@ def lock_held_elsewhere(fd: int, start: int) -> bool:
 
     ``F_GETLK`` asks the kernel without taking the lock, so a probe never makes a starting sender
     believe its ring already has one."""
-    arg = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, start, 1, 0) + bytes(16)
-    try:
-        got = fcntl.fcntl(fd, fcntl.F_GETLK, arg)
-    except OSError:  # pragma: no cover - an F_GETLK this platform does not take: take and drop it
-        if record_lock(fd, start, wait=False):
-            record_unlock(fd, start)
-            return False
-        return True
-    return _FLOCK.unpack_from(got)[0] != fcntl.F_UNLCK
+    if _FLOCK is not None and fcntl is not None:
+        if _TYPE_FIELD == 0:
+            arg = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, start, 1, 0)
+        else:
+            arg = _FLOCK.pack(start, 1, 0, fcntl.F_WRLCK, os.SEEK_SET)
+        try:
+            got = fcntl.fcntl(fd, fcntl.F_GETLK, arg + bytes(16))
+            return _FLOCK.unpack_from(got)[_TYPE_FIELD] != fcntl.F_UNLCK
+        except OSError:  # pragma: no cover - an F_GETLK this platform does not take
+            pass
+    if record_lock(fd, start, wait=False):  # take it and drop it (a starting sender retries)
+        record_unlock(fd, start)
+        return False
+    return True
 
 
 def segment_owner_alive(table: Any, seg_id: int) -> bool:

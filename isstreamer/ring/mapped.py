@@ -40,8 +40,11 @@ class Mapped:
         if native:
             assert _ffi is not None
             self.ptr = _ffi.cast("uint8_t *", mp.addr)
-        st = os.fstat(fd)
-        self.identity: Tuple[int, int] = (st.st_dev, st.st_ino)
+        if fd >= 0:
+            st = os.fstat(fd)
+            self.identity: Tuple[int, int] = (st.st_dev, st.st_ino)
+        else:  # process-local memory (the thread mode): no file
+            self.identity = (0, mp.addr)
 
     @contextlib.contextmanager
     def live(self) -> Iterator[None]:

@@ -21,7 +21,7 @@ import sys
 from typing import Any, Optional
 
 PAGE = mmap.PAGESIZE
-_MADV_REMOVE = getattr(mmap, "MADV_REMOVE", 9)
+_MADV_REMOVE = getattr(mmap, "MADV_REMOVE", None)  # Linux only
 
 
 def _libc() -> Optional[Any]:
@@ -45,7 +45,9 @@ _MAP_FAILED = ctypes.c_void_p(-1).value
 
 
 class Mapping:
-    """``size`` bytes of ``fd`` mapped shared, read-write, holding no descriptor (see module doc).
+    """``size`` bytes of ``fd`` mapped shared, read-write, holding no descriptor (see module doc);
+    or (:meth:`anonymous`) process-local memory, for the thread mode; or (:meth:`borrow`) another
+    view of a mapping that its owner unmaps.
 
     ``mm`` is a writable byte memoryview of it, ``q`` the same as uint64 words, ``addr`` its
     address. :meth:`close` unmaps: the caller guarantees nothing uses it any more."""
@@ -53,39 +55,76 @@ class Mapping:
     def __init__(self, fd: int, size: int) -> None:
         self.size = size
         self._mmap: Optional[mmap.mmap] = None
+        self._owner = True
         if _LIBC is not None:
             addr = _LIBC.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, fd, 0)
             if addr is None or addr == _MAP_FAILED:
                 e = ctypes.get_errno()
                 raise OSError(e, "mmap: %s" % os.strerror(e))
-            self.addr = int(addr)
-            buf = (ctypes.c_char * size).from_address(self.addr)
-            self.mm = memoryview(buf).cast("B")
-        else:  # pragma: no cover - platforms without a reachable C library
+            self._set(int(addr), memoryview((ctypes.c_char * size).from_address(int(addr))).cast("B"))
+        else:  # pragma: no cover - platforms without a reachable C library (Windows: thread mode)
             self._mmap = mmap.mmap(fd, size)
-            self.mm = memoryview(self._mmap)
-            self.addr = ctypes.addressof(ctypes.c_char.from_buffer(self._mmap))
-        self.q = self.mm.cast("Q")
+            self._set(_address(self._mmap), memoryview(self._mmap))
+
+    def _set(self, addr: int, mm: memoryview) -> None:
+        self.addr = addr
+        self.mm = mm
+        self.q = mm.cast("Q")
         self.closed = False
+
+    @classmethod
+    def anonymous(cls, size: int) -> "Mapping":
+        """``size`` bytes of zeroed memory of this process (no file): the thread mode's ring."""
+        self = cls.__new__(cls)
+        self.size = size
+        self._owner = True
+        self._mmap = mmap.mmap(-1, size)
+        self._set(_address(self._mmap), memoryview(self._mmap))
+        return self
+
+    def borrow(self) -> "Mapping":
+        """Another view of this memory; closing it releases the view only (the owner unmaps)."""
+        return Mapping._view_of(self.addr, self.mm, self.size)
+
+    @classmethod
+    def _view_of(cls, addr: int, mm: memoryview, size: int) -> "Mapping":
+        self = cls.__new__(cls)
+        self.size = size
+        self._owner = False
+        self._mmap = None
+        self._set(addr, memoryview(mm))
+        return self
 
     def remove_pages(self, off: int, length: int) -> bool:
         """Give the pages of ``[off, off + length)`` (page-aligned) back to the file system
-        (``MADV_REMOVE``: a hole in the file); False where that is not supported."""
-        if _LIBC is None or not sys.platform.startswith("linux"):
+        (``MADV_REMOVE``: a hole in the file); False where that is not supported (not Linux,
+        or not a shared file mapping)."""
+        if _LIBC is None or _MADV_REMOVE is None or self._mmap is not None or not sys.platform.startswith("linux"):
             return False
         return _LIBC.madvise(self.addr + off, length, _MADV_REMOVE) == 0
 
     def close(self) -> None:
-        """Unmap (idempotent). Every view of the mapping is released first."""
+        """Unmap (idempotent; a borrowed view only lets go). Every view is released first."""
         if self.closed:
             return
         self.closed = True
         self.q.release()
         self.mm.release()
+        if not self._owner:
+            return
         if self._mmap is not None:
             self._mmap.close()
         elif _LIBC is not None:
             _LIBC.munmap(self.addr, self.size)
+
+
+def _address(mm: mmap.mmap) -> int:
+    """The address of a ``mmap.mmap``'s memory (the temporary ctypes view is let go at once)."""
+    view = ctypes.c_char.from_buffer(mm)
+    try:
+        return ctypes.addressof(view)
+    finally:
+        del view
 
 
 def reserve(fd: int, offset: int, length: int) -> None:

@@ -68,21 +68,39 @@ class Segment(Mapped):
             with contextlib.suppress(OSError):
                 os.unlink(path)
             raise
+        try:
+            cls.format(mp, nsegs, seg, nbuckets, native)
+        except BaseException:
+            mp.close()
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
+        return cls(path, fd, mp, native)
+
+    @staticmethod
+    def format(mp: M.Mapping, nsegs: int, seg_data_size: int, nbuckets: int, native: bool) -> None:
+        """Write a new ring-format header (the magic last) into zeroed memory ``mp``."""
+        size = L.layout_size(nsegs, seg_data_size, nbuckets)
         if native:
             assert _ffi is not None and _lib is not None
-            rc = _lib.iss_ring_init(_ffi.cast("uint8_t *", mp.addr), size, nsegs, seg, nbuckets)
+            rc = _lib.iss_ring_init(_ffi.cast("uint8_t *", mp.addr), size, nsegs, seg_data_size, nbuckets)
             if rc != 0:
-                mp.close()
-                os.close(fd)
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
                 raise ValueError("isstreamer: cannot initialise ring (code %d)" % rc)
         else:
             struct.pack_into(
-                "=IIIIIIQ", mp.mm, L.H_VERSION, L.LAYOUT_VERSION, L.HDR_SIZE, nsegs, seg, nbuckets, L.BUCKET_SIZE, size
+                "=IIIIIIQ",
+                mp.mm,
+                L.H_VERSION,
+                L.LAYOUT_VERSION,
+                L.HDR_SIZE,
+                nsegs,
+                seg_data_size,
+                nbuckets,
+                L.BUCKET_SIZE,
+                size,
             )
             _Q.pack_into(mp.mm, L.H_MAGIC, L.MAGIC)
-        return cls(path, fd, mp, native)
 
     @classmethod
     def open(

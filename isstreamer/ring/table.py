@@ -70,9 +70,7 @@ class Table(Mapped):
                 "isstreamer: ring_size must be between %d and %d bytes, not %d"
                 % (L.SEG_DATA_MIN, (1 << 32) - 8, seg_data_size)
             )
-        blob = json.dumps(meta, sort_keys=True).encode()
-        if len(blob) > L.META_MAX:
-            raise ValueError("isstreamer: settings too long to record in the ring")
+        blob = cls.meta_blob(meta)
         size = L.table_size(cls.NBUCKETS, cls.NSLOTS)
         path = os.path.join(
             directory or default_ring_dir(), "isstreamer-%d-%s.ring" % (os.getpid(), secrets.token_hex(6))
@@ -80,27 +78,40 @@ class Table(Mapped):
         fd = create_file(path, size, size)
         try:
             mp = M.Mapping(fd, size)
-            struct.pack_into(
-                "=IIIIIIQ",
-                mp.mm,
-                L.H_VERSION,
-                L.LAYOUT_VERSION,
-                L.HDR_SIZE,
-                cls.NSLOTS,
-                seg_data_size // 8 * 8,
-                cls.NBUCKETS,
-                L.BUCKET_SIZE,
-                size,
-            )
-            struct.pack_into("=I", mp.mm, L.H_META, len(blob))
-            mp.mm[L.H_META + 4 : L.H_META + 4 + len(blob)] = blob
-            _Q.pack_into(mp.mm, L.H_MAGIC, L.TABLE_MAGIC)
+            cls.format(mp, seg_data_size, blob)
             return cls(path, fd, mp, native)
         except BaseException:
             os.close(fd)
             with contextlib.suppress(OSError):
                 os.unlink(path)
             raise
+
+    @staticmethod
+    def meta_blob(meta: Dict[str, Any]) -> bytes:
+        """The settings as the table records them (ValueError when too long for the header)."""
+        blob = json.dumps(meta, sort_keys=True).encode()
+        if len(blob) > L.META_MAX:
+            raise ValueError("isstreamer: settings too long to record in the ring")
+        return blob
+
+    @classmethod
+    def format(cls, mp: M.Mapping, seg_data_size: int, blob: bytes) -> None:
+        """Write a new table's header (the magic last) into zeroed memory ``mp``."""
+        struct.pack_into(
+            "=IIIIIIQ",
+            mp.mm,
+            L.H_VERSION,
+            L.LAYOUT_VERSION,
+            L.HDR_SIZE,
+            cls.NSLOTS,
+            seg_data_size // 8 * 8,
+            cls.NBUCKETS,
+            L.BUCKET_SIZE,
+            L.table_size(cls.NBUCKETS, cls.NSLOTS),
+        )
+        struct.pack_into("=I", mp.mm, L.H_META, len(blob))
+        mp.mm[L.H_META + 4 : L.H_META + 4 + len(blob)] = blob
+        _Q.pack_into(mp.mm, L.H_MAGIC, L.TABLE_MAGIC)
 
     @classmethod
     def open(cls, path: str, native: Optional[bool] = None, identity: Optional[Tuple[int, int]] = None) -> "Table":
@@ -263,6 +274,20 @@ class Table(Mapped):
         """Path of the segment file ``seg_id`` (beside the table, named after it)."""
         return "%s.%016x.seg" % (self.base, seg_id)
 
+    def open_segment(self, seg_id: int) -> Segment:
+        """Map segment ``seg_id`` for reading and releasing (the sender, stats()): no descriptor
+        kept. RingClosed when it is gone, RingRefused when the file is not ours."""
+        return Segment.open(self.seg_path(seg_id), native=self.native, keep_fd=False)
+
+    def segment_exists(self, seg_id: int) -> bool:
+        """True while segment ``seg_id``'s file exists."""
+        return os.path.exists(self.seg_path(seg_id))
+
+    def forget_segment(self, seg_id: int) -> None:
+        """Remove segment ``seg_id``'s file (its mappings stay valid until unmapped)."""
+        with contextlib.suppress(OSError):
+            os.unlink(self.seg_path(seg_id))
+
     def wake(self) -> bool:
         """Wake an idle sender (it set ``sleeping``): one datagram, never blocking, never SIGPIPE.
         False when nobody listens (no sender bound, or it died): the caller may check on it."""
@@ -335,8 +360,7 @@ class Table(Mapped):
                 for r, n in enumerate(seg.drop_counts()):
                     if n:
                         self.add(L.H_DROPS + 8 * r, n)
-            with contextlib.suppress(OSError):
-                os.unlink(self.seg_path(seg_id))
+            self.forget_segment(seg_id)
             for f in (L.SL_SEG_ID, L.SL_OWNER_PID, L.SL_DATA_SIZE):
                 self.store(off + f, 0)
             self.store(off + L.SL_STATE, L.SLOT_FREE)
@@ -354,8 +378,7 @@ class Table(Mapped):
         """(Under :meth:`locked`, with the ring marked closing) remove every file of the ring:
         registered segment files, the wake socket, the table itself."""
         for _, _, seg_id, _ in list(self.slots()):
-            with contextlib.suppress(OSError):
-                os.unlink(self.seg_path(seg_id))
+            self.forget_segment(seg_id)
         for path in (self.wake_path, self.path):
             with contextlib.suppress(OSError):
                 os.unlink(path)

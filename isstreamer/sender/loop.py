@@ -49,15 +49,17 @@ class Sender:
         table: Table,
         transport: Optional[Any] = None,
         *,
+        doorbell: Optional[Any] = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         owner_alive: Callable[[Table, int], bool] = segment_owner_alive,
     ) -> None:
         """``transport``: what the delivery sends through (post_events, create_bucket, close,
         api_base); by default HTTP in a worker thread that calls :meth:`while_request_out`.
+        ``doorbell``: what an idle sender sleeps on (default: the table's wake socket).
         ``clock`` and ``sleep``: monotonic seconds and a pause; ``owner_alive(table, seg_id)``:
-        whether a segment's producer lives (the kernel's record lock). Tests give fakes, and run
-        a sender inside the process that logs."""
+        whether a segment's producer lives (the kernel's record lock). The thread mode gives its
+        own doorbell and liveness; tests give fakes, and run a sender inside the process that logs."""
         self.settings = s
         self.owner_alive = owner_alive
         self.table = table  # the table file: counters, buckets, producer slots
@@ -99,7 +101,7 @@ class Sender:
         self._bucket_status = 0  # status of the last bucket creation request
         self._errors = 0
         self._spool_error_reported = False
-        self.bell = Doorbell(table)
+        self.bell = doorbell if doorbell is not None else Doorbell(table)
         self.wakeups = 0  # sleeps that ended (woken or timed out): the idle cost
         self._sleep_seq = secrets.randbits(62)  # see _sleep (a new sender never repeats the last value)
         self.spilled_path: Optional[str] = None  # the spool file holding the in-flight batch's copy
@@ -297,7 +299,7 @@ class Sender:
             del self.segs[slot]
         path = self.table.seg_path(seg_id)
         try:
-            seg = Segment.open(path, native=self.settings.native, keep_fd=False)  # mapped: no descriptor kept
+            seg = self.table.open_segment(seg_id)  # mapped: no descriptor kept
         except RingClosed:
             return None
         except RingRefused as exc:
@@ -338,7 +340,7 @@ class Sender:
         for slot, st, seg_id, _ in list(self.table.slots()):
             seg = self.segment(slot, seg_id)
             if seg is None:
-                if not os.path.exists(self.table.seg_path(seg_id)):
+                if not self.table.segment_exists(seg_id):
                     self.table.free_slot(slot, seg_id, None)
                 continue
             if st == L.SLOT_RELEASED or (st == L.SLOT_OWNED and not self._owner_alive(slot, seg_id)):

@@ -3,7 +3,7 @@
 Layout: ``<spool_dir>/<stream id>/`` per (API base, bucket key, account), holding
 ``meta.json`` (API base, bucket key and name, a SHA-256 prefix of the access key -- never the
 key itself) and ``<time>-<pid>-<seq>.jsonl`` files. Each line of a ``.jsonl`` file is one JSON
-array that the events API accepts as-is. A writer holds an exclusive ``flock`` on the file it
+array that the events API accepts as-is. A writer holds an exclusive lock (``flock``) on the file it
 appends to (taken before the file gets its ``.jsonl`` name), so replayers skip it; replay
 progress is kept in ``<file>.pos`` (byte offset), and a fully delivered file is deleted. A torn
 last line (power cut) is skipped, never fatal; a failed write (disk full) is cut off the file.
@@ -15,7 +15,6 @@ another user or writable by others is refused (:func:`check_root`).
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -234,7 +233,7 @@ class SpoolWriter:
         tmp = path + ".new"
         fd = open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            safefile.lock_file(fd)
             os.replace(tmp, path)
         except OSError:
             os.close(fd)
@@ -322,7 +321,8 @@ class ReplayFile:
             self.error = exc
             return False
         try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if not safefile.lock_file(self.fd, blocking=False):
+                raise OSError("locked by a writer or another replayer")
             # the file may have been finished and deleted between our open and our lock
             if os.stat(self.path).st_ino != os.fstat(self.fd).st_ino:
                 raise OSError("replaced")
