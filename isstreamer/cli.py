@@ -347,6 +347,7 @@ def demo(
     serves the dashboard until Ctrl-C (or exits at once with --exit). Needs no access key.
     """
     from isstreamer.demo import run_demo
+    from isstreamer.safefile import Refused
 
     try:
         code = run_demo(
@@ -358,7 +359,7 @@ def demo(
             progress=progress,
             aggregate=aggregate,
         )
-    except OSError as exc:  # port in use, unwritable database ...
+    except (OSError, Refused) as exc:  # port in use, unwritable or shared database ...
         raise click.ClickException(str(exc)) from exc
     raise SystemExit(code)
 

@@ -213,6 +213,18 @@ def test_demo_exit_delivers_every_event(tmp_path):
     assert "Ctrl-C" not in r.stdout
 
 
+def test_demo_refuses_a_shared_database_directory_with_a_message(tmp_path):
+    """--db in a directory other users can write: one clear line and exit 1, no traceback (as serve)."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    for command in ("demo", "serve"):
+        extra = ("--exit", "--events", "100") if command == "demo" else ()
+        r = isstreamer(tmp_path, command, *extra, "--db", str(shared / "d.db"), timeout=60)
+        assert r.returncode == 1, (command, r.stdout + r.stderr)
+        assert "Traceback" not in r.stderr and "refusing the database directory" in r.stderr, (command, r.stderr)
+
+
 def test_demo_serves_dashboard_until_sigint(tmp_path):
     p = subprocess.Popen(
         [sys.executable, "-m", "isstreamer.cli", "demo", "--events", "4000", "--workers", "1"],
