@@ -85,6 +85,17 @@ def _default_ring_memory() -> int:
         return 1 << 30
 
 
+# the public attributes (2.0.0's names) a pickled handle carries; IsClosed is added to them
+_PICKLED_ATTRS = (
+    "DebugLevel",
+    "BufferSize",
+    "AccessKey",
+    "Offline",
+    "Async",
+    "StreamApiBase",
+    "BucketName",
+    "BucketKey",
+)
 RING_RETRY = 5.0  # seconds between attempts at making the ring of a Streamer that could not make it
 
 
@@ -378,19 +389,7 @@ class Streamer:
 
     # ---- pickling: a handle on the same ring and sender --------------------------------------
     def __reduce__(self):
-        state = {
-            k: getattr(self, k)
-            for k in (
-                "DebugLevel",
-                "BufferSize",
-                "AccessKey",
-                "Offline",
-                "Async",
-                "StreamApiBase",
-                "BucketName",
-                "BucketKey",
-            )
-        }
+        state = {k: getattr(self, k) for k in _PICKLED_ATTRS}
         state["options"] = self._options.as_dict()
         state["rules"], state["ceiling"] = self._rules, self._ceiling
         state["IsClosed"] = self.IsClosed
@@ -410,17 +409,7 @@ class Streamer:
         file planted at its path after it was removed is refused (logged; log() then counts the
         events as dropped, or raises at debug_level >= 2)."""
         self = cls.__new__(cls)
-        for k in (
-            "DebugLevel",
-            "BufferSize",
-            "AccessKey",
-            "Offline",
-            "Async",
-            "StreamApiBase",
-            "BucketName",
-            "BucketKey",
-            "IsClosed",
-        ):
+        for k in _PICKLED_ATTRS + ("IsClosed",):
             setattr(self, k, state[k])
         self._options = Options(**state["options"])
         self._rules, self._ceiling = state["rules"], state["ceiling"]

@@ -6,6 +6,9 @@ name the 64-bit slots of the ring header that ``Streamer.stats()`` reports.
 
 from __future__ import annotations
 
+import struct
+from typing import Any
+
 MAGIC = 0x315347524E525349  # a ring-format file (a producer's segment file)
 TABLE_MAGIC = 0x3142415452525349  # a Streamer's table file
 LAYOUT_VERSION = 3
@@ -136,6 +139,18 @@ DROP_REASONS = (
 )
 D = {name: i for i, name in enumerate(DROP_REASONS)}
 assert len(DROP_REASONS) <= NDROPS and len(COUNTERS) <= NCOUNTERS and D["no_space"] == 11
+
+
+# the header's first fields after the magic (H_VERSION .. H_TOTAL_SIZE): layout version, header
+# size, segments (a table: slots), segment data size, buckets, bucket size, file size
+_HEADER = struct.Struct("=IIIIIIQ")
+assert H_VERSION + _HEADER.size == H_TOTAL_SIZE + 8 and H_NSEGS == H_VERSION + 8
+
+
+def pack_header(buf: Any, count: int, seg_data_size: int, nbuckets: int, size: int) -> None:
+    """Write the fixed header fields of a segment file (``count`` segments) or a table
+    (``count`` slots) into ``buf``; the caller writes the magic last."""
+    _HEADER.pack_into(buf, H_VERSION, LAYOUT_VERSION, HDR_SIZE, count, seg_data_size, nbuckets, BUCKET_SIZE, size)
 
 
 def layout_size(nsegs: int, seg_data_size: int, nbuckets: int) -> int:

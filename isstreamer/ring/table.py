@@ -15,7 +15,7 @@ import struct
 import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from .. import reentry
+from .. import reentry, safefile
 from . import layout as L
 from . import mapping as M
 from .backend import use_native
@@ -81,9 +81,7 @@ class Table(Mapped):
             cls.format(mp, seg_data_size, blob)
             return cls(path, fd, mp, native)
         except BaseException:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+            safefile.discard(fd, path)
             raise
 
     @staticmethod
@@ -97,18 +95,7 @@ class Table(Mapped):
     @classmethod
     def format(cls, mp: M.Mapping, seg_data_size: int, blob: bytes) -> None:
         """Write a new table's header (the magic last) into zeroed memory ``mp``."""
-        struct.pack_into(
-            "=IIIIIIQ",
-            mp.mm,
-            L.H_VERSION,
-            L.LAYOUT_VERSION,
-            L.HDR_SIZE,
-            cls.NSLOTS,
-            seg_data_size // 8 * 8,
-            cls.NBUCKETS,
-            L.BUCKET_SIZE,
-            L.table_size(cls.NBUCKETS, cls.NSLOTS),
-        )
+        L.pack_header(mp.mm, cls.NSLOTS, seg_data_size // 8 * 8, cls.NBUCKETS, L.table_size(cls.NBUCKETS, cls.NSLOTS))
         struct.pack_into("=I", mp.mm, L.H_META, len(blob))
         mp.mm[L.H_META + 4 : L.H_META + 4 + len(blob)] = blob
         _Q.pack_into(mp.mm, L.H_MAGIC, L.TABLE_MAGIC)

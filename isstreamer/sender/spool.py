@@ -214,12 +214,10 @@ class SpoolWriter:
                     pass
             if not keep:
                 self._files.pop(d, None)
-                os.close(fd)
                 if opened:
-                    try:
-                        os.unlink(path)
-                    except OSError:
-                        pass
+                    safefile.discard(fd, path)
+                else:
+                    os.close(fd)
             raise
         self._files[d] = (fd, path, n + len(line))
         self._size += len(line)
@@ -236,11 +234,7 @@ class SpoolWriter:
             safefile.lock_file(fd)
             os.replace(tmp, path)
         except OSError:
-            os.close(fd)
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            safefile.discard(fd, tmp)
             raise
         return fd, path, 0
 
