@@ -99,6 +99,16 @@ def test_rule_lookup_exact_before_globs_in_order():
     assert rs.lookup("other") == -1
 
 
+def test_an_exact_name_matches_literally_whatever_characters_it_holds():
+    """Issue 19 item 4: ``temp[C]`` names the key ``temp[C]`` (before any glob); as a glob it still
+    matches ``tempC`` too, after the exact names."""
+    rs = RuleSet(normalize_rules([("t*", OnChange()), ("temp[C]", Window(1.0)), ("a?", Deadband())]))
+    assert rs.lookup("temp[C]") == 1
+    assert rs.lookup("tempC") == 0  # the first glob that matches, in order
+    assert rs.lookup("a?") == 2 and rs.lookup("ab") == 2
+    assert RuleSet(normalize_rules({"temp[C]": Window(1.0)})).lookup("temp[C]") == 0
+
+
 @pytest.mark.parametrize(
     "bad",
     [
