@@ -6,8 +6,9 @@
         "door_*": OnChange(),                                  # strings / booleans: on change
     })
 
-A key takes the rule of its exact name if there is one, else of the first glob pattern
-(``fnmatch``: ``*``, ``?``, ``[...]``) that matches it; keys without a rule pass through unchanged.
+A key takes the rule of its exact name if there is one (a pattern is matched literally first,
+whatever characters it holds), else of the first glob pattern (``fnmatch``: ``*``, ``?``,
+``[...]``) that matches it; keys without a rule pass through unchanged.
 Strings and booleans under any rule are sent on change. Rules travel to the sender (and to every
 process using the Streamer) as JSON, see :func:`rules_to_json`.
 """
@@ -130,7 +131,9 @@ def _is_glob(pattern: str) -> bool:
 
 
 class RuleSet:
-    """Resolves a key to its rule: exact names first, then glob patterns in the order given."""
+    """Resolves a key to its rule: exact names first (a pattern is also the literal name of a key,
+    whatever characters it holds: ``temp[C]`` names the key ``temp[C]``), then glob patterns in
+    the order given (``temp[C]`` also matches ``tempC``)."""
 
     def __init__(self, rules: Sequence[Sequence[Any]]) -> None:
         self.rules: List[Rule] = []
@@ -139,10 +142,9 @@ class RuleSet:
         for pattern, d in rules:
             idx = len(self.rules)
             self.rules.append(rule_from_dict(d) if isinstance(d, Mapping) else d)
+            self.exact.setdefault(pattern, idx)  # every pattern names its key literally, first
             if _is_glob(pattern):
                 self.globs.append((pattern, idx))
-            else:
-                self.exact.setdefault(pattern, idx)
 
     def __bool__(self) -> bool:
         return bool(self.rules)

@@ -696,10 +696,15 @@ class Streamer:
 
         With ``use_async=True`` (the default) and no ``timeout`` it hands the events to the sender
         for immediate sending ("will get sent asap", as the 2.0.0 README puts it) and returns True
-        at once, without waiting on the network. With ``timeout=T`` (or ``use_async=False``: no limit) it waits until every
-        event this process logged before the call is delivered or handed to the failure path
-        (spool, rejected file), and returns False if ``T`` seconds passed first, or if the sender
-        found records it could not read meanwhile (counted in ``stats()["dropped"]["corrupt"]``).
+        at once, without waiting on the network; with ``use_async=False`` it waits, with no limit,
+        until they are delivered or handed to the failure path. Either way it closes no
+        downsampling window: a window is sent whole, when it is due.
+
+        With ``timeout=T`` it waits until every event this process logged before the call is
+        delivered or handed to the failure path (spool, rejected file), and with downsampling
+        rules closes every open window now (of every process) and waits until they are sent too;
+        it returns False if ``T`` seconds passed first, or if the sender found records it could
+        not read meanwhile (counted in ``stats()["dropped"]["corrupt"]``).
         """
         if self.Offline:
             if self._csv_file is not None and not self._csv_file.closed:
@@ -713,14 +718,19 @@ class Streamer:
             except (ValueError, OSError):
                 pass
             return True
-        return self._wait_delivered(timeout)
+        return self._wait_delivered(timeout, cut=timeout is not None and self._downsampled())
 
-    def _nudge(self) -> None:
+    def _downsampled(self) -> bool:
+        """Events of this Streamer may be folded into windows (rules, or a fallback rule)."""
+        return bool(self._rules or self._ceiling.get("fallback"))
+
+    def _nudge(self) -> int:
         """Ask the sender to send what waits now (partial batches included), waking it if idle."""
-        self._ring.request_flush()
+        return self._ring.request_flush()
 
-    def _wait_delivered(self, timeout: Optional[float]) -> bool:
-        """Wait until this process's events logged so far are delivered or on the failure path
+    def _wait_delivered(self, timeout: Optional[float], cut: bool) -> bool:
+        """Wait until this process's events logged so far are delivered, folded by a rule, or on
+        the failure path; with ``cut``, also until every window open now is closed and sent
         (False when ``timeout`` passes first, or the sender skipped unreadable records)."""
         att = self._att
         if att is None:
@@ -728,16 +738,14 @@ class Streamer:
         try:
             lost = att.lost()
             target = att.head()
-            rules = bool(self._rules)  # aggregate: folded events leave open windows behind
-            if att.tail() >= target and not rules:
+            if att.tail() >= target and not cut:
                 return True
             ring = self._ring
-            seq = ring.flush_seq + 1  # aggregate: a flush the sender serves after this point
-            self._nudge()
+            seq = ring.request_cut() if cut else self._nudge()  # aggregate: the sender serves seq
             deadline = None if timeout is None else time.monotonic() + timeout
             pause = 0.0001  # short first: one event is out in about a millisecond
             next_check = time.monotonic() + 0.5
-            while att.tail() < target or (rules and ring.flush_done < seq):
+            while att.tail() < target or (cut and ring.flush_done < seq):
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
                     return False
@@ -752,11 +760,16 @@ class Streamer:
             return False
 
     def close(self, timeout: Optional[float] = None) -> None:
-        """Flush (up to ``timeout``, default ``close_timeout``), then release this process's segment.
+        """Hand this process's events over (up to ``timeout``, default ``close_timeout``), then
+        release its segment.
 
-        The sender finishes delivering (or spools) and exits once no process uses the ring.
-        Idempotent; also called at interpreter exit and by ``with``. A ``log()`` racing it from
-        another thread is counted (or raises at debug_level >= 2), never crashes.
+        Events of keys without a rule are delivered (or spooled) first; events of keys with a rule
+        are folded, and the windows other processes still fold into stay open (the sender closes
+        them when due, or when it exits). The last process using the Streamer closes them all and
+        waits until they are sent. The sender finishes delivering (or spools) and exits once no
+        process uses the ring. Idempotent; also called at interpreter exit and by ``with``. A
+        ``log()`` racing it from another thread is counted (or raises at debug_level >= 2),
+        never crashes.
         """
         if self.IsClosed:
             return
@@ -771,9 +784,10 @@ class Streamer:
         if ring is not None:
             try:  # the sender retries, rather than spools, while this process waits
                 ring.extend_close_by(time.monotonic() + budget)
+                last = self._downsampled() and self._model.last_producer(ring)
             except (ValueError, OSError):
-                pass
-            self._wait_delivered(budget)
+                last = False
+            self._wait_delivered(budget, cut=last)
         self._take_final_stats()
         with reentry.held(self._attach_lock):  # no attach after this (see _attach)
             self.IsClosed = True

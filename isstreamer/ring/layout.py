@@ -37,6 +37,7 @@ H_TOTAL_SIZE = 32
 H_SENDER_PID = 40
 H_FLUSH_SEQ = 64
 H_FLUSH_DONE = 96  # table: the last flush_seq the sender fully served (flush() with downsampling rules waits for it)
+H_CUT_SEQ = 104  # table: bumped by flush(timeout) with downsampling rules (every open window closes now)
 H_NBUCKETS_USED = 80
 H_NSLOTS_USED = 88
 H_CLOSING = 48  # table: set by the sender when it removes the ring
@@ -136,6 +137,8 @@ DROP_REASONS = (
     "spool_full",
     "no_space",  # the ring directory's file system is full: no page could be reserved (csrc: 11)
     "corrupt",  # records the sender found unreadable (counted with their number, never skipped silently)
+    "overflow",  # window statistics not sent: not representable as a float (a sum beyond 1.8e308)
+    "no_memory",  # events a downsampling rule emitted that the sender had no memory to keep
 )
 D = {name: i for i, name in enumerate(DROP_REASONS)}
 assert len(DROP_REASONS) <= NDROPS and len(COUNTERS) <= NCOUNTERS and D["no_space"] == 11

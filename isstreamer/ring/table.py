@@ -143,11 +143,25 @@ class Table(Mapped):
         """Bumped by every flush() (and full-ring nudge): send partial batches now."""
         return self.load(L.H_FLUSH_SEQ)
 
-    def request_flush(self) -> None:
-        """Ask the sender to send what waits now, waking it if it sleeps."""
-        self.add(L.H_FLUSH_SEQ, 1)
+    def request_flush(self) -> int:
+        """Ask the sender to send what waits now, waking it if it sleeps; returns the flush_seq of
+        this request (the sender has served it once ``flush_done`` reaches it)."""
+        seq = self.add(L.H_FLUSH_SEQ, 1)
         if self.load(L.H_SLEEPING):
             self.wake()
+        return seq
+
+    @property
+    def cut_seq(self) -> int:
+        """Bumped by every cut request (``flush(timeout)`` with downsampling rules)."""
+        return self.load(L.H_CUT_SEQ)
+
+    def request_cut(self) -> int:
+        """Ask the sender to close every open window now and send what waits: the cut is counted
+        before the flush is requested, so the sender that serves this flush has seen the cut.
+        Returns the flush_seq of the request (see :meth:`request_flush`)."""
+        self.add(L.H_CUT_SEQ, 1)
+        return self.request_flush()
 
     @property
     def flush_done(self) -> int:
