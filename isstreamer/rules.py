@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+from .record import record
 
 #: statistics a Window can send, in the order of their bit in the C kernel's mask
 STATS = ("mean", "min", "max", "last", "first", "count", "sum")
@@ -41,7 +42,7 @@ def _num(name: str, v: Any, least: float, strict: bool = False) -> float:
     return float(v)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Window:
     """Send ``stats`` of each key every ``seconds`` (windows aligned to multiples of ``seconds``
     of the epoch; the window's end is the epoch sent). ``mean`` is sent under the key itself,
@@ -59,7 +60,7 @@ class Window:
         object.__setattr__(self, "stats", tuple(dict.fromkeys(stats)))
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Deadband:
     """Report by exception: send a value when it differs from the last one sent by more than
     ``absolute`` or by more than ``relative`` x |last sent| (either, when both are given; every
@@ -75,7 +76,7 @@ class Deadband:
         _num("Deadband.heartbeat", self.heartbeat, 0.0)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class OnChange:
     """Send a value only when it differs from the last one sent (and at least every ``heartbeat``
     seconds of epoch, 0: never). For strings and booleans; numbers compare exactly."""

@@ -7,11 +7,10 @@ it: reading its counters, the commit protocol that survives the sender's death a
 from __future__ import annotations
 
 import os
-import secrets
 import struct
 from typing import List, Optional, Tuple
 
-from .. import faults, safefile
+from .. import faults, ids, safefile
 from . import layout as L
 from . import mapping as M
 from .backend import ffi as _ffi, lib as _lib, use_native
@@ -57,7 +56,7 @@ class Segment(Mapped):
         size = L.layout_size(nsegs, seg, nbuckets)
         if path is None:
             path = os.path.join(
-                directory or default_ring_dir(), "isstreamer-%d-%s.ring" % (os.getpid(), secrets.token_hex(6))
+                directory or default_ring_dir(), "isstreamer-%d-%s.ring" % (os.getpid(), ids.token_hex(6))
             )
         fd = create_file(path, size, L.seg_offset(nbuckets, seg, 0) + L.SEG_HDR_SIZE)
         try:

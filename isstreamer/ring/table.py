@@ -9,13 +9,11 @@ import contextlib
 import errno
 import json
 import os
-import secrets
-import socket
 import struct
 import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from .. import reentry, safefile
+from .. import ids, reentry, safefile
 from . import layout as L
 from . import mapping as M
 from .backend import use_native
@@ -72,9 +70,7 @@ class Table(Mapped):
             )
         blob = cls.meta_blob(meta)
         size = L.table_size(cls.NBUCKETS, cls.NSLOTS)
-        path = os.path.join(
-            directory or default_ring_dir(), "isstreamer-%d-%s.ring" % (os.getpid(), secrets.token_hex(6))
-        )
+        path = os.path.join(directory or default_ring_dir(), "isstreamer-%d-%s.ring" % (os.getpid(), ids.token_hex(6)))
         fd = create_file(path, size, size)
         try:
             mp = M.Mapping(fd, size)
@@ -143,11 +139,13 @@ class Table(Mapped):
         """Bumped by every flush() (and full-ring nudge): send partial batches now."""
         return self.load(L.H_FLUSH_SEQ)
 
-    def request_flush(self) -> int:
-        """Ask the sender to send what waits now, waking it if it sleeps; returns the flush_seq of
-        this request (the sender has served it once ``flush_done`` reaches it)."""
+    def request_flush(self, wake: bool = False) -> int:
+        """Ask the sender to send what waits now, waking it if it sleeps (``wake``: in any case,
+        for a caller that waits: a sender pausing between polls of a busy ring hears it too);
+        returns the flush_seq of this request (the sender has served it once ``flush_done``
+        reaches it)."""
         seq = self.add(L.H_FLUSH_SEQ, 1)
-        if self.load(L.H_SLEEPING):
+        if wake or self.load(L.H_SLEEPING):
             self.wake()
         return seq
 
@@ -161,7 +159,7 @@ class Table(Mapped):
         before the flush is requested, so the sender that serves this flush has seen the cut.
         Returns the flush_seq of the request (see :meth:`request_flush`)."""
         self.add(L.H_CUT_SEQ, 1)
-        return self.request_flush()
+        return self.request_flush(wake=True)
 
     @property
     def flush_done(self) -> int:
@@ -294,6 +292,8 @@ class Table(Mapped):
         False when nobody listens (no sender bound, or it died): the caller may check on it."""
         sock = self._wake_sock
         if sock is None:
+            import socket  # only where a wake is needed (start-up time)
+
             try:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             except OSError:

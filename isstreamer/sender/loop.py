@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import time
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
+from .. import ids
 from ..ring import RingClosed, RingRefused, Segment, Table, segment_owner_alive
 from ..ring import layout as L
 from ..options import REJECTED_FILE
@@ -105,7 +105,7 @@ class Sender:
         self._spool_error_reported = False
         self.bell = doorbell if doorbell is not None else Doorbell(table)
         self.wakeups = 0  # sleeps that ended (woken or timed out): the idle cost
-        self._sleep_seq = secrets.randbits(62)  # see _sleep (a new sender never repeats the last value)
+        self._sleep_seq = ids.random_id63() >> 1  # see _sleep (a new sender never repeats the last value)
         self.spilled_path: Optional[str] = None  # the spool file holding the in-flight batch's copy
         self._spilling = False
         self._open_error_reported = False
@@ -168,10 +168,14 @@ class Sender:
     def _sleep(self, timeout: float) -> None:
         """Sleep until ``timeout`` or a producer rings (flush(), a put seeing ``sleeping``)."""
         table = self.table
-        if not self.bell.armed() or self.first_seen:
-            # no doorbell, or events already wait (due by buffer_size or flush_interval): poll, so
-            # that producers ring only the first event after an idle stretch, not every event
+        if not self.bell.armed():
             self.sleep(min(timeout, 0.02))
+            return
+        if self.first_seen:
+            # events already wait (due by buffer_size or flush_interval): poll, so that producers
+            # ring only the first event after an idle stretch, not every event; a producer that
+            # waits in flush(timeout) rings anyway (Table.request_flush), and ends the pause
+            self.bell.wait(min(timeout, 0.02))
             return
         self._sleep_seq = (self._sleep_seq + 1) & ((1 << 62) - 1) or 1
         table.sleep_begin(self._sleep_seq)  # a number new to this sleep: producers ring once

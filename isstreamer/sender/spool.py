@@ -15,16 +15,15 @@ another user or writable by others is refused (:func:`check_root`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import stat
 import time
-from dataclasses import dataclass
 from typing import Callable, Generator, List, Optional, Tuple
 
 from .. import safefile
 from ..options import DEFAULTS
+from ..record import record
 
 ROTATE_BYTES = 4 * 1024 * 1024
 ENV_SPOOL_DIR = "ISSTREAMER_SPOOL_DIR"
@@ -41,17 +40,21 @@ def default_spool_dir() -> str:
 
 def key_fingerprint(access_key: str) -> str:
     """A short SHA-256 prefix of the access key: tells accounts apart, reveals nothing."""
+    import hashlib  # here, not at import (it loads OpenSSL): a producer's start-up time
+
     return hashlib.sha256(access_key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 def stream_id(api_base: str, bucket_key: str, fingerprint: str) -> str:
     """Directory name of one (API base, bucket, account) stream."""
+    import hashlib
+
     return hashlib.sha256(
         ("%s\n%s\n%s" % (api_base, bucket_key, fingerprint)).encode("utf-8", "surrogatepass")
     ).hexdigest()[:24]
 
 
-@dataclass
+@record()
 class StreamMeta:
     """What a spool stream directory is for."""
 
