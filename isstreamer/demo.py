@@ -434,9 +434,10 @@ def format_summary(r: DemoResult) -> str:
 
 
 def _serve_until_interrupted(echo: Callable[[str], None]) -> None:
-    """Block until Ctrl-C (SIGINT) or SIGTERM."""
+    """Block until Ctrl-C (SIGINT) or SIGTERM (both handled here: a SIGINT ignored by the shell
+    that started us, as a background job's is, still stops it)."""
     stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     echo("Serving the dashboard (latest value and a chart of every key); press Ctrl-C to stop.")
     try:
         while not stop.wait(0.5):
@@ -444,7 +445,8 @@ def _serve_until_interrupted(echo: Callable[[str], None]) -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def run_demo(
