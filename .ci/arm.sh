@@ -63,7 +63,7 @@ for target in "host-$(uname -m):gcc::" \
   build_ok=1
   # shellcheck disable=SC2086
   $cc $CFLAGS $extra -static -Icsrc -o "$bin/native_check" csrc/test/native_check.c "${SRCS[@]}" -lm || build_ok=0
-  for t in put encode; do
+  for t in put encode aggregate; do
     # shellcheck disable=SC2086
     $cc -std=c11 -O1 -g $extra -static -Icsrc -o "$bin/replay_$t" \
       "csrc/fuzz/fuzz_$t.c" csrc/fuzz/standalone_main.c "${SRCS[@]}" -lm || build_ok=0
@@ -72,7 +72,7 @@ for target in "host-$(uname -m):gcc::" \
   # shellcheck disable=SC2206
   exe=($runner)
   run "native_check" "${exe[@]}" "$bin/native_check"
-  for t in put encode; do
+  for t in put encode aggregate; do
     n=$(find "csrc/fuzz/corpus/$t" -type f | wc -l)
     run "fuzz_$t replays its $n corpus inputs" \
       bash -c '"$@" && echo "no crash"' _ "${exe[@]}" "$bin/replay_$t" "csrc/fuzz/corpus/$t"

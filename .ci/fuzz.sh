@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Fuzz the C encoder and producer (csrc/fuzz/) for a bounded time; fail on any crash.
+# Fuzz the C encoder, producer and aggregation kernel (csrc/fuzz/) for a bounded time; fail on any crash.
 #
 #   bash .ci/fuzz.sh            # ~60 s of fuzzing in total (FUZZ_SECONDS to change)
 #
 # With clang's libFuzzer (clang + libclang-rt-dev, installed from Debian when missing and we are
-# root) each target is built with -fsanitize=fuzzer,address,undefined and run for FUZZ_SECONDS/2
+# root) each target is built with -fsanitize=fuzzer,address,undefined and run for its share of FUZZ_SECONDS
 # on a scratch copy of its seed corpus (fuzz-out/, git-ignored), after replaying
 # csrc/fuzz/corpus/ once. Without libFuzzer, gcc builds a standalone driver with ASan+UBSan that
 # replays the corpus only (no mutation: the output says so).
@@ -15,8 +15,8 @@ cd "$(dirname "$0")/.."
 
 FUZZ_SECONDS=${FUZZ_SECONDS:-60}
 OUT=fuzz-out
-TARGETS=(encode put)
-declare -A MAX_LEN=([encode]=40000 [put]=8000)
+TARGETS=(encode put aggregate)
+declare -A MAX_LEN=([encode]=40000 [put]=8000 [aggregate]=8000)
 SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
 CSRC=$(echo csrc/*.c)  # every library source (the fuzz targets live in csrc/fuzz/)
 

@@ -1,12 +1,18 @@
-"""Downsampling benchmarks (issue 13), every figure measured in one run:
+"""Downsampling benchmarks (issues 13 and 19), every figure measured in one run:
 
 1. ``log()`` cost with rules on vs off (the same loop, alternating Streamers; the ratio);
 2. the aggregation kernel alone: records folded per second over 100 keys (C and Python twin);
 3. the sender end to end: one producer logs over 100 ruled keys as fast as it can; the rate at
    which the sender folds (wall) and its capacity (events per second of the sender's CPU);
-4. events on the wire per second for a 1 kHz x 20-key loop with 1 s windows (mean and max).
+4. events on the wire per second for a 1 kHz x 20-key loop with 1 s windows (mean and max);
+5. a backfill: a day of 1 Hz history logged with explicit epochs, under ``Window(1.0)`` (every
+   event opens a window) and with no rule, with the C extension and with the fallback (each
+   against itself, in this run): the time until every event is folded / sent, and until every
+   window is closed (``stats()["windows"]``);
+6. a live key's windows during that backfill: how long after its end each arrives at the server,
+   with and without the backfill.
 
-    python benchmarks/bench_aggregate.py [--quick]
+    python benchmarks/bench_aggregate.py [--quick] [--only NAME ...]
 
 Servers: the counting server (benchmarks/countserver.py) in its own process.
 """
@@ -14,11 +20,15 @@ Servers: the counting server (benchmarks/countserver.py) in its own process.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
+from typing import Iterator, List, Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -30,7 +40,6 @@ import benchutil  # noqa: E402
 import isstreamer  # noqa: E402
 from isstreamer import Window  # noqa: E402
 from isstreamer.ring import layout as L  # noqa: E402
-from procutil import pid_alive  # noqa: E402
 from isstreamer.sender.aggregate import MAX_TAKEN, NativeKernel, PyKernel, rule_args  # noqa: E402
 from isstreamer.ring import Attachment, Segment, native_available, puts_for  # noqa: E402
 
@@ -89,19 +98,21 @@ def bench_kernel(quick: bool) -> None:
         for kern_cls, count in ((NativeKernel, n), (PyKernel, min(n, 100_000))):
             if kern_cls is NativeKernel and not native_available():
                 continue
-            k = kern_cls(900_000)
-            rid = k.add_rule(*rule_args(Window(1.0, ("mean", "min", "max"))))
-            for kb in KEYS100:
-                k.bind(0, kb.encode(), rid)
-            pos, done = 0, 0
-            t0 = time.perf_counter()
-            while pos < head and done < count:
-                b, taken, _ = k.encode(ring, pos, 10000, pos, False, MAX_TAKEN, time.time())
-                pos, done = b.end, done + taken
-            k.close(float("inf"))
-            dt = time.perf_counter() - t0
+            dt = float("inf")
+            for _ in range(5):  # the best of 5: the machine is shared
+                k = kern_cls(900_000)
+                rid = k.add_rule(*rule_args(Window(1.0, ("mean", "min", "max"))))
+                for kb in KEYS100:
+                    k.bind(0, kb.encode(), rid)
+                pos, done = 0, 0
+                t0 = time.perf_counter()
+                while pos < head and done < count:
+                    b, taken, _ = k.encode(ring, pos, 10000, pos, False, MAX_TAKEN, time.time())
+                    pos, done = b.end, done + taken
+                k.close(float("inf"))
+                dt = min(dt, time.perf_counter() - t0)
             print(
-                "kernel (%s): %d records folded in %.3f s: %.2f M records/s"
+                "kernel (%s): %d records folded in %.3f s: %.2f M records/s (best of 5)"
                 % ("C" if kern_cls is NativeKernel else "Python twin", done, dt, done / dt / 1e6)
             )
         ring.close()
@@ -192,11 +203,7 @@ def bench_wire(url: str, spool: str, quick: bool) -> None:
             tick += 1
         time.sleep(0.0005)
     t_last = time.time()
-    pid = s.sender_pid
-    s.close(60)
-    deadline = time.monotonic() + 60
-    while pid and pid_alive(pid) and time.monotonic() < deadline:  # the last windows go at its exit
-        time.sleep(0.05)
+    s.close(60)  # the last process out: the open windows are delivered before it returns
     wire = benchutil.count_of(url) - before
     logged = tick * 20
     windows = int(t_last) - int(t0) + 1
@@ -208,18 +215,163 @@ def bench_wire(url: str, spool: str, quick: bool) -> None:
     )
 
 
+@contextlib.contextmanager
+def _backend(name: str) -> Iterator[None]:
+    """Streamers made inside use the C extension (``native``) or the fallback (``python``), and
+    so do their senders (the environment is read when a Streamer is made)."""
+    old = os.environ.get("ISSTREAMER_NO_EXTENSION")
+    if name == "python":
+        os.environ["ISSTREAMER_NO_EXTENSION"] = "1"
+    else:
+        os.environ.pop("ISSTREAMER_NO_EXTENSION", None)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("ISSTREAMER_NO_EXTENSION", None)
+        else:
+            os.environ["ISSTREAMER_NO_EXTENSION"] = old
+
+
+def _wait_stat(s, name: str, target: int, timeout: float = 300.0) -> float:
+    """Poll ``stats()[name]`` until it reaches ``target``; the perf_counter time it did."""
+    deadline = time.perf_counter() + timeout
+    while s.stats()[name] < target:
+        if time.perf_counter() > deadline:
+            raise RuntimeError("%s stayed at %d of %d" % (name, s.stats()[name], target))
+        time.sleep(0.002)
+    return time.perf_counter()
+
+
+def _ready(s) -> None:
+    """One event through the sender first: it runs and has created the bucket."""
+    s.log("ready", 0.0)
+    s.flush(60)
+
+
+def _backfill_once(url: str, spool: str, n: int, ruled: bool) -> List[float]:
+    """Log a day of 1 Hz history (``n`` events, epochs of two days ago); the seconds from the first
+    log() until every event is logged, then sent (no rule) or folded (Window(1.0)), then every
+    window is closed (ruled only)."""
+    rules = {"hist": Window(1.0)} if ruled else None
+    s = _streamer(url, spool, rules=rules, flush_interval=0.2)
+    _ready(s)
+    base = s.stats()
+    day = float(int(time.time()) - 2 * 86400)
+    log = s.log
+    t0 = time.perf_counter()
+    for i in range(n):
+        log("hist", float(i % 100), day + i + 0.5)
+    out = [time.perf_counter() - t0]
+    if ruled:
+        out.append(_wait_stat(s, "folded", base["folded"] + n) - t0)
+        out.append(_wait_stat(s, "windows", base["windows"] + n) - t0)
+    else:
+        out.append(_wait_stat(s, "sent", base["sent"] + n) - t0)
+    s.close(60)
+    return out
+
+
+def bench_backfill(url: str, spool: str, quick: bool) -> None:
+    """A backfill under Window(1.0) vs no rule, per backend (issue 19: within 3x, each against itself)."""
+    sizes = (21600, 86400) if quick else (21600, 43200, 86400)
+    for backend in ("native", "python"):
+        if backend == "native" and not native_available():
+            continue
+        with _backend(backend):
+            for n in sizes:
+                plain = min(_backfill_once(url, spool, n, False)[1] for _ in range(3))
+                runs = [_backfill_once(url, spool, n, True) for _ in range(3)]
+                folded = min(r[1] for r in runs)
+                wire = min(r[2] for r in runs)
+                logged = min(r[0] for r in runs)
+                print(
+                    "backfill (%s), %d events at 1 Hz: no rule: all sent %.3f s after the first log(); "
+                    "Window(1.0): all folded after %.3f s (%.2fx), every window closed after %.3f s "
+                    "(logging took %.3f s; min of 3)" % (backend, n, plain, folded, folded / plain, wire, logged)
+                )
+
+
+def _live_delays(url: str, spool: str, backfill: int, seconds: float) -> List[float]:
+    """A live key logged at 100 Hz for ``seconds``, 1 s windows; after a second, ``backfill``
+    events of another key (a day of history) logged in one burst by another thread. How long
+    after its end each live window reached the server (the windows ending after the burst began)."""
+    s = _streamer(
+        url, spool, flush_interval=0.2, rules={"live": Window(1.0, ("count",)), "hist": Window(1.0, ("mean",))}
+    )
+    _ready(s)
+    urllib.request.urlopen(urllib.request.Request(url + "/record?prefix=live", method="POST"), timeout=10).read()
+    day = float(int(time.time()) - 2 * 86400)
+    started: List[float] = []
+
+    def burst() -> None:
+        time.sleep(1.0)
+        started.append(time.time())
+        for i in range(backfill):
+            s.log("hist", float(i % 100), day + i + 0.5)
+
+    t = threading.Thread(target=burst)
+    t.start()
+    t_end = time.time() + seconds
+    while time.time() < t_end:
+        s.log("live", 1.0)
+        time.sleep(0.01)
+    t.join()
+    s.close(60)
+    arrivals = benchutil.get_json(url + "/arrivals")
+    since = started[0] if started else 0.0
+    return [at - ep for key, ep, at in arrivals if key == "live_count" and ep > since and ep <= t_end]
+
+
+def bench_live_during_backfill(url: str, spool: str, quick: bool) -> None:
+    """Issue 19: a backfill delays no other key's due window by more than its settle time."""
+    n = 86400
+    seconds = 4.0 if quick else 8.0
+    for backend in ("native", "python"):
+        if backend == "native" and not native_available():
+            continue
+        with _backend(backend):
+            alone = _live_delays(url, spool, 0, seconds)
+            during = _live_delays(url, spool, n, seconds)
+
+        def fmt(d: List[float]) -> str:
+            return "median %.3f s, max %.3f s over %d windows" % (statistics.median(d), max(d), len(d))
+
+        print(
+            "live key's 1 s windows (%s), arrival after the window's end: alone %s; during a %d-event backfill "
+            "%s (settle time %.2f s, flush_interval 0.2 s)" % (backend, fmt(alone), n, fmt(during), _grace())
+        )
+
+
+def _grace() -> float:
+    from isstreamer.sender.aggregate import Aggregator
+
+    return Aggregator.GRACE
+
+
+BENCHES = {
+    "log_cost": lambda url, spool, q: bench_log_cost(url, spool, q),
+    "kernel": lambda url, spool, q: bench_kernel(q),
+    "sender": bench_sender,
+    "wire": bench_wire,
+    "backfill": bench_backfill,
+    "live": bench_live_during_backfill,
+}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer events and rounds")
+    ap.add_argument("--only", nargs="*", choices=sorted(BENCHES), help="run only these figures")
     args = ap.parse_args()
+    only: Optional[List[str]] = args.only
     p, url = benchutil.start_count_server()
     spool = tempfile.mkdtemp(prefix="isstreamer-bench-spool-")
     try:
         print("load average %s" % benchutil.loadavg())
-        bench_log_cost(url, spool, args.quick)
-        bench_kernel(args.quick)
-        bench_sender(url, spool, args.quick)
-        bench_wire(url, spool, args.quick)
+        for name, bench in BENCHES.items():
+            if not only or name in only:
+                bench(url, spool, args.quick)
     finally:
         benchutil.stop(p)
     return 0

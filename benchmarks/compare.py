@@ -44,6 +44,11 @@ TARGETS = {
     "floor_ratio": 2.0,
     "peer_speedup": 15.0,
     "thread_mode_ratio": 2.0,
+    "series_floor_ratio": 1.8,
+    "oneshot_vs_200": 1.2,
+    "import_over_bare_ms": 40.0,
+    "flush_median_ms": 2.0,
+    "flush_p99_ms": 5.0,
     "thread_mode_vs_200": 10.0,
     "producers4_ratio": 1.5,
     "e2e_events_per_s": 1_000_000.0,
@@ -128,6 +133,8 @@ def analyse(data: Dict[str, Any]) -> Dict[str, Any]:
         e = b["extra_info"]
         mode = "-thread" if e.get("mode") == "thread" else ""
         out["per_call"]["log-%s-%s%s" % (e["value"], e["backend"], mode)] = _per_call(b)
+    for b in by_kind.get("series", []):
+        out["per_call"]["series-%s-%s" % (b["extra_info"]["value"], b["extra_info"]["backend"])] = _per_call(b)
     for b in by_kind.get("log_object", []):
         e = b["extra_info"]
         r = _per_call(b)
@@ -233,6 +240,15 @@ def targets(r: Dict[str, Any]) -> List[Dict[str, Any]]:
         "%.2fx",
         "floor %.0f ns" % floor if floor else "",
     )
+    h = pc.get("series-float-native", {}).get("median")
+    add(
+        "bound-key handle series(key).log(float) <= 1.8x the floor",
+        h / floor if h and floor else None,
+        TARGETS["series_floor_ratio"],
+        bool(h and floor and h / floor <= TARGETS["series_floor_ratio"]),
+        "%.2fx",
+        "%.0f ns; log(key, float) %.0f ns" % (h, f) if h and f else "",
+    )
     th = pc.get("log-float-native-thread", {}).get("median")
     if th and f:
         add(
@@ -305,6 +321,8 @@ def targets(r: Dict[str, Any]) -> List[Dict[str, Any]]:
         "%.2f",
         "median of rounds; benchmarks/flush_e2e.py repeats it",
     )
+    for row in short_path_targets(r.get("short_paths") or {}):
+        add(*row)
     o = r["growth"].get("outage")
     v = o["producer_rss_growth_mb_per_million"] if o else None
     add(
@@ -327,6 +345,62 @@ def targets(r: Dict[str, Any]) -> List[Dict[str, Any]]:
         "spread %.1f MB" % o["sender_rss_spread_mb"] if o else "",
     )
     return t
+
+
+def short_path_targets(sp: Dict[str, Any]) -> List[tuple]:
+    """Target rows (as ``add``'s arguments) of the one-shot script, the import and flush latency."""
+    rows: List[tuple] = []
+    o, fl = sp.get("oneshot"), sp.get("flush")
+    if o:
+        d = o["derived"]
+        rows.append(
+            (
+                "one-shot script (import, Streamer(), log(), close()) within 1.2x of ISStreamer 2.0.0",
+                d["oneshot_ratio_vs_200"],
+                TARGETS["oneshot_vs_200"],
+                d["oneshot_ratio_vs_200"] <= TARGETS["oneshot_vs_200"],
+                "%.2fx",
+                "%.0f vs %.0f ms (median wall; benchmarks/oneshot.py)"
+                % (o["oneshot_ours"]["median_ms"], o["oneshot_200"]["median_ms"]),
+            )
+        )
+        ours, theirs = d["import_over_bare_ours_ms"], d["import_over_bare_200_ms"]
+        rows.append(
+            (
+                "import <= 40 ms over bare Python and below ISStreamer 2.0.0's",
+                ours,
+                TARGETS["import_over_bare_ms"],
+                ours <= TARGETS["import_over_bare_ms"] and ours < theirs,
+                "%.1f ms",
+                "2.0.0: %.1f ms over bare" % theirs,
+            )
+        )
+    if fl:
+        rows.append(
+            (
+                "flush(timeout) of one event: median <= 2 ms, p99 <= 5 ms",
+                fl["median_ms"],
+                TARGETS["flush_median_ms"],
+                fl["median_ms"] <= TARGETS["flush_median_ms"] and fl["p99_ms"] <= TARGETS["flush_p99_ms"],
+                "%.2f ms",
+                "p99 %.2f ms (benchmarks/flush_latency.py)" % fl["p99_ms"],
+            )
+        )
+    return rows
+
+
+def run_short_paths(quick: bool) -> Dict[str, Any]:
+    """The one-shot script and import (against 2.0.0) and flush latency: their own processes."""
+    import flush_latency
+    import oneshot
+
+    out: Dict[str, Any] = {}
+    try:
+        out["oneshot"] = oneshot.run(7 if quick else 21)
+    except SystemExit as exc:  # the peers' venv is missing, or an event did not arrive
+        print("one-shot benchmark not run: %s" % exc, file=sys.stderr)
+    out["flush"] = flush_latency.run(100 if quick else 300)
+    return out
 
 
 # ---- the table --------------------------------------------------------------------------------------------
@@ -383,6 +457,10 @@ def build_table(r: Dict[str, Any]) -> str:
             k = "log-%s-%s" % (value, backend)
             if k in pc:
                 per_call_row("log(%s) %s" % (value, backend), pc[k])
+    for backend in ("native", "python"):
+        k = "series-float-%s" % backend
+        if k in pc:
+            per_call_row("series(key).log(float) %s" % backend, pc[k], "a bound-key handle")
     t, p = pc.get("log-float-native-thread"), pc.get("log-float-native")
     if t:
         note = "the thread mode (Windows; ISSTREAMER_MODE=thread)"
@@ -706,6 +784,7 @@ def main() -> int:
         if not os.path.exists(json_path):
             print("no benchmark data written", file=sys.stderr)
             return rc or 1
+        RUN_INFO["short_paths"] = run_short_paths(args.quick)
     with open(json_path) as f:
         data = json.load(f)
     side = json_path + ".run.json"  # load average and duration of the run that wrote json_path
@@ -716,6 +795,8 @@ def main() -> int:
         with open(side) as f:
             RUN_INFO.update(json.load(f))
     r = analyse(data)
+    r["short_paths"] = RUN_INFO.get("short_paths") or {}
+    r["targets"] = targets(r)
     table = build_table(r)
     mi, ci = data.get("machine_info", {}), data.get("commit_info", {})
     title = "isstreamer benchmarks %s, commit %s%s, %s, Python %s, %s CPUs" % (

@@ -43,20 +43,7 @@ sys.path[:0] = [os.path.dirname(HERE), HERE]
 
 import benchutil  # noqa: E402
 import isstreamer  # noqa: E402
-
-# the same dict as test_log_cost.py's OBJECT and drive_isstreamer.py --object
-OBJECT = {
-    "temp": 21.5,
-    "humidity": 40.25,
-    "pressure": 1013.2,
-    "count": 7,
-    "ok": True,
-    "state": "idle",
-    "voltage": 3.3,
-    "current": 0.25,
-    "rpm": 1200,
-    "errors": 0,
-}
+from test_log_cost import OBJECT  # noqa: E402  (the dict drive_isstreamer.py --object logs too)
 
 
 def _wait_server(url: str, target: int, timeout: float = 60.0) -> int:

@@ -177,3 +177,27 @@ def test_log_object(benchmark, make_streamer, count_server, quick, backend):
         events=st["logged"],
         sent=st["sent"],
     )
+
+
+def _series_loop(log, value, n, cpu):
+    def run():
+        c0 = time.thread_time()
+        for _ in range(n):
+            log(value)
+        cpu.append(time.thread_time() - c0)
+
+    return run
+
+
+@pytest.mark.parametrize("backend", ["native", "python"])
+@pytest.mark.benchmark(group="per-call")
+def test_series(benchmark, make_streamer, count_server, quick, backend):
+    """A bound-key handle: ``t = streamer.series("temperature"); t.log(21.5)`` (issue 21)."""
+    s = _streamer(make_streamer, count_server, backend)
+    t = s.series("temperature")
+    t.log(VALUES["float"])  # its first event goes the full way (and arms the handle)
+    cpu = []
+    r = rounds(quick) if backend == "native" else max(10, rounds(quick) // 5)
+    benchmark.pedantic(_series_loop(t.log, VALUES["float"], N, cpu), rounds=r, warmup_rounds=3)
+    st = _check_delivered(s)
+    _record(benchmark, "series", N, cpu, backend=backend, value="float", events=st["logged"], sent=st["sent"])

@@ -94,7 +94,9 @@ typedef struct {
     uint64_t flush_done;          /* table: the last flush_seq the sender fully served (with
                                      downsampling rules flush() waits for it: its events may be
                                      folded, with their windows still open) */
-    uint8_t _pad0[128 - 104];
+    uint64_t cut_seq;             /* table: bumped by flush(timeout) with downsampling rules,
+                                     before flush_seq: every open window closes now */
+    uint8_t _pad0[128 - 112];
     /* counters written by the sender, or atomically by anyone (offset 128) */
     uint64_t counters[ISS_NCOUNTERS];
     uint64_t drops[ISS_NDROPS]; /* drops folded in from reclaimed segments and global drops */

@@ -32,6 +32,7 @@ _Static_assert(offsetof(iss_ring_hdr, nslots_used) == 88, "nslots_used offset");
 _Static_assert(offsetof(iss_ring_hdr, closing) == 48, "closing offset");
 _Static_assert(offsetof(iss_ring_hdr, sleeping) == 56, "sleeping offset");
 _Static_assert(offsetof(iss_ring_hdr, close_by) == 72, "close_by offset");
+_Static_assert(offsetof(iss_ring_hdr, cut_seq) == 104, "cut_seq offset");
 _Static_assert(offsetof(iss_seg_hdr, reserved) == 208, "reserved offset");
 _Static_assert(offsetof(iss_seg_hdr, rel_end) == 272, "rel_end offset");
 _Static_assert(offsetof(iss_seg_hdr, rel_consumed) == 280, "rel_consumed offset");

@@ -29,7 +29,7 @@ typedef struct {
 typedef struct {
     uint64_t magic; uint32_t version; uint32_t hdr_size; uint32_t nsegs; uint32_t seg_data_size;
     uint32_t nbuckets; uint32_t bucket_size; uint64_t total_size; uint64_t sender_pid; uint64_t closing; uint64_t sleeping; uint64_t close_by;
-    uint64_t flush_seq; uint64_t nbuckets_used; uint64_t nslots_used; uint64_t flush_done;
+    uint64_t flush_seq; uint64_t nbuckets_used; uint64_t nslots_used; uint64_t flush_done; uint64_t cut_seq;
     uint64_t counters[32]; uint64_t drops[16];
     ...;
 } iss_ring_hdr;
@@ -52,8 +52,11 @@ typedef struct {
     uint32_t taken; uint32_t miss; uint32_t miss_bucket; uint32_t miss_keylen; char miss_key[1024];
 } iss_agg_info;
 typedef struct {
-    uint64_t folded; uint64_t windows; uint64_t emitted; uint64_t dropped; uint64_t open;
+    uint64_t folded; uint64_t windows; uint64_t emitted; uint64_t overflow; uint64_t no_memory; uint64_t open;
 } iss_agg_counters;
+typedef struct {
+    uint32_t bucket; uint32_t stat; double end; uint32_t keylen; char key[1024];
+} iss_agg_overflow;
 
 """
 

@@ -9,14 +9,15 @@ wins).  The access key never appears in a repr, str or exception message produce
 
 from __future__ import annotations
 
-import configparser
 import os
 import re
-from dataclasses import dataclass
-from typing import Mapping
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Mapping
 
 from .options import API_BASE, OFFLINE_FILE
+from .record import record
+
+if TYPE_CHECKING:
+    import configparser
 
 __all__ = [
     "DEFAULT_API_BASE",
@@ -68,7 +69,7 @@ def _mask_key(key: str) -> str:
     return "***"
 
 
-@dataclass(frozen=True, repr=False)
+@record(frozen=True)
 class Config:
     """Resolved Streamer configuration.
 
@@ -120,6 +121,8 @@ def _normalize_api_base(base: object, source: str) -> str:
     if not isinstance(base, str):
         raise ConfigError(f"isstreamer: {source} must be a str like {DEFAULT_API_BASE!r}, got {type(base).__name__}")
     value = base.strip()
+    if value == DEFAULT_API_BASE:  # the common case, normalized already (and urllib.parse not imported)
+        return value
     # never echo a query string, fragment or user info: they may carry the access key
     safe = re.sub(r"[?#].*$", "?***", value)
     safe = re.sub(r"//[^/@]*@", "//***@", safe)
@@ -137,6 +140,8 @@ def _normalize_api_base(base: object, source: str) -> str:
     scheme, sep, rest = value.partition("://")
     if not sep or scheme.lower() not in ("http", "https"):
         raise bad("it must start with http:// or https://")
+    from urllib.parse import urlsplit
+
     try:
         parts = urlsplit(scheme.lower() + "://" + rest)
     except ValueError:
@@ -167,6 +172,8 @@ def _read_ini(path: str) -> configparser.RawConfigParser:
 
     Parse-error messages deliberately omit the offending line text (it may hold the access key).
     """
+    import configparser  # only when an ini file exists (start-up time)
+
     parser = configparser.RawConfigParser()
     try:
         with open(path, encoding="utf-8-sig") as fh:
@@ -183,6 +190,8 @@ def _read_ini(path: str) -> configparser.RawConfigParser:
 
 def _describe_parse_error(exc: configparser.Error) -> str:
     """Describe a configparser error by kind and line number only, never by line content."""
+    import configparser
+
     if isinstance(exc, configparser.MissingSectionHeaderError):
         return f"line {exc.lineno}: an option appears before any [section] header"
     if isinstance(exc, configparser.DuplicateSectionError):

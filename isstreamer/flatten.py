@@ -6,10 +6,8 @@ here may be anything (sets, arbitrary objects, cycles cut short): the value rule
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import enum
-import inspect
 import numbers
 from collections.abc import Mapping, Sequence, Set
 from typing import Iterable, Iterator
@@ -96,7 +94,7 @@ def _container_items(obj: object) -> Iterable[tuple[str, object]] | None:
         return None
     if isinstance(obj, tuple) and hasattr(type(obj), "_fields"):  # namedtuple
         return list(zip(map(str, type(obj)._fields), obj))
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+    if hasattr(type(obj), "__dataclass_fields__") and not isinstance(obj, type):  # dataclasses.is_dataclass
         return list(_dataclass_items(obj))
     if isinstance(obj, Mapping):
         return [(str(k), v) for k, v in obj.items()]
@@ -109,6 +107,8 @@ def _container_items(obj: object) -> Iterable[tuple[str, object]] | None:
 
 def _dataclass_items(obj: object) -> Iterator[tuple[str, object]]:
     """Fields of a dataclass instance in declaration order (unset fields are left out)."""
+    import dataclasses  # imported here: the program that made a dataclass has loaded it already
+
     for field in dataclasses.fields(obj):  # type: ignore[arg-type]
         try:
             yield field.name, getattr(obj, field.name)
@@ -157,6 +157,8 @@ def _object_items(obj: object) -> list[tuple[str, object]]:
 
 def _is_code(value: object) -> bool:
     """True for functions, methods and classes stored as attributes (code, not data)."""
+    import inspect  # imported on first use: it costs several ms of a producer's start-up
+
     return isinstance(value, type) or inspect.isroutine(value)
 
 

@@ -14,7 +14,6 @@ import collections
 import contextlib
 import logging
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -121,6 +120,8 @@ class SenderProcess:
     program's stderr open after it exits), the last lines kept for an error report."""
 
     def __init__(self, settings: SenderSettings) -> None:
+        import subprocess  # here, not at import: a producer's start-up pays it only when it starts a sender
+
         env = dict(os.environ)
         if not settings.native:
             env[ENV_NO_EXTENSION] = "1"

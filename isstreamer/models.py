@@ -70,6 +70,10 @@ class ProcessModel:
     def segment_counters(self, table: Table) -> Tuple[int, int, List[int]]:
         return registry.segment_counters(table)
 
+    def last_producer(self, table: Table) -> bool:
+        """No other live process (nor another handle of this one) uses the ring (registry.last_producer)."""
+        return registry.last_producer(table)
+
     def adopt_orphans(self, settings: Callable[[Dict[str, Any]], Optional[SenderSettings]]) -> None:
         registry.adopt_orphans(default_ring_dir(), settings)
 
@@ -154,6 +158,10 @@ class ThreadModel:
                 for r, n in enumerate(own.ring.drop_counts()):
                     drops[r] += n
         return logged, consumed, drops
+
+    def last_producer(self, table: Table) -> bool:  # noqa: ARG002
+        """Always: a thread-mode ring is this process's alone (each process of a pool has its own)."""
+        return True
 
     def adopt_orphans(self, settings: Callable[[Dict[str, Any]], Optional[SenderSettings]]) -> None:
         """Nothing outlives its process in the thread mode."""

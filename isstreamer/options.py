@@ -10,8 +10,9 @@ read their defaults from here. Nothing here imports anything heavy: producers im
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, fields
 from typing import Any, Dict, Optional, Tuple
+
+from .record import asdict, record
 
 DEFAULT_RING_SIZE = (64 if sys.maxsize > 2**32 else 8) * 1024 * 1024  # bytes of one process's segment
 MIB = 1024 * 1024
@@ -20,7 +21,7 @@ OFFLINE_FILE = "isstreamer_out.csv"
 API_BASE = "https://groker.init.st"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Options:
     """The Streamer's keyword-only options (see the README's table for what each one means)."""
 
@@ -69,13 +70,13 @@ class Options:
 
     def replace(self, **changes: Any) -> "Options":
         """A copy with ``changes`` (validated again)."""
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values = asdict(self)
         values.update(changes)
         return Options(**values)
 
     def as_dict(self) -> Dict[str, Any]:
         """The options by name (for pickling a Streamer)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return asdict(self)
 
 
 def check_number(name: str, value: Any, least: float) -> None:

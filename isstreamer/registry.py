@@ -143,6 +143,22 @@ def close_table(table: Table) -> None:
             table.close()
 
 
+def last_producer(table: Table) -> bool:
+    """True when this process is the only one using ``table``: no other live process owns a
+    segment of it and no other handle of this process uses it (a closing Streamer may then close
+    every downsampling window: nobody else folds into them). This process's own segment is never
+    asked about (opening and closing its file would drop its owner lock)."""
+    with reentry.held(_LOCK):
+        if _USERS.get(table.path, 0) > 1:
+            return False
+        own = own_attachment(table)
+    mine = own.seg_id if own is not None else -1
+    for _, st, seg_id, _ in table.slots():
+        if st == L.SLOT_OWNED and seg_id != mine and R.segment_owner_alive(table, seg_id):
+            return False
+    return True
+
+
 def last_one_out(table: Table) -> bool:
     """Remove the ring's files if no live process owns a segment of it and every segment is
     drained (the sender does the same when it notices; this covers a sender that dies with its

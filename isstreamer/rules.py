@@ -6,8 +6,9 @@
         "door_*": OnChange(),                                  # strings / booleans: on change
     })
 
-A key takes the rule of its exact name if there is one, else of the first glob pattern
-(``fnmatch``: ``*``, ``?``, ``[...]``) that matches it; keys without a rule pass through unchanged.
+A key takes the rule of its exact name if there is one (a pattern is matched literally first,
+whatever characters it holds), else of the first glob pattern (``fnmatch``: ``*``, ``?``,
+``[...]``) that matches it; keys without a rule pass through unchanged.
 Strings and booleans under any rule are sent on change. Rules travel to the sender (and to every
 process using the Streamer) as JSON, see :func:`rules_to_json`.
 """
@@ -16,8 +17,9 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+from .record import record
 
 #: statistics a Window can send, in the order of their bit in the C kernel's mask
 STATS = ("mean", "min", "max", "last", "first", "count", "sum")
@@ -40,7 +42,7 @@ def _num(name: str, v: Any, least: float, strict: bool = False) -> float:
     return float(v)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Window:
     """Send ``stats`` of each key every ``seconds`` (windows aligned to multiples of ``seconds``
     of the epoch; the window's end is the epoch sent). ``mean`` is sent under the key itself,
@@ -58,7 +60,7 @@ class Window:
         object.__setattr__(self, "stats", tuple(dict.fromkeys(stats)))
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Deadband:
     """Report by exception: send a value when it differs from the last one sent by more than
     ``absolute`` or by more than ``relative`` x |last sent| (either, when both are given; every
@@ -74,7 +76,7 @@ class Deadband:
         _num("Deadband.heartbeat", self.heartbeat, 0.0)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class OnChange:
     """Send a value only when it differs from the last one sent (and at least every ``heartbeat``
     seconds of epoch, 0: never). For strings and booleans; numbers compare exactly."""
@@ -130,7 +132,9 @@ def _is_glob(pattern: str) -> bool:
 
 
 class RuleSet:
-    """Resolves a key to its rule: exact names first, then glob patterns in the order given."""
+    """Resolves a key to its rule: exact names first (a pattern is also the literal name of a key,
+    whatever characters it holds: ``temp[C]`` names the key ``temp[C]``), then glob patterns in
+    the order given (``temp[C]`` also matches ``tempC``)."""
 
     def __init__(self, rules: Sequence[Sequence[Any]]) -> None:
         self.rules: List[Rule] = []
@@ -139,10 +143,9 @@ class RuleSet:
         for pattern, d in rules:
             idx = len(self.rules)
             self.rules.append(rule_from_dict(d) if isinstance(d, Mapping) else d)
+            self.exact.setdefault(pattern, idx)  # every pattern names its key literally, first
             if _is_glob(pattern):
                 self.globs.append((pattern, idx))
-            else:
-                self.exact.setdefault(pattern, idx)
 
     def __bool__(self) -> bool:
         return bool(self.rules)

@@ -223,6 +223,20 @@ def create_exclusive(path: str) -> int:
         return open_nofollow(path, flags)
 
 
+def discard(fd: int, path: str) -> None:
+    """Undo a half-made file: close ``fd`` (unless negative) and remove ``path``, errors ignored
+    (the caller is already failing with the error that matters)."""
+    if fd >= 0:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 def write_all(fd: int, data: bytes) -> None:
     """``os.write`` until every byte is written."""
     view = memoryview(data)
@@ -243,12 +257,7 @@ def replace_private(path: str, data: bytes) -> None:
         fd = -1
         os.replace(tmp, path)
     except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        discard(fd, tmp)
         raise
 
 

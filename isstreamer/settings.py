@@ -6,12 +6,12 @@ Nothing here imports the HTTP stack, so ``import isstreamer`` and a first ``log(
 from __future__ import annotations
 
 import json
-import secrets
 import time
-from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List
 
+from . import ids
 from .options import BUFFER_SIZE, DEFAULTS, Options
+from .record import asdict, factory, fields, record
 from .ring import layout as L
 from .sender.spool import key_fingerprint
 
@@ -32,13 +32,13 @@ SENDER_OPTIONS = (
 )
 
 
-@dataclass
+@record(hidden=("access_key",))
 class SenderSettings:
     """Everything the sender process needs; sent as JSON on its stdin. Defaults: options.DEFAULTS."""
 
     ring_path: str
     api_base: str
-    access_key: str = field(repr=False)
+    access_key: str
     spool_dir: str
     buffer_size: int = BUFFER_SIZE
     flush_interval: float = DEFAULTS.flush_interval
@@ -54,11 +54,11 @@ class SenderSettings:
     backoff_max: float = DEFAULTS.backoff_max
     auth_retry_interval: float = DEFAULTS.auth_retry_interval
     max_rps: float = DEFAULTS.max_rps
-    ring_identity: List[int] = field(default_factory=list)  # (st_dev, st_ino) of the table file
+    ring_identity: List[int] = factory(list)  # (st_dev, st_ino) of the table file
     spool_only: bool = False  # an adopted ring of another access key: spool, never send
     fingerprint: str = ""  # with spool_only: the ring's key fingerprint (its spool stream)
-    rules: List[List[Any]] = field(default_factory=list)  # [[key or glob, rule dict]]: isstreamer.rules
-    ceiling: Dict[str, Any] = field(default_factory=dict)  # max_events_per_second, monthly_budget, fallback
+    rules: List[List[Any]] = factory(list)  # [[key or glob, rule dict]]: isstreamer.rules
+    ceiling: Dict[str, Any] = factory(dict)  # max_events_per_second, monthly_budget, fallback
 
     @classmethod
     def of(cls, options: Options, **rest: Any) -> "SenderSettings":
@@ -73,7 +73,7 @@ class SenderSettings:
             d.pop(k)
         d["fingerprint"] = key_fingerprint(self.access_key)
         d["created"] = time.time()
-        d["wake"] = secrets.token_hex(8)  # names the sender's wake socket (see Table.wake_path)
+        d["wake"] = ids.token_hex(8)  # names the sender's wake socket (see Table.wake_path)
         if len(json.dumps(d, sort_keys=True).encode()) > L.META_MAX:  # aggregate: too many rules for the
             d.pop("rules")  # ring header; an adopter of this ring (after a crash) sends its events without them
         return d
@@ -82,7 +82,7 @@ class SenderSettings:
     def from_meta(cls, meta: Dict[str, Any], access_key: str) -> "SenderSettings":
         """Settings for adopting a ring from its recorded meta: with ``access_key`` when it is the
         key the ring was made with, else spool-only (the events wait for their own key)."""
-        known = {f for f in cls.__dataclass_fields__} - {"fingerprint", "spool_only", "access_key"}
+        known = set(fields(cls)) - {"fingerprint", "spool_only", "access_key"}
         d = {k: v for k, v in meta.items() if k in known}
         fp = str(meta.get("fingerprint", ""))
         same = bool(access_key) and fp == key_fingerprint(access_key)

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import csv
 import errno
 import logging
 import os
 import threading
 import time
-import uuid
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from .ring import layout as L
 from .ring.layout import DROPPED
-from . import models, reentry, registry
+from . import ids, models, reentry, registry
 from .config import load_config
 from .flatten import flatten_object
 from .ring import (
@@ -41,6 +39,8 @@ log = logging.getLogger("isstreamer")
 
 _NAN = float("nan")
 _KEY_CACHE_MAX = 65536
+_OBJECT_PREFIXES_MAX = 256  # log_object's key prefixes whose flat-dict key names are kept
+_SCALARS = frozenset((float, int, str, bool))
 
 
 _RESOURCE_DROPS = ("ring_full", "no_space", "no_segment", "closed")  # never raised: not the caller's input
@@ -85,6 +85,17 @@ def _default_ring_memory() -> int:
         return 1 << 30
 
 
+# the public attributes (2.0.0's names) a pickled handle carries; IsClosed is added to them
+_PICKLED_ATTRS = (
+    "DebugLevel",
+    "BufferSize",
+    "AccessKey",
+    "Offline",
+    "Async",
+    "StreamApiBase",
+    "BucketName",
+    "BucketKey",
+)
 RING_RETRY = 5.0  # seconds between attempts at making the ring of a Streamer that could not make it
 
 
@@ -94,6 +105,33 @@ def _validate_bucket_key(key: str) -> str:
     if len(key) > 250 or any(c in key for c in ':"\''):
         raise ValueError("isstreamer: bucket_key %r is invalid: at most 250 characters, without : \" or '" % key[:60])
     return key
+
+
+class Series:
+    """One key of a :class:`Streamer`, bound once (``t = streamer.series("temperature")``).
+
+    ``t.log(value, epoch=None)`` logs as ``streamer.log(key, value, epoch)`` does, without the
+    key's lookup on each call: a float or an int logged now costs the put alone. Anything else
+    (another type, an epoch, a closed Streamer) takes ``streamer.log``'s path, with the same
+    checks, counts and errors. Made by :meth:`Streamer.series`; pickles as the pair it names.
+    """
+
+    __slots__ = ("key", "log", "_streamer")
+
+    def __init__(self, streamer: "Streamer", key: str, log: Callable[..., None]) -> None:
+        self._streamer = streamer
+        self.key = key
+        self.log = log
+
+    def __reduce__(self) -> Any:
+        return (_series_of, (self._streamer, self.key))
+
+    def __repr__(self) -> str:
+        return "Series(%r)" % (self.key,)
+
+
+def _series_of(streamer: "Streamer", key: str) -> Series:
+    return streamer.series(key)
 
 
 class Streamer:
@@ -174,7 +212,7 @@ class Streamer:
         self.Async = bool(use_async)
         self.StreamApiBase = cfg.api_base
         self.BucketName = cfg.bucket_name
-        self.BucketKey = _validate_bucket_key(bucket_key or str(uuid.uuid4()))
+        self.BucketKey = _validate_bucket_key(bucket_key or ids.uuid4())
         self.IsClosed = False
         # resolved once: the offline file, the spool directory and the ring memory cap
         self._options = options.replace(
@@ -231,10 +269,13 @@ class Streamer:
         self._put_f64, self._put_i64, self._put_bool, self._put_str = puts_for(native)
         self._intern, self._log_f64, self._log_i64, self._log_bool, self._log_str = logs_for(native)
         self._keys: Dict[Any, int] = {}  # key -> interned id, for the hot path
+        self._object_keys: Dict[str, Dict[str, str]] = {}  # log_object: prefix -> {dict key: key}
 
     def _open_offline(self, mode: str) -> None:
         """Open the offline CSV (``mode`` "w" empties it, "a" appends): created 0600, never
         through a symlink, an existing file only when it is this user's (safefile)."""
+        import csv  # offline mode only (start-up time)
+
         fd = open_private_output(self._options.offline_file, truncate=mode == "w")
         self._csv_file = os.fdopen(fd, "a", newline="", encoding="utf-8")
         self._csv = csv.writer(self._csv_file)
@@ -378,19 +419,7 @@ class Streamer:
 
     # ---- pickling: a handle on the same ring and sender --------------------------------------
     def __reduce__(self):
-        state = {
-            k: getattr(self, k)
-            for k in (
-                "DebugLevel",
-                "BufferSize",
-                "AccessKey",
-                "Offline",
-                "Async",
-                "StreamApiBase",
-                "BucketName",
-                "BucketKey",
-            )
-        }
+        state = {k: getattr(self, k) for k in _PICKLED_ATTRS}
         state["options"] = self._options.as_dict()
         state["rules"], state["ceiling"] = self._rules, self._ceiling
         state["IsClosed"] = self.IsClosed
@@ -410,17 +439,7 @@ class Streamer:
         file planted at its path after it was removed is refused (logged; log() then counts the
         events as dropped, or raises at debug_level >= 2)."""
         self = cls.__new__(cls)
-        for k in (
-            "DebugLevel",
-            "BufferSize",
-            "AccessKey",
-            "Offline",
-            "Async",
-            "StreamApiBase",
-            "BucketName",
-            "BucketKey",
-            "IsClosed",
-        ):
+        for k in _PICKLED_ATTRS + ("IsClosed",):
             setattr(self, k, state[k])
         self._options = Options(**state["options"])
         self._rules, self._ceiling = state["rules"], state["ceiling"]
@@ -699,18 +718,70 @@ class Streamer:
         """
         if epoch is None:
             epoch = time.time()
+        if type(obj) is dict and all(type(v) in _SCALARS for v in obj.values()):
+            # a flat dict of scalars (a sensor reading): the keys flatten_object would make, each
+            # made once and kept (its hash with it), no walk
+            prefix = "dict_" if key_prefix is None else (str(key_prefix) + "_" if str(key_prefix) else "")
+            names = self._object_keys.get(prefix)
+            if names is None:
+                names = {}
+                if len(self._object_keys) < _OBJECT_PREFIXES_MAX:
+                    self._object_keys[prefix] = names
+            log = self.log
+            for k, v in obj.items():
+                name = names.get(k) if type(k) is str else None
+                if name is None:
+                    name = prefix + str(k)
+                    if type(k) is str and len(names) < _KEY_CACHE_MAX:
+                        names[k] = name
+                log(name, v, epoch)
+            return
         for k, v in flatten_object(obj, key_prefix):
             self.log(k, v, epoch)
+
+    def series(self, key: str) -> Series:
+        """A handle that logs under ``key``: ``series(key).log(value, epoch=None)`` is
+        ``log(key, value, epoch)`` at the cost of the put alone for a float or int logged now
+        (no key lookup), like prometheus_client's ``labels()`` children. See :class:`Series`."""
+        log_f64, log_i64, after_put = self._log_f64, self._log_i64, self._after_put
+        kid = -1  # the key's interned id, once the first event through the full path made it
+
+        def log(value: Any, epoch: Optional[float] = None) -> None:
+            nonlocal kid
+            if kid >= 0 and epoch is None:
+                t = type(value)
+                try:
+                    if t is float:
+                        rc = log_f64(self._p, kid, value, _NAN)
+                    elif t is int:
+                        rc = log_i64(self._p, kid, value, _NAN)  # OverflowError outside int64
+                    else:
+                        return self.log(key, value, epoch)
+                except OverflowError:
+                    return self.log(key, value, epoch)
+                if rc and rc != DROPPED:
+                    after_put(rc, key, value, epoch)
+                return
+            self.log(key, value, epoch)
+            if kid < 0 and "log" not in self.__dict__:  # the fast log() (not debug, sync, offline)
+                kid = self._keys.get(key, -1)
+
+        return Series(self, key, log)
 
     def flush(self, timeout: Optional[float] = None) -> bool:
         """Make sure everything logged so far gets sent as soon as possible.
 
         With ``use_async=True`` (the default) and no ``timeout`` it hands the events to the sender
         for immediate sending ("will get sent asap", as the 2.0.0 README puts it) and returns True
-        at once, without waiting on the network. With ``timeout=T`` (or ``use_async=False``: no limit) it waits until every
-        event this process logged before the call is delivered or handed to the failure path
-        (spool, rejected file), and returns False if ``T`` seconds passed first, or if the sender
-        found records it could not read meanwhile (counted in ``stats()["dropped"]["corrupt"]``).
+        at once, without waiting on the network; with ``use_async=False`` it waits, with no limit,
+        until they are delivered or handed to the failure path. Either way it closes no
+        downsampling window: a window is sent whole, when it is due.
+
+        With ``timeout=T`` it waits until every event this process logged before the call is
+        delivered or handed to the failure path (spool, rejected file), and with downsampling
+        rules closes every open window now (of every process) and waits until they are sent too;
+        it returns False if ``T`` seconds passed first, or if the sender found records it could
+        not read meanwhile (counted in ``stats()["dropped"]["corrupt"]``).
         """
         if self.Offline:
             if self._csv_file is not None and not self._csv_file.closed:
@@ -724,14 +795,20 @@ class Streamer:
             except (ValueError, OSError):
                 pass
             return True
-        return self._wait_delivered(timeout)
+        return self._wait_delivered(timeout, cut=timeout is not None and self._downsampled())
 
-    def _nudge(self) -> None:
-        """Ask the sender to send what waits now (partial batches included), waking it if idle."""
-        self._ring.request_flush()
+    def _downsampled(self) -> bool:
+        """Events of this Streamer may be folded into windows (rules, or a fallback rule)."""
+        return bool(self._rules or self._ceiling.get("fallback"))
 
-    def _wait_delivered(self, timeout: Optional[float]) -> bool:
-        """Wait until this process's events logged so far are delivered or on the failure path
+    def _nudge(self, wake: bool = False) -> int:
+        """Ask the sender to send what waits now (partial batches included), waking it if idle
+        (``wake``: in any case; for a caller that waits on it); returns the request's flush_seq."""
+        return self._ring.request_flush(wake)
+
+    def _wait_delivered(self, timeout: Optional[float], cut: bool) -> bool:
+        """Wait until this process's events logged so far are delivered, folded by a rule, or on
+        the failure path; with ``cut``, also until every window open now is closed and sent
         (False when ``timeout`` passes first, or the sender skipped unreadable records)."""
         att = self._att
         if att is None:
@@ -739,35 +816,40 @@ class Streamer:
         try:
             lost = att.lost()
             target = att.head()
-            rules = bool(self._rules)  # aggregate: folded events leave open windows behind
-            if att.tail() >= target and not rules:
+            if att.tail() >= target and not cut:
                 return True
             ring = self._ring
-            seq = ring.flush_seq + 1  # aggregate: a flush the sender serves after this point
-            self._nudge()
-            deadline = None if timeout is None else time.monotonic() + timeout
+            seq = ring.request_cut() if cut else self._nudge(wake=True)  # aggregate: the sender serves seq
+            start = time.monotonic()
+            deadline = None if timeout is None else start + timeout
             pause = 0.0001  # short first: one event is out in about a millisecond
-            next_check = time.monotonic() + 0.5
-            while att.tail() < target or (rules and ring.flush_done < seq):
+            next_check = start + 0.5
+            while att.tail() < target or (cut and ring.flush_done < seq):
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
                     return False
                 if now >= next_check:
                     self._ensure_sender()
-                    self._nudge()
+                    self._nudge(wake=True)
                     next_check = now + 0.5
                 time.sleep(pause)
-                pause = min(pause * 1.25, 0.005)
+                # a fine poll while a request is typically out (a few ms), then back off
+                pause = min(pause * 1.25, 0.0005 if now - start < 0.05 else 0.005)
             return att.lost() == lost
         except (ValueError, OSError):  # the ring went away under us
             return False
 
     def close(self, timeout: Optional[float] = None) -> None:
-        """Flush (up to ``timeout``, default ``close_timeout``), then release this process's segment.
+        """Hand this process's events over (up to ``timeout``, default ``close_timeout``), then
+        release its segment.
 
-        The sender finishes delivering (or spools) and exits once no process uses the ring.
-        Idempotent; also called at interpreter exit and by ``with``. A ``log()`` racing it from
-        another thread is counted (or raises at debug_level >= 2), never crashes.
+        Events of keys without a rule are delivered (or spooled) first; events of keys with a rule
+        are folded, and the windows other processes still fold into stay open (the sender closes
+        them when due, or when it exits). The last process using the Streamer closes them all and
+        waits until they are sent. The sender finishes delivering (or spools) and exits once no
+        process uses the ring. Idempotent; also called at interpreter exit and by ``with``. A
+        ``log()`` racing it from another thread is counted (or raises at debug_level >= 2),
+        never crashes.
         """
         if self.IsClosed:
             return
@@ -782,9 +864,10 @@ class Streamer:
         if ring is not None:
             try:  # the sender retries, rather than spools, while this process waits
                 ring.extend_close_by(time.monotonic() + budget)
+                last = self._downsampled() and self._model.last_producer(ring)
             except (ValueError, OSError):
-                pass
-            self._wait_delivered(budget)
+                last = False
+            self._wait_delivered(budget, cut=last)
         self._take_final_stats()
         with reentry.held(self._attach_lock):  # no attach after this (see _attach)
             self.IsClosed = True
@@ -804,7 +887,7 @@ class Streamer:
 
         A new uuid4 key is used when ``bucket_key`` is empty; the bucket is created before its events.
         """
-        key = _validate_bucket_key(bucket_key or str(uuid.uuid4()))
+        key = _validate_bucket_key(bucket_key or ids.uuid4())
         if not self.Offline and not self.IsClosed and self._ring is not None:
             index = self._ring.add_bucket(key, bucket_name)
             with reentry.held(self._attach_lock):  # a first log() attaching meanwhile takes the new one

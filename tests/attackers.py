@@ -213,7 +213,10 @@ class Legit(threading.Thread):
         while not self._stop_event.is_set():
             t0 = time.monotonic()
             try:
-                ok = self.request(self.timeout).status_code in self.expect
+                status = self.request(self.timeout).status_code
+                ok = status in self.expect
+                if not ok:
+                    self.errors.append("HTTP %d" % status)
             except requests.RequestException as exc:
                 ok = False
                 self.errors.append(type(exc).__name__)

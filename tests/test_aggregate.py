@@ -11,10 +11,10 @@ import multiprocessing
 from collections import defaultdict
 from typing import Any, Dict, List, Tuple
 
-import numpy as np
 import pytest
 
 import aggworkers
+from aggref import expected_windows, reference_deadband
 import isstreamer
 from isstreamer import Deadband, OnChange, Window
 from isstreamer.rules import STATS, RuleSet, normalize_rules, stat_key
@@ -32,38 +32,9 @@ def _streamer(collector, tmp_path, **kw) -> Any:
     return isstreamer.Streamer(**kw)
 
 
-def _close_and_wait(s: Any) -> None:
-    """close(), then wait until the sender (which sends the last windows at exit) is gone."""
-    pid = s.sender_pid
+def _close(s: Any) -> None:
+    """close(): the last process out closes every open window and returns once they are delivered."""
     s.close(timeout=60)
-    if pid:
-        assert wait_until(lambda: pid_gone(pid), 120)
-
-
-def expected_windows(events: List[Tuple[str, Any, float]], seconds: float) -> Dict[Tuple[str, float], Dict[str, Any]]:
-    """Per (key, window end): every statistic, computed with numpy / math.fsum from the raw events."""
-    by_key: Dict[str, List[Tuple[float, Any]]] = defaultdict(list)
-    for key, value, epoch in events:
-        by_key[key].append((epoch, value))
-    out: Dict[Tuple[str, float], Dict[str, Any]] = {}
-    for key, rows in by_key.items():
-        ep = np.array([r[0] for r in rows], dtype=np.float64)
-        val = np.array([float(r[1]) for r in rows], dtype=np.float64)
-        end = (np.floor(ep / seconds) + 1.0) * seconds
-        for e in np.unique(end):
-            sel = end == e
-            v, t = val[sel], ep[sel]
-            total = math.fsum(v.tolist())
-            out[(key, float(e))] = {
-                "mean": total / len(v),
-                "sum": total,
-                "count": int(len(v)),
-                "min": float(v.min()),
-                "max": float(v.max()),
-                "first": float(v[np.argmin(t)]),
-                "last": float(v[np.argmax(t)]),
-            }
-    return out
 
 
 def check_windows(
@@ -97,6 +68,16 @@ def test_rule_lookup_exact_before_globs_in_order():
     assert rs.lookup("temp_y") == 0
     assert rs.lookup("tt") == 2
     assert rs.lookup("other") == -1
+
+
+def test_an_exact_name_matches_literally_whatever_characters_it_holds():
+    """Issue 19 item 4: ``temp[C]`` names the key ``temp[C]`` (before any glob); as a glob it still
+    matches ``tempC`` too, after the exact names."""
+    rs = RuleSet(normalize_rules([("t*", OnChange()), ("temp[C]", Window(1.0)), ("a?", Deadband())]))
+    assert rs.lookup("temp[C]") == 1
+    assert rs.lookup("tempC") == 0  # the first glob that matches, in order
+    assert rs.lookup("a?") == 2 and rs.lookup("ab") == 2
+    assert RuleSet(normalize_rules({"temp[C]": Window(1.0)})).lookup("temp[C]") == 0
 
 
 @pytest.mark.parametrize(
@@ -133,7 +114,7 @@ def test_windows_of_a_pool_equal_the_independent_computation(collector, tmp_path
         pool.join()
     windowed = [ev for ev in logged if ev[0] != "load"]
     assert wait_until(lambda: s.stats()["folded"] == len(windowed), 120)  # folded, not sent: no window is due
-    _close_and_wait(s)
+    _close(s)
     stored = collector.events("pool-" + method)
     check_windows([e for e in stored if e["key"] != "load"], expected_windows(windowed, W), ALL)
     # a key without a rule passes through unchanged: every event, its value and epoch
@@ -141,26 +122,30 @@ def test_windows_of_a_pool_equal_the_independent_computation(collector, tmp_path
     assert plain == sorted((ep, v) for k, v, ep in logged if k == "load")
 
 
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_a_pool_whose_workers_exit_gets_each_window_whole(collector, tmp_path, backend, method):
+    """Issue 19 item 1: with ``maxtasksperchild=1`` every task runs in a new worker whose exit runs
+    ``close()``; a worker's exit hands its events over but closes no window the others fold into,
+    so each window arrives whole (once) at the end, with every event of every worker in it."""
+    rules = {"temp_*": Window(W, ALL), "count_c": Window(W, ALL)}
+    s = _streamer(collector, tmp_path, bucket_key="exits-" + method, rules=rules)
+    ntasks, n = 5, 120
+    ctx = multiprocessing.get_context(method)
+    with ctx.Pool(2, initializer=aggworkers.init, initargs=(s,), maxtasksperchild=1) as pool:
+        parts = pool.map(aggworkers.log_random, [(w, ntasks, n, 11) for w in range(ntasks)], chunksize=1)
+        pool.close()
+        pool.join()
+    logged = [ev for part in parts for ev in part]
+    windowed = [ev for ev in logged if ev[0] != "load"]
+    assert wait_until(lambda: s.stats()["folded"] == len(windowed), 120)
+    assert s.stats()["windows"] == 0  # every worker has exited: not one window was cut
+    _close(s)
+    stored = collector.events("exits-" + method)
+    check_windows([e for e in stored if e["key"] != "load"], expected_windows(windowed, W), ALL)
+    assert sorted(e["value"] for e in stored if e["key"] == "load") == sorted(v for k, v, _ in logged if k == "load")
+
+
 # --------------------------------------------------------------------------- report by exception
-
-
-def reference_deadband(events, absolute=0.0, relative=0.0, heartbeat=0.0):
-    """The events a deadband rule sends, written from the rule's definition."""
-    sent = []
-    last = last_ep = None
-    for v, ep in events:
-        if last is None:
-            ok = True
-        elif absolute == 0.0 and relative == 0.0:
-            ok = v != last
-        else:
-            ok = (absolute > 0 and abs(v - last) > absolute) or (relative > 0 and abs(v - last) > relative * abs(last))
-        if not ok and heartbeat > 0 and ep - last_ep >= heartbeat:
-            ok = True
-        if ok:
-            sent.append((v, ep))
-            last, last_ep = v, ep
-    return sent
 
 
 def test_deadband_heartbeat_and_change_rules_are_exact(collector, tmp_path, backend):
@@ -196,7 +181,7 @@ def test_deadband_heartbeat_and_change_rules_are_exact(collector, tmp_path, back
     for name, seq in (("walk", walk), ("rel", rel), ("ints", ints), ("door", door), ("flag", flags)):
         for v, ep in seq:
             s.log(name, v, ep)
-    _close_and_wait(s)
+    _close(s)
     stored = collector.events("rbe")
     got = defaultdict(list)
     for e in stored:
@@ -238,14 +223,45 @@ def test_flush_returns_after_the_open_windows_are_delivered(collector, tmp_path,
     assert stored == {("x", T0 + 60): 29.5, ("x_count", T0 + 60): 60, ("x", T0 + 120): 79.5, ("x_count", T0 + 120): 40}
     st = s.stats()
     assert (st["folded"], st["windows"], st["aggregated"], st["aggregation_ratio"]) == (100, 2, 4, 25.0)
-    _close_and_wait(s)
+    _close(s)
 
 
-@pytest.mark.parametrize("ending", ["close", "exit", "with"])
+def test_the_last_process_out_sends_every_window_before_close_returns(collector, tmp_path, backend):
+    """No other process uses the Streamer: close() closes the open windows (nobody else folds into
+    them) and returns once they are delivered, as 2.0.0's close() returns once all is sent."""
+    s = _streamer(collector, tmp_path, bucket_key="last", rules={"x": Window(60.0, ("count",))})
+    T0 = 60.0 * 66666667
+    for i in range(100):
+        s.log("x", 1.0, T0 + i)
+    s.close(60)
+    got = sorted((e["key"], e["epoch"], e["value"]) for e in collector.events("last"))  # no waiting
+    assert got == [("x_count", T0 + 60, 60), ("x_count", T0 + 120, 40)]
+
+
+@pytest.mark.parametrize("use_async", [True, False])
+def test_a_log_flush_loop_sends_one_event_per_window_and_statistic(collector, tmp_path, backend, use_async):
+    """Issue 19 item 2: a 2.0.0-style loop, ``log(); flush()`` every iteration (with use_async
+    either way): flush() without a timeout sends what is buffered but closes no window."""
+    s = _streamer(
+        collector, tmp_path, bucket_key="loop", use_async=use_async, rules={"x": Window(1.0, ("mean", "count"))}
+    )
+    T0 = 60.0 * 66666667  # 2096: no window here closes by the clock
+    events = [("x", float(i % 7), T0 + i * 0.02) for i in range(300)]  # 6 windows of 50 events
+    for key, v, ep in events:
+        s.log(key, v, ep)
+        assert s.flush()
+    assert wait_until(lambda: s.stats()["folded"] == len(events), 60)
+    assert s.stats()["windows"] == 0
+    _close(s)
+    check_windows(collector.events("loop"), expected_windows(events, 1.0), ("mean", "count"))
+
+
+@pytest.mark.parametrize("ending", ["close", "exit", "with", "os_exit"])
 def test_nothing_of_a_closing_window_is_lost(collector, tmp_path, backend, ending):
     """A script logs into windows that are open when it ends (close(), plain interpreter exit, a
-    with block): every event is in a window that arrives."""
-    end = {"close": "s.close()", "exit": "pass", "with": "pass"}[ending]
+    with block; os._exit: no close() at all, the sender folds what it left and closes every window
+    as it exits): every event is in a window that arrives, each window once."""
+    end = {"close": "s.close()", "exit": "pass", "with": "pass", "os_exit": "os._exit(0)"}[ending]
     script = write_script(
         tmp_path,
         "ends.py",
@@ -281,10 +297,61 @@ def test_nothing_of_a_closing_window_is_lost(collector, tmp_path, backend, endin
     pid = int(r.stdout.split()[0])
     assert wait_until(lambda: pid_gone(pid), 120)
     stored = {(e["key"], e["epoch"]): e["value"] for e in collector.events("ends")}
+    assert len(stored) == len(collector.events("ends"))  # each window once
     counts = {ep: v for (k, ep), v in stored.items() if k == "v_count"}
     assert sum(counts.values()) == 5000 and len(counts) == len(stored) // 2
     exp = expected_windows([("v", float(i % 97), 4.0e9 + i * 0.001) for i in range(5000)], 1.0)
     check_windows([{"key": k, "epoch": ep, "value": v} for (k, ep), v in stored.items()], exp, ("count", "sum"))
+
+
+def test_mean_and_sum_do_not_overflow_midway_and_what_cannot_be_sent_is_counted(collector, tmp_path, backend):
+    """Issue 19 item 5: a sum that overflows on the way but not in the end is sent; a sum that is
+    not representable is counted in stats()["dropped"]["overflow"] (its mean is still sent)."""
+    s = _streamer(collector, tmp_path, bucket_key="ovf", rules={"*": Window(1.0, ("mean", "sum"))})
+    T0 = 4.0e9
+    for key, values in (("a", [1.5e308, 1.5e308]), ("b", [1e308, 1e308, -1e308]), ("c", [-1.7e308, -1.7e308])):
+        for i, v in enumerate(values):
+            s.log(key, v, T0 + i * 0.1)
+    assert s.flush(60)
+    got = {e["key"]: e["value"] for e in collector.events("ovf")}
+    assert got == {"a": 1.5e308, "b": 1e308 / 3, "b_sum": 1e308, "c": -1.7e308}
+    assert s.stats()["dropped"] == {"overflow": 2}
+    _close(s)
+
+
+def test_integers_are_compared_and_kept_as_integers(collector, tmp_path, backend):
+    """Issue 19 item 6: Deadband compares integers as integers (beyond 2^53 too); the min, max,
+    first and last of a window of integers are integers, exact; a window holding a float sends floats."""
+    big = [2**53, 2**53 + 1, 2**53 + 1, 2**53 + 2, 2**62, 2**62 + 1, -(2**63), 2**63 - 1]
+    s = _streamer(
+        collector,
+        tmp_path,
+        bucket_key="ints",
+        rules={"d": Deadband(), "a": Deadband(absolute=1.0), "w": Window(1.0, ALL), "m": Window(1.0, ALL)},
+    )
+    T0 = 4.0e9
+    for i, v in enumerate(big):
+        s.log("d", v, T0 + i)
+        s.log("a", v, T0 + i)
+    wvals = [2**62 + 1, 3, -5, 2**53 + 1, 2**62 + 3]
+    for i, v in enumerate(wvals):
+        s.log("w", v, T0 + 0.1 * i)
+    for i, v in enumerate([7, 2**53 + 1, 2.5]):
+        s.log("m", v, T0 + 0.1 * i)
+    _close(s)
+    got = defaultdict(list)
+    for e in collector.events("ints"):
+        got[e["key"]].append(e["value"])
+    events = [(v, T0 + i) for i, v in enumerate(big)]
+    assert got["d"] == [v for v, _ in reference_deadband(events)] == sorted(set(big), key=big.index)
+    assert got["a"] == [v for v, _ in reference_deadband(events, absolute=1.0)]
+    assert all(type(v) is int for v in got["d"] + got["a"])
+    one = {k: v[0] for k, v in got.items() if len(v) == 1}
+    assert (one["w_min"], one["w_max"], one["w_first"], one["w_last"]) == (-5, 2**62 + 3, 2**62 + 1, 2**62 + 3)
+    assert all(type(one[k]) is int for k in ("w_min", "w_max", "w_first", "w_last", "w_count"))
+    assert one["w_sum"] == float(sum(wvals)) and one["w"] == float(sum(wvals)) / len(wvals)
+    assert (one["m_min"], one["m_max"], one["m_first"], one["m_last"]) == (2.5, float(2**53 + 1), 7.0, 2.5)
+    assert all(type(one[k]) is float for k in ("m_min", "m_max", "m_first", "m_last", "m_sum", "m"))
 
 
 def test_many_rules_still_reach_the_sender(collector, tmp_path, backend):
@@ -294,5 +361,5 @@ def test_many_rules_still_reach_the_sender(collector, tmp_path, backend):
     s = _streamer(collector, tmp_path, bucket_key="many", rules=rules)
     for i in range(10):
         s.log("key_199_x", float(i), 4.0e9 + i * 0.01)
-    _close_and_wait(s)
+    _close(s)
     assert [(e["key"], e["value"], e["epoch"]) for e in collector.events("many")] == [("key_199_x_max", 9.0, 4.0e9 + 1)]

@@ -226,13 +226,14 @@ def test_demo_refuses_a_shared_database_directory_with_a_message(tmp_path):
 
 
 def test_demo_serves_dashboard_until_sigint(tmp_path):
+    err = open(tmp_path / "demo.stderr", "w+")  # a file: a full pipe would block the demo
     p = subprocess.Popen(
         [sys.executable, "-m", "isstreamer.cli", "demo", "--events", "4000", "--workers", "1"],
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=err,
         text=True,
         cwd=str(tmp_path),
-        env=cli_env(tmp_path),
+        env=cli_env(tmp_path, PYTHONFAULTHANDLER="1"),
     )
     try:
         assert p.stdout is not None
@@ -251,12 +252,20 @@ def test_demo_serves_dashboard_until_sigint(tmp_path):
         latest = requests.get(url.split("/dashboard/")[0] + "/api/buckets/%s/latest" % bucket, timeout=10)
         assert latest.status_code == 200 and latest.json()["latest"]
         p.send_signal(signal.SIGINT)
-        assert p.wait(timeout=30) == 0
+        try:
+            rc = p.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # say where it hangs: faulthandler dumps every thread
+            p.send_signal(signal.SIGABRT)
+            p.wait(10)
+            err.seek(0)
+            raise AssertionError("the demo did not stop within 30 s of SIGINT:\n" + err.read()[-6000:]) from None
+        assert rc == 0
         assert "Stopped." in p.stdout.read()
     finally:
         if p.poll() is None:
             p.kill()
             p.wait()
+        err.close()
 
 
 # --------------------------------------------------------------------------- access keys (issue 20 item 4)

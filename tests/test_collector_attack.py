@@ -465,7 +465,10 @@ def test_serve_announces_its_real_address_and_warns_beyond_loopback(
 def test_acceptance_legitimate_client_served_within_a_second(served: Callable[..., Served], kind: str) -> None:
     """Issue 20: >= 95% of the legitimate client's requests answered within a second while the
     attack runs (45 s of it, after the attackers have settled)."""
-    server = served()
+    # this measures who waits for whom, not the disk cap (test_total_database_cap_bounds_rotating_keys covers it): on
+    # PostgreSQL the bulk writers fill the default 1 GiB within the run, and a full database
+    # refuses everyone (507), the legitimate client too
+    server = served("--max-db-size", "0") if kind == "bulk-writers" else served()
     stop: Callable[[], None]
     if kind == "bulk-writers":
         body = _bomblet(45_000)

@@ -8,6 +8,7 @@ live in tests/test_multiprocess.py.
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 
@@ -17,7 +18,6 @@ from support import ROOT, script_env, wait_until, write_script
 
 from isstreamer.ring import layout as L
 from isstreamer import ring as R
-from isstreamer.ring import backend as backend_module
 from isstreamer.ring import Attachment, Segment, RingClosed, RingRefused, Table, native_available
 
 needs_native = pytest.mark.skipif(not native_available(), reason="needs the C extension")
@@ -207,13 +207,13 @@ def test_full_segment_drops_cost_a_put_and_are_counted(tmp_path, native):
 
 
 def test_fallback_refused_on_weakly_ordered_cpus(monkeypatch):
-    monkeypatch.setattr(backend_module.platform, "machine", lambda: "armv7l")
+    monkeypatch.setattr(platform, "machine", lambda: "armv7l")
     monkeypatch.delenv(R.ENV_FORCE_FALLBACK, raising=False)
     with pytest.raises(RuntimeError, match="not safe on armv7l"):
         R.check_fallback_safe()
     monkeypatch.setenv(R.ENV_FORCE_FALLBACK, "1")
     R.check_fallback_safe()
-    monkeypatch.setattr(backend_module.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
     monkeypatch.delenv(R.ENV_FORCE_FALLBACK)
     R.check_fallback_safe()
 

@@ -21,8 +21,8 @@ from isstreamer.settings import SenderSettings
 class Clock:
     """Monotonic seconds that move when the test (or the sender's sleep) says so."""
 
-    def __init__(self) -> None:
-        self.t = 1000.0
+    def __init__(self, t: float = 1000.0) -> None:
+        self.t = t
 
     def __call__(self) -> float:
         return self.t
@@ -74,6 +74,7 @@ class Rig:
         self.p = self.att.new_producer(self.bucket)
         self.put_f64 = puts_for(native)[0]
         self.clock = Clock()
+        self.wall = Clock(1.7e9 + 0.5)  # the time of day (the windows of downsampling rules)
         self.transport = FakeTransport()
         self.spool_dir = str(tmp_path / "spool")
         s = dict(
@@ -101,6 +102,7 @@ class Rig:
             clock=self.clock,
             sleep=self.clock.sleep,
             owner_alive=lambda table, seg_id: True,
+            wall=self.wall,
         )
         self.senders.append(s)
         return s
@@ -224,3 +226,24 @@ def test_a_half_done_commit_is_finished_by_the_next_sender(make_rig, step):
     assert r.transport.sent() == [float(i) for i in range(5000, 6000)]
     assert again.table.counter("recovered_commits") == 1 and seg.tail() == head
     assert seg.consumed() == 6000
+
+
+def test_a_flush_closes_no_window_a_cut_closes_them_and_is_served_after(make_rig):
+    """Issue 19: ``flush()`` (and a closing process) ask for what waits to be sent: the events of
+    a ruled key are folded and its window stays open; ``flush(timeout)`` asks for a cut: every
+    open window is closed and delivered before the sender says the flush is served."""
+    r = make_rig(rules=[["v", {"kind": "window", "seconds": 1.0, "stats": ["count"]}]])
+    table = r.sender.table
+    r.log(5)
+    seq = table.request_flush()
+    r.sender.turn()
+    assert r.transport.posts == [] and table.flush_done == seq and r.att.tail() == r.att.head()
+    r.log(5)
+    seq = table.request_cut()
+    r.sender.turn()
+    assert r.transport.posts == [[{"key": "v_count", "value": 10, "epoch": 1.7e9 + 1.0}]]
+    assert table.flush_done == seq and table.counter("windows") == 1
+    r.log(2)
+    table.request_flush()
+    r.sender.turn()
+    assert len(r.transport.posts) == 1  # the cut was served once: the new window stays open

@@ -483,3 +483,94 @@ def test_use_async_false_flushes_every_buffer(make_streamer, collector):
         s.log("i", i)
     # the fifth log() flushed synchronously: all five are on the server without flush()
     assert collector.event_count("sync") == 5
+
+
+def test_a_series_handle_logs_as_log_does(make_streamer, collector):
+    """Issue 21: ``series(key).log(v)`` is ``log(key, v)``: every type, epochs, the fast path
+    after the first event, out-of-range ints through the full path, a bad value counted."""
+    s = make_streamer(bucket_key="series")
+    t = s.series("temperature")
+    assert t.key == "temperature" and repr(t) == "Series('temperature')"
+    for v in (21.5, 22.0, 7, 2**63 - 1, 2**70, "warm", True):
+        t.log(v)
+    t.log(1.25, epoch=1700000000.5)
+    t.log(None)  # not a loggable value: counted, the rest unharmed
+    t.log(float("nan"))  # through the fast path: counted as log() counts it
+    c = s.series("count")
+    for i in range(1000):
+        c.log(i)
+    assert s.flush(30)
+    got = [(e["key"], e["value"]) for e in collector.events("series") if e["key"] != "count"]
+    assert got == [
+        ("temperature", 21.5),
+        ("temperature", 22.0),
+        ("temperature", 7),
+        ("temperature", 2**63 - 1),
+        ("temperature", str(2**70)),
+        ("temperature", "warm"),
+        ("temperature", True),
+        ("temperature", 1.25),
+    ]
+    assert [e["epoch"] for e in collector.events("series") if e["value"] == 1.25] == [1700000000.5]
+    assert int_values_summary(collector.db_path, "series", "count")[:4] == (1000, 1000, 0, 999)
+    assert sum(s.stats()["dropped"].values()) == 2
+    s.close()
+    t.log(1.5)  # after close: counted as log() counts it
+    assert s.stats()["dropped"]["closed"] == 1
+
+
+def test_a_series_handle_in_a_fork_child_and_through_pickle(make_streamer, collector):
+    s = make_streamer(bucket_key="series-fork")
+    t = s.series("v")
+    t.log(0.5)  # the parent's fast path is armed before the fork
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 1
+        try:
+            for i in range(500):
+                t.log(float(i))
+            code = 0 if s.flush(30) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    twin = pickle.loads(pickle.dumps(t))
+    assert twin.key == "v"
+    twin.log(-1.0)
+    assert s.flush(30)
+    values = sorted(e["value"] for e in collector.events("series-fork"))
+    assert values == sorted([-1.0, 0.5] + [float(i) for i in range(500)])
+
+
+def test_a_series_handle_echoes_at_debug_level_1(make_streamer, collector, capsys):
+    s = make_streamer(bucket_key="series-echo", debug_level=1)
+    t = s.series("temperature")
+    t.log(21.5)
+    t.log(22.5)
+    assert s.flush(30)
+    out = capsys.readouterr().out
+    assert "temperature 21.5" in out and "temperature 22.5" in out
+
+
+def test_log_object_of_a_flat_dict_keys_as_flatten_does(make_streamer, collector):
+    """Issue 21: the flat-dict path of log_object (names kept between calls) sends exactly the
+    keys flatten_object makes, for every prefix form and key type, hash-equal keys included."""
+    from isstreamer.flatten import flatten_object
+
+    s = make_streamer(bucket_key="flat")
+    cases = [
+        ({"temp": 21.5, "ok": True, "state": "idle", "rpm": 1200}, None),
+        ({"temp": 22.5, "ok": False}, None),  # the same names again, from the kept ones
+        ({1: 1.5, "1": 2.5}, ""),
+        ({True: "t"}, "p"),  # hash-equal to 1: must not take 1's name
+        ({1.0: 3}, 7),
+        ({"x": 1, "nested": {"y": 2}}, "n"),  # not flat: the walk
+    ]
+    want = []
+    for obj, prefix in cases:
+        s.log_object(obj, key_prefix=prefix, epoch=1700000000.0)
+        want += flatten_object(obj, prefix)
+    assert s.flush(30)
+    got = [(e["key"], e["value"]) for e in collector.events("flat")]
+    assert got == want
+    assert ("p_True", "t") in got and ("1", 1.5) in got and ("7_1.0", 3) in got

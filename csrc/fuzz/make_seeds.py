@@ -1,7 +1,7 @@
-"""Write the seed corpus of the fuzz targets (csrc/fuzz/corpus/{encode,put}/).
+"""Write the seed corpus of the fuzz targets (csrc/fuzz/corpus/{encode,put,aggregate}/).
 
 Run from anywhere: ``python csrc/fuzz/make_seeds.py``. The formats are documented at the top of
-fuzz_encode.c and fuzz_put.c. ``seed-*`` files are starting points; ``regress-*`` files are inputs
+fuzz_encode.c, fuzz_put.c and fuzz_aggregate.c. ``seed-*`` files are starting points; ``regress-*`` files are inputs
 that once crashed or broke an invariant (tests/test_fuzz_regressions.py replays them); crash
 files found later by libFuzzer can be copied into the corpus directories as they are.
 """
@@ -52,11 +52,37 @@ def put_op(op: int, aux: int = 0, keylen: int = 1, len2: int = 0, bits: int = 0,
     return struct.pack("<BBHHQHI", op, aux, keylen, len2, bits, esel, pos)
 
 
+def agg_op(op: int, aux: int = 0, esel: int = 64, bits: int = 0, pos: int = 0) -> bytes:
+    """A fuzz_aggregate operation (16 bytes)."""
+    return struct.pack("<BBHQI", op, aux, esel, bits, pos)
+
+
+def f64_bits(v: float) -> int:
+    return struct.unpack("=Q", struct.pack("=d", v))[0]
+
+
+def aggregate_seeds() -> dict:
+    """fuzz_aggregate inputs: the rules (window of mean and count over 1 s, deadband, on change,
+    window of every statistic over 0.1 s), then operations."""
+    rules = bytes([1, 0x21, 2, 0x35, 3, 0x10, 1, 0x7E])
+    mixed = [agg_op(0, aux=k, esel=64 + 7 * i, bits=f64_bits(0.5 * i)) for i in range(12) for k in range(6)]
+    mixed += [agg_op(1, aux=k, esel=64 + i, bits=(2**63 - 1 - i) % 2**64) for i in range(4) for k in (0, 3)]
+    mixed += [agg_op(0, aux=0, esel=90, bits=2), agg_op(0, aux=0, esel=91, bits=2)]  # 1.5e308 twice
+    mixed += [agg_op(2, aux=2, bits=1), agg_op(2, aux=2, bits=3), agg_op(2, aux=4, bits=0x200)]
+    mixed += [agg_op(3, aux=0x85), agg_op(6, aux=200), agg_op(4), agg_op(7, aux=3), agg_op(3, aux=5), agg_op(5)]
+    backfill = [agg_op(0, aux=0, esel=4 + 64 * i, bits=f64_bits(float(i % 7))) for i in range(300)]
+    backfill += [agg_op(1, aux=0, esel=4 + 64 * (i * 37 % 300), bits=i) for i in range(100)]  # out of order
+    backfill += [op for i in range(20) for op in (agg_op(3, aux=50), agg_op(6, aux=8), agg_op(4), agg_op(7, aux=9))]
+    return {"mixed": rules + b"".join(mixed), "backfill": rules + b"".join(backfill)}
+
+
 def main() -> None:
     enc = os.path.join(HERE, "corpus", "encode")
     put = os.path.join(HERE, "corpus", "put")
+    agg = os.path.join(HERE, "corpus", "aggregate")
     os.makedirs(enc, exist_ok=True)
     os.makedirs(put, exist_ok=True)
+    os.makedirs(agg, exist_ok=True)
     f64 = struct.pack("=d", 21.5)
     mixed = (
         record(T_F64, b"temp", f64)
@@ -147,6 +173,9 @@ def main() -> None:
     }
     for name, data in ops.items():
         with open(os.path.join(put, "seed-" + name), "wb") as f:
+            f.write(data)
+    for name, data in aggregate_seeds().items():
+        with open(os.path.join(agg, "seed-" + name), "wb") as f:
             f.write(data)
 
 

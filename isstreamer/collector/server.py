@@ -12,6 +12,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import ipaddress
 import logging
 import os
@@ -278,10 +279,16 @@ class CollectorServer:
         loop, runner = self._loop, self._runner
         assert loop is not None
         if runner is not None:
-            asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result()
+            done = asyncio.run_coroutine_threadsafe(runner.cleanup(), loop)
+            try:  # in-flight requests get shutdown_timeout; never wait forever on the loop
+                done.result(self.shutdown_timeout + 10.0)
+            except concurrent.futures.TimeoutError:
+                log.warning(
+                    "isstreamer collector: shutdown did not finish in %gs; stopping anyway", self.shutdown_timeout
+                )
         self._runner = None
         loop.call_soon_threadsafe(loop.stop)
-        self._thread.join()
+        self._thread.join(10.0)
         self._thread = None
         self._loop = None
         if self._store is not None:

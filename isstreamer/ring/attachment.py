@@ -8,11 +8,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 import threading
 import time
 from typing import Any, List, Optional
 
+from .. import ids
 from . import layout as L
 from . import mapping as M
 from .backend import ffi as _ffi, lib as _lib
@@ -65,7 +65,7 @@ class Attachment:
         pages reserved, registered. ENOSPC (or any OSError) leaves nothing behind."""
         if data_size >= 1 << 32:
             data_size = (1 << 32) - 8
-        seg_id = secrets.randbits(63) | 1
+        seg_id = ids.random_id63()
         path = table.seg_path(seg_id)
         ring = Segment.create(data_size, 1, nbuckets=1, native=native, path=path)
         att = None

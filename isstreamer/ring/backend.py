@@ -9,7 +9,6 @@ through these two names.
 from __future__ import annotations
 
 import os
-import platform
 import sys
 
 _NATIVE_ERROR = ""
@@ -75,6 +74,8 @@ def check_fallback_safe() -> None:
     It publishes ``head`` with a plain store and relies on the CPU not reordering stores, and on
     64-bit loads and stores being single-copy atomic: true on x86, not on ARM (every Raspberry Pi).
     """
+    import platform  # only on the fallback (start-up time)
+
     machine = platform.machine().lower()
     if machine in _STRONGLY_ORDERED or os.environ.get(ENV_FORCE_FALLBACK, "") not in ("", "0"):
         return

@@ -13,7 +13,6 @@ import errno
 import os
 import struct
 import sys
-import tempfile
 from typing import Any
 
 from .. import safefile
@@ -47,6 +46,8 @@ def default_ring_dir() -> str:
 
 def private_ring_dir() -> str:
     """``<temp>/isstreamer-<uid>``: 0700, ours (refused otherwise: see safefile)."""
+    import tempfile  # only where /dev/shm is missing (start-up time)
+
     uid = os.geteuid() if hasattr(os, "geteuid") else 0
     d = os.path.join(tempfile.gettempdir(), "isstreamer-%d" % uid)
     safefile.ensure_private_dir(d, "ring directory")

@@ -6,6 +6,9 @@ name the 64-bit slots of the ring header that ``Streamer.stats()`` reports.
 
 from __future__ import annotations
 
+import struct
+from typing import Any
+
 MAGIC = 0x315347524E525349  # a ring-format file (a producer's segment file)
 TABLE_MAGIC = 0x3142415452525349  # a Streamer's table file
 LAYOUT_VERSION = 3
@@ -34,6 +37,7 @@ H_TOTAL_SIZE = 32
 H_SENDER_PID = 40
 H_FLUSH_SEQ = 64
 H_FLUSH_DONE = 96  # table: the last flush_seq the sender fully served (flush() with downsampling rules waits for it)
+H_CUT_SEQ = 104  # table: bumped by flush(timeout) with downsampling rules (every open window closes now)
 H_NBUCKETS_USED = 80
 H_NSLOTS_USED = 88
 H_CLOSING = 48  # table: set by the sender when it removes the ring
@@ -133,9 +137,23 @@ DROP_REASONS = (
     "spool_full",
     "no_space",  # the ring directory's file system is full: no page could be reserved (csrc: 11)
     "corrupt",  # records the sender found unreadable (counted with their number, never skipped silently)
+    "overflow",  # window statistics not sent: not representable as a float (a sum beyond 1.8e308)
+    "no_memory",  # events a downsampling rule emitted that the sender had no memory to keep
 )
 D = {name: i for i, name in enumerate(DROP_REASONS)}
 assert len(DROP_REASONS) <= NDROPS and len(COUNTERS) <= NCOUNTERS and D["no_space"] == 11
+
+
+# the header's first fields after the magic (H_VERSION .. H_TOTAL_SIZE): layout version, header
+# size, segments (a table: slots), segment data size, buckets, bucket size, file size
+_HEADER = struct.Struct("=IIIIIIQ")
+assert H_VERSION + _HEADER.size == H_TOTAL_SIZE + 8 and H_NSEGS == H_VERSION + 8
+
+
+def pack_header(buf: Any, count: int, seg_data_size: int, nbuckets: int, size: int) -> None:
+    """Write the fixed header fields of a segment file (``count`` segments) or a table
+    (``count`` slots) into ``buf``; the caller writes the magic last."""
+    _HEADER.pack_into(buf, H_VERSION, LAYOUT_VERSION, HDR_SIZE, count, seg_data_size, nbuckets, BUCKET_SIZE, size)
 
 
 def layout_size(nsegs: int, seg_data_size: int, nbuckets: int) -> int:

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import secrets
 import threading
 from typing import Any, Callable, Dict, Iterator, Optional
 
-from .. import reentry
+from .. import ids, reentry
 from . import layout as L
 from . import mapping as M
 from .files import RingClosed
@@ -81,7 +80,7 @@ class LocalTable(Table):
     # ---- segments: registered in memory, never files --------------------------------------------
     def create_segment(self, data_size: int) -> "tuple[int, Segment]":
         """A new one-segment ring in anonymous memory, registered under a fresh id."""
-        seg_id = secrets.randbits(63) | 1
+        seg_id = ids.random_id63()
         mp = M.Mapping.anonymous(L.layout_size(1, data_size, 1))
         Segment.format(mp, 1, data_size, 1, self.native)
         seg = Segment(self.seg_path(seg_id), -1, mp, self.native)

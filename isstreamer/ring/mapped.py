@@ -11,6 +11,7 @@ import os
 import threading
 from typing import Any, Iterator, Tuple
 
+from .. import safefile
 from . import mapping as M
 from .backend import ffi as _ffi, lib as _lib
 from .files import RingClosed, open_private
@@ -118,8 +119,6 @@ def create_file(path: str, size: int, reserve: int) -> int:
         os.ftruncate(fd, size)
         M.reserve(fd, 0, min(size, reserve))
     except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(path)
+        safefile.discard(fd, path)
         raise
     return fd

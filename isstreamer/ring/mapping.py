@@ -13,7 +13,6 @@ system is an ``OSError(ENOSPC)`` the caller can count.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import mmap
 import os

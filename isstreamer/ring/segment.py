@@ -6,13 +6,11 @@ it: reading its counters, the commit protocol that survives the sender's death a
 
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
 import struct
 from typing import List, Optional, Tuple
 
-from .. import faults
+from .. import faults, ids, safefile
 from . import layout as L
 from . import mapping as M
 from .backend import ffi as _ffi, lib as _lib, use_native
@@ -58,23 +56,19 @@ class Segment(Mapped):
         size = L.layout_size(nsegs, seg, nbuckets)
         if path is None:
             path = os.path.join(
-                directory or default_ring_dir(), "isstreamer-%d-%s.ring" % (os.getpid(), secrets.token_hex(6))
+                directory or default_ring_dir(), "isstreamer-%d-%s.ring" % (os.getpid(), ids.token_hex(6))
             )
         fd = create_file(path, size, L.seg_offset(nbuckets, seg, 0) + L.SEG_HDR_SIZE)
         try:
             mp = M.Mapping(fd, size)
         except BaseException:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+            safefile.discard(fd, path)
             raise
         try:
             cls.format(mp, nsegs, seg, nbuckets, native)
         except BaseException:
             mp.close()
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+            safefile.discard(fd, path)
             raise
         return cls(path, fd, mp, native)
 
@@ -88,18 +82,7 @@ class Segment(Mapped):
             if rc != 0:
                 raise ValueError("isstreamer: cannot initialise ring (code %d)" % rc)
         else:
-            struct.pack_into(
-                "=IIIIIIQ",
-                mp.mm,
-                L.H_VERSION,
-                L.LAYOUT_VERSION,
-                L.HDR_SIZE,
-                nsegs,
-                seg_data_size,
-                nbuckets,
-                L.BUCKET_SIZE,
-                size,
-            )
+            L.pack_header(mp.mm, nsegs, seg_data_size, nbuckets, size)
             _Q.pack_into(mp.mm, L.H_MAGIC, L.MAGIC)
 
     @classmethod

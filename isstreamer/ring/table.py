@@ -9,13 +9,11 @@ import contextlib
 import errno
 import json
 import os
-import secrets
-import socket
 import struct
 import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from .. import reentry
+from .. import ids, reentry, safefile
 from . import layout as L
 from . import mapping as M
 from .backend import use_native
@@ -72,18 +70,14 @@ class Table(Mapped):
             )
         blob = cls.meta_blob(meta)
         size = L.table_size(cls.NBUCKETS, cls.NSLOTS)
-        path = os.path.join(
-            directory or default_ring_dir(), "isstreamer-%d-%s.ring" % (os.getpid(), secrets.token_hex(6))
-        )
+        path = os.path.join(directory or default_ring_dir(), "isstreamer-%d-%s.ring" % (os.getpid(), ids.token_hex(6)))
         fd = create_file(path, size, size)
         try:
             mp = M.Mapping(fd, size)
             cls.format(mp, seg_data_size, blob)
             return cls(path, fd, mp, native)
         except BaseException:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+            safefile.discard(fd, path)
             raise
 
     @staticmethod
@@ -97,18 +91,7 @@ class Table(Mapped):
     @classmethod
     def format(cls, mp: M.Mapping, seg_data_size: int, blob: bytes) -> None:
         """Write a new table's header (the magic last) into zeroed memory ``mp``."""
-        struct.pack_into(
-            "=IIIIIIQ",
-            mp.mm,
-            L.H_VERSION,
-            L.LAYOUT_VERSION,
-            L.HDR_SIZE,
-            cls.NSLOTS,
-            seg_data_size // 8 * 8,
-            cls.NBUCKETS,
-            L.BUCKET_SIZE,
-            L.table_size(cls.NBUCKETS, cls.NSLOTS),
-        )
+        L.pack_header(mp.mm, cls.NSLOTS, seg_data_size // 8 * 8, cls.NBUCKETS, L.table_size(cls.NBUCKETS, cls.NSLOTS))
         struct.pack_into("=I", mp.mm, L.H_META, len(blob))
         mp.mm[L.H_META + 4 : L.H_META + 4 + len(blob)] = blob
         _Q.pack_into(mp.mm, L.H_MAGIC, L.TABLE_MAGIC)
@@ -156,11 +139,27 @@ class Table(Mapped):
         """Bumped by every flush() (and full-ring nudge): send partial batches now."""
         return self.load(L.H_FLUSH_SEQ)
 
-    def request_flush(self) -> None:
-        """Ask the sender to send what waits now, waking it if it sleeps."""
-        self.add(L.H_FLUSH_SEQ, 1)
-        if self.load(L.H_SLEEPING):
+    def request_flush(self, wake: bool = False) -> int:
+        """Ask the sender to send what waits now, waking it if it sleeps (``wake``: in any case,
+        for a caller that waits: a sender pausing between polls of a busy ring hears it too);
+        returns the flush_seq of this request (the sender has served it once ``flush_done``
+        reaches it)."""
+        seq = self.add(L.H_FLUSH_SEQ, 1)
+        if wake or self.load(L.H_SLEEPING):
             self.wake()
+        return seq
+
+    @property
+    def cut_seq(self) -> int:
+        """Bumped by every cut request (``flush(timeout)`` with downsampling rules)."""
+        return self.load(L.H_CUT_SEQ)
+
+    def request_cut(self) -> int:
+        """Ask the sender to close every open window now and send what waits: the cut is counted
+        before the flush is requested, so the sender that serves this flush has seen the cut.
+        Returns the flush_seq of the request (see :meth:`request_flush`)."""
+        self.add(L.H_CUT_SEQ, 1)
+        return self.request_flush(wake=True)
 
     @property
     def flush_done(self) -> int:
@@ -293,6 +292,8 @@ class Table(Mapped):
         False when nobody listens (no sender bound, or it died): the caller may check on it."""
         sock = self._wake_sock
         if sock is None:
+            import socket  # only where a wake is needed (start-up time)
+
             try:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             except OSError:

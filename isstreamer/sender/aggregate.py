@@ -2,8 +2,11 @@
 
 The kernel is ``csrc/aggregate.c`` (an encoder pass that takes the records of keys with a rule
 out of the batch and folds them into per-key state); :class:`PyKernel` is its pure-Python twin,
-used without the extension, with the same arithmetic (Neumaier-compensated sums, exact
-min/max/first/last/count; a float's value is the same to the last bit on both paths).
+used without the extension, with the same arithmetic and the same order of what it emits
+(integers summed exactly, floats with a Neumaier-compensated sum scaled by 2^-64 once it would
+overflow; exact min/max/first/last/count, integers kept as integers; a float's value is the same
+to the last bit on both paths). Open windows are indexed by (key, end) and kept in a heap by
+due time: folding is O(1) expected per record, opening and closing a window O(log n).
 
 How the sender uses it (see ``Sender._turn`` / ``Sender._pump``, lines marked ``aggregate``):
 
@@ -11,33 +14,53 @@ How the sender uses it (see ``Sender._turn`` / ``Sender._pump``, lines marked ``
   the others are encoded as before. A batch the sender cannot release yet is read again later:
   records before ``folded_to`` (per segment) are then taken without being folded twice.
 * ``turn`` (once per sender turn, before the ring is pumped): when a window is due (its end
-  passed, plus :attr:`Aggregator.GRACE`) or a flush / exit is pending, every segment is folded
-  up to its head first, then the due windows (all of them on flush / exit) are closed; what the
-  rules emitted is delivered through ``Sender.handle`` (so: retried, paced, spooled as usual).
+  passed, plus :attr:`Aggregator.GRACE`), when a producer asks for a cut (``flush(timeout)``)
+  or the sender exits, every segment is folded up to its head first, then the due windows
+  (every one on a cut or at exit) are closed; what the rules emitted is delivered through
+  ``Sender.handle`` (so: retried, paced, spooled as usual). Nothing else closes a window: a
+  plain ``flush()`` or a process's ``close()`` / exit hands its events over and leaves the
+  windows the other processes fold into open.
 * ``before_commit``: while a flush / exit is pending, a batch is released only after what the
-  rules emitted is delivered or spooled, so ``flush()`` returning means the windows are out.
+  rules emitted is delivered or spooled.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
 
 from ..ring import Segment
 from ..ring import layout as L
 from ..ring.backend import ffi as _ffi, lib as _lib
-from ..rules import KIND_CHANGE, KIND_DEADBAND, KIND_WINDOW, STATS, Deadband, OnChange, RuleSet, Window, rule_from_dict
+from ..rules import (
+    KIND_CHANGE,
+    KIND_DEADBAND,
+    KIND_WINDOW,
+    STATS,
+    Deadband,
+    OnChange,
+    RuleSet,
+    Window,
+    rule_from_dict,
+    stat_key,
+)
 from .ceiling import Ceiling
 from .encoder import ENCODE, MIN_BATCH_BYTES, SKIP, STOP, TAKE, Batch, _dumps, encode_batch
 
 
 MAX_TAKEN = 1 << 16  # records folded per batch: pages go back to the producer at least this often
 MAX_KEYS = 1 << 20  # keys beyond this many pass through unchanged (as in the C kernel)
+MAX_WINDOWS = 1 << 24  # open windows beyond this many: their events pass through (as in the C kernel)
 SUFFIX = ("", "_min", "_max", "_last", "_first", "_count", "_sum")
+ARITHMETIC = 1 | 64  # the mean and the sum (bits of STATS)
+SCALE_DOWN = 2.0**-64  # a float sum that would overflow is kept scaled by this (exact: a power of two)
+SCALE_UP = 2.0**64
 INF = float("inf")
+NUMBERS = (L.T_F64, L.T_I64)
 Miss = Optional[Tuple[int, bytes]]
+Overflow = Tuple[int, bytes, int, float]  # (bucket, key, statistic index, window end)
 
 
 def rule_args(rule: Any) -> Tuple[int, int, float, float, float, float]:
@@ -52,40 +75,129 @@ def rule_args(rule: Any) -> Tuple[int, int, float, float, float, float]:
     raise TypeError(rule)
 
 
-def window_end(epoch: float, seconds: float) -> float:
-    """End of the window holding ``epoch``: windows are [k*W, (k+1)*W), as in the C kernel."""
-    return (math.floor(epoch / seconds) + 1.0) * seconds
+def moved(value: Any, last: Any, absolute: float, relative: float) -> bool:
+    """Deadband: has ``value`` moved past the band around ``last`` (the last number sent)? Python
+    compares an int with an int or a float exactly, and takes the distance of an int and a float
+    in doubles: as the C kernel does."""
+    if absolute == 0.0 and relative == 0.0:
+        return value != last
+    d = abs(value - last)
+    return (absolute > 0.0 and d > absolute) or (relative > 0.0 and d > relative * abs(last))
 
 
 # --------------------------------------------------------------------------- the Python twin
 
 
-@dataclass
+def sum_step(s: float, c: float, scaled: bool, x: float) -> Tuple[float, float, bool]:
+    """One step of a Neumaier-compensated sum of finite floats (csrc/aggregate.c: sum_add): the
+    sum is ``s + c``, times 2^64 once ``scaled`` (from the first term that would overflow it)."""
+    y = x * SCALE_DOWN if scaled else x
+    t = s + y
+    if (t == INF or t == -INF) and not scaled:
+        return sum_step(s * SCALE_DOWN, c * SCALE_DOWN, True, x)
+    if abs(s) >= abs(y):
+        c += (s - t) + y
+    else:
+        c += (y - t) + s
+    return t, c, scaled
+
+
 class _Win:
-    end: float
-    count: int = 0
-    sum: float = 0.0
-    comp: float = 0.0
-    min: float = 0.0
-    max: float = 0.0
-    first: float = 0.0
-    first_ep: float = 0.0
-    last: float = 0.0
-    last_ep: float = 0.0
-    touched: float = 0.0  # the sender's clock at the last event folded in
+    """One open window (csrc/aggregate.c: agg_win): min/max/first/last are ints while it holds
+    only ints, floats from its first float on."""
+
+    __slots__ = (
+        "end",
+        "ent",
+        "stats",
+        "touched",
+        "count",
+        "s",
+        "c",
+        "scaled",
+        "isum",
+        "ints",
+        "floats",
+        "min",
+        "max",
+        "first",
+        "first_ep",
+        "last",
+        "last_ep",
+    )
+
+    def __init__(self, end: float, ent: int, stats: int, now: float) -> None:
+        self.end, self.ent, self.stats, self.touched = end, ent, stats, now
+        self.count = 0
+        self.s, self.c, self.scaled = 0.0, 0.0, False  # the floats (see sum_step)
+        self.isum = 0  # the ints, summed exactly
+        self.ints = self.floats = False
+        self.min = self.max = self.first = self.last = 0
+        self.first_ep = self.last_ep = 0.0
+
+    def add(self, is_int: bool, value: Any, ep: float) -> None:
+        """Fold one value (an int when ``is_int``, else a float) of epoch ``ep``."""
+        if not self.count:
+            self.min = self.max = self.first = self.last = value
+            self.first_ep = self.last_ep = ep
+        else:
+            if is_int:
+                x = float(value) if self.floats else value
+            else:
+                x = value
+                if not self.floats:  # the first float of a window of ints: it sends floats
+                    self.min, self.max = float(self.min), float(self.max)
+                    self.first, self.last = float(self.first), float(self.last)
+            if x < self.min:
+                self.min = x
+            if x > self.max:
+                self.max = x
+            if ep < self.first_ep:
+                self.first, self.first_ep = x, ep
+            if ep >= self.last_ep:
+                self.last, self.last_ep = x, ep
+        self.count += 1
+        if is_int:
+            self.isum += value
+            self.ints = True
+            return
+        self.floats = True
+        s = self.s
+        t = s + value
+        if self.scaled or t == INF or t == -INF:
+            self.s, self.c, self.scaled = sum_step(s, self.c, self.scaled, value)
+        else:  # sum_step's unscaled case, inline: the hot path
+            self.c += (s - t) + value if abs(s) >= abs(value) else (value - t) + s
+            self.s = t
+
+    def total(self) -> Tuple[float, bool]:
+        """The sum of its values as (t, scaled): the sum is t, times 2^64 when scaled."""
+        s, c, scaled = self.s, self.c, self.scaled
+        if self.ints:
+            s, c, scaled = sum_step(s, c, scaled, float(self.isum))  # correctly rounded, as C's 128-bit sum
+        t = s + c
+        if not scaled and (t == INF or t == -INF):
+            return s * SCALE_DOWN + c * SCALE_DOWN, True
+        return t, scaled
+
+    def due(self) -> float:
+        """Due once its end has passed and no event came for it since (the later of the two)."""
+        return self.end if self.end > self.touched else self.touched
 
 
-@dataclass
 class _Entry:
-    bucket: int
-    key: bytes
-    rule: int
-    wins: List[_Win] = field(default_factory=list)
-    have_sent: bool = False
-    last_type: int = 0
-    last_num: float = 0.0
-    last_val: Any = None
-    last_ep: float = 0.0
+    """A key bound to a rule (-1: none) and its state."""
+
+    __slots__ = ("bucket", "key", "rule", "index", "wins", "cur", "have_sent", "last_type", "last_val", "last_ep")
+
+    def __init__(self, bucket: int, key: bytes, rule: int, index: int) -> None:
+        self.bucket, self.key, self.rule, self.index = bucket, key, rule, index
+        self.wins: Dict[float, _Win] = {}  # open windows by end
+        self.cur: Optional[_Win] = None  # the window folded into last
+        self.have_sent = False
+        self.last_type = 0
+        self.last_val: Any = None
+        self.last_ep = 0.0
 
 
 class PyKernel:
@@ -99,8 +211,9 @@ class PyKernel:
         self.ents: Dict[Tuple[int, bytes], _Entry] = {}
         self.order: List[_Entry] = []
         self.outs: Dict[int, List[bytes]] = {}
-        self._next_due = INF
-        self.counts = {"folded": 0, "windows": 0, "emitted": 0, "dropped": 0, "open": 0}
+        self.heap: List[Tuple[float, float, int]] = []  # (due, end, key index): every open window once
+        self.counts = {"folded": 0, "windows": 0, "emitted": 0, "overflow": 0, "no_memory": 0, "open": 0}
+        self._overflow: Optional[Overflow] = None
 
     def add_rule(self, kind: int, mask: int, seconds: float, absolute: float, relative: float, heartbeat: float) -> int:
         """Register a rule; returns its index."""
@@ -113,17 +226,20 @@ class PyKernel:
         if e is not None:
             e.rule = rule
         elif len(self.ents) < MAX_KEYS:
-            e = _Entry(bucket, key, rule)
+            e = _Entry(bucket, key, rule, len(self.order))
             self.ents[(bucket, key)] = e
             self.order.append(e)
 
     def next_due(self) -> float:
-        return self._next_due
+        """No window is due before this (a window folded into since it opened may be due later)."""
+        return self.heap[0][0] if self.heap else INF
 
     def pending(self, bucket: int) -> int:
+        """Events emitted for ``bucket`` and not taken yet."""
         return len(self.outs.get(bucket, ()))
 
     def buckets(self) -> List[int]:
+        """The buckets with emitted events waiting."""
         return [b for b, v in self.outs.items() if v]
 
     def take(self, bucket: int, max_events: int) -> Tuple[bytes, int]:
@@ -137,6 +253,11 @@ class PyKernel:
         del q[:n]
         return b"[" + b",".join(parts) + b"]", len(parts)
 
+    def last_overflow(self) -> Optional[Overflow]:
+        """The last statistic counted in ``overflow`` since the last call (else None)."""
+        o, self._overflow = self._overflow, None
+        return o
+
     def _emit(self, bucket: int, key: bytes, suffix: str, value: Any, ep: float) -> None:
         k = key.decode("utf-8", "replace") + suffix
         part = _dumps({"key": k, "value": value})
@@ -147,71 +268,70 @@ class PyKernel:
 
     def close(self, cutoff: float) -> int:
         """Close (emit) the windows whose end, and last event folded in (the sender's clock), are
-        both <= ``cutoff``; returns how many."""
-        if not self._next_due <= cutoff:
+        both <= ``cutoff``, in order of end (then of key binding); returns how many."""
+        heap = self.heap
+        if not heap or not heap[0][0] <= cutoff:
             return 0
-        closed = 0
-        due = INF
-        for e in self.order:
-            if not e.wins or e.rule < 0:
-                continue
-            mask = self.rules[e.rule][1]
-            keep = []
-            for w in sorted(e.wins, key=lambda w: w.end):
-                if max(w.end, w.touched) <= cutoff:
-                    self._emit_window(e, mask, w)
-                    closed += 1
-                else:
-                    keep.append(w)
-                    due = min(due, max(w.end, w.touched))
-            e.wins = keep
-        self._next_due = due
-        self.counts["open"] -= closed
-        return closed
+        order = self.order
+        closing = []
+        while heap and heap[0][0] <= cutoff:  # a window folded into since it was pushed: pushed back
+            _, end, ent = heapq.heappop(heap)
+            due = order[ent].wins[end].due()
+            if due <= cutoff:
+                closing.append((end, ent))
+            else:
+                heapq.heappush(heap, (due, end, ent))
+        closing.sort()
+        for end, ent in closing:
+            e = order[ent]
+            w = e.wins.pop(end)
+            if e.cur is w:
+                e.cur = None
+            self._emit_window(e, w)
+        self.counts["open"] -= len(closing)
+        return len(closing)
 
-    def _emit_window(self, e: _Entry, mask: int, w: _Win) -> None:
-        total = w.sum + w.comp
+    def _emit_window(self, e: _Entry, w: _Win) -> None:
+        total, scaled = w.total() if w.stats & ARITHMETIC else (0.0, False)
         for i in range(7):
-            if not mask & (1 << i):
+            if not w.stats & (1 << i):
+                continue
+            if 1 <= i <= 4:
+                self._emit(e.bucket, e.key, SUFFIX[i], (w.min, w.max, w.last, w.first)[i - 1], w.end)
                 continue
             if i == 5:
                 self._emit(e.bucket, e.key, SUFFIX[i], w.count, w.end)
                 continue
-            v = (total / w.count, w.min, w.max, w.last, w.first, 0.0, total)[i]
-            if not math.isfinite(v):
-                self.counts["dropped"] += 1
+            v = total / w.count if i == 0 else total
+            if scaled:
+                v *= SCALE_UP
+            if not math.isfinite(v):  # not representable
+                self.counts["overflow"] += 1
+                self._overflow = (e.bucket, e.key, i, w.end)
                 continue
             self._emit(e.bucket, e.key, SUFFIX[i], v, w.end)
         self.counts["windows"] += 1
 
-    def _fold_window(self, e: _Entry, seconds: float, x: float, ep: float, now: float) -> None:
-        end = window_end(ep, seconds)
-        for w in e.wins:
-            if w.end == end:
-                w.touched = now
-                if x < w.min:
-                    w.min = x
-                if x > w.max:
-                    w.max = x
-                if ep < w.first_ep:
-                    w.first, w.first_ep = x, ep
-                if ep >= w.last_ep:
-                    w.last, w.last_ep = x, ep
-                break
-        else:
-            w = _Win(end, 0, 0.0, 0.0, x, x, x, ep, x, ep, now)
-            e.wins.append(w)
-            if max(end, now) < self._next_due:
-                self._next_due = max(end, now)
-            self.counts["open"] += 1
-        w.count += 1
-        s = w.sum
-        t = s + x
-        if abs(s) >= abs(x):
-            w.comp += (s - t) + x
-        else:
-            w.comp += (x - t) + s
-        w.sum = t
+    def _fold_window(
+        self, e: _Entry, mask: int, seconds: float, is_int: bool, value: Any, ep: float, now: float
+    ) -> bool:
+        """Fold a value into its window (the key's last one first, else by end); False when no
+        window can be opened (MAX_WINDOWS: the record passes through, as in the C kernel)."""
+        q = ep / seconds  # windows are [k*W, (k+1)*W), as in the C kernel
+        end = (math.floor(q) + 1.0) * seconds if q != INF else INF
+        w = e.cur
+        if w is None or w.end != end:
+            w = e.wins.get(end)
+            if w is None:
+                if self.counts["open"] >= MAX_WINDOWS:
+                    return False
+                w = e.wins[end] = _Win(end, e.index, mask, now)
+                heapq.heappush(self.heap, (w.due(), end, e.index))
+                self.counts["open"] += 1
+            e.cur = w
+        w.touched = now
+        w.add(is_int, value, ep)
+        return True
 
     def _filter(
         self, ctx: Dict[str, Any], rtype: int, bucket: int, key: bytes, value: Any, epoch: float, pos: int
@@ -230,22 +350,17 @@ class PyKernel:
         ctx["taken"] += 1
         if pos < ctx["fold_from"]:
             return TAKE
-        kind, _mask, seconds, absolute, relative, heartbeat = self.rules[e.rule]
-        numeric = rtype in (L.T_F64, L.T_I64)
-        x = float(value) if numeric else 0.0
+        kind, mask, seconds, absolute, relative, heartbeat = self.rules[e.rule]
+        is_int = rtype == L.T_I64
+        numeric = is_int or rtype == L.T_F64
         ep = epoch if (math.isfinite(epoch) and epoch > 0.0) else ctx["now"]
         if numeric and kind == KIND_WINDOW:
-            self._fold_window(e, seconds, x, ep, ctx["now"])
+            if not self._fold_window(e, mask, seconds, is_int, value, ep, ctx["now"]):
+                ctx["taken"] -= 1
+                return pass_
         else:
             if numeric and kind == KIND_DEADBAND:
-                was_num = e.last_type in (L.T_F64, L.T_I64)
-                if not e.have_sent or not was_num:
-                    send = True
-                elif absolute == 0.0 and relative == 0.0:
-                    send = x != e.last_num
-                else:
-                    d = abs(x - e.last_num)
-                    send = (absolute > 0.0 and d > absolute) or (relative > 0.0 and d > relative * abs(e.last_num))
+                send = not e.have_sent or e.last_type not in NUMBERS or moved(value, e.last_val, absolute, relative)
             else:
                 send = not (
                     e.have_sent and e.last_type == rtype and (rtype in (L.T_TRUE, L.T_FALSE) or e.last_val == value)
@@ -253,7 +368,7 @@ class PyKernel:
             if not send and heartbeat > 0.0 and ep - e.last_ep >= heartbeat:
                 send = True
             if send:
-                e.have_sent, e.last_type, e.last_num, e.last_val, e.last_ep = True, rtype, x, value, ep
+                e.have_sent, e.last_type, e.last_val, e.last_ep = True, rtype, value, ep
                 self._emit(e.bucket, e.key, "", value, epoch)
         self.counts["folded"] += 1
         return TAKE
@@ -297,43 +412,67 @@ class NativeKernel:
         self._ai = _ffi.new("iss_agg_info *")
         self._n = _ffi.new("uint32_t *")
         self._c = _ffi.new("iss_agg_counters *")
+        self._ovf = _ffi.new("iss_agg_overflow *")
 
     def add_rule(self, kind: int, mask: int, seconds: float, absolute: float, relative: float, heartbeat: float) -> int:
+        """Register a rule; returns its index."""
         r = _lib.iss_agg_add_rule(self.a, kind, mask, seconds, absolute, relative, heartbeat)
         if r < 0:
             raise ValueError("isstreamer: the aggregation kernel refused a rule")
         return r
 
     def bind(self, bucket: int, key: bytes, rule: int) -> None:
+        """Give (bucket, key) a rule (-1: pass through)."""
         _lib.iss_agg_bind(self.a, bucket, key, len(key), rule)
 
     def next_due(self) -> float:
+        """No window is due before this (a window folded into since it opened may be due later)."""
         return _lib.iss_agg_next_due(self.a)
 
     def pending(self, bucket: int) -> int:
+        """Events emitted for ``bucket`` and not taken yet."""
         return _lib.iss_agg_pending(self.a, bucket)
 
     def buckets(self) -> List[int]:
+        """The buckets with emitted events waiting."""
         return [b for b in range(_lib.iss_agg_nbuckets(self.a)) if _lib.iss_agg_pending(self.a, b)]
 
+    def last_overflow(self) -> Optional[Overflow]:
+        """The last statistic counted in ``overflow`` since the last call (else None)."""
+        o = self._ovf
+        if not _lib.iss_agg_last_overflow(self.a, o):
+            return None
+        return o.bucket, _ffi.buffer(o.key, o.keylen)[:], o.stat, o.end
+
     def take(self, bucket: int, max_events: int) -> Tuple[bytes, int]:
+        """Up to ``max_events`` emitted events of ``bucket`` as one JSON array (within the cap)."""
         n = _lib.iss_agg_take(self.a, bucket, max_events, self._out, self.cap, self._n)
         if n < 0:
             raise ValueError("isstreamer: an emitted event does not fit a batch")
         return _ffi.buffer(self._out, n)[:], self._n[0]
 
     def close(self, cutoff: float) -> int:
+        """Close (emit) the windows due by ``cutoff`` (see iss_agg_close); returns how many."""
         return _lib.iss_agg_close(self.a, cutoff)
 
     @property
     def counts(self) -> Dict[str, int]:
+        """The kernel's tallies (see iss_agg_counters)."""
         _lib.iss_agg_counts(self.a, self._c)
         c = self._c
-        return {"folded": c.folded, "windows": c.windows, "emitted": c.emitted, "dropped": c.dropped, "open": c.open}
+        return {
+            "folded": c.folded,
+            "windows": c.windows,
+            "emitted": c.emitted,
+            "overflow": c.overflow,
+            "no_memory": c.no_memory,
+            "open": c.open,
+        }
 
     def encode(
         self, ring: Segment, start: int, max_events: int, fold_from: int, fold_only: bool, max_taken: int, now: float
     ) -> Tuple[Batch, int, Miss]:
+        """The encoder's pass over segment 0 of ``ring`` with the rules' filter (iss_agg_encode_batch)."""
         n = _lib.iss_agg_encode_batch(
             self.a,
             ring.ptr,
@@ -367,8 +506,8 @@ class Host(Protocol):
     def segments(self) -> List[Segment]:
         """The mapped segments registered now."""
 
-    def flush_seq(self) -> int:
-        """The table's flush request number."""
+    def cut_seq(self) -> int:
+        """The table's cut request number (``flush(timeout)``: every open window closes now)."""
 
     def exiting(self) -> bool:
         """True once the sender is finishing (every window closes)."""
@@ -378,6 +517,9 @@ class Host(Protocol):
 
     def count(self, name: str, n: int = 1) -> None:
         """Add to a table counter (stats())."""
+
+    def count_drop(self, reason: str, n: int = 1) -> None:
+        """Count events dropped, by reason (stats()["dropped"])."""
 
     def report(self, message: str) -> None:
         """A loud message."""
@@ -392,6 +534,7 @@ class Aggregator:
     GRACE = 0.25  # seconds past a window's end before it closes (a producer's time-to-publish)
     TICK = 0.1  # seconds between the checks of _tick while the sender drains without a pause
     COUNTERS = (("folded", "folded"), ("windows", "windows"), ("emitted", "aggregated"))
+    DROPS = ("overflow", "no_memory")  # the kernel's drops: reasons of stats()["dropped"]
 
     def __init__(
         self,
@@ -405,8 +548,10 @@ class Aggregator:
         *,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        debug_level: int = 0,
     ) -> None:
         self.host = host
+        self.debug_level = debug_level
         self.clock = clock
         self.wall = wall
         self.rules = RuleSet(rules)
@@ -430,15 +575,16 @@ class Aggregator:
         self.fallback_on = False
         self.unfit_reported = False
         self.passthrough: set = set()  # (bucket, key) bound to no rule: the fallback's, once on
-        # the flush_seq for which every window was closed: 0, the value of a new ring (the sender's
-        # first turn is forced, but closing then would only split the first windows)
-        self._closed_for = 0
+        # the cut request served last: 0, a new ring's (a sender started on a ring where a cut was
+        # ever asked for serves it at once: a producer may be waiting for it)
+        self._cut_for = 0
         self.max_events = max(1, int(max_batch_events))
         self.flush_interval = flush_interval
         self.folded_to: Dict[str, int] = {}  # segment file -> position folded up to
         self.held: List[Batch] = []  # emitted batches the sender could not hand over yet
         self._since: Optional[float] = None  # when output started waiting
         self._counted = {name: 0 for name, _ in self.COUNTERS}
+        self._counted.update((name, 0) for name in self.DROPS)
         self._next_tick = 0.0
 
     @classmethod
@@ -460,6 +606,7 @@ class Aggregator:
             ceiling,
             clock=clock,
             wall=wall,
+            debug_level=s.debug_level,
         )
 
     def _bind(self, miss: Tuple[int, bytes]) -> None:
@@ -550,17 +697,18 @@ class Aggregator:
 
     # ---- closing and delivering ---------------------------------------------------------------
     def turn(self, force: bool) -> bool:
-        """Once per sender turn: close the due windows (every one when ``force``: a flush or exit
-        is pending), after folding every segment up to its head; deliver what is due."""
+        """Once per sender turn: close the due windows (every one on a cut request or at exit),
+        after folding every segment up to its head; deliver what is due (all of it when
+        ``force``: a flush or exit is pending)."""
         worked = False
         host = self.host
         self._next_tick = self.clock() + self.TICK
-        # every window closes once per flush request (a flush that takes several turns must not
-        # split the windows opened meanwhile) and at every turn of the exit
-        seq = host.flush_seq()
-        close_all = host.exiting() or (force and seq != self._closed_for)
+        # every window closes once per cut request (a cut that takes several turns must not split
+        # the windows opened meanwhile) and at every turn of the exit; nothing else closes one early
+        cut = host.cut_seq()
+        close_all = host.exiting() or cut != self._cut_for
         if close_all:
-            self._closed_for = seq
+            self._cut_for = cut
         cutoff = INF if close_all else self.wall() - self.GRACE
         if self.kernel.next_due() <= cutoff:
             self.fold_all()
@@ -628,12 +776,38 @@ class Aggregator:
         return not self.held and not self.kernel.buckets() and not (exiting and self.kernel.counts["open"])
 
     def count(self) -> None:
-        """Move the kernel's tallies to the ring's header counters (stats())."""
+        """Move the kernel's tallies to the ring's header counters and its drops to the ring's
+        drop counters (stats()); at debug_level >= 2 an overflow is also reported."""
         c = self.kernel.counts
+        host = self.host
         for name, counter in self.COUNTERS:
             d = c[name] - self._counted[name]
             if d:
-                self.host.count(counter, d)
+                host.count(counter, d)
                 self._counted[name] = c[name]
                 if name == "emitted" and self.ceiling is not None:
                     self.ceiling.observe(d)
+        for name in self.DROPS:
+            d = c[name] - self._counted[name]
+            if d:
+                host.count_drop(name, d)
+                self._counted[name] = c[name]
+                self._report_drop(name, d)
+
+    def _report_drop(self, reason: str, n: int) -> None:
+        """At debug_level >= 2, say what the kernel could not send."""
+        if self.debug_level < 2:
+            return
+        if reason == "overflow":
+            last = self.kernel.last_overflow()
+            what = "window statistic(s)"
+            if last is not None:
+                _bucket, key, stat, end = last
+                what += ", the last %s of the window ending at %r" % (
+                    stat_key(key.decode("utf-8", "replace"), STATS[stat]),
+                    end,
+                )
+            why = "not representable as a float (beyond 1.8e308)"
+        else:
+            what, why = "event(s) emitted by the rules", "no memory to keep them until they are sent"
+        self.host.report("isstreamer: %d %s not sent: %s; counted in stats()['dropped'][%r]" % (n, what, why, reason))

@@ -5,7 +5,6 @@ what the delivery says, with an injectable clock (tested without a sender or a s
 
 from __future__ import annotations
 
-import calendar
 import time
 from collections import deque
 from typing import Callable, Deque, List, Optional, Tuple
@@ -44,6 +43,8 @@ class Ceiling:
         if not self.budget:
             return 0.0
         tm = time.gmtime(now_wall)
+        import calendar  # here: only with a monthly budget (the sender's start-up time)
+
         days = calendar.monthrange(tm.tm_year, tm.tm_mon)[1]
         return self.budget / (days * 86400.0)
 

@@ -34,10 +34,8 @@ import random
 import time
 from dataclasses import dataclass
 from datetime import timezone
-from email.utils import parsedate_to_datetime
 from typing import Any, Callable, List, Optional
 
-import orjson
 
 from ..options import BACKOFF_INITIAL, DEFAULTS, FINISH_BACKOFF, RETRY_AFTER_MAX
 from .transport import Answer, Transport
@@ -131,6 +129,8 @@ def retry_after_seconds(
         try:
             wait = float(ra)
         except ValueError:
+            from email.utils import parsedate_to_datetime  # an HTTP date: rare, and a costly import
+
             try:
                 when = parsedate_to_datetime(ra)
                 if when.tzinfo is None:  # "-0000": UTC as well (RFC 9110 dates are GMT)
@@ -341,6 +341,8 @@ class Delivery:
 
     def _split(self, bucket_key: str, body: bytes, first: Answer, deadline: Optional[float]) -> Result:
         try:
+            import orjson  # only to isolate a refused event (the sender's start-up time)
+
             events = orjson.loads(body)
         except ValueError:
             events = None
@@ -376,6 +378,8 @@ class Delivery:
         return res
 
     def _reject(self, bucket_key: str, events: list, answer: Answer) -> None:
+        import orjson
+
         from ..safefile import append_private
 
         data = b"".join(

@@ -9,23 +9,35 @@ epoch as the shortest decimal that reads back as the float given (``repr``), byt
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any, Callable, List, Optional
 
 from ..ring import Segment
 from ..ring import layout as L
 from ..ring import records
+from ..record import record
 from ..ring.backend import ffi as _ffi, lib as _lib
 
-try:
-    import orjson
 
-    def _dumps(obj: Any) -> bytes:
-        return orjson.dumps(obj)
-except ImportError:  # pragma: no cover - orjson is a dependency; this is the pure-Python path
+def _json_dumps(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
-    def _dumps(obj: Any) -> bytes:
-        return json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+_dumps_impl: Optional[Callable[[Any], bytes]] = None
+
+
+def _dumps(obj: Any) -> bytes:
+    """``orjson.dumps`` (the stdlib's json where orjson is missing), imported on first use: orjson
+    imports dataclasses, uuid and more, ~10 ms of the sender's start-up that the C encoder's
+    batches never need."""
+    global _dumps_impl
+    if _dumps_impl is None:
+        try:
+            import orjson
+
+            _dumps_impl = orjson.dumps
+        except ImportError:  # pragma: no cover - orjson is a dependency; this is the pure-Python path
+            _dumps_impl = _json_dumps
+    return _dumps_impl(obj)
 
 
 # Bytes one event can take at most once escaped: the C encoder's bound.
@@ -33,7 +45,7 @@ WORST_EVENT = 96 + 6 * L.KEY_MAX + 6 * L.STR_MAX
 MIN_BATCH_BYTES = WORST_EVENT + 2
 
 
-@dataclass
+@record()
 class Batch:
     """One encoded batch taken from a segment, not yet released back to the ring."""
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import time
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
+from .. import ids
 from ..ring import RingClosed, RingRefused, Segment, Table, segment_owner_alive
 from ..ring import layout as L
 from ..options import REJECTED_FILE
@@ -53,13 +53,15 @@ class Sender:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         owner_alive: Callable[[Table, int], bool] = segment_owner_alive,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         """``transport``: what the delivery sends through (post_events, create_bucket, close,
         api_base); by default HTTP in a worker thread that calls :meth:`while_request_out`.
         ``doorbell``: what an idle sender sleeps on (default: the table's wake socket).
-        ``clock`` and ``sleep``: monotonic seconds and a pause; ``owner_alive(table, seg_id)``:
-        whether a segment's producer lives (the kernel's record lock). The thread mode gives its
-        own doorbell and liveness; tests give fakes, and run a sender inside the process that logs."""
+        ``clock`` and ``sleep``: monotonic seconds and a pause; ``wall``: the time of day (the
+        epochs of the downsampling windows); ``owner_alive(table, seg_id)``: whether a segment's
+        producer lives (the kernel's record lock). The thread mode gives its own doorbell and
+        liveness; tests give fakes, and run a sender inside the process that logs."""
         self.settings = s
         self.owner_alive = owner_alive
         self.table = table  # the table file: counters, buckets, producer slots
@@ -103,11 +105,11 @@ class Sender:
         self._spool_error_reported = False
         self.bell = doorbell if doorbell is not None else Doorbell(table)
         self.wakeups = 0  # sleeps that ended (woken or timed out): the idle cost
-        self._sleep_seq = secrets.randbits(62)  # see _sleep (a new sender never repeats the last value)
+        self._sleep_seq = ids.random_id63() >> 1  # see _sleep (a new sender never repeats the last value)
         self.spilled_path: Optional[str] = None  # the spool file holding the in-flight batch's copy
         self._spilling = False
         self._open_error_reported = False
-        self.agg = Aggregator.for_settings(s, self, clock=clock)  # aggregate: per-key rules (None without)
+        self.agg = Aggregator.for_settings(s, self, clock=clock, wall=wall)  # aggregate: per-key rules (None without)
         self._space_seen = table.counter("space_short")
 
     # ---- reporting --------------------------------------------------------------------------
@@ -166,10 +168,14 @@ class Sender:
     def _sleep(self, timeout: float) -> None:
         """Sleep until ``timeout`` or a producer rings (flush(), a put seeing ``sleeping``)."""
         table = self.table
-        if not self.bell.armed() or self.first_seen:
-            # no doorbell, or events already wait (due by buffer_size or flush_interval): poll, so
-            # that producers ring only the first event after an idle stretch, not every event
+        if not self.bell.armed():
             self.sleep(min(timeout, 0.02))
+            return
+        if self.first_seen:
+            # events already wait (due by buffer_size or flush_interval): poll, so that producers
+            # ring only the first event after an idle stretch, not every event; a producer that
+            # waits in flush(timeout) rings anyway (Table.request_flush), and ends the pause
+            self.bell.wait(min(timeout, 0.02))
             return
         self._sleep_seq = (self._sleep_seq + 1) & ((1 << 62) - 1) or 1
         table.sleep_begin(self._sleep_seq)  # a number new to this sleep: producers ring once
@@ -260,9 +266,9 @@ class Sender:
                 out.append(seg)
         return out
 
-    def flush_seq(self) -> int:
-        """The table's flush request number."""
-        return self.table.flush_seq
+    def cut_seq(self) -> int:
+        """The table's cut request number."""
+        return self.table.cut_seq
 
     def exiting(self) -> bool:
         """True once this sender is finishing."""
@@ -278,6 +284,10 @@ class Sender:
     def count(self, name: str, n: int = 1) -> None:
         """Add to a table counter."""
         self.table.count(name, n)
+
+    def count_drop(self, reason: str, n: int = 1) -> None:
+        """Count dropped events where every stats() sees them."""
+        self.table.count_drop(reason, n)
 
     def held_backlog(self) -> int:
         """Events waiting in the ring while the API's rate limit holds sending back (else 0)."""

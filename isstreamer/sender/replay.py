@@ -29,7 +29,6 @@ import os
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple
 
-import orjson
 
 from .delivery import Delivery, Kind, Result
 from .spool import ReplayFile, StreamMeta
@@ -45,6 +44,8 @@ def plural(n: int) -> str:
 def count_events(body: bytes) -> int:
     """Events in one spool line (a JSON array)."""
     try:
+        import orjson  # only when a spool file is replayed (the sender's start-up time)
+
         v = orjson.loads(body)
     except ValueError:
         return 0

@@ -15,16 +15,15 @@ another user or writable by others is refused (:func:`check_root`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import stat
 import time
-from dataclasses import dataclass
 from typing import Callable, Generator, List, Optional, Tuple
 
 from .. import safefile
 from ..options import DEFAULTS
+from ..record import record
 
 ROTATE_BYTES = 4 * 1024 * 1024
 ENV_SPOOL_DIR = "ISSTREAMER_SPOOL_DIR"
@@ -41,17 +40,21 @@ def default_spool_dir() -> str:
 
 def key_fingerprint(access_key: str) -> str:
     """A short SHA-256 prefix of the access key: tells accounts apart, reveals nothing."""
+    import hashlib  # here, not at import (it loads OpenSSL): a producer's start-up time
+
     return hashlib.sha256(access_key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 def stream_id(api_base: str, bucket_key: str, fingerprint: str) -> str:
     """Directory name of one (API base, bucket, account) stream."""
+    import hashlib
+
     return hashlib.sha256(
         ("%s\n%s\n%s" % (api_base, bucket_key, fingerprint)).encode("utf-8", "surrogatepass")
     ).hexdigest()[:24]
 
 
-@dataclass
+@record()
 class StreamMeta:
     """What a spool stream directory is for."""
 
@@ -214,12 +217,10 @@ class SpoolWriter:
                     pass
             if not keep:
                 self._files.pop(d, None)
-                os.close(fd)
                 if opened:
-                    try:
-                        os.unlink(path)
-                    except OSError:
-                        pass
+                    safefile.discard(fd, path)
+                else:
+                    os.close(fd)
             raise
         self._files[d] = (fd, path, n + len(line))
         self._size += len(line)
@@ -236,11 +237,7 @@ class SpoolWriter:
             safefile.lock_file(fd)
             os.replace(tmp, path)
         except OSError:
-            os.close(fd)
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            safefile.discard(fd, tmp)
             raise
         return fd, path, 0
 
