@@ -103,10 +103,10 @@ print(f"all {n} equal to repr()")
 EOF
 done
 
-# binfmt_misc decides whether ARM binaries can exec each other, which a Python suite in an
-# arm64 Debian root needs (the sender is a subprocess). Report what this machine offers: the
-# global instance, or a private one in a user namespace (Linux >= 6.7; nothing global changes).
-# The suite is not run that way: under emulation it would take several times the CI budget.
+# binfmt_misc decides whether ARM binaries can exec each other, which the package in an ARM
+# Debian root needs (the sender is a subprocess). Report what this machine offers: the global
+# instance, or a private one in a user namespace (Linux >= 6.7; nothing global changes), which
+# .ci/arm_e2e.sh uses.
 if [ -e /proc/sys/fs/binfmt_misc/status ]; then
   echo "== binfmt_misc: global instance mounted ($(cat /proc/sys/fs/binfmt_misc/status))"
 elif unshare --user --map-root-user --mount \
@@ -115,7 +115,7 @@ elif unshare --user --map-root-user --mount \
 else
   echo "== binfmt_misc: unavailable (neither mounted nor mountable in a user namespace)"
 fi
-echo "   (the Python suite is not run in an arm64 Debian root: see README, Development)"
+echo "   (the package in arm64 and armhf Debian roots: .ci/arm_e2e.sh; README, Installing)"
 
 if [ "$status" = 0 ]; then echo "arm: PASS ($SECONDS s)"; else echo "arm: FAIL ($SECONDS s)"; fi
 exit "$status"
