@@ -13,6 +13,7 @@ import os
 import re
 from typing import TYPE_CHECKING, Mapping
 
+from . import lazy
 from .options import API_BASE, OFFLINE_FILE
 from .record import record
 
@@ -140,10 +141,8 @@ def _normalize_api_base(base: object, source: str) -> str:
     scheme, sep, rest = value.partition("://")
     if not sep or scheme.lower() not in ("http", "https"):
         raise bad("it must start with http:// or https://")
-    from urllib.parse import urlsplit
-
     try:
-        parts = urlsplit(scheme.lower() + "://" + rest)
+        parts = lazy.load("urllib.parse").urlsplit(scheme.lower() + "://" + rest)
     except ValueError:
         raise bad("it is not a valid URL") from None
     netloc = parts.netloc
@@ -172,8 +171,7 @@ def _read_ini(path: str) -> configparser.RawConfigParser:
 
     Parse-error messages deliberately omit the offending line text (it may hold the access key).
     """
-    import configparser  # only when an ini file exists (start-up time)
-
+    configparser = lazy.load("configparser")  # only when an ini file exists (start-up time)
     parser = configparser.RawConfigParser()
     try:
         with open(path, encoding="utf-8-sig") as fh:
@@ -190,8 +188,7 @@ def _read_ini(path: str) -> configparser.RawConfigParser:
 
 def _describe_parse_error(exc: configparser.Error) -> str:
     """Describe a configparser error by kind and line number only, never by line content."""
-    import configparser
-
+    configparser = lazy.load("configparser")
     if isinstance(exc, configparser.MissingSectionHeaderError):
         return f"line {exc.lineno}: an option appears before any [section] header"
     if isinstance(exc, configparser.DuplicateSectionError):

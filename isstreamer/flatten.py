@@ -12,6 +12,8 @@ import numbers
 from collections.abc import Mapping, Sequence, Set
 from typing import Iterable, Iterator
 
+from . import lazy
+
 __all__ = ["MAX_DEPTH", "flatten_object"]
 
 MAX_DEPTH = 32
@@ -107,8 +109,7 @@ def _container_items(obj: object) -> Iterable[tuple[str, object]] | None:
 
 def _dataclass_items(obj: object) -> Iterator[tuple[str, object]]:
     """Fields of a dataclass instance in declaration order (unset fields are left out)."""
-    import dataclasses  # imported here: the program that made a dataclass has loaded it already
-
+    dataclasses = lazy.load("dataclasses")  # the program that made a dataclass has loaded it already
     for field in dataclasses.fields(obj):  # type: ignore[arg-type]
         try:
             yield field.name, getattr(obj, field.name)
@@ -157,9 +158,8 @@ def _object_items(obj: object) -> list[tuple[str, object]]:
 
 def _is_code(value: object) -> bool:
     """True for functions, methods and classes stored as attributes (code, not data)."""
-    import inspect  # imported on first use: it costs several ms of a producer's start-up
-
-    return isinstance(value, type) or inspect.isroutine(value)
+    # inspect: on first use, it costs several ms of a producer's start-up
+    return isinstance(value, type) or lazy.load("inspect").isroutine(value)
 
 
 def _is_numpy_scalar(obj: object) -> bool:

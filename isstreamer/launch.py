@@ -19,6 +19,7 @@ import threading
 import time
 from typing import Callable, Deque, Dict, Tuple
 
+from . import lazy
 from .ring import ENV_NO_EXTENSION, RingClosed, Table
 from .settings import SenderSettings
 
@@ -120,8 +121,7 @@ class SenderProcess:
     program's stderr open after it exits), the last lines kept for an error report."""
 
     def __init__(self, settings: SenderSettings) -> None:
-        import subprocess  # here, not at import: a producer's start-up pays it only when it starts a sender
-
+        subprocess = lazy.load("subprocess")  # a producer's start-up pays it only when it starts a sender
         env = dict(os.environ)
         if not settings.native:
             env[ENV_NO_EXTENSION] = "1"

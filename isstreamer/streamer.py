@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, Optional
 
 from .ring import layout as L
 from .ring.layout import DROPPED
-from . import ids, models, reentry, registry
+from . import ids, lazy, models, reentry, registry
 from .config import load_config
 from .flatten import flatten_object
 from .ring import (
@@ -274,8 +274,7 @@ class Streamer:
     def _open_offline(self, mode: str) -> None:
         """Open the offline CSV (``mode`` "w" empties it, "a" appends): created 0600, never
         through a symlink, an existing file only when it is this user's (safefile)."""
-        import csv  # offline mode only (start-up time)
-
+        csv = lazy.load("csv")  # offline mode only (start-up time)
         fd = open_private_output(self._options.offline_file, truncate=mode == "w")
         self._csv_file = os.fdopen(fd, "a", newline="", encoding="utf-8")
         self._csv = csv.writer(self._csv_file)

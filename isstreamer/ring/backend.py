@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import sys
 
+from .. import lazy
+
 _NATIVE_ERROR = ""
 try:  # the C extension is optional
     from .._native import ffi, lib  # type: ignore[import-not-found]
@@ -74,9 +76,7 @@ def check_fallback_safe() -> None:
     It publishes ``head`` with a plain store and relies on the CPU not reordering stores, and on
     64-bit loads and stores being single-copy atomic: true on x86, not on ARM (every Raspberry Pi).
     """
-    import platform  # only on the fallback (start-up time)
-
-    machine = platform.machine().lower()
+    machine = lazy.load("platform").machine().lower()  # platform: only on the fallback (start-up time)
     if machine in _STRONGLY_ORDERED or os.environ.get(ENV_FORCE_FALLBACK, "") not in ("", "0"):
         return
     raise RuntimeError(

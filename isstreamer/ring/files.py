@@ -15,7 +15,7 @@ import struct
 import sys
 from typing import Any
 
-from .. import safefile
+from .. import lazy, safefile
 from . import layout as L
 
 try:
@@ -46,8 +46,7 @@ def default_ring_dir() -> str:
 
 def private_ring_dir() -> str:
     """``<temp>/isstreamer-<uid>``: 0700, ours (refused otherwise: see safefile)."""
-    import tempfile  # only where /dev/shm is missing (start-up time)
-
+    tempfile = lazy.load("tempfile")  # only where /dev/shm is missing (start-up time)
     uid = os.geteuid() if hasattr(os, "geteuid") else 0
     d = os.path.join(tempfile.gettempdir(), "isstreamer-%d" % uid)
     safefile.ensure_private_dir(d, "ring directory")

@@ -13,7 +13,7 @@ import struct
 import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from .. import ids, reentry, safefile
+from .. import ids, lazy, reentry, safefile
 from . import layout as L
 from . import mapping as M
 from .backend import use_native
@@ -292,8 +292,7 @@ class Table(Mapped):
         False when nobody listens (no sender bound, or it died): the caller may check on it."""
         sock = self._wake_sock
         if sock is None:
-            import socket  # only where a wake is needed (start-up time)
-
+            socket = lazy.load("socket")  # only where a wake is needed (start-up time)
             try:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             except OSError:

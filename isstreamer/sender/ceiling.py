@@ -9,6 +9,8 @@ import time
 from collections import deque
 from typing import Callable, Deque, List, Optional, Tuple
 
+from .. import lazy
+
 
 class Ceiling:
     """An events-per-second ceiling, a monthly budget (as a sustainable rate: the budget over the
@@ -43,9 +45,8 @@ class Ceiling:
         if not self.budget:
             return 0.0
         tm = time.gmtime(now_wall)
-        import calendar  # here: only with a monthly budget (the sender's start-up time)
-
-        days = calendar.monthrange(tm.tm_year, tm.tm_mon)[1]
+        # calendar: only with a monthly budget (the sender's start-up time)
+        days = lazy.load("calendar").monthrange(tm.tm_year, tm.tm_mon)[1]
         return self.budget / (days * 86400.0)
 
     def observe(self, n: int) -> None:

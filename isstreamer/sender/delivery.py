@@ -37,6 +37,7 @@ from datetime import timezone
 from typing import Any, Callable, List, Optional
 
 
+from .. import lazy
 from ..options import BACKOFF_INITIAL, DEFAULTS, FINISH_BACKOFF, RETRY_AFTER_MAX
 from .transport import Answer, Transport
 
@@ -129,10 +130,8 @@ def retry_after_seconds(
         try:
             wait = float(ra)
         except ValueError:
-            from email.utils import parsedate_to_datetime  # an HTTP date: rare, and a costly import
-
-            try:
-                when = parsedate_to_datetime(ra)
+            try:  # an HTTP date: rare, and email.utils a costly import
+                when = lazy.load("email.utils").parsedate_to_datetime(ra)
                 if when.tzinfo is None:  # "-0000": UTC as well (RFC 9110 dates are GMT)
                     when = when.replace(tzinfo=timezone.utc)
                 wait = when.timestamp() - now
@@ -341,8 +340,7 @@ class Delivery:
 
     def _split(self, bucket_key: str, body: bytes, first: Answer, deadline: Optional[float]) -> Result:
         try:
-            import orjson  # only to isolate a refused event (the sender's start-up time)
-
+            orjson = lazy.load("orjson")  # only to isolate a refused event (the sender's start-up time)
             events = orjson.loads(body)
         except ValueError:
             events = None
@@ -378,9 +376,9 @@ class Delivery:
         return res
 
     def _reject(self, bucket_key: str, events: list, answer: Answer) -> None:
-        import orjson
-
         from ..safefile import append_private
+
+        orjson = lazy.load("orjson")
 
         data = b"".join(
             orjson.dumps(

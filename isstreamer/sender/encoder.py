@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, List, Optional
 
+from .. import lazy
 from ..ring import Segment
 from ..ring import layout as L
 from ..ring import records
@@ -32,9 +33,7 @@ def _dumps(obj: Any) -> bytes:
     global _dumps_impl
     if _dumps_impl is None:
         try:
-            import orjson
-
-            _dumps_impl = orjson.dumps
+            _dumps_impl = lazy.load("orjson").dumps
         except ImportError:  # pragma: no cover - orjson is a dependency; this is the pure-Python path
             _dumps_impl = _json_dumps
     return _dumps_impl(obj)

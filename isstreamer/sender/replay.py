@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple
 
 
+from .. import lazy
 from .delivery import Delivery, Kind, Result
 from .spool import ReplayFile, StreamMeta
 
@@ -44,9 +45,7 @@ def plural(n: int) -> str:
 def count_events(body: bytes) -> int:
     """Events in one spool line (a JSON array)."""
     try:
-        import orjson  # only when a spool file is replayed (the sender's start-up time)
-
-        v = orjson.loads(body)
+        v = lazy.load("orjson").loads(body)  # orjson: only when a spool file is replayed (start-up time)
     except ValueError:
         return 0
     return len(v) if isinstance(v, list) else 1

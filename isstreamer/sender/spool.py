@@ -21,7 +21,7 @@ import stat
 import time
 from typing import Callable, Generator, List, Optional, Tuple
 
-from .. import safefile
+from .. import lazy, safefile
 from ..options import DEFAULTS
 from ..record import record
 
@@ -40,18 +40,17 @@ def default_spool_dir() -> str:
 
 def key_fingerprint(access_key: str) -> str:
     """A short SHA-256 prefix of the access key: tells accounts apart, reveals nothing."""
-    import hashlib  # here, not at import (it loads OpenSSL): a producer's start-up time
-
-    return hashlib.sha256(access_key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    # hashlib loads OpenSSL: imported on first use (a producer's start-up time)
+    return lazy.load("hashlib").sha256(access_key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 def stream_id(api_base: str, bucket_key: str, fingerprint: str) -> str:
     """Directory name of one (API base, bucket, account) stream."""
-    import hashlib
-
-    return hashlib.sha256(
-        ("%s\n%s\n%s" % (api_base, bucket_key, fingerprint)).encode("utf-8", "surrogatepass")
-    ).hexdigest()[:24]
+    return (
+        lazy.load("hashlib")
+        .sha256(("%s\n%s\n%s" % (api_base, bucket_key, fingerprint)).encode("utf-8", "surrogatepass"))
+        .hexdigest()[:24]
+    )
 
 
 @record()
@@ -379,8 +378,7 @@ class ReplayFile:
 
 def _is_array(body: bytes) -> bool:
     try:
-        import orjson
-
+        orjson = lazy.load("orjson")
         return isinstance(orjson.loads(body), list)
     except ValueError:
         return False

@@ -18,7 +18,7 @@ import socket
 from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
-from .. import __version__
+from .. import __version__, lazy
 from ..options import DEFAULTS
 from ..record import record
 
@@ -75,9 +75,7 @@ def ca_locations() -> Tuple[Optional[str], Optional[str]]:
     bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
     if bundle:
         return (None, bundle) if os.path.isdir(bundle) else (bundle, None)
-    import importlib.util
-
-    spec = importlib.util.find_spec("certifi")
+    spec = lazy.load("importlib.util").find_spec("certifi")
     for d in (spec.submodule_search_locations or []) if spec else []:
         pem = os.path.join(d, "cacert.pem")
         if os.path.isfile(pem):
@@ -87,8 +85,7 @@ def ca_locations() -> Tuple[Optional[str], Optional[str]]:
 
 def describe(exc: BaseException) -> str:
     """One line for a request that got no answer: the kind first (as ``requests`` named it)."""
-    import ssl
-
+    ssl = lazy.load("ssl")
     kind = "Timeout" if isinstance(exc, socket.timeout) else "SSLError" if isinstance(exc, ssl.SSLError) else None
     detail = "%s: %s" % (type(exc).__name__, exc) if str(exc) else type(exc).__name__
     return _short("%s: %s" % (kind or "ConnectionError", detail))
@@ -97,8 +94,7 @@ def describe(exc: BaseException) -> str:
 def _dropped(sock: socket.socket) -> bool:
     """True when an idle keep-alive socket can be read: the server closed it (or sent what
     nobody asked for). Either way it must not carry the next request."""
-    import select
-
+    select = lazy.load("select")
     try:
         if hasattr(select, "poll"):
             p = select.poll()
@@ -129,8 +125,7 @@ class _Connection:
         if conn is None:
             if self.https:
                 if self.context is None:
-                    import ssl
-
+                    ssl = lazy.load("ssl")
                     cafile, capath = ca_locations()
                     self.context = ssl.create_default_context(cafile=cafile, capath=capath)
                 conn = http.client.HTTPSConnection(self.host, self.port, timeout=timeout, context=self.context)
@@ -168,8 +163,7 @@ class _ProxiedSession:
     """A ``requests`` session, for an environment that names a proxy."""
 
     def __init__(self, api_base: str) -> None:
-        import requests
-
+        requests = lazy.load("requests")
         self.api_base = api_base
         self.requests = requests
         self.session = requests.Session()
@@ -226,9 +220,9 @@ class Transport:
 
     def create_bucket(self, bucket_key: str, bucket_name: str, timeout: Optional[float] = None) -> Answer:
         """POST ``/api/buckets``; 201 created and 204 already there are both success."""
-        import json
-
-        body = json.dumps({"bucketKey": bucket_key, "bucketName": bucket_name}, ensure_ascii=False).encode()
+        body = (
+            lazy.load("json").dumps({"bucketKey": bucket_key, "bucketName": bucket_name}, ensure_ascii=False).encode()
+        )
         return self._post("/api/buckets", body, {"X-IS-BucketKey": bucket_key}, timeout)
 
     def close(self) -> None:
