@@ -40,6 +40,15 @@ FALLBACK_IN_SLOW_RUN = {
 }
 
 
+@pytest.fixture(autouse=True)
+def own_spool(tmp_path_factory: Any, monkeypatch: Any) -> None:
+    """Every test (and every process it starts) spools into a directory of its own, never into
+    this user's real spool (~/.local/state/isstreamer/spool): runs of the suite used to fill that
+    to its 512 MiB cap, and a later run then counted drops as spool_full. A test that sets a
+    spool directory itself (an argument, or its own environment) still wins."""
+    monkeypatch.setenv("ISSTREAMER_SPOOL_DIR", str(tmp_path_factory.mktemp("spool")))
+
+
 def pytest_collection_modifyitems(config: Any, items: List[Any]) -> None:
     """Mark the fallback variants of the end-to-end suites ``slow`` (see FALLBACK_IN_SLOW_RUN)."""
     for item in items:
