@@ -80,11 +80,13 @@ def _time_loop(n, cpu):
     return run
 
 
-def _object_loop(log_object, obj, n, cpu):
+def _call_loop(fn, arg, n, cpu):
+    """``fn(arg)`` n times (log_object(obj), a handle's log(value))."""
+
     def run():
         c0 = time.thread_time()
         for _ in range(n):
-            log_object(obj)
+            fn(arg)
         cpu.append(time.thread_time() - c0)
 
     return run
@@ -164,7 +166,7 @@ def test_log_object(benchmark, make_streamer, count_server, quick, backend):
     s = _streamer(make_streamer, count_server, backend)
     cpu = []
     r = rounds(quick) // 2 if backend == "native" else max(10, rounds(quick) // 5)
-    benchmark.pedantic(_object_loop(s.log_object, OBJECT, N_OBJECT, cpu), rounds=r, warmup_rounds=3)
+    benchmark.pedantic(_call_loop(s.log_object, OBJECT, N_OBJECT, cpu), rounds=r, warmup_rounds=3)
     st = _check_delivered(s)
     _record(
         benchmark,
@@ -179,16 +181,6 @@ def test_log_object(benchmark, make_streamer, count_server, quick, backend):
     )
 
 
-def _series_loop(log, value, n, cpu):
-    def run():
-        c0 = time.thread_time()
-        for _ in range(n):
-            log(value)
-        cpu.append(time.thread_time() - c0)
-
-    return run
-
-
 @pytest.mark.parametrize("backend", ["native", "python"])
 @pytest.mark.benchmark(group="per-call")
 def test_series(benchmark, make_streamer, count_server, quick, backend):
@@ -198,6 +190,6 @@ def test_series(benchmark, make_streamer, count_server, quick, backend):
     t.log(VALUES["float"])  # its first event goes the full way (and arms the handle)
     cpu = []
     r = rounds(quick) if backend == "native" else max(10, rounds(quick) // 5)
-    benchmark.pedantic(_series_loop(t.log, VALUES["float"], N, cpu), rounds=r, warmup_rounds=3)
+    benchmark.pedantic(_call_loop(t.log, VALUES["float"], N, cpu), rounds=r, warmup_rounds=3)
     st = _check_delivered(s)
     _record(benchmark, "series", N, cpu, backend=backend, value="float", events=st["logged"], sent=st["sent"])
