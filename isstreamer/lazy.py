@@ -16,7 +16,7 @@ import threading
 from types import ModuleType
 from typing import Dict
 
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()  # re-entrant: a finalizer run inside an import may import too
 _LOADED: Dict[str, ModuleType] = {}
 
 
@@ -32,7 +32,7 @@ def load(name: str) -> ModuleType:
 
 def _after_fork_in_child() -> None:
     global _LOCK
-    _LOCK = threading.Lock()
+    _LOCK = threading.RLock()
 
 
 if hasattr(os, "register_at_fork"):

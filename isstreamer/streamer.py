@@ -962,7 +962,10 @@ class Streamer:
     def __del__(self) -> None:
         try:
             if not self.IsClosed and getattr(self, "_att", None) is not None:
-                self.close()
+                if reentry.busy():  # freed inside a locked section of ours (a cycle the garbage
+                    reentry.defer(self.close)  # collector freed there, a signal handler): after it
+                else:
+                    self.close()
         except Exception:  # noqa: BLE001 - never raise from a finaliser
             pass
 

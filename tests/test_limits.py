@@ -148,6 +148,44 @@ def test_a_signal_handler_that_logs_never_deadlocks(tmp_path, collector, backend
     assert _delivered(collector, "sig-" + what, want) == want, out
 
 
+FREED_INSIDE = r'''
+import json, signal, sys, time
+from isstreamer import Streamer
+api, n = sys.argv[1], int(sys.argv[2])
+garbage = []
+for i in range(n):
+    g = Streamer(bucket_key="freed", access_key="k", api_base=api, flush_interval=0.2)
+    g.log("v", i)
+    garbage.append(g)
+del g
+s = Streamer(bucket_key="freeing", access_key="k", api_base=api)
+s.log("w", 1)
+freed = [0]
+def handler(signum, frame):
+    if garbage:  # the last reference of an open Streamer, dropped in the middle of what the
+        garbage.pop()  # main thread does (as the garbage collector may free one in a cycle)
+        freed[0] += 1
+signal.signal(signal.SIGALRM, handler)
+signal.setitimer(signal.ITIMER_REAL, 0.0003, 0.0003)
+t0 = time.monotonic()
+while garbage and time.monotonic() - t0 < 60:
+    s.stats()
+    s.set_bucket(bucket_key="freeing")
+signal.setitimer(signal.ITIMER_REAL, 0)
+s.close()
+print(json.dumps({"freed": freed[0]}))
+'''
+
+
+def test_a_streamer_freed_inside_a_locked_section_closes_after_it(tmp_path, collector, backend):
+    """A Streamer freed while its thread holds one of the library's locks (a timer signal here;
+    the garbage collector freeing a cycle inside a locked section of another Streamer, in the fast
+    suite's hang) is closed when the section ends, its events delivered: never a deadlock."""
+    out = _run(tmp_path, FREED_INSIDE, [collector.url, 40], backend, timeout=90)
+    assert out["freed"] == 40, out
+    assert _delivered(collector, "freed", 40) == 40
+
+
 # --------------------------------------------------------------------------- 7. first calls of many threads
 
 FIRST_CALLS = r'''
