@@ -6,7 +6,8 @@ Run it with the venv's interpreter from any working directory (CI runs it from t
 and from an empty directory). It checks, against a real ``isstreamer serve`` process:
 
 - ``isstreamer`` is imported from the venv's site-packages, never from a source tree;
-- the expected backend (the C extension, or the pure-Python fallback) is the one in use;
+- the expected backend (the C extension with its hot path, or the pure-Python fallback) is the
+  one in use;
 - events logged by this process and by a spawned pool worker all reach the collector, with
   their values intact, and ``stats()`` agrees (logged == sent, nothing pending or dropped).
 
@@ -91,6 +92,10 @@ def main() -> None:
             backend = s.stats()["backend"]
             if backend != args.backend:
                 fail(f"backend is {backend!r}, expected {args.backend!r}")
+            from isstreamer import hotpath
+
+            if (hotpath.module() is not None) != (backend == "native"):
+                fail(f"the C hot path (csrc/py/hotpath.c) is {'missing' if backend == 'native' else 'present'}")
             n_main, n_worker = args.events, args.events // 4
             for i in range(n_main):
                 s.log("main", i)

@@ -89,7 +89,7 @@ esac
 # (grep the listings from variables: `tar | grep -q` fails under pipefail when grep exits early)
 sdist_files=$(tar tzf "$sdist")
 wheel_files=$(zip_names "$wheel")
-for f in csrc/isstreamer.h csrc/dtoa.h csrc/ring.c; do  # what the sdist needs to compile
+for f in csrc/isstreamer.h csrc/dtoa.h csrc/ring.c csrc/py/hotpath.c csrc/py/hotpath.h; do  # what the sdist needs to compile
   grep -q "/$f\$" <<<"$sdist_files" || { echo "wheels: FAIL: $f missing from the sdist"; exit 1; }
 done
 grep -qx 'isstreamer/_native\.abi3\.so' <<<"$wheel_files" ||

@@ -24,10 +24,12 @@ state of a long-running producer; the first pass over a fresh ring costs more (t
 from __future__ import annotations
 
 import time
+import types
 
 import pytest
 
 import benchutil
+from isstreamer.streamer import Streamer
 
 N = 2000  # calls per round
 N_OBJECT = 200  # log_object calls per round (10 events each)
@@ -143,6 +145,18 @@ def test_log(benchmark, make_streamer, count_server, quick, backend, value):
     benchmark.pedantic(_loop(s.log, VALUES[value], N, cpu), rounds=r, warmup_rounds=3)
     st = _check_delivered(s)
     _record(benchmark, "log", N, cpu, backend=backend, value=value, events=st["logged"], sent=st["sent"])
+
+
+@pytest.mark.benchmark(group="per-call")
+def test_log_python_path(benchmark, make_streamer, count_server, quick):
+    """log(key, float) through the Python body of Streamer.log and cffi (the path before the C
+    hot path, csrc/py/hotpath.c; still the path of a subclass with a log() of its own)."""
+    s = _streamer(make_streamer, count_server, "native")
+    cpu = []
+    py_log = types.MethodType(Streamer.log, s)
+    benchmark.pedantic(_loop(py_log, VALUES["float"], N, cpu), rounds=rounds(quick), warmup_rounds=3)
+    st = _check_delivered(s)
+    _record(benchmark, "log-python-path", N, cpu, backend="native", value="float", events=st["logged"], sent=st["sent"])
 
 
 @pytest.mark.benchmark(group="per-call")

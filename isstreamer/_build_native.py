@@ -71,7 +71,7 @@ def _prototypes(*headers: str) -> str:
     return "\n".join(out)
 
 
-CDEF = CDEF_TYPES + _prototypes("isstreamer.h", "dtoa.h", "aggregate.h")
+CDEF = CDEF_TYPES + _prototypes("isstreamer.h", "dtoa.h", "aggregate.h", "py/hotpath.h")
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 _extra = shlex.split(os.environ.get("ISSTREAMER_CFLAGS", ""))
@@ -82,8 +82,12 @@ else:
     _COMPILE_ARGS, _LIBRARIES = ["-std=c11", "-O2", "-Wall", "-Wextra"], ["m"]
 ffibuilder.set_source(
     "isstreamer._native",
-    '#include "isstreamer.h"\n#include "dtoa.h"\n#include "aggregate.h"',
-    sources=[os.path.relpath(os.path.join(CSRC, f)) for f in ("ring.c", "encode.c", "dtoa.c", "aggregate.c")],
+    '#include "isstreamer.h"\n#include "dtoa.h"\n#include "aggregate.h"\n#include "py/hotpath.h"',
+    # the portable core, and the CPython binding of the hot path (csrc/py/: needs Python.h)
+    sources=[
+        os.path.relpath(os.path.join(CSRC, f))
+        for f in ("ring.c", "encode.c", "dtoa.c", "aggregate.c", os.path.join("py", "hotpath.c"))
+    ],
     include_dirs=[os.path.relpath(CSRC)],
     extra_compile_args=_COMPILE_ARGS + _extra,
     extra_link_args=[f for f in _extra if f.startswith("-fsanitize")],

@@ -9,11 +9,12 @@ import logging
 import os
 import threading
 import time
+import types
 from typing import Any, Callable, Dict, Optional
 
 from .ring import layout as L
 from .ring.layout import DROPPED
-from . import ids, lazy, models, reentry, registry
+from . import hotpath, ids, lazy, models, reentry, registry
 from .config import load_config
 from .flatten import flatten_object
 from .ring import (
@@ -261,7 +262,7 @@ class Streamer:
         self._csv_file = None
         self._csv = None
         self._set_backend(use_native())  # chosen once per Streamer
-        self._p: Any = _detached_native() if self._native else _Detached()
+        self._set_producer(_detached_native() if self._native else _Detached())
         self._bucket = 0
 
     def _set_backend(self, native: bool) -> None:
@@ -270,6 +271,18 @@ class Streamer:
         self._intern, self._log_f64, self._log_i64, self._log_bool, self._log_str = logs_for(native)
         self._keys: Dict[Any, int] = {}  # key -> interned id, for the hot path
         self._object_keys: Dict[str, Dict[str, str]] = {}  # log_object: prefix -> {dict key: key}
+        # the C hot path (isstreamer.hotpath), unless a subclass has a log() of its own
+        hp = hotpath.module() if native and type(self).log is Streamer.log else None
+        self._hot: Any = None
+        if hp is not None:
+            python_log = types.MethodType(Streamer.log, self)
+            self._hot = hp.logger(self._keys, python_log, self._after_put, MAX_VALUE_CHARS, _KEY_CACHE_MAX)
+
+    def _set_producer(self, p: Any) -> None:
+        """The producer log() puts through (detached, attached, or closed), for both paths."""
+        self._p = p
+        if self._hot is not None:
+            self._hot.set_producer(p, hotpath.address(p))
 
     def _open_offline(self, mode: str) -> None:
         """Open the offline CSV (``mode`` "w" empties it, "a" appends): created 0600, never
@@ -281,15 +294,23 @@ class Streamer:
         self._csv_lock = threading.Lock()
 
     def _select_log(self) -> None:
-        """Bind the log implementation once, so the hot path tests no flags."""
+        """Bind the log implementation once, so the hot path tests no flags: the C hot path
+        where there is one (its series handles and flat dicts only while it is the log())."""
+        hot = self._hot
         if self.IsClosed:
             self.log = self._log_closed  # type: ignore[method-assign]
         elif self.Offline:
             self.log = self._log_offline  # type: ignore[method-assign]
         elif self.DebugLevel >= 1 or not self.Async:
             self.log = self._log_wrapped  # type: ignore[method-assign]
+        elif hot is not None:
+            self.log = hot.log  # type: ignore[method-assign]
+            hot.set_enabled(True)
+            return
         else:
             self.__dict__.pop("log", None)
+        if hot is not None:
+            hot.set_enabled(False)
 
     def _sender_settings(self) -> SenderSettings:
         ring = getattr(self, "_ring", None)
@@ -375,7 +396,7 @@ class Streamer:
             att = self._model.attachment(ring, self._options.ring_size, self._options.max_ring_memory)
             att.refs += 1
             p = att.new_producer(self._bucket, check_every=self._options.flush_interval / 2)
-            self._p = p
+            self._set_producer(p)
             self._att = att
         if new and start_sender:
             self._ensure_sender()  # a process new to the ring: make sure its sender lives
@@ -413,7 +434,7 @@ class Streamer:
             self._make_ring = not self.IsClosed
             self._ring_retry_at = 0.0
         self._att = None
-        self._p = _detached_native() if self._native else _Detached()
+        self._set_producer(_detached_native() if self._native else _Detached())
         self._p.bucket = self._bucket
 
     # ---- pickling: a handle on the same ring and sender --------------------------------------
@@ -456,7 +477,7 @@ class Streamer:
                 self._ring = self._model.open_table(path, self._native, tuple(ident) if ident else None)
                 self._set_backend(self._ring.native)
                 self._bucket = state["bucket"]
-                self._p = _detached_native() if self._native else _Detached()
+                self._set_producer(_detached_native() if self._native else _Detached())
                 self._p.bucket = self._bucket
             except RingClosed:
                 self.IsClosed = True
@@ -717,7 +738,7 @@ class Streamer:
         """
         if epoch is None:
             epoch = time.time()
-        if type(obj) is dict and all(type(v) in _SCALARS for v in obj.values()):
+        if type(obj) is dict:
             # a flat dict of scalars (a sensor reading): the keys flatten_object would make, each
             # made once and kept (its hash with it), no walk
             prefix = "dict_" if key_prefix is None else (str(key_prefix) + "_" if str(key_prefix) else "")
@@ -726,15 +747,19 @@ class Streamer:
                 names = {}
                 if len(self._object_keys) < _OBJECT_PREFIXES_MAX:
                     self._object_keys[prefix] = names
-            log = self.log
-            for k, v in obj.items():
-                name = names.get(k) if type(k) is str else None
-                if name is None:
-                    name = prefix + str(k)
-                    if type(k) is str and len(names) < _KEY_CACHE_MAX:
-                        names[k] = name
-                log(name, v, epoch)
-            return
+            hot = self._hot
+            if hot is not None and hot.log_dict(obj, names, prefix, epoch):  # str keys: one C call
+                return
+            if all(type(v) in _SCALARS for v in obj.values()):
+                log = self.log
+                for k, v in obj.items():
+                    name = names.get(k) if type(k) is str else None
+                    if name is None:
+                        name = prefix + str(k)
+                        if type(k) is str and len(names) < _KEY_CACHE_MAX:
+                            names[k] = name
+                    log(name, v, epoch)
+                return
         for k, v in flatten_object(obj, key_prefix):
             self.log(k, v, epoch)
 
@@ -742,6 +767,12 @@ class Streamer:
         """A handle that logs under ``key``: ``series(key).log(value, epoch=None)`` is
         ``log(key, value, epoch)`` at the cost of the put alone for a float or int logged now
         (no key lookup), like prometheus_client's ``labels()`` children. See :class:`Series`."""
+        if self._hot is not None:  # the C handle: puts while the hot path is the log(), else this
+
+            def log(value: Any, epoch: Optional[float] = None) -> None:  # (the Python handle's name)
+                self.log(key, value, epoch)
+
+            return Series(self, key, self._hot.series(key, log).log)
         log_f64, log_i64, after_put = self._log_f64, self._log_i64, self._after_put
         kid = -1  # the key's interned id, once the first event through the full path made it
 
@@ -871,7 +902,7 @@ class Streamer:
         with reentry.held(self._attach_lock):  # no attach after this (see _attach)
             self.IsClosed = True
             self._select_log()
-            self._p = _detached_native() if self._native else _Detached()
+            self._set_producer(_detached_native() if self._native else _Detached())
             att, self._att = self._att, None
         if att is not None:
             att.refs -= 1
