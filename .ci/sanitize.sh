@@ -34,7 +34,8 @@ echo "== building the extension with $SAN_CFLAGS"
 (cd "$scratch" && ISSTREAMER_CFLAGS="$SAN_CFLAGS" python isstreamer/_build_native.py >build.log 2>&1) ||
   { tail -n 30 "$scratch/build.log"; echo "FAIL: sanitized build"; exit 1; }
 so=$(ls "$scratch"/isstreamer/_native*.so)
-if ! nm -D "$so" | grep -q __asan_report; then
+syms=$(nm -D "$so")  # (not `nm | grep -q`: grep exiting early fails nm with SIGPIPE under pipefail)
+if ! grep -q __asan_report <<<"$syms"; then
   echo "FAIL: $so is not instrumented"; exit 1
 fi
 
