@@ -9,6 +9,7 @@ collector, and compares what arrived, what was counted and what was raised.
 from __future__ import annotations
 
 import gc
+import inspect
 import math
 import types
 import weakref
@@ -119,6 +120,8 @@ def test_the_hot_path_is_c_where_the_extension_is(pair):
     assert isinstance(hot.series("t").log, types.BuiltinFunctionType)
     assert "log" not in ref.__dict__ and ref.series("t").log.__class__ is types.FunctionType
     assert hotpath.module() is not None
+    assert str(inspect.signature(hot.log)) == str(inspect.signature(ref.log)) == "(key, value, epoch=None)"
+    assert str(inspect.signature(hot.series("t").log)) == "(value, epoch=None)"
 
 
 def test_log_calls_arrive_count_and_raise_as_the_python_path(pair, collector):

@@ -338,7 +338,8 @@ static PyObject *no_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 
 static PyMethodDef Logger_methods[] = {
     {"log", AS_METH(Logger_log), METH_FASTCALL | METH_KEYWORDS,
-     "log(key, value, epoch=None): Streamer.log's hot path."},
+     "log($self, key, value, epoch=None)\n--\n\n"
+     "Log one event: key (str), value (str, bool or number), optional epoch seconds."},
     {"log_dict", AS_METH(Logger_log_dict), METH_FASTCALL,
      "log_dict(obj, names, prefix, epoch) -> bool: a flat dict of scalars logged, or False."},
     {"set_producer", Logger_set_producer, METH_VARARGS,
@@ -412,7 +413,7 @@ static void Series_dealloc(PyObject *self)
 
 static PyMethodDef Series_methods[] = {
     {"log", AS_METH(Series_log), METH_FASTCALL | METH_KEYWORDS,
-     "log(value, epoch=None): Streamer.log(key, value, epoch)."},
+     "log($self, value, epoch=None)\n--\n\nLog one event under the handle's key: Streamer.log(key, value, epoch)."},
     {NULL, NULL, 0, NULL},
 };
 
