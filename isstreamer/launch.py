@@ -2,8 +2,8 @@
 
 The sender is started with ``subprocess``, not ``multiprocessing`` (spawn and forkserver would
 re-import an unguarded ``__main__``; fork is unsafe in a threaded parent), isolated (``python
--I``) with exactly the package directory this process imported and the directories holding the
-sender's dependencies (:func:`sender_path`); its settings come on stdin (the access key never
+-I -S``) with exactly the package directory this process imported and the directories holding the
+sender's dependencies (:func:`sender_path`) first, the environment's site directories last; its settings come on stdin (the access key never
 shows in ``ps``); its stderr is forwarded to ours. A sender that cannot start is reported once,
 never restarted in a loop.
 """
@@ -210,4 +210,4 @@ def ensure_sender(table: Table, settings: Callable[[], SenderSettings]) -> None:
                     "\n".join(sp.tail) or "(no output)",
                 )
                 return
-            time.sleep(0.002)
+            time.sleep(0.001)  # (about 30 polls of one F_GETLK while a sender starts)

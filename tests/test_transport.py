@@ -265,3 +265,15 @@ def test_what_is_not_an_http_answer_is_an_error_not_an_exception() -> None:
     finally:
         t.close()
         server.close()
+
+
+def test_a_header_value_that_would_end_the_header_is_refused_unsent() -> None:
+    server = RawServer()
+    t = Transport(server.url, "k")
+    try:
+        a = t.post_events("b\r\nX-Injected: 1", b"[]")
+        assert a.status == 0 and a.error is not None and "Invalid header value" in a.error, a.error
+        assert server.requests == []
+    finally:
+        t.close()
+        server.close()

@@ -313,7 +313,10 @@ class _Connection:
             lines = ["POST %s HTTP/1.1" % (self.prefix + path), "Host: " + self.host_header]
             lines.append("Accept-Encoding: identity")
             lines.append("Content-Length: %d" % len(body))
-            lines.extend("%s: %s" % (k, v) for k, v in headers.items())
+            for k, v in headers.items():
+                if any(c in v for c in "\r\n\0"):  # never a header of our own making (the value unshown)
+                    raise ValueError("Invalid header value for %s" % k)
+                lines.append("%s: %s" % (k, v))
             head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
             sock.sendall(head + body)
             status, items, data, reusable = _read_answer(reader)
