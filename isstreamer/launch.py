@@ -111,10 +111,9 @@ def sender_path() -> list:
 def site_dirs() -> list:
     """The site directories ``python -I`` would put on the sender's path (this interpreter's, a
     virtual environment's, the system's where the environment includes them), that exist."""
-    site = sys.modules.get("site") or lazy.load("site")
     try:
-        dirs = site.getsitepackages()
-    except AttributeError:  # pragma: no cover - an old virtualenv's own site.py
+        dirs = (sys.modules.get("site") or lazy.load("site")).getsitepackages()
+    except (ImportError, AttributeError):  # pragma: no cover - no site module, an old virtualenv's own
         return []
     return [d for d in dirs if os.path.isdir(d)]
 
