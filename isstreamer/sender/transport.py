@@ -318,7 +318,11 @@ class _Connection:
                     raise ValueError("Invalid header value for %s" % k)
                 lines.append("%s: %s" % (k, v))
             head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-            sock.sendall(head + body)
+            if len(body) <= 65536:
+                sock.sendall(head + body)  # one segment for a small request
+            else:  # a large batch is not copied
+                sock.sendall(head)
+                sock.sendall(body)
             status, items, data, reusable = _read_answer(reader)
             if not reusable:  # closed by the server, or more than we read
                 self.close()
