@@ -21,11 +21,14 @@ _LOADED: Dict[str, ModuleType] = {}
 _HOOKS: Dict[str, Callable[[ModuleType], None]] = {}
 
 
-def load(name: str) -> ModuleType:
-    """The module ``name``, imported (once, under the fork-safe lock) on first use."""
+def load(name: str, wait: bool = True) -> ModuleType:
+    """The module ``name``, imported (once, under the fork-safe lock) on first use. ``wait=False``:
+    while another import holds the lock (perhaps this very thread's, interrupted by a signal
+    handler), import it without the lock rather than wait."""
     module = _LOADED.get(name)
     if module is None:
-        with _LOCK:
+        locked = _LOCK.acquire(wait)
+        try:
             module = _LOADED.get(name)
             if module is None:
                 module = importlib.import_module(name)
@@ -33,6 +36,9 @@ def load(name: str) -> ModuleType:
                 if hook is not None:
                     hook(module)
                 _LOADED[name] = module
+        finally:
+            if locked:
+                _LOCK.release()
     return module
 
 
@@ -55,7 +61,9 @@ class Logger:
         self._name = name
 
     def __getattr__(self, attr: str) -> Any:  # the logger's methods and attributes
-        return getattr(load("logging").getLogger(self._name), attr)
+        # never waits for the lazy lock: a signal handler's message may come while its own thread
+        # holds it (isstreamer.reentry's promise: a handler never waits for a lock its thread holds)
+        return getattr(load("logging", wait=False).getLogger(self._name), attr)
 
 
 def _after_fork_in_child() -> None:

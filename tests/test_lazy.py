@@ -69,3 +69,21 @@ def test_the_library_and_its_sender_import_logging_only_to_write_a_message():
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "False"
     assert r.stderr.strip() == "configured hello there"
+
+
+def test_a_message_never_waits_for_the_lazy_lock_its_own_thread_holds():
+    """A signal handler's message may come while its thread is inside a first import (holding
+    the lazy lock): logging is then imported without it, never waited for."""
+    import subprocess
+
+    code = (
+        "import sys\n"
+        "from isstreamer import lazy\n"
+        "assert 'logging' not in sys.modules\n"
+        "with lazy._LOCK:  # as in the middle of lazy.load in this thread\n"
+        "    lazy.Logger('isstreamer').warning('from a handler')\n"
+        "print('logging' in sys.modules)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "True" and "from a handler" in r.stderr
