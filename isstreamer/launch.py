@@ -2,8 +2,8 @@
 
 The sender is started with ``subprocess``, not ``multiprocessing`` (spawn and forkserver would
 re-import an unguarded ``__main__``; fork is unsafe in a threaded parent), isolated (``python
--I``) with exactly the package directory this process imported and the directories holding the
-sender's dependencies (:func:`sender_path`); its settings come on stdin (the access key never
+-I -S``) with exactly the package directory this process imported and the directories holding the
+sender's dependencies (:func:`sender_path`) first, the environment's site directories last; its settings come on stdin (the access key never
 shows in ``ps``); its stderr is forwarded to ours. A sender that cannot start is reported once,
 never restarted in a loop.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import logging
 import os
 import sys
 import threading
@@ -23,7 +22,7 @@ from . import lazy
 from .ring import ENV_NO_EXTENSION, RingClosed, Table
 from .settings import SenderSettings
 
-log = logging.getLogger("isstreamer")
+log = lazy.Logger("isstreamer")
 
 _START_FAILURES: Dict[str, int] = {}
 MAX_START_FAILURES = 3
@@ -109,11 +108,28 @@ def sender_path() -> list:
     return out
 
 
+def site_dirs() -> list:
+    """The site directories ``python -I`` would put on the sender's path (this interpreter's, a
+    virtual environment's, the system's where the environment includes them), that exist."""
+    try:
+        dirs = (sys.modules.get("site") or lazy.load("site")).getsitepackages()
+    except (ImportError, AttributeError):  # pragma: no cover - no site module, an old virtualenv's own
+        return []
+    return [d for d in dirs if os.path.isdir(d)]
+
+
 def sender_command() -> list:
     """The sender's command line: isolated (``-I``: no working directory, no PYTHON* variables, no
-    user site), with :func:`sender_path` put first on its import path."""
-    boot = "import sys; sys.path[:0] = sys.argv[1:]; from isstreamer.sender.main import main; sys.exit(main())"
-    return [sys.executable, "-I", "-c", boot] + sender_path()
+    user site), with :func:`sender_path` put first on its import path and the site directories
+    (:func:`site_dirs`) last, as ``site`` would have put them. ``-S``: ``site`` itself is not
+    run, nor the ``.pth`` files of the environment (an editable install's finder costs more
+    than the rest of the interpreter's start-up, which a one-shot script waits for at
+    ``Streamer()``); what the sender imports is on the path above."""
+    boot = (
+        "import sys; a = sys.argv[1:]; i = a.index('--'); sys.path[:0] = a[:i]; sys.path += a[i + 1 :]; "
+        "from isstreamer.sender.main import main; sys.exit(main())"
+    )
+    return [sys.executable, "-I", "-S", "-c", boot] + sender_path() + ["--"] + site_dirs()
 
 
 class SenderProcess:
@@ -193,4 +209,4 @@ def ensure_sender(table: Table, settings: Callable[[], SenderSettings]) -> None:
                     "\n".join(sp.tail) or "(no output)",
                 )
                 return
-            time.sleep(0.002)
+            time.sleep(0.001)  # (about 30 polls of one F_GETLK while a sender starts)

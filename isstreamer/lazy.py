@@ -14,20 +14,56 @@ import importlib
 import os
 import threading
 from types import ModuleType
-from typing import Dict
+from typing import Any, Callable, Dict
 
 _LOCK = threading.RLock()  # re-entrant: a finalizer run inside an import may import too
 _LOADED: Dict[str, ModuleType] = {}
+_HOOKS: Dict[str, Callable[[ModuleType], None]] = {}
 
 
-def load(name: str) -> ModuleType:
-    """The module ``name``, imported (once, under the fork-safe lock) on first use."""
+def load(name: str, wait: bool = True) -> ModuleType:
+    """The module ``name``, imported (once, under the fork-safe lock) on first use. ``wait=False``:
+    while another import holds the lock (perhaps this very thread's, interrupted by a signal
+    handler), import it without the lock rather than wait."""
     module = _LOADED.get(name)
     if module is None:
-        with _LOCK:
-            module = _LOADED.get(name) or importlib.import_module(name)
-            _LOADED[name] = module
+        locked = _LOCK.acquire(wait)
+        try:
+            module = _LOADED.get(name)
+            if module is None:
+                module = importlib.import_module(name)
+                hook = _HOOKS.pop(name, None)
+                if hook is not None:
+                    hook(module)
+                _LOADED[name] = module
+        finally:
+            if locked:
+                _LOCK.release()
     return module
+
+
+def when_loaded(name: str, hook: Callable[[ModuleType], None]) -> None:
+    """Call ``hook(module)`` once, when :func:`load` first loads ``name`` (now if it has)."""
+    with _LOCK:
+        module = _LOADED.get(name)
+        if module is None:
+            _HOOKS[name] = hook
+            return
+    hook(module)
+
+
+class Logger:
+    """``logging.getLogger(name)``, with ``logging`` imported at the first message: it imports
+    ``traceback``, ``string`` and ``weakref`` (about 5 ms of a producer's import and of the
+    sender's start-up), for messages that a normal run never writes."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:  # the logger's methods and attributes
+        # never waits for the lazy lock: a signal handler's message may come while its own thread
+        # holds it (isstreamer.reentry's promise: a handler never waits for a lock its thread holds)
+        return getattr(load("logging", wait=False).getLogger(self._name), attr)
 
 
 def _after_fork_in_child() -> None:

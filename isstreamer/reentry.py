@@ -12,11 +12,12 @@ is deferred too). The C put never needs this: a Python handler never runs inside
 from __future__ import annotations
 
 import contextlib
-import logging
 import threading
 from typing import Any, Callable, Dict, Iterator, List, Tuple
 
-log = logging.getLogger("isstreamer")
+from . import lazy
+
+log = lazy.Logger("isstreamer")
 
 _inside: Dict[int, List[Tuple[Callable[..., Any], Tuple[Any, ...]]]] = {}
 

@@ -12,7 +12,6 @@ producer, no live sender) of this user are adopted by the next Streamer.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import stat
 import threading
@@ -21,12 +20,12 @@ import weakref
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 from .ring import layout as L
-from . import launch, reentry
+from . import launch, lazy, reentry
 from . import ring as R
 from .ring import Attachment, RingClosed, RingRefused, Table
 from .settings import SenderSettings
 
-log = logging.getLogger("isstreamer")
+log = lazy.Logger("isstreamer")
 
 _LOCK = threading.Lock()
 _TABLES: Dict[str, Table] = {}

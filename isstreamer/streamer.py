@@ -5,7 +5,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import errno
-import logging
 import os
 import threading
 import time
@@ -36,7 +35,7 @@ from .options import BUFFER_SIZE, DEFAULTS, Options, check_number
 from .sender.spool import default_spool_dir
 from .values import MAX_VALUE_CHARS, Skip, coerce_epoch, coerce_key, coerce_value, console_line
 
-log = logging.getLogger("isstreamer")
+log = lazy.Logger("isstreamer")
 
 _NAN = float("nan")
 _KEY_CACHE_MAX = 65536

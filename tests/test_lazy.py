@@ -35,3 +35,55 @@ def test_a_fork_waits_for_a_first_import_under_way_in_another_thread(tmp_path, m
     assert os.waitstatus_to_exitcode(status) == 0, "the child hung (or failed) on a module imported at the fork"
     assert loaded[0].VALUE == 42
     sys.modules.pop("slow_to_import", None)
+
+
+def test_a_hook_runs_once_when_its_module_is_first_loaded(tmp_path, monkeypatch):
+    (tmp_path / "hooked_module.py").write_text("VALUE = 7\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    seen = []
+    lazy.when_loaded("hooked_module", lambda m: seen.append(m.VALUE))
+    assert seen == []  # not loaded yet
+    assert lazy.load("hooked_module").VALUE == 7 and seen == [7]
+    lazy.load("hooked_module")
+    assert seen == [7]  # once
+    lazy.when_loaded("hooked_module", lambda m: seen.append(-m.VALUE))  # already loaded: at once
+    assert seen == [7, -7]
+    sys.modules.pop("hooked_module", None)
+
+
+def test_the_library_and_its_sender_import_logging_only_to_write_a_message():
+    """lazy.Logger: a producer, a thread-mode sender and the sender process's modules import
+    ``logging`` at their first message, not at start-up; the message then goes where it went."""
+    import subprocess
+
+    code = (
+        "import sys, io; import ISStreamer.Streamer, isstreamer.sender.main, isstreamer.sender.loop, "
+        "isstreamer.sender.thread, isstreamer.launch, isstreamer.registry\n"
+        "before = 'logging' in sys.modules\n"
+        "from isstreamer import lazy\n"
+        "lazy.when_loaded('logging', lambda m: m.basicConfig(format='configured %(message)s'))\n"
+        "lazy.Logger('isstreamer').warning('hello %s', 'there')\n"
+        "print(before)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"
+    assert r.stderr.strip() == "configured hello there"
+
+
+def test_a_message_never_waits_for_the_lazy_lock_its_own_thread_holds():
+    """A signal handler's message may come while its thread is inside a first import (holding
+    the lazy lock): logging is then imported without it, never waited for."""
+    import subprocess
+
+    code = (
+        "import sys\n"
+        "from isstreamer import lazy\n"
+        "assert 'logging' not in sys.modules\n"
+        "with lazy._LOCK:  # as in the middle of lazy.load in this thread\n"
+        "    lazy.Logger('isstreamer').warning('from a handler')\n"
+        "print('logging' in sys.modules)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "True" and "from a handler" in r.stderr

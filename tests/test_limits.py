@@ -552,14 +552,15 @@ def test_the_sender_path_covers_every_module_it_imports():
     from isstreamer import launch
 
     code = (
-        "import sys; sys.path[:0] = sys.argv[1:]; import isstreamer.sender.loop, isstreamer.sender.main; "
+        "import sys; a = sys.argv[1:]; i = a.index('--'); sys.path[:0] = a[:i]; sys.path += a[i + 1 :]; "
+        "import isstreamer.sender.loop, isstreamer.sender.main; "
         "std = set(sys.stdlib_module_names) if hasattr(sys, 'stdlib_module_names') else set(); "
         "print(' '.join(sorted({m.split('.')[0] for m, mod in list(sys.modules.items())"
         " if getattr(mod, '__file__', None)} - std)))"
     )
-    r = subprocess.run(
-        [sys.executable, "-I", "-c", code] + launch.sender_path(), capture_output=True, text=True, timeout=60
-    )
+    cmd = launch.sender_command()  # the sender's own interpreter flags (-I -S) and path
+    assert cmd[3] == "-c" and "--" in cmd
+    r = subprocess.run(cmd[:4] + [code] + cmd[5:], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     if sys.version_info < (3, 10):
         pytest.skip("sys.stdlib_module_names needs Python 3.10")

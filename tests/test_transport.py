@@ -1,4 +1,4 @@
-"""The sender's HTTP transport (http.client) against real sockets: TLS with the CA bundle requests
+"""The sender's HTTP transport (its own HTTP/1.1 client) against real sockets: TLS with the CA bundle requests
 would use, a keep-alive connection the server closed while idle, an oversized answer, an
 environment that names a proxy (then a requests session serves, as before)."""
 
@@ -198,3 +198,82 @@ def test_answer_headers_are_found_whatever_their_case() -> None:
     h = Headers([("Retry-After", "3"), ("x-ratelimit-reset", "9"), ("Vary", "a"), ("vary", "b")])
     assert h.get("retry-after") == "3" and h["X-RateLimit-Reset"] == "9" and "RETRY-AFTER" in h
     assert h.get("Vary") == "a, b" and h.get("Missing", "d") == "d"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080",
+        "https://groker.init.st/api",
+        "https://Groker.Init.ST",
+        "http://h:80/a/b/",
+        "http://[::1]:9/x",
+        "http://u@h:1/p",
+        "http://h:/p",
+        "HTTP://h",
+        "http://h:00080",
+    ],
+)
+def test_an_api_base_is_read_as_urlsplit_reads_it(url: str) -> None:
+    from urllib.parse import urlsplit
+
+    from isstreamer.sender.transport import split_base
+
+    p = urlsplit(url)
+    assert split_base(url) == (p.scheme, p.hostname or "", p.port, p.path)
+
+
+def test_a_chunked_answer_is_read_whole_and_its_connection_kept() -> None:
+    answer = (
+        b"HTTP/1.1 400 Bad Request\r\nTransfer-Encoding: chunked\r\nRetry-After: 3\r\n\r\n"
+        b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"
+    )
+    server = RawServer(answer=answer)
+    t = Transport(server.url, "k")
+    try:
+        a = t.post_events("b", b"[]")
+        assert (a.status, a.text, a.headers.get("retry-after")) == (400, "hello world", "3"), a.error
+        conn = t.via.sock
+        server.answer = ANSWER_204
+        assert t.post_events("b", b"[]").status == 204
+        assert t.via.sock is conn  # the same connection
+    finally:
+        t.close()
+        server.close()
+
+
+def test_an_interim_100_is_skipped_and_an_unsized_answer_read_to_the_close() -> None:
+    server = RawServer(
+        answer=b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.0 200 OK\r\nServer: old\r\n\r\nall of it", close_after=0
+    )
+    t = Transport(server.url, "k", timeout=5)
+    try:
+        a = t.post_events("b", b"[]")
+        assert (a.status, a.text, a.headers.get("server")) == (200, "all of it", "old"), a.error
+        assert t.via.sock is None  # the answer ended with the connection
+    finally:
+        t.close()
+        server.close()
+
+
+def test_what_is_not_an_http_answer_is_an_error_not_an_exception() -> None:
+    server = RawServer(answer=b"SMTP ready\r\n\r\n")
+    t = Transport(server.url, "k", timeout=5)
+    try:
+        a = t.post_events("b", b"[]")
+        assert a.status == 0 and a.error is not None and a.error.startswith("ConnectionError: BadAnswer"), a.error
+    finally:
+        t.close()
+        server.close()
+
+
+def test_a_header_value_that_would_end_the_header_is_refused_unsent() -> None:
+    server = RawServer()
+    t = Transport(server.url, "k")
+    try:
+        a = t.post_events("b\r\nX-Injected: 1", b"[]")
+        assert a.status == 0 and a.error is not None and "Invalid header value" in a.error, a.error
+        assert server.requests == []
+    finally:
+        t.close()
+        server.close()

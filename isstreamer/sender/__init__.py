@@ -1,6 +1,6 @@
 """The sender process: drains the ring, batches, POSTs, spools and replays.
 
-Started by a Streamer as ``python -I -c ... isstreamer.sender.main`` (:mod:`.main`). The data
+Started by a Streamer as ``python -I -S -c ... isstreamer.sender.main`` (:mod:`.main`). The data
 path through it: :mod:`.loop` (the drain / batch / spill loop) -> :mod:`.encoder` (records to a
 JSON batch) or :mod:`.aggregate` (downsampling rules, with :mod:`.ceiling`) -> :mod:`.delivery`
 (what each answer means) over :mod:`.transport` (HTTP, in :mod:`.watched`'s worker thread) ->

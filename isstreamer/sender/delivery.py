@@ -28,20 +28,17 @@ another one asked for.
 from __future__ import annotations
 
 import enum
-import logging
 import math
-import random
 import time
-from dataclasses import dataclass
-from datetime import timezone
 from typing import Any, Callable, List, Optional
 
 
 from .. import lazy
+from ..record import record
 from ..options import BACKOFF_INITIAL, DEFAULTS, FINISH_BACKOFF, RETRY_AFTER_MAX
 from .transport import Answer, Transport
 
-log = logging.getLogger("isstreamer")
+log = lazy.Logger("isstreamer")
 
 
 class Kind(enum.Enum):
@@ -67,7 +64,7 @@ AUTH_STATUSES = {
 }
 
 
-@dataclass
+@record()
 class Policy:
     """Knobs of the delivery policy (defaults: isstreamer.options)."""
 
@@ -90,7 +87,7 @@ class Policy:
         )
 
 
-@dataclass
+@record()
 class Result:
     """Outcome of one attempt at a batch."""
 
@@ -133,7 +130,7 @@ def retry_after_seconds(
             try:  # an HTTP date: rare, and email.utils a costly import
                 when = lazy.load("email.utils").parsedate_to_datetime(ra)
                 if when.tzinfo is None:  # "-0000": UTC as well (RFC 9110 dates are GMT)
-                    when = when.replace(tzinfo=timezone.utc)
+                    when = when.replace(tzinfo=lazy.load("datetime").timezone.utc)
                 wait = when.timestamp() - now
             except (TypeError, ValueError, IndexError, OverflowError):
                 wait = None
@@ -173,7 +170,7 @@ class Delivery:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         wall: Callable[[], float] = time.time,
-        rng: Optional[random.Random] = None,
+        rng: Optional[Any] = None,
     ) -> None:
         self.t = transport
         self.policy = policy
@@ -182,7 +179,7 @@ class Delivery:
         self.clock = clock
         self.sleep = sleep
         self.wall = wall
-        self.rng = rng or random.Random()
+        self._rng = rng  # a random.Random, made at the first backoff (the sender's start-up time)
         self.not_before = 0.0  # clock time before which the server (429, auth pause) wants nothing
         self.backoff_until = 0.0  # clock time before which our own backoff sends nothing
         self.outage = False
@@ -220,6 +217,13 @@ class Delivery:
     def time_left(self) -> Optional[float]:
         """Seconds left before the finish_by deadline (None when not finishing)."""
         return None if self.deadline is None else self.deadline - self.clock()
+
+    @property
+    def rng(self) -> Any:
+        """The jitter's random.Random (``rng``, or one of its own made on first use)."""
+        if self._rng is None:
+            self._rng = lazy.load("random").Random()
+        return self._rng
 
     def backoff(self) -> None:
         """Wait longer before the next request (capped exponential backoff with jitter)."""

@@ -13,12 +13,11 @@ key (or by ``isstreamer replay``).
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-from .. import ids
+from .. import ids, lazy
 from ..ring import RingClosed, RingRefused, Segment, Table, segment_owner_alive
 from ..ring import layout as L
 from ..options import REJECTED_FILE
@@ -32,7 +31,7 @@ from .doorbell import Doorbell
 from .transport import Transport
 from .watched import WatchedTransport
 
-log = logging.getLogger("isstreamer")
+log = lazy.Logger("isstreamer")
 
 
 class Sender:

@@ -7,18 +7,21 @@ that already has one exits at once (status 0).
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sys
+from typing import Any
 
 try:
     import resource
 except ImportError:  # pragma: no cover - not POSIX
     resource = None  # type: ignore[assignment]
 
+from .. import lazy
 from ..ring import RingClosed, RingRefused, Table
 from ..settings import SenderSettings
+
+log = lazy.Logger("isstreamer")
 
 
 def raise_fd_limit() -> None:
@@ -40,10 +43,15 @@ def main() -> int:
     raise_fd_limit()
     # one line, not to EOF: a fork child of the starter may hold the pipe's write end for a while
     settings = SenderSettings.from_json(sys.stdin.buffer.readline())
-    logging.raiseExceptions = False  # our stderr may be a pipe whose reader has exited
-    logging.basicConfig(
-        level=logging.DEBUG if settings.debug_level >= 3 else logging.WARNING, format="%(message)s", stream=sys.stderr
-    )
+
+    def configure(logging: Any) -> None:
+        logging.raiseExceptions = False  # our stderr may be a pipe whose reader has exited
+        level = logging.DEBUG if settings.debug_level >= 3 else logging.WARNING
+        logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+
+    # logging is imported at the first message (lazy.Logger), configured then: a sender that
+    # has nothing to say never imports it (its start-up is what a one-shot script waits for)
+    lazy.when_loaded("logging", configure)
     try:
         table = Table.open(
             settings.ring_path,
@@ -53,7 +61,7 @@ def main() -> int:
     except RingClosed:
         return 0
     except RingRefused as exc:
-        logging.getLogger("isstreamer").error("%s", exc)
+        log.error("%s", exc)
         return 2
     if not table.hold_sender_lock():
         return 0  # another sender serves this ring

@@ -24,17 +24,20 @@ patiently (waiting out backoffs and Retry-After).
 from __future__ import annotations
 
 import enum
-import logging
 import os
-from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple
 
 
 from .. import lazy
+from ..record import record
 from .delivery import Delivery, Kind, Result
 from .spool import ReplayFile, StreamMeta
 
-log = logging.getLogger("isstreamer")
+log = lazy.Logger("isstreamer")
+
+
+def _warn(message: str) -> None:
+    log.warning(message)  # (logging is imported at the first message: lazy.Logger)
 
 
 def plural(n: int) -> str:
@@ -69,7 +72,7 @@ class Stop(enum.Enum):
     FAULT = "fault"  # the spool could not be updated (progress mark, write-back): file kept, see ``why``
 
 
-@dataclass
+@record()
 class ReplayCounts:
     """What a :class:`StreamReplay` did so far."""
 
@@ -105,7 +108,7 @@ class StreamReplay:
         persist: bool = False,
         on_result: Callable[[Result], None] = lambda r: None,
         on_progress: Callable[[int], None] = lambda n: None,
-        warn: Callable[[str], None] = log.warning,
+        warn: Optional[Callable[[str], None]] = None,
         deadline: Callable[[], Optional[float]] = lambda: None,
         keep_going: Callable[[], bool] = lambda: True,
     ) -> None:
@@ -115,7 +118,7 @@ class StreamReplay:
         self.persist = persist
         self.on_result = on_result
         self.on_progress = on_progress
-        self.warn = warn
+        self.warn = warn or _warn
         self.deadline = deadline
         self.keep_going = keep_going
         self.counts = ReplayCounts()

@@ -21,7 +21,7 @@ import stat
 import time
 from typing import Callable, Generator, List, Optional, Tuple
 
-from .. import lazy, safefile
+from .. import ids, lazy, safefile
 from ..options import DEFAULTS
 from ..record import record
 
@@ -40,17 +40,12 @@ def default_spool_dir() -> str:
 
 def key_fingerprint(access_key: str) -> str:
     """A short SHA-256 prefix of the access key: tells accounts apart, reveals nothing."""
-    # hashlib loads OpenSSL: imported on first use (a producer's start-up time)
-    return lazy.load("hashlib").sha256(access_key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return ids.sha256_hex(access_key.encode("utf-8", "surrogatepass"))[:16]
 
 
 def stream_id(api_base: str, bucket_key: str, fingerprint: str) -> str:
     """Directory name of one (API base, bucket, account) stream."""
-    return (
-        lazy.load("hashlib")
-        .sha256(("%s\n%s\n%s" % (api_base, bucket_key, fingerprint)).encode("utf-8", "surrogatepass"))
-        .hexdigest()[:24]
-    )
+    return ids.sha256_hex(("%s\n%s\n%s" % (api_base, bucket_key, fingerprint)).encode("utf-8", "surrogatepass"))[:24]
 
 
 @record()

@@ -3,15 +3,15 @@ that logs (isstreamer.models.ThreadModel), woken by an event instead of a socket
 
 from __future__ import annotations
 
-import logging
 import threading
 from typing import Any
 
+from .. import lazy
 from ..ring.local import LocalTable
 from ..settings import SenderSettings
 from .loop import Sender
 
-log = logging.getLogger("isstreamer")
+log = lazy.Logger("isstreamer")
 
 
 class EventDoorbell:

@@ -1,7 +1,9 @@
-"""HTTP to the events API over one keep-alive connection of the standard library's ``http.client``.
+"""HTTP to the events API over one keep-alive connection (a POST and its answer on a socket).
 
 ``requests`` would cost the sender about 100 ms of start-up (more than the rest of what it
-imports together), and a one-shot script waits for that at ``close()``. Its behaviour is kept
+imports together), and a one-shot script waits for that at ``close()``; the standard library's
+``http.client`` another 10 ms (it imports the ``email`` package to parse headers), so the
+request and its answer are written and read here, as ``http.client`` reads them. Its behaviour is kept
 where it matters: the same CA bundle (``REQUESTS_CA_BUNDLE`` / ``CURL_CA_BUNDLE``, else
 certifi's, else the system's), certificate and host name checks, a stale keep-alive connection
 noticed before a request is sent on it (as urllib3 does), and, when the environment names a
@@ -11,12 +13,11 @@ proxy (``HTTPS_PROXY`` and friends), a ``requests`` session instead: its proxy h
 
 from __future__ import annotations
 
-import gzip
-import http.client
+import contextlib
 import os
 import socket
-from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
-from urllib.parse import urlsplit
+import sys
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from .. import __version__, lazy
 from ..options import DEFAULTS
@@ -85,8 +86,14 @@ def ca_locations() -> Tuple[Optional[str], Optional[str]]:
 
 def describe(exc: BaseException) -> str:
     """One line for a request that got no answer: the kind first (as ``requests`` named it)."""
-    ssl = lazy.load("ssl")
-    kind = "Timeout" if isinstance(exc, socket.timeout) else "SSLError" if isinstance(exc, ssl.SSLError) else None
+    ssl = sys.modules.get("ssl")  # not imported: not a TLS error (plain HTTP never imports it)
+    kind = (
+        "Timeout"
+        if isinstance(exc, socket.timeout)
+        else "SSLError"
+        if ssl is not None and isinstance(exc, ssl.SSLError)
+        else None
+    )
     detail = "%s: %s" % (type(exc).__name__, exc) if str(exc) else type(exc).__name__
     return _short("%s: %s" % (kind or "ConnectionError", detail))
 
@@ -105,58 +112,231 @@ def _dropped(sock: socket.socket) -> bool:
         return True
 
 
+class BadAnswer(ValueError):
+    """What came back is not an HTTP/1.x answer (as ``http.client``'s BadStatusLine and friends)."""
+
+
+class RemoteDisconnected(ConnectionResetError):
+    """The server closed the connection without answering (``http.client``'s name for it)."""
+
+
+class _Reader:
+    """The answer's bytes as they arrive on a socket: lines and counted reads, with limits."""
+
+    def __init__(self, sock: Any) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+
+    def _fill(self) -> bool:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            return False
+        self.buf += chunk
+        return True
+
+    def line(self) -> bytes:
+        """One line, its end included (b"" at the end of the stream)."""
+        start = 0
+        while True:
+            i = self.buf.find(b"\n", start)
+            if i >= 0:
+                out = bytes(self.buf[: i + 1])
+                del self.buf[: i + 1]
+                return out
+            if len(self.buf) > MAX_LINE:
+                raise BadAnswer("a line of the answer is too long")
+            start = len(self.buf)
+            if not self._fill():
+                out = bytes(self.buf)
+                self.buf.clear()
+                return out
+
+    def read(self, n: int) -> bytes:
+        """``n`` bytes, fewer only at the end of the stream."""
+        while len(self.buf) < n and self._fill():
+            pass
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
+        return out
+
+    def read_to_end(self, limit: int) -> Tuple[bytes, bool]:
+        """Up to ``limit`` bytes until the server closes; (bytes, whether all came)."""
+        while len(self.buf) <= limit and self._fill():
+            pass
+        out = bytes(self.buf[:limit])
+        complete = len(self.buf) <= limit
+        self.buf.clear()
+        return out, complete
+
+
+MAX_LINE = 65536  # of a status or header line (http.client's limit)
+MAX_HEADERS = 100  # http.client's limit
+
+
+def _read_answer(r: _Reader) -> Tuple[int, List[Tuple[str, str]], bytes, bool]:
+    """(status, headers, body up to MAX_ANSWER_BYTES, whether the connection may carry another
+    request), read as ``http.client`` does: interim 1xx answers skipped, the body by
+    ``Transfer-Encoding: chunked``, ``Content-Length`` or the end of the stream."""
+    while True:
+        line = r.line()
+        if not line:
+            raise RemoteDisconnected("Remote end closed connection without response")
+        parts = line.decode("iso-8859-1").rstrip("\r\n").split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit() or len(parts[1]) != 3:
+            raise BadAnswer("not an HTTP answer: %r" % line[:80])
+        version, status = parts[0], int(parts[1])
+        headers: List[Tuple[str, str]] = []
+        while True:
+            h = r.line()
+            if h in (b"\r\n", b"\n", b""):
+                break
+            if len(headers) >= MAX_HEADERS:
+                raise BadAnswer("more than %d headers" % MAX_HEADERS)
+            text = h.decode("iso-8859-1").rstrip("\r\n")
+            if text[:1] in (" ", "\t") and headers:  # an obsolete folded line continues the last one
+                name, value = headers[-1]
+                headers[-1] = (name, value + " " + text.strip())
+                continue
+            name, sep, value = text.partition(":")
+            if sep:
+                headers.append((name.strip(), value.strip()))
+        if status >= 200 or status == 101:
+            break  # 100 Continue and other interim answers: the real one follows
+    found = {k.lower(): v for k, v in headers}
+    conn_tokens = [t.strip().lower() for t in found.get("connection", "").split(",")]
+    reusable = "close" not in conn_tokens and (version != "HTTP/1.0" or "keep-alive" in conn_tokens)
+    if status in (204, 304) or status < 200:
+        return status, headers, b"", reusable
+    if "chunked" in found.get("transfer-encoding", "").lower():
+        body = bytearray()
+        while True:
+            size_line = r.line()
+            if not size_line:
+                raise RemoteDisconnected("the answer ended inside its body")
+            size = int(size_line.split(b";", 1)[0].strip() or b"x", 16)
+            if size == 0:
+                while r.line() not in (b"\r\n", b"\n", b""):  # trailers
+                    pass
+                break
+            if len(body) + size > MAX_ANSWER_BYTES:
+                body += r.read(MAX_ANSWER_BYTES - len(body))
+                return status, headers, bytes(body), False
+            chunk = r.read(size)
+            if len(chunk) < size:
+                raise RemoteDisconnected("the answer ended inside its body")
+            body += chunk
+            r.line()  # the chunk's CRLF
+        return status, headers, bytes(body), reusable
+    length = found.get("content-length")
+    if length is not None:
+        n = int(length)
+        if n < 0:
+            raise BadAnswer("a negative Content-Length")
+        data = r.read(min(n, MAX_ANSWER_BYTES))
+        if len(data) < min(n, MAX_ANSWER_BYTES):
+            raise RemoteDisconnected("the answer ended inside its body")
+        return status, headers, data, reusable and n <= MAX_ANSWER_BYTES
+    data, _ = r.read_to_end(MAX_ANSWER_BYTES)  # no length: the body ends with the connection
+    return status, headers, data, False
+
+
+def _host_header(host: str, port: Optional[int], https: bool) -> str:
+    name = "[%s]" % host if ":" in host else host
+    try:
+        name.encode("ascii")
+    except UnicodeEncodeError:
+        name = name.encode("idna").decode("ascii")
+    return name if port is None or port == (443 if https else 80) else "%s:%d" % (name, port)
+
+
+def split_base(api_base: str) -> Tuple[str, str, Optional[int], str]:
+    """(scheme, host name in lower case, port or None, path) of an API base, as ``urlsplit``
+    gives them; a plain ``scheme://host[:port][/path]`` (what the configuration normalizes to)
+    without importing ``urllib.parse``, anything else through it."""
+    scheme, sep, rest = api_base.partition("://")
+    netloc, slash, path = rest.partition("/")
+    host, colon, port = netloc.partition(":")
+    if (
+        sep
+        and scheme.isalpha()
+        and host
+        and not any(c in rest for c in "[]@?#%\\")
+        and (not colon or (port.isdigit() and port.isascii() and int(port) <= 65535))
+    ):
+        return scheme.lower(), host.lower(), int(port) if colon else None, slash + path
+    parts = lazy.load("urllib.parse").urlsplit(api_base)
+    return parts.scheme, parts.hostname or "", parts.port, parts.path
+
+
 class _Connection:
-    """One keep-alive connection to the API's host, opened when needed, closed on any error."""
+    """One keep-alive HTTP/1.1 connection to the API's host, opened when needed, closed on any
+    error. A POST and its answer, nothing more: ``http.client`` imports the ``email`` package to
+    parse headers (about 10 ms of the sender's start-up, a one-shot script's ``close()``)."""
 
     def __init__(self, api_base: str) -> None:
-        parts = urlsplit(api_base)
-        self.https = parts.scheme == "https"
-        self.host = parts.hostname or ""
-        self.port = parts.port
-        self.prefix = parts.path.rstrip("/")
-        self.conn: Optional[http.client.HTTPConnection] = None
+        scheme, self.host, self.port, path = split_base(api_base)
+        self.https = scheme == "https"
+        self.prefix = path.rstrip("/")
+        self.host_header = _host_header(self.host, self.port, self.https)
+        self.sock: Any = None
+        self.reader: Optional[_Reader] = None
         self.context: Any = None
 
-    def _open(self, timeout: float) -> http.client.HTTPConnection:
-        conn = self.conn
-        if conn is not None and conn.sock is not None and _dropped(conn.sock):
+    def _open(self, timeout: float) -> Tuple[Any, _Reader]:
+        if self.sock is not None and (self.reader is None or self.reader.buf or _dropped(self.sock)):
             self.close()
-            conn = None
-        if conn is None:
-            if self.https:
-                if self.context is None:
-                    ssl = lazy.load("ssl")
-                    cafile, capath = ca_locations()
-                    self.context = ssl.create_default_context(cafile=cafile, capath=capath)
-                conn = http.client.HTTPSConnection(self.host, self.port, timeout=timeout, context=self.context)
-            else:
-                conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
-            self.conn = conn
+        if self.sock is None:
+            # an ASCII name (or address) as bytes: a str would make getaddrinfo load the idna codec
+            host: Any = self.host.encode("ascii") if self.host.isascii() else self.host
+            sock = socket.create_connection((host, self.port or (443 if self.https else 80)), timeout)
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if self.https:
+                    if self.context is None:
+                        ssl = lazy.load("ssl")
+                        cafile, capath = ca_locations()
+                        self.context = ssl.create_default_context(cafile=cafile, capath=capath)
+                    sock = self.context.wrap_socket(sock, server_hostname=self.host)
+            except BaseException:
+                sock.close()
+                raise
+            self.sock, self.reader = sock, _Reader(sock)
         else:
-            conn.timeout = timeout
-            if conn.sock is not None:
-                conn.sock.settimeout(timeout)
-        return conn
+            self.sock.settimeout(timeout)
+        assert self.reader is not None
+        return self.sock, self.reader
 
     def post(self, path: str, body: bytes, headers: Mapping[str, str], timeout: float) -> Answer:
         """POST ``body`` to ``prefix + path``; never raises for network trouble."""
         try:
-            conn = self._open(timeout)
-            conn.request("POST", self.prefix + path, body=body, headers=dict(headers))
-            resp = conn.getresponse()
-            data = resp.read(MAX_ANSWER_BYTES)
-            if not resp.isclosed():  # more than we read: not worth keeping the connection for
+            sock, reader = self._open(timeout)
+            lines = ["POST %s HTTP/1.1" % (self.prefix + path), "Host: " + self.host_header]
+            lines.append("Accept-Encoding: identity")
+            lines.append("Content-Length: %d" % len(body))
+            for k, v in headers.items():
+                if any(c in v for c in "\r\n\0"):  # never a header of our own making (the value unshown)
+                    raise ValueError("Invalid header value for %s" % k)
+                lines.append("%s: %s" % (k, v))
+            head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+            if len(body) <= 65536:
+                sock.sendall(head + body)  # one segment for a small request
+            else:  # a large batch is not copied
+                sock.sendall(head)
+                sock.sendall(body)
+            status, items, data, reusable = _read_answer(reader)
+            if not reusable:  # closed by the server, or more than we read
                 self.close()
-        except (OSError, http.client.HTTPException, ValueError) as exc:
+        except (OSError, ValueError, UnicodeError) as exc:
             self.close()
             return Answer(0, {}, "", describe(exc))
-        return Answer(resp.status, Headers(resp.getheaders()), data[:8000].decode("utf-8", "replace")[:2000])
+        return Answer(status, Headers(items), data[:8000].decode("utf-8", "replace")[:2000])
 
     def close(self) -> None:
         """Close the connection (the next request opens another)."""
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            conn.close()
+        sock, self.sock, self.reader = self.sock, None, None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
 
 
 class _ProxiedSession:
@@ -209,7 +389,7 @@ class Transport:
         hdrs = dict(self.headers)
         hdrs.update(headers)
         if self.use_gzip and len(body) > 1024:
-            body = gzip.compress(body, 5)
+            body = lazy.load("gzip").compress(body, 5)
             hdrs["Content-Encoding"] = "gzip"
         t = self.timeout if timeout is None else min(self.timeout, max(0.05, timeout))
         return self.via.post(path, body, hdrs, t)

@@ -3,15 +3,15 @@ while a request hangs (see ``Sender._while_waiting``)."""
 
 from __future__ import annotations
 
-import logging
 import queue
 import threading
 import time
 from typing import Any, Callable, Dict, Optional
 
+from .. import lazy
 from .transport import Transport
 
-log = logging.getLogger("isstreamer")
+log = lazy.Logger("isstreamer")
 
 
 class WatchedTransport:
