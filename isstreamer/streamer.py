@@ -522,7 +522,15 @@ class Streamer:
 
     def _after_put(self, rc: int, key: Any, value: Any, epoch: Any) -> None:
         """A put that did not simply succeed: published but the sender sleeps (wake it) or is due
-        a liveness check; else not written (slow path: attach, reserve, full ring, refusal)."""
+        a liveness check; else not written (slow path: attach, reserve, full ring, refusal).
+        Inside one of our sections (a signal handler that interrupted this thread there, a
+        first import): done when the section ends."""
+        if reentry.busy():
+            reentry.defer(self._after_put_now, rc, key, value, epoch)
+            return
+        self._after_put_now(rc, key, value, epoch)
+
+    def _after_put_now(self, rc: int, key: Any, value: Any, epoch: Any) -> None:
         if rc == L.WAKE:
             if not self._ring.wake():  # nobody listens: the sender may have died
                 self._check_sender()

@@ -91,3 +91,35 @@ def test_a_message_never_waits_for_the_lazy_lock_its_own_thread_holds(tmp_path):
     r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "True" and "from a first import" in r.stderr
+
+
+def test_a_module_is_never_handed_out_half_made(tmp_path):
+    """A signal handler that runs in the middle of a module's first import through lazy.load
+    (the CI failure: a timer handler's log() woke the sender while close() was importing
+    ``socket``, and got the half-made module) gets InProgress for that module, and work it
+    defers runs once the import is done."""
+    import subprocess
+
+    (tmp_path / "half_made.py").write_text(
+        "import signal\nsignal.raise_signal(signal.SIGUSR1)  # the handler runs here, mid-import\nVALUE = 1\n"
+    )
+    code = (
+        "import signal, sys\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "from isstreamer import lazy, reentry\n"
+        "got = []\n"
+        "def handler(signum, frame):\n"
+        "    try:\n"
+        "        m = lazy.load('half_made')\n"
+        "        got.append('handed out, VALUE %s' % hasattr(m, 'VALUE'))\n"
+        "    except lazy.InProgress:\n"
+        "        got.append('in progress')\n"
+        "    assert reentry.busy()\n"
+        "    reentry.defer(lambda: got.append('deferred: VALUE %s' % lazy.load('half_made').VALUE))\n"
+        "signal.signal(signal.SIGUSR1, handler)\n"
+        "lazy.load('half_made')\n"
+        "print(got)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "['in progress', 'deferred: VALUE 1']", r.stdout + r.stderr
