@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -12,6 +13,13 @@ import time
 import pytest
 
 from isstreamer import lazy
+
+
+def _python(code: str, *args: str) -> subprocess.CompletedProcess:
+    """``code`` run by a fresh interpreter (its own first imports); it must exit 0."""
+    r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
@@ -54,8 +62,6 @@ def test_a_hook_runs_once_when_its_module_is_first_loaded(tmp_path, monkeypatch)
 def test_the_library_and_its_sender_import_logging_only_to_write_a_message():
     """lazy.Logger: a producer, a thread-mode sender and the sender process's modules import
     ``logging`` at their first message, not at start-up; the message then goes where it went."""
-    import subprocess
-
     code = (
         "import sys, io; import ISStreamer.Streamer, isstreamer.sender.main, isstreamer.sender.loop, "
         "isstreamer.sender.thread, isstreamer.launch, isstreamer.registry\n"
@@ -65,8 +71,7 @@ def test_the_library_and_its_sender_import_logging_only_to_write_a_message():
         "lazy.Logger('isstreamer').warning('hello %s', 'there')\n"
         "print(before)\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
+    r = _python(code)
     assert r.stdout.strip() == "False"
     assert r.stderr.strip() == "configured hello there"
 
@@ -75,8 +80,6 @@ def test_a_message_never_waits_for_the_lazy_lock_its_own_thread_holds(tmp_path):
     """A message may come while its thread is inside a first import through lazy.load (holding
     the lazy lock: a signal handler, a finalizer, the imported module itself): logging is then
     imported all the same, never waited for."""
-    import subprocess
-
     (tmp_path / "logs_at_import.py").write_text(
         "from isstreamer import lazy\nlazy.Logger('isstreamer').warning('from a first import')\n"
     )
@@ -88,8 +91,7 @@ def test_a_message_never_waits_for_the_lazy_lock_its_own_thread_holds(tmp_path):
         "lazy.load('logs_at_import')  # its import logs while this thread holds the lazy lock\n"
         "print('logging' in sys.modules)\n"
     )
-    r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
+    r = _python(code, str(tmp_path))
     assert r.stdout.strip() == "True" and "from a first import" in r.stderr
 
 
@@ -98,8 +100,6 @@ def test_a_module_is_never_handed_out_half_made(tmp_path):
     (the CI failure: a timer handler's log() woke the sender while close() was importing
     ``socket``, and got the half-made module) gets InProgress for that module, and work it
     defers runs once the import is done."""
-    import subprocess
-
     (tmp_path / "half_made.py").write_text(
         "import signal\nsignal.raise_signal(signal.SIGUSR1)  # the handler runs here, mid-import\nVALUE = 1\n"
     )
@@ -120,6 +120,5 @@ def test_a_module_is_never_handed_out_half_made(tmp_path):
         "lazy.load('half_made')\n"
         "print(got)\n"
     )
-    r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
+    r = _python(code, str(tmp_path))
     assert r.stdout.strip() == "['in progress', 'deferred: VALUE 1']", r.stdout + r.stderr
